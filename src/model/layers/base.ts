@@ -1,0 +1,102 @@
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+
+export type LayerArgs = NonNullable<ConstructorParameters<typeof tfl.layers.Layer>[0]>;
+export type Shape = tfl.Shape;
+export type ConfigDict = tf.serialization.ConfigDict;
+
+/**
+ * What every call of our layers may receive besides its inputs. `dropoutSeed` makes
+ * dropout a pure function of (seed, layer), which is what lets a recomputed block
+ * replay exactly the masks of its forward pass.
+ */
+export interface CallKwargs {
+  training?: boolean;
+  dropoutSeed?: number;
+}
+
+export function callKwargs(kwargs: unknown): CallKwargs {
+  return (kwargs ?? {}) as CallKwargs;
+}
+
+export function single(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+  return Array.isArray(inputs) ? inputs[0]! : inputs;
+}
+
+export function singleShape(shape: Shape | Shape[]): Shape {
+  return Array.isArray(shape[0]) ? (shape[0] as Shape) : (shape as Shape);
+}
+
+export function truncatedNormal(stddev: number): ReturnType<typeof tfl.initializers.truncatedNormal> {
+  return tfl.initializers.truncatedNormal({ mean: 0, stddev });
+}
+
+/**
+ * x[..., in] . kernel[in, out] (+ bias) as one 2-D matmul: a rank-3 operand would send
+ * the gradient through a batched matmul and a reduction over the batch.
+ */
+export function denseLastAxis(x: tf.Tensor, kernel: tf.Tensor, bias?: tf.Tensor): tf.Tensor {
+  const inDim = x.shape[x.shape.length - 1]!;
+  const outDim = kernel.shape[1]!;
+  const rows = x.size / inDim;
+  let y: tf.Tensor = tf.matMul(tf.reshape(x, [rows, inDim]), kernel as tf.Tensor2D);
+  if (bias) y = tf.add(y, bias);
+  return tf.reshape(y, [...x.shape.slice(0, -1), outDim]);
+}
+
+/** FNV-1a of a string: a stable per-layer salt for dropout seeds. */
+export function hashString(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/**
+ * Inverted dropout whose mask depends only on (seed, salt, shape). tf.dropout draws from
+ * a hidden global generator, which a recomputed block could not replay.
+ */
+export function seededDropout(x: tf.Tensor, rate: number, seed: number, salt: number): tf.Tensor {
+  if (rate <= 0) return x;
+  const n = x.size;
+  const mask = new Float32Array(n);
+  const keep = 1 / (1 - rate);
+  const threshold = Math.floor(rate * 4294967296);
+  let state = (Math.imul(seed >>> 0, 0x9e3779b1) ^ salt) >>> 0;
+  for (let i = 0; i < n; i++) {
+    // splitmix32: cheap, well mixed, and fast enough to regenerate per call
+    state = (state + 0x9e3779b9) >>> 0;
+    let z = state;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+    z = (z ^ (z >>> 16)) >>> 0;
+    mask[i] = z >= threshold ? keep : 0;
+  }
+  return tf.mul(x, tf.tensor(mask, x.shape, 'float32'));
+}
+
+export function dropoutIfTraining(x: tf.Tensor, rate: number, kwargs: CallKwargs, salt: number): tf.Tensor {
+  if (!kwargs.training || rate <= 0) return x;
+  if (kwargs.dropoutSeed === undefined) {
+    throw new Error('dropout in training needs a dropoutSeed kwarg; run the model through the training executor');
+  }
+  return seededDropout(x, rate, kwargs.dropoutSeed, salt);
+}
+
+export interface CustomOpResult {
+  value: tf.Tensor;
+  gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
+}
+
+/** tf.customGrad with the saver split from the tensor inputs, typed for our use. */
+export function customOp(
+  f: (inputs: tf.Tensor[], save: tf.GradSaveFunc) => CustomOpResult,
+): (...inputs: tf.Tensor[]) => tf.Tensor {
+  const op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    return f(args.slice(0, -1) as tf.Tensor[], save);
+  });
+  return (...inputs: tf.Tensor[]) => op(...inputs);
+}

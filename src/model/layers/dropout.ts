@@ -1,0 +1,55 @@
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+import { type ConfigDict, type LayerArgs, type Shape, callKwargs, dropoutIfTraining, hashString, single, singleShape } from './base.js';
+
+export interface SeededDropoutArgs extends LayerArgs {
+  rate: number;
+}
+
+/** Dropout whose mask is a function of the call's `dropoutSeed` and this layer's name. */
+export class SeededDropout extends tfl.layers.Layer {
+  static className = 'SeededDropout';
+  readonly rate: number;
+  private readonly salt: number;
+
+  constructor(args: SeededDropoutArgs) {
+    super(args);
+    if (!(args.rate >= 0 && args.rate < 1)) throw new Error(`${this.name}: dropout rate must be in [0, 1), got ${args.rate}`);
+    this.rate = args.rate;
+    this.salt = hashString(this.name);
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[], kwargs: object): tf.Tensor {
+    return dropoutIfTraining(single(inputs), this.rate, callKwargs(kwargs), this.salt);
+  }
+
+  override computeOutputShape(inputShape: Shape | Shape[]): Shape {
+    return singleShape(inputShape);
+  }
+
+  override getConfig(): ConfigDict {
+    return { ...super.getConfig(), rate: this.rate };
+  }
+}
+tf.serialization.registerClass(SeededDropout);
+
+/** A learned bias over the last axis (the MLM output bias). */
+export class BiasAdd extends tfl.layers.Layer {
+  static className = 'BiasAdd';
+  private bias!: tfl.LayerVariable;
+
+  override build(inputShape: Shape | Shape[]): void {
+    const width = singleShape(inputShape).at(-1)!;
+    this.bias = this.addWeight('bias', [width], 'float32', tfl.initializers.zeros());
+    this.built = true;
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+    return tf.add(single(inputs), this.bias.read());
+  }
+
+  override computeOutputShape(inputShape: Shape | Shape[]): Shape {
+    return singleShape(inputShape);
+  }
+}
+tf.serialization.registerClass(BiasAdd);

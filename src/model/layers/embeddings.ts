@@ -1,0 +1,137 @@
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+import {
+  type ConfigDict,
+  type LayerArgs,
+  type Shape,
+  single,
+  singleShape,
+  truncatedNormal,
+} from './base.js';
+
+function isHiddenStates(shape: readonly (number | null)[], dtype: string, width: number): boolean {
+  return shape.length >= 3 && shape[shape.length - 1] === width && dtype === 'float32';
+}
+
+export interface TokenEmbeddingArgs extends LayerArgs {
+  inputDim: number;
+  outputDim: number;
+  initializerRange?: number;
+}
+
+/**
+ * Token ids [B,S] -> vectors [B,S,H]; called again on hidden states [..., H] (rank 3,
+ * float) it multiplies by the transposed table, which is how the MLM head ties its output
+ * projection to the input embedding (one shared layer, two nodes in the graph). The mode
+ * follows from the input's rank because tfjs-layers' predict() drops per-node call
+ * arguments.
+ */
+export class TokenEmbedding extends tfl.layers.Layer {
+  static className = 'TokenEmbedding';
+  readonly inputDim: number;
+  readonly outputDim: number;
+  readonly initializerRange: number;
+  private embeddings!: tfl.LayerVariable;
+
+  constructor(args: TokenEmbeddingArgs) {
+    super(args);
+    this.inputDim = args.inputDim;
+    this.outputDim = args.outputDim;
+    this.initializerRange = args.initializerRange ?? 0.02;
+  }
+
+  override build(): void {
+    this.embeddings = this.addWeight(
+      'embeddings',
+      [this.inputDim, this.outputDim],
+      'float32',
+      truncatedNormal(this.initializerRange),
+    );
+    this.built = true;
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+    const x = single(inputs);
+    const table = this.embeddings.read();
+    if (isHiddenStates(x.shape, x.dtype, this.outputDim)) {
+      const rows = x.size / this.outputDim;
+      const logits = tf.matMul(tf.reshape(x, [rows, this.outputDim]), table as tf.Tensor2D, false, true);
+      return tf.reshape(logits, [...x.shape.slice(0, -1), this.inputDim]);
+    }
+    const ids = x.dtype === 'int32' ? x : tf.cast(x, 'int32');
+    return tf.reshape(tf.gather(table, tf.reshape(ids, [-1])), [...x.shape, this.outputDim]);
+  }
+
+  override computeOutputShape(inputShape: Shape | Shape[]): Shape {
+    const shape = singleShape(inputShape);
+    if (isHiddenStates(shape, 'float32', this.outputDim)) return [...shape.slice(0, -1), this.inputDim];
+    return [...shape, this.outputDim];
+  }
+
+  override getConfig(): ConfigDict {
+    return {
+      ...super.getConfig(),
+      inputDim: this.inputDim,
+      outputDim: this.outputDim,
+      initializerRange: this.initializerRange,
+    };
+  }
+}
+tf.serialization.registerClass(TokenEmbedding);
+
+export interface PositionEmbeddingArgs extends LayerArgs {
+  maxLength: number;
+  outputDim: number;
+  initializerRange?: number;
+}
+
+/** Adds a learned vector per position (BERT's absolute positions). */
+export class PositionEmbedding extends tfl.layers.Layer {
+  static className = 'PositionEmbedding';
+  readonly maxLength: number;
+  readonly outputDim: number;
+  readonly initializerRange: number;
+  private embeddings!: tfl.LayerVariable;
+
+  constructor(args: PositionEmbeddingArgs) {
+    super(args);
+    this.maxLength = args.maxLength;
+    this.outputDim = args.outputDim;
+    this.initializerRange = args.initializerRange ?? 0.02;
+  }
+
+  override build(): void {
+    this.embeddings = this.addWeight(
+      'embeddings',
+      [this.maxLength, this.outputDim],
+      'float32',
+      truncatedNormal(this.initializerRange),
+    );
+    this.built = true;
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+    const x = single(inputs);
+    const length = x.shape[1]!;
+    if (length > this.maxLength) {
+      throw new Error(`${this.name}: sequence length ${length} exceeds max_position_embeddings ${this.maxLength}`);
+    }
+    const table = this.embeddings.read();
+    const positions = length === this.maxLength ? table : tf.slice(table, [0, 0], [length, this.outputDim]);
+    return tf.add(x, positions);
+  }
+
+  override computeOutputShape(inputShape: Shape | Shape[]): Shape {
+    return singleShape(inputShape);
+  }
+
+  override getConfig(): ConfigDict {
+    return {
+      ...super.getConfig(),
+      maxLength: this.maxLength,
+      outputDim: this.outputDim,
+      initializerRange: this.initializerRange,
+    };
+  }
+}
+tf.serialization.registerClass(PositionEmbedding);

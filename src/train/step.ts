@@ -1,0 +1,147 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type * as tfl from '@tensorflow/tfjs-layers';
+import { LAYER } from '../model/build.js';
+import { trainableWeights, type NamedWeight } from '../model/weights.js';
+import { GraphExecutor } from './graph-executor.js';
+import { type Batch, countTargets, sliceBatch } from './targets.js';
+
+export interface StepOptions {
+  /** Per-block gradient checkpointing. */
+  recompute?: boolean;
+  /** Seed of this step's dropout masks (dropout is on whenever a seed is given and the config has a rate). */
+  dropoutSeed?: number;
+  /** Split the batch into this many micro-batches and accumulate; the result equals the whole batch's. */
+  microBatches?: number;
+}
+
+export interface StepResult {
+  /** Mean cross-entropy over all target positions of the batch. */
+  loss: number;
+  accuracy: number;
+  targets: number;
+  /** One gradient per trainable weight, in `weights` order; the caller disposes them. */
+  grads: tf.Tensor[];
+}
+
+export interface Evaluation {
+  loss: number;
+  accuracy: number;
+  targets: number;
+}
+
+function mixSeed(seed: number, index: number): number {
+  let h = Math.imul((seed ^ 0x5bd1e995) >>> 0, 0x01000193) ^ index;
+  h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d);
+  return (h ^ (h >>> 12)) >>> 0;
+}
+
+interface EngineGradients {
+  gradients(f: () => tf.Tensor, xs: tf.Tensor[], dy?: tf.Tensor, allowNoGradients?: boolean): { value: tf.Tensor; grads: Array<tf.Tensor | undefined> };
+}
+
+/**
+ * Loss, metrics and gradients of the pretraining objective for one batch, without
+ * applying them. Logits are computed only at target positions (about 15% of tokens
+ * for MLM), as Google's BERT does: the vocabulary projection dominates otherwise.
+ */
+export class PretrainingObjective {
+  readonly weights: NamedWeight[];
+  private readonly executor: GraphExecutor;
+  private readonly outputEmbedding: tfl.layers.Layer;
+  private readonly outputBias: tfl.layers.Layer;
+  private readonly vocabSize: number;
+
+  constructor(readonly model: tfl.LayersModel) {
+    const names = new Set(model.layers.map((l) => l.name));
+    for (const required of [LAYER.mlmHidden, LAYER.tokenEmbedding, LAYER.mlmBias]) {
+      if (!names.has(required)) throw new Error(`model ${model.name} has no layer ${required}; build it with the MLM head`);
+    }
+    this.executor = new GraphExecutor(model);
+    this.outputEmbedding = model.getLayer(LAYER.tokenEmbedding);
+    this.outputBias = model.getLayer(LAYER.mlmBias);
+    this.weights = trainableWeights(model);
+    this.vocabSize = this.outputEmbedding.getConfig()['inputDim'] as number;
+  }
+
+  compute(batch: Batch, options: StepOptions = {}): StepResult {
+    const total = countTargets(batch);
+    if (total === 0) throw new Error('the batch has no target positions (all targets are 0): nothing to learn from');
+    const parts = Math.max(1, Math.min(options.microBatches ?? 1, batch.batchSize));
+    const variables = this.weights.map((w) => w.variable);
+    let grads: tf.Tensor[] | undefined;
+    let lossSum = 0;
+    let correct = 0;
+    for (let p = 0; p < parts; p++) {
+      const micro = sliceBatch(batch, Math.floor((p * batch.batchSize) / parts), Math.floor(((p + 1) * batch.batchSize) / parts));
+      if (countTargets(micro) === 0) continue;
+      let hits: tf.Tensor | undefined;
+      const seed = options.dropoutSeed === undefined ? undefined : mixSeed(options.dropoutSeed, p);
+      const { value, grads: microGrads } = (tf.engine() as unknown as EngineGradients).gradients(
+        () => {
+          const { loss, correct: c } = this.lossOf(micro, total, { training: seed !== undefined, dropoutSeed: seed, recompute: options.recompute });
+          hits = tf.keep(c);
+          return loss;
+        },
+        variables,
+        undefined,
+        true,
+      );
+      lossSum += value.dataSync()[0]! * total;
+      correct += hits!.dataSync()[0]!;
+      value.dispose();
+      hits!.dispose();
+      const filled = microGrads.map((g, i) => g ?? tf.zerosLike(variables[i]!));
+      if (!grads) grads = filled;
+      else {
+        const summed = grads.map((g, i) => tf.add(g, filled[i]!));
+        tf.dispose([...grads, ...filled]);
+        grads = summed;
+      }
+    }
+    return { loss: lossSum / total, accuracy: correct / total, targets: total, grads: grads! };
+  }
+
+  /** Loss and accuracy with dropout off and no gradients. */
+  evaluate(batch: Batch): Evaluation {
+    const total = countTargets(batch);
+    if (total === 0) return { loss: NaN, accuracy: NaN, targets: 0 };
+    const [loss, correct] = tf.tidy(() => {
+      const r = this.lossOf(batch, total, { training: false });
+      return [r.loss, r.correct];
+    });
+    const result = { loss: loss!.dataSync()[0]!, accuracy: correct!.dataSync()[0]! / total, targets: total };
+    tf.dispose([loss!, correct!]);
+    return result;
+  }
+
+  /** Sum of the cross-entropy over the batch's targets divided by `normalizer`, and the count of correct argmaxes. */
+  private lossOf(
+    batch: Batch,
+    normalizer: number,
+    run: { training: boolean; dropoutSeed?: number; recompute?: boolean },
+  ): { loss: tf.Tensor; correct: tf.Tensor } {
+    const shape: [number, number] = [batch.batchSize, batch.length];
+    const tokens = tf.tensor2d(batch.tokenIds, shape, 'int32');
+    const segments = tf.tensor2d(batch.segmentIds, shape, 'int32');
+    const [hidden] = this.executor.run([tokens, segments], [LAYER.mlmHidden], run);
+    const width = hidden!.shape[hidden!.shape.length - 1]!;
+    const positions: number[] = [];
+    const labels: number[] = [];
+    batch.targets.forEach((t, i) => {
+      if (t !== 0) {
+        positions.push(i);
+        labels.push(t);
+      }
+    });
+    const labelTensor = tf.tensor1d(labels, 'int32');
+    const rows = tf.gather(tf.reshape(hidden!, [batch.batchSize * batch.length, width]), tf.tensor1d(positions, 'int32'));
+    // rank 3 is what tells the tied embedding layer it is projecting hidden states
+    const projected = this.outputEmbedding.call(tf.reshape(rows, [1, positions.length, width]), {}) as tf.Tensor;
+    const logits = tf.reshape(this.outputBias.call(projected, {}) as tf.Tensor, [positions.length, this.vocabSize]);
+    // oneHot straight to float32 gives wrong values on tfjs-backend-wasm 4.22: build int32, then cast
+    const oneHot = tf.cast(tf.oneHot(labelTensor, this.vocabSize), 'float32');
+    const loss = tf.div(tf.neg(tf.sum(tf.mul(oneHot, tf.logSoftmax(logits)))), normalizer);
+    const correct = tf.sum(tf.cast(tf.equal(tf.argMax(logits, -1), labelTensor), 'float32'));
+    return { loss, correct };
+  }
+}

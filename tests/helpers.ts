@@ -1,0 +1,50 @@
+import type { BertConfig } from '../src/model/config.js';
+import type { Batch } from '../src/train/targets.js';
+
+export function tinyConfig(overrides: Partial<BertConfig> = {}): BertConfig {
+  return {
+    vocab_size: 40,
+    hidden_size: 16,
+    num_hidden_layers: 2,
+    num_attention_heads: 2,
+    intermediate_size: 32,
+    hidden_act: 'gelu',
+    max_position_embeddings: 16,
+    type_vocab_size: 2,
+    hidden_dropout_prob: 0,
+    attention_probs_dropout_prob: 0,
+    initializer_range: 0.02,
+    ...overrides,
+  };
+}
+
+/** A small deterministic generator for test data (not Math.random). */
+export function lcg(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    return state / 4294967296;
+  };
+}
+
+/** An MLM batch: ids in [5, vocab), trailing padding, ~25% of real positions as targets. */
+export function mlmBatch(seed: number, batchSize: number, length: number, vocab: number): Batch {
+  const rand = lcg(seed);
+  const tokenIds = new Int32Array(batchSize * length);
+  const segmentIds = new Int32Array(batchSize * length);
+  const targets = new Int32Array(batchSize * length);
+  for (let b = 0; b < batchSize; b++) {
+    const used = length - (b % 3);
+    for (let i = 0; i < used; i++) {
+      const id = 5 + Math.floor(rand() * (vocab - 5));
+      const k = b * length + i;
+      tokenIds[k] = id;
+      segmentIds[k] = i >= used / 2 ? 1 : 0;
+      if (rand() < 0.25 || i === 1) {
+        targets[k] = id;
+        tokenIds[k] = 3; // [MASK]
+      }
+    }
+  }
+  return { batchSize, length, tokenIds, segmentIds, targets };
+}

@@ -1,0 +1,239 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { selectBackend } from '../src/backend/index.js';
+import { loadModel, saveModel } from '../src/checkpoint/layers-model-io.js';
+import { buildTransformer } from '../src/model/build.js';
+import { ConfigError, parseBertConfig } from '../src/model/config.js';
+import { AttentionMask, MASKED_SCORE } from '../src/model/layers/index.js';
+import { trainableWeights } from '../src/model/weights.js';
+import { GraphExecutor } from '../src/train/graph-executor.js';
+import { PretrainingObjective } from '../src/train/step.js';
+import { nextTokenTargets } from '../src/train/targets.js';
+import { mlmBatch, tinyConfig } from './helpers.js';
+
+before(async () => {
+  await selectBackend('cpu');
+});
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+describe('bert_config validation', () => {
+  it('accepts a complete config', () => {
+    assert.equal(parseBertConfig(tinyConfig()).hidden_size, 16);
+  });
+  it('names a missing field', () => {
+    const { vocab_size: _, ...rest } = tinyConfig();
+    assert.throws(() => parseBertConfig(rest, 'bert_config.json'), (e: Error) => e instanceof ConfigError && /bert_config\.json/.test(e.message) && /vocab_size: missing/.test(e.message));
+  });
+  it('rejects heads that do not divide the hidden size', () => {
+    assert.throws(() => parseBertConfig(tinyConfig({ num_attention_heads: 3 })), /num_attention_heads must divide hidden_size/);
+  });
+  it('rejects an unknown activation', () => {
+    assert.throws(() => parseBertConfig({ ...tinyConfig(), hidden_act: 'mish' }), /unknown activation "mish"/);
+  });
+  it('rejects a dropout rate of 1', () => {
+    assert.throws(() => parseBertConfig(tinyConfig({ hidden_dropout_prob: 1 })), /hidden_dropout_prob/);
+  });
+});
+
+describe('graph', () => {
+  it('has the stable layer and weight names and output shapes', () => {
+    const model = buildTransformer(tinyConfig());
+    const names = model.layers.map((l) => l.name);
+    for (const n of ['Embedding-Token', 'Embedding-Segment', 'Embedding-Position', 'Embedding-Norm', 'Transformer-1-MultiHeadSelfAttention', 'Transformer-1-FeedForward-Norm', 'MLM-Dense', 'MLM-Norm', 'MLM-Bias']) {
+      assert.ok(names.includes(n), `missing layer ${n}`);
+    }
+    const weights = trainableWeights(model).map((w) => w.name);
+    assert.ok(weights.includes('Transformer-0-FeedForward/output/kernel'));
+    assert.ok(weights.includes('Transformer-1-MultiHeadSelfAttention/query/kernel'));
+    assert.ok(weights.includes('Embedding-Token/embeddings'));
+    // a second model in the same process keeps the same names
+    assert.deepEqual(trainableWeights(buildTransformer(tinyConfig())).map((w) => w.name), weights);
+    const out = model.predict([tf.ones([2, 7], 'int32'), tf.zeros([2, 7], 'int32')]) as tf.Tensor;
+    assert.deepEqual(out.shape, [2, 7, 40]);
+    const encoder = buildTransformer(tinyConfig(), { withMlm: false });
+    const hidden = encoder.predict([tf.ones([3, 5], 'int32'), tf.zeros([3, 5], 'int32')]) as tf.Tensor;
+    assert.deepEqual(hidden.shape, [3, 5, 16]);
+  });
+
+  it('builds the UniLM, causal and padding masks', () => {
+    const tokens = tf.tensor2d([[1, 2, 3, 4, 5, 0]], [1, 6], 'int32');
+    const segments = tf.tensor2d([[0, 0, 0, 1, 1, 0]], [1, 6], 'int32');
+    const allowed = (kind: 'padding' | 'unilm' | 'causal'): number[][] => {
+      const bias = new AttentionMask({ kind }).call([tokens, segments]) as tf.Tensor;
+      const full = tf.broadcastTo(bias, [1, 1, 6, 6]).arraySync() as number[][][][];
+      return full[0]![0]!.map((row) => row.map((v) => (v === 0 ? 1 : (assert.equal(v, MASKED_SCORE), 0))));
+    };
+    assert.deepEqual(allowed('unilm'), [
+      [1, 1, 1, 0, 0, 0],
+      [1, 1, 1, 0, 0, 0],
+      [1, 1, 1, 0, 0, 0],
+      [1, 1, 1, 1, 0, 0],
+      [1, 1, 1, 1, 1, 0],
+      [1, 1, 1, 1, 1, 0], // a padding query's row is never used
+    ]);
+    assert.deepEqual(allowed('causal'), [
+      [1, 0, 0, 0, 0, 0],
+      [1, 1, 0, 0, 0, 0],
+      [1, 1, 1, 0, 0, 0],
+      [1, 1, 1, 1, 0, 0],
+      [1, 1, 1, 1, 1, 0],
+      [1, 1, 1, 1, 1, 0],
+    ]);
+    assert.deepEqual(allowed('padding'), Array.from({ length: 6 }, () => [1, 1, 1, 1, 1, 0]));
+  });
+
+  it('ignores padding: outputs at real positions do not depend on what is padded', () => {
+    const model = buildTransformer(tinyConfig(), { withMlm: false });
+    const a = model.predict([tf.tensor2d([[7, 8, 9, 0, 0]], [1, 5], 'int32'), tf.zeros([1, 5], 'int32')]) as tf.Tensor;
+    const b = model.predict([tf.tensor2d([[7, 8, 9, 0]], [1, 4], 'int32'), tf.zeros([1, 4], 'int32')]) as tf.Tensor;
+    assert.ok(maxAbsDiff(tf.slice(a, [0, 0, 0], [1, 3, 16]).dataSync(), tf.slice(b, [0, 0, 0], [1, 3, 16]).dataSync()) < 1e-5);
+  });
+
+  it('the causal model never looks ahead', () => {
+    const model = buildTransformer(tinyConfig(), { application: 'lm', withMlm: false });
+    const a = model.predict([tf.tensor2d([[7, 8, 9, 10]], [1, 4], 'int32'), tf.zeros([1, 4], 'int32')]) as tf.Tensor;
+    const b = model.predict([tf.tensor2d([[7, 8, 11, 12]], [1, 4], 'int32'), tf.zeros([1, 4], 'int32')]) as tf.Tensor;
+    assert.ok(maxAbsDiff(tf.slice(a, [0, 0, 0], [1, 2, 16]).dataSync(), tf.slice(b, [0, 0, 0], [1, 2, 16]).dataSync()) < 1e-6);
+    assert.ok(maxAbsDiff(tf.slice(a, [0, 2, 0], [1, 1, 16]).dataSync(), tf.slice(b, [0, 2, 0], [1, 1, 16]).dataSync()) > 1e-4);
+  });
+
+  it('the executor computes what LayersModel.predict computes', () => {
+    const model = buildTransformer(tinyConfig());
+    const batch = mlmBatch(3, 2, 8, 40);
+    const feeds = [tf.tensor2d(batch.tokenIds, [2, 8], 'int32'), tf.tensor2d(batch.segmentIds, [2, 8], 'int32')];
+    const [viaExecutor] = new GraphExecutor(model).run(feeds, ['MLM-Activation'], { training: false });
+    const viaPredict = model.predict(feeds) as tf.Tensor;
+    assert.ok(maxAbsDiff(viaExecutor!.dataSync(), viaPredict.dataSync()) < 1e-6);
+  });
+
+  it('unilm and lm targets are the next token (unilm: target side only)', () => {
+    const tokens = Int32Array.from([2, 10, 11, 3, 12, 13, 3, 0]);
+    const segments = Int32Array.from([0, 0, 0, 0, 1, 1, 1, 0]);
+    assert.deepEqual([...nextTokenTargets('unilm', 1, 8, tokens, segments)], [0, 0, 0, 12, 13, 3, 0, 0]);
+    assert.deepEqual([...nextTokenTargets('lm', 1, 8, tokens, segments)], [10, 11, 3, 12, 13, 3, 0, 0]);
+  });
+});
+
+describe('gradients', () => {
+  it('match central finite differences', () => {
+    const config = tinyConfig({ initializer_range: 0.2, num_hidden_layers: 1, hidden_size: 8, intermediate_size: 16, vocab_size: 20 });
+    const model = buildTransformer(config);
+    const objective = new PretrainingObjective(model);
+    const batch = mlmBatch(11, 2, 6, 20);
+    const { grads, loss } = objective.compute(batch);
+    assert.ok(Number.isFinite(loss));
+    const eps = 1e-2;
+    let checked = 0;
+    objective.weights.forEach((w, wi) => {
+      const values = w.variable.dataSync().slice() as Float32Array;
+      const g = grads[wi]!.dataSync();
+      // the largest-gradient entry of every weight, so each check is far above float32 noise
+      let k = 0;
+      for (let i = 1; i < g.length; i++) if (Math.abs(g[i]!) > Math.abs(g[k]!)) k = i;
+      if (Math.abs(g[k]!) < 1e-3) return;
+      const at = (delta: number): number => {
+        const copy = values.slice();
+        copy[k] = values[k]! + delta;
+        w.variable.assign(tf.tensor(copy, [...w.shape]));
+        return objective.evaluate(batch).loss;
+      };
+      const numeric = (at(eps) - at(-eps)) / (2 * eps);
+      w.variable.assign(tf.tensor(values, [...w.shape]));
+      assert.ok(Math.abs(numeric - g[k]!) <= 2e-3 + 0.03 * Math.abs(g[k]!), `${w.name}[${k}]: analytic ${g[k]} vs numeric ${numeric}`);
+      checked++;
+    });
+    assert.ok(checked >= 15, `only ${checked} weights had a gradient to check`);
+    tf.dispose(grads);
+  });
+
+  for (const application of ['encoder', 'unilm'] as const) {
+    it(`with recompute equal those without (${application}, dropout on)`, () => {
+      const config = tinyConfig({ hidden_dropout_prob: 0.1, attention_probs_dropout_prob: 0.1, num_hidden_layers: 3 });
+      const model = buildTransformer(config, { application });
+      const objective = new PretrainingObjective(model);
+      let batch = mlmBatch(5, 3, 10, 40);
+      if (application === 'unilm') batch = { ...batch, tokenIds: batch.targets.map((t, i) => t || batch.tokenIds[i]!), targets: nextTokenTargets('unilm', 3, 10, batch.targets.map((t, i) => t || batch.tokenIds[i]!), batch.segmentIds) };
+      const before = tf.memory().numTensors;
+      const plain = objective.compute(batch, { dropoutSeed: 42 });
+      const recomputed = objective.compute(batch, { dropoutSeed: 42, recompute: true });
+      const otherMask = objective.compute(batch, { dropoutSeed: 43 });
+      assert.ok(Math.abs(plain.loss - recomputed.loss) < 1e-6);
+      let worst = 0;
+      let differs = 0;
+      plain.grads.forEach((g, i) => {
+        worst = Math.max(worst, maxAbsDiff(g.dataSync(), recomputed.grads[i]!.dataSync()));
+        differs = Math.max(differs, maxAbsDiff(g.dataSync(), otherMask.grads[i]!.dataSync()));
+      });
+      assert.ok(worst <= 1e-5, `max abs gradient difference ${worst}`);
+      assert.ok(differs > 1e-4, 'a different dropout seed should change the gradients (dropout is really on)');
+      tf.dispose([...plain.grads, ...recomputed.grads, ...otherMask.grads]);
+      assert.equal(tf.memory().numTensors, before, 'the step leaked tensors');
+    });
+  }
+
+  it('micro-batch accumulation equals the whole batch', () => {
+    const model = buildTransformer(tinyConfig());
+    const objective = new PretrainingObjective(model);
+    const batch = mlmBatch(9, 4, 8, 40);
+    const whole = objective.compute(batch);
+    const split = objective.compute(batch, { microBatches: 3 });
+    assert.ok(Math.abs(whole.loss - split.loss) < 1e-5);
+    whole.grads.forEach((g, i) => assert.ok(maxAbsDiff(g.dataSync(), split.grads[i]!.dataSync()) < 1e-5));
+  });
+});
+
+describe('training', () => {
+  it('the MLM loss falls on a repeated batch', () => {
+    const model = buildTransformer(tinyConfig());
+    const objective = new PretrainingObjective(model);
+    const optimizer = tf.train.adam(0.01);
+    const batch = mlmBatch(21, 4, 12, 40);
+    const first = objective.evaluate(batch).loss;
+    for (let step = 0; step < 40; step++) {
+      const { grads } = objective.compute(batch);
+      optimizer.applyGradients(objective.weights.map((w, i) => ({ name: w.variable.name, tensor: grads[i]! })));
+      tf.dispose(grads);
+    }
+    const last = objective.evaluate(batch).loss;
+    assert.ok(last < first * 0.5, `loss went from ${first} to ${last}`);
+  });
+});
+
+describe('save and load', () => {
+  let dir = '';
+  before(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'model-io-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('gives identical outputs after loading', async () => {
+    const model = buildTransformer(tinyConfig(), { application: 'unilm' });
+    const feeds = [tf.tensor2d([[2, 9, 10, 3, 11, 12]], [1, 6], 'int32'), tf.tensor2d([[0, 0, 0, 0, 1, 1]], [1, 6], 'int32')];
+    const expected = (model.predict(feeds) as tf.Tensor).dataSync();
+    await saveModel(model, path.join(dir, 'm'));
+    const loaded = await loadModel(path.join(dir, 'm'));
+    assert.deepEqual((loaded.predict(feeds) as tf.Tensor).dataSync(), expected);
+    assert.deepEqual(trainableWeights(loaded).map((w) => w.name), trainableWeights(model).map((w) => w.name));
+  });
+
+  it('refuses a weights path outside the model folder', async () => {
+    const bad = path.join(dir, 'bad');
+    await saveModel(buildTransformer(tinyConfig()), bad);
+    const json = JSON.parse(await (await import('node:fs/promises')).readFile(path.join(bad, 'model.json'), 'utf8'));
+    json.weightsManifest[0].paths = ['../../etc/passwd'];
+    await writeFile(path.join(bad, 'model.json'), JSON.stringify(json));
+    await assert.rejects(loadModel(bad), /leaves the model folder/);
+  });
+});
