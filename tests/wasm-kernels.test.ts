@@ -279,6 +279,45 @@ describe('Identity', () => {
   });
 });
 
+describe('Sum over leading axes', () => {
+  test('column sums of rank 2, 3 and keepDims match cpu; other reductions still work', async () => {
+    const x = (): tf.Tensor => tf.tensor(randomValues(4 * 6 * 5, 31), [4, 6, 5]);
+    await assertSameOnBoth(() => [
+      tf.sum(x(), 0),
+      tf.sum(x(), [0, 1]),
+      tf.sum(x(), [1, 0], true),
+      tf.sum(tf.reshape(x(), [24, 5]), 0),
+      tf.sum(x(), -1),
+      tf.sum(x(), [0, 2]),
+      tf.sum(x()),
+      tf.sum(tf.cast(tf.reshape(x(), [24, 5]), 'int32'), 0),
+    ], 'sum');
+  });
+  test('the bias gradient of a broadcast add matches cpu', async () => {
+    await assertSameOnBoth(() => {
+      const bias = tf.tensor(randomValues(7, 32), [7]);
+      const x = tf.tensor(randomValues(3 * 9 * 7, 33), [3, 9, 7]);
+      return tf.grad((b: tf.Tensor) => tf.sum(tf.square(tf.add(x, b))))(bias);
+    }, 'bias grad');
+  });
+});
+
+describe('GatherV2 rows', () => {
+  test('row gathers (rank 1 and 2 indices, int32 tables) match cpu; other axes still work', async () => {
+    const table = (): tf.Tensor => tf.tensor(randomValues(10 * 3 * 2, 41), [10, 3, 2]);
+    await assertSameOnBoth(() => [
+      tf.gather(table(), tf.tensor1d([9, 0, 3, 3], 'int32')),
+      tf.gather(table(), tf.tensor2d([[1, 2], [8, 1]], [2, 2], 'int32')),
+      tf.gather(tf.cast(tf.mul(table(), 100), 'int32'), tf.tensor1d([4, 2], 'int32')),
+      tf.gather(table(), tf.tensor1d([2, 0], 'int32'), 1),
+    ], 'gather');
+  });
+  test('an out-of-range index is an error, not garbage', async () => {
+    await tf.setBackend('wasm');
+    assert.throws(() => tf.tidy(() => tf.gather(tf.ones([3, 2]), tf.tensor1d([3], 'int32')).dataSync()), /index value 3 is not in \[0, 2\]/);
+  });
+});
+
 describe('install / uninstall', () => {
   test('install is idempotent and does not warn', () => {
     const warnings: unknown[] = [];

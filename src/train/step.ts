@@ -3,6 +3,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { LAYER } from '../model/build.js';
 import { trainableWeights, type NamedWeight } from '../model/weights.js';
 import { GraphExecutor } from './graph-executor.js';
+import { sparseSoftmaxCrossEntropy } from './loss.js';
 import { type Batch, countTargets, sliceBatch } from './targets.js';
 
 export interface StepOptions {
@@ -138,10 +139,8 @@ export class PretrainingObjective {
     // rank 3 is what tells the tied embedding layer it is projecting hidden states
     const projected = this.outputEmbedding.call(tf.reshape(rows, [1, positions.length, width]), {}) as tf.Tensor;
     const logits = tf.reshape(this.outputBias.call(projected, {}) as tf.Tensor, [positions.length, this.vocabSize]);
-    // oneHot straight to float32 gives wrong values on tfjs-backend-wasm 4.22: build int32, then cast
-    const oneHot = tf.cast(tf.oneHot(labelTensor, this.vocabSize), 'float32');
-    const loss = tf.div(tf.neg(tf.sum(tf.mul(oneHot, tf.logSoftmax(logits)))), normalizer);
-    const correct = tf.sum(tf.cast(tf.equal(tf.argMax(logits, -1), labelTensor), 'float32'));
+    const { lossSum, correct } = sparseSoftmaxCrossEntropy(logits, labelTensor);
+    const loss = tf.div(lossSum, normalizer);
     return { loss, correct };
   }
 }

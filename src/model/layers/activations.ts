@@ -10,15 +10,15 @@ const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
  * erf would keep four intermediates alive per call and launch twice the kernels.
  */
 const geluErf = customOp(([x], save) => {
-  save([x!]);
   const cdf = tf.mul(0.5, tf.add(1, tf.erf(tf.mul(x!, SQRT1_2))));
+  // keeping Phi(x) costs one tensor and saves four kernels (erf among them) in backward
+  save([x!, cdf]);
   return {
     value: tf.mul(x!, cdf),
     gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const xs = saved[0]!;
-      const phi = tf.mul(INV_SQRT_2PI, tf.exp(tf.mul(-0.5, tf.square(xs))));
-      const cdfB = tf.mul(0.5, tf.add(1, tf.erf(tf.mul(xs, SQRT1_2))));
-      return tf.mul(dy, tf.add(cdfB, tf.mul(xs, phi)));
+      const [xs, phiCdf] = saved as [tf.Tensor, tf.Tensor];
+      const pdf = tf.exp(tf.mul(-0.5, tf.square(xs)));
+      return tf.mul(dy, tf.add(phiCdf, tf.mul(tf.mul(xs, INV_SQRT_2PI), pdf)));
     },
   };
 });

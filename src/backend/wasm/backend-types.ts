@@ -1,0 +1,42 @@
+import type * as tf from '@tensorflow/tfjs-core';
+import type { TensorInfo } from '@tensorflow/tfjs-core';
+
+export const BACKEND = 'wasm';
+
+/** The slice of BackendWasm (tfjs-backend-wasm/dist/backend_wasm.js) our kernels rely on. */
+
+export interface WasmTensorData {
+  id: number;
+  memoryOffset: number;
+  shape: number[];
+  dtype: tf.DataType;
+  refCount: number;
+}
+
+export type CwrapArgType = 'number' | 'array' | 'string';
+
+export interface WasmModule {
+  tfjs: {
+    registerTensor(id: number, size: number, memoryOffset: number): void;
+    disposeData(id: number): void;
+  };
+  cwrap(name: string, returnType: null | 'number', argTypes: CwrapArgType[]):
+      (...args: Array<number | boolean | Uint8Array>) => unknown;
+  HEAPU8: Uint8Array;
+}
+
+export interface WasmBackendLike {
+  wasm: WasmModule;
+  dataIdNextNumber: number;
+  dataIdMap: { get(dataId: object): WasmTensorData | undefined };
+  makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
+  typedArrayFromHeap(t: TensorInfo): Float32Array | Int32Array | Uint8Array;
+  disposeData(dataId: object, force?: boolean): boolean;
+  incRef(dataId: object): void;
+}
+
+export function tensorData(backend: WasmBackendLike, t: TensorInfo): WasmTensorData {
+  const d = backend.dataIdMap.get(t.dataId);
+  if (d === undefined) throw new Error('wasm-kernels: tensor data not found on the wasm backend');
+  return d;
+}
