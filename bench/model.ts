@@ -1,0 +1,270 @@
+/**
+ * npm run bench:model -- training throughput per backend and size, the wasm kernel fixes
+ * against stock tfjs-backend-wasm, and what recompute buys in memory and costs in time.
+ * Prints tables, the command to reproduce, and as its last line one JSON object.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { Command, Option } from 'commander';
+import { selectBackend } from '../src/backend/index.js';
+import { ALL_WASM_KERNEL_FIXES, installWasmKernelFixes, uninstallWasmKernelFixes } from '../src/backend/wasm-kernels.js';
+import { buildTransformer } from '../src/model/build.js';
+import { presetConfig } from '../src/model/config.js';
+import { clipByGlobalNorm } from '../src/train/gradients.js';
+import { PretrainingObjective } from '../src/train/step.js';
+import type { Batch } from '../src/train/targets.js';
+
+type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+
+interface Options {
+  backends: string;
+  presets: string;
+  vocab: number;
+  batch: number;
+  seq: number;
+  steps: number;
+  recomputeLayers: number;
+  recomputeHidden: number;
+  budgetMib: number;
+  stock: boolean;
+  recompute: boolean;
+}
+
+const program = new Command('bench:model')
+  .description('MLM training-step throughput, wasm kernel fixes vs stock, recompute memory/time')
+  .option('--backends <list>', 'comma-separated backends to measure (tensorflow is skipped when not installed)', 'tensorflow,wasm,cpu')
+  .option('--presets <list>', 'model sizes', 'L2-H128,L4-H256,L4-H512')
+  .addOption(new Option('--vocab <n>', 'vocabulary size (21128 = Google Chinese BERT)').default(21128).argParser(Number))
+  .addOption(new Option('--batch <n>', 'sequences per step').default(8).argParser(Number))
+  .addOption(new Option('--seq <n>', 'sequence length').default(128).argParser(Number))
+  .addOption(new Option('--steps <n>', 'measured steps per row on wasm/tensorflow (cpu: fewer)').default(5).argParser(Number))
+  .addOption(new Option('--recompute-layers <n>', 'depth of the recompute model').default(12).argParser(Number))
+  .addOption(new Option('--recompute-hidden <n>', 'width of the recompute model').default(256).argParser(Number))
+  .addOption(new Option('--budget-mib <n>', 'memory budget (peak tensor bytes) for the batch ratio').default(1024).argParser(Number))
+  .option('--no-stock', 'skip the stock-wasm comparison')
+  .option('--no-recompute', 'skip the recompute section');
+
+const [CLS, SEP, MASK, FIRST_WORD_ID] = [2, 3, 4, 5];
+
+/** An MLM batch as pretraining makes it: 15% of real tokens are targets, 80% of those [MASK]. */
+function mlmBatch(seed: number, batchSize: number, length: number, vocab: number): Batch {
+  let state = seed >>> 0;
+  const rand = (): number => {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    return state / 4294967296;
+  };
+  const n = batchSize * length;
+  const tokenIds = new Int32Array(n);
+  const segmentIds = new Int32Array(n);
+  const targets = new Int32Array(n);
+  for (let b = 0; b < batchSize; b++) {
+    for (let i = 0; i < length; i++) {
+      const k = b * length + i;
+      const special = i === 0 || i === length - 1;
+      const word = (): number => FIRST_WORD_ID + Math.floor(rand() * (vocab - FIRST_WORD_ID));
+      const id = special ? (i === 0 ? CLS : SEP) : word();
+      tokenIds[k] = id;
+      if (!special && rand() < 0.15) {
+        targets[k] = id;
+        const r = rand();
+        tokenIds[k] = r < 0.8 ? MASK : r < 0.9 ? word() : id;
+      }
+    }
+  }
+  return { batchSize, length, tokenIds, segmentIds, targets };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+interface Trainer {
+  step(seed: number): void;
+  objective: PretrainingObjective;
+  dispose(): void;
+}
+
+function makeTrainer(preset: string, vocab: number, batch: Batch, recompute: boolean): Trainer {
+  const model = buildTransformer(presetConfig(preset, vocab));
+  const objective = new PretrainingObjective(model);
+  const optimizer = tf.train.adam(1e-4);
+  return {
+    objective,
+    step(seed: number) {
+      const { grads } = objective.compute(batch, { dropoutSeed: seed, recompute });
+      const clipped = clipByGlobalNorm(grads, 1);
+      optimizer.applyGradients(objective.weights.map((w, i) => ({ name: w.variable.name, tensor: clipped.grads[i]! })));
+      tf.dispose([...grads, ...clipped.grads]);
+    },
+    dispose() {
+      optimizer.dispose();
+      model.dispose();
+    },
+  };
+}
+
+/** Median milliseconds per step after `warmup` steps; cpu rows stop early past a time cap. */
+function timeSteps(trainer: Trainer, warmup: number, steps: number, capMs = Infinity): { ms: number; measured: number } {
+  for (let i = 0; i < warmup; i++) trainer.step(1000 + i);
+  const times: number[] = [];
+  const started = performance.now();
+  for (let i = 0; i < steps; i++) {
+    const t = performance.now();
+    trainer.step(i);
+    times.push(performance.now() - t);
+    if (performance.now() - started > capMs) break;
+  }
+  return { ms: median(times), measured: times.length };
+}
+
+function peakBytes(trainer: Trainer): Promise<number> {
+  return tf.profile(() => trainer.step(7)).then((info) => info.peakBytes);
+}
+
+const mib = (bytes: number): string => (bytes / 2 ** 20).toFixed(1);
+
+function table(title: string, header: string[], rows: (string | number)[][]): void {
+  const cells = [header, ...rows.map((r) => r.map(String))];
+  const widths = header.map((_, c) => Math.max(...cells.map((r) => r[c]!.length)));
+  console.log(`\n${title}`);
+  cells.forEach((r, i) => {
+    console.log(r.map((v, c) => (c === 0 ? v.padEnd(widths[c]!) : v.padStart(widths[c]!))).join('  '));
+    if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  });
+}
+
+async function main(): Promise<void> {
+  const opts = program.parse(process.argv).opts<Options>();
+  const presets = opts.presets.split(',').map((s) => s.trim());
+  const tokens = opts.batch * opts.seq;
+  const batch = mlmBatch(1, opts.batch, opts.seq, opts.vocab);
+  const results: Record<string, unknown> = {
+    setup: { vocab: opts.vocab, batch: opts.batch, seq: opts.seq, dropout: 0.1, optimizer: 'adam + global-norm clip', targets: '15% of tokens' },
+  };
+
+  // 1. throughput
+  const throughput: Record<string, Record<string, number | null>> = {};
+  const rows: (string | number)[][] = [];
+  for (const wanted of opts.backends.split(',').map((s) => s.trim()) as BackendName[]) {
+    let backend: BackendName;
+    try {
+      backend = (await selectBackend(wanted)).name;
+    } catch (err) {
+      console.log(`skipping backend ${wanted}: ${(err as Error).message}`);
+      continue;
+    }
+    throughput[backend] = {};
+    for (const preset of presets) {
+      const trainer = makeTrainer(preset, opts.vocab, batch, false);
+      const slow = backend === 'cpu';
+      const { ms, measured } = timeSteps(trainer, slow ? 1 : 2, slow ? 2 : opts.steps, slow ? 60_000 : Infinity);
+      trainer.dispose();
+      const perSec = (tokens / ms) * 1000;
+      throughput[backend]![preset] = Math.round(perSec);
+      rows.push([backend, preset, ms.toFixed(0), perSec.toFixed(0), measured]);
+      console.log(`  ${backend} ${preset}: ${ms.toFixed(0)} ms/step, ${perSec.toFixed(0)} tokens/s`);
+    }
+  }
+  table(`MLM training step, batch ${opts.batch} x ${opts.seq}, vocab ${opts.vocab}, median after warm-up`, ['backend', 'model', 'ms/step', 'tokens/s', 'steps'], rows);
+  results['trainTokensPerSec'] = throughput;
+
+  // 2. our wasm kernels against stock tfjs-backend-wasm (plus the one kernel it lacks to train at all)
+  if (opts.stock) {
+    await selectBackend('wasm');
+    const preset = 'L4-H256';
+    const ours = makeTrainer(preset, opts.vocab, batch, false);
+    const oursTime = timeSteps(ours, 1, 3);
+    ours.dispose();
+    uninstallWasmKernelFixes();
+    installWasmKernelFixes(['UnsortedSegmentSum']);
+    const stock = makeTrainer(preset, opts.vocab, batch, false);
+    const stockTime = timeSteps(stock, 1, 2);
+    stock.dispose();
+    uninstallWasmKernelFixes();
+    installWasmKernelFixes(ALL_WASM_KERNEL_FIXES);
+    const speedup = stockTime.ms / oursTime.ms;
+    table(`wasm ${preset}: our kernels vs stock tfjs-backend-wasm 4.22 (+ UnsortedSegmentSum only)`, ['kernels', 'ms/step', 'tokens/s'], [
+      ['stock + UnsortedSegmentSum', stockTime.ms.toFixed(0), ((tokens / stockTime.ms) * 1000).toFixed(0)],
+      [`ours (${ALL_WASM_KERNEL_FIXES.join(', ')})`, oursTime.ms.toFixed(0), ((tokens / oursTime.ms) * 1000).toFixed(0)],
+    ]);
+    results['wasmSpeedupOverStock'] = Number(speedup.toFixed(2));
+  }
+
+  // 3. recompute: peak memory by depth, batch that fits a budget, time overhead
+  if (opts.recompute) {
+    await selectBackend('wasm');
+    const hidden = opts.recomputeHidden;
+    const peaks: Record<string, { plain: number; recompute: number }> = {};
+    const peakRows: (string | number)[][] = [];
+    for (const layers of [4, 8, 12]) {
+      const preset = `L${layers}-H${hidden}`;
+      const plain = makeTrainer(preset, opts.vocab, batch, false);
+      const plainPeak = await peakBytes(plain);
+      plain.dispose();
+      const rc = makeTrainer(preset, opts.vocab, batch, true);
+      const rcPeak = await peakBytes(rc);
+      rc.dispose();
+      peaks[preset] = { plain: plainPeak, recompute: rcPeak };
+      peakRows.push([preset, mib(plainPeak), mib(rcPeak), (plainPeak / rcPeak).toFixed(2)]);
+    }
+    table(`Peak tensor memory of one training step (MiB), batch ${opts.batch} x ${opts.seq}, wasm`, ['model', 'plain', 'recompute', 'ratio'], peakRows);
+
+    // peak bytes are affine in the batch size: fit them from two batches, then solve for the budget
+    const preset = `L${opts.recomputeLayers}-H${hidden}`;
+    const budget = opts.budgetMib * 2 ** 20;
+    const fit = async (recompute: boolean): Promise<{ fixed: number; perSample: number }> => {
+      const at = async (b: number): Promise<number> => {
+        const t = makeTrainer(preset, opts.vocab, mlmBatch(2, b, opts.seq, opts.vocab), recompute);
+        const p = await peakBytes(t);
+        t.dispose();
+        return p;
+      };
+      const [p2, p8] = [await at(2), await at(8)];
+      const perSample = (p8 - p2) / 6;
+      return { fixed: p2 - 2 * perSample, perSample };
+    };
+    const plainFit = await fit(false);
+    const rcFit = await fit(true);
+    const maxBatch = (f: { fixed: number; perSample: number }): number => Math.floor((budget - f.fixed) / f.perSample);
+    const plainMax = maxBatch(plainFit);
+    const rcMax = maxBatch(rcFit);
+    // check the fit where it matters: the recompute model at a larger batch than fitted
+    const checkBatch = 16;
+    const check = makeTrainer(preset, opts.vocab, mlmBatch(3, checkBatch, opts.seq, opts.vocab), true);
+    const measuredAt16 = await peakBytes(check);
+    check.dispose();
+    const predictedAt16 = rcFit.fixed + checkBatch * rcFit.perSample;
+
+    const plainTrainer = makeTrainer(preset, opts.vocab, batch, false);
+    const plainTime = timeSteps(plainTrainer, 1, 3);
+    plainTrainer.dispose();
+    const rcTrainer = makeTrainer(preset, opts.vocab, batch, true);
+    const rcTime = timeSteps(rcTrainer, 1, 3);
+    rcTrainer.dispose();
+    const overhead = rcTime.ms / plainTime.ms - 1;
+    table(`Recompute, ${preset}, seq ${opts.seq}, budget ${opts.budgetMib} MiB of tensors, wasm`, ['mode', 'fixed MiB', 'MiB/sample', 'max batch', 'ms/sample'], [
+      ['plain', mib(plainFit.fixed), mib(plainFit.perSample), plainMax, (plainTime.ms / opts.batch).toFixed(0)],
+      ['recompute', mib(rcFit.fixed), mib(rcFit.perSample), rcMax, (rcTime.ms / opts.batch).toFixed(0)],
+    ]);
+    console.log(`fit check: recompute peak at batch ${checkBatch} measured ${mib(measuredAt16)} MiB, predicted ${mib(predictedAt16)} MiB`);
+    results['recompute'] = {
+      layers: opts.recomputeLayers,
+      hidden,
+      budgetMiB: opts.budgetMib,
+      maxBatch: { plain: plainMax, recompute: rcMax },
+      batchRatio: Number((rcMax / plainMax).toFixed(2)),
+      timeOverhead: Number(overhead.toFixed(3)),
+      peakBytes: Object.fromEntries(Object.entries(peaks).map(([k, v]) => [k, v])),
+      fitCheck: { batch: checkBatch, measuredBytes: measuredAt16, predictedBytes: Math.round(predictedAt16) },
+    };
+  }
+
+  console.log(`\nreproduce: npm run bench:model -- ${process.argv.slice(2).join(' ')}`.trimEnd());
+  console.log(JSON.stringify(results));
+}
+
+main().catch((err: unknown) => {
+  console.error(`bench:model failed: ${(err as Error).stack ?? String(err)}`);
+  process.exit(1);
+});
