@@ -1,0 +1,150 @@
+#!/usr/bin/env node
+/**
+ * `coordinator`: today only `coordinator start --local`, a single-process training run on
+ * the built-in corpus. The distributed coordinator (rendezvous, workers, gRPC all-reduce)
+ * comes in later issues.
+ */
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
+import { type Application, APPLICATIONS } from '../src/model/build.js';
+import { LOCAL_DEFAULTS, LocalRunError, runLocal } from '../src/train/local-run.js';
+
+/** Exit code for bad input: options, config files, an unavailable backend. */
+const EXIT_USAGE = 2;
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer.');
+  return n;
+}
+
+function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n)) throw new InvalidArgumentError('expected a non-negative integer.');
+  return n;
+}
+
+function positiveNumber(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('expected a positive number.');
+  return n;
+}
+
+function nonNegativeNumber(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new InvalidArgumentError('expected a number >= 0.');
+  return n;
+}
+
+function preset(value: string): string {
+  if (!/^L\d+-H\d+$/.test(value)) throw new InvalidArgumentError('expected the form L<layers>-H<hidden>, e.g. L2-H128.');
+  return value;
+}
+
+interface StartOptions {
+  local?: boolean;
+  backend: BackendChoice;
+  preset?: string;
+  config?: string;
+  application: Application;
+  steps: number;
+  batchSize: number;
+  seqLength: number;
+  lr: number;
+  clipNorm: number;
+  recompute?: boolean;
+  microBatches: number;
+  seed: number;
+  save: string | false;
+  logEvery: number;
+}
+
+const DEFAULT_SAVE_DIR = 'runs/local/model';
+
+function buildProgram(): Command {
+  const program = new Command('coordinator')
+    .description('Coordinator of a multi-worker BERT/UniLM pretraining run (tfjs). For now only a single-process local run is built.')
+    .showSuggestionAfterError()
+    .exitOverride();
+
+  program
+    .command('start')
+    .description(
+      'Start a training run. With --local: train in this process on the built-in corpus (a stand-in of Tang poems) ' +
+        'and save the model. The distributed coordinator (without --local) is not built yet.',
+    )
+    .option('--local', 'run a single-process training run (no coordinator, no workers)')
+    .addOption(new Option('--backend <name>', 'tfjs backend: auto takes native tensorflow if installed, else wasm, else cpu').choices(BACKEND_CHOICES).default(LOCAL_DEFAULTS.backend))
+    .addOption(new Option('--preset <L..-H..>', `model size preset: layers and hidden size (default ${LOCAL_DEFAULTS.preset})`).argParser(preset).conflicts('config'))
+    .option('--config <bert_config.json>', 'model from a Google bert_config.json (instead of --preset)')
+    .addOption(new Option('--application <name>', 'encoder: BERT MLM; unilm: seq2seq (first half of a poem -> second); lm: left-to-right').choices(APPLICATIONS).default(LOCAL_DEFAULTS.application))
+    .option('--steps <n>', 'training steps', positiveInt, LOCAL_DEFAULTS.steps)
+    .option('--batch-size <n>', 'sequences per step', positiveInt, LOCAL_DEFAULTS.batchSize)
+    .option('--seq-length <n>', 'tokens per sequence (truncated/padded)', positiveInt, LOCAL_DEFAULTS.seqLength)
+    .option('--lr <x>', 'Adam learning rate', positiveNumber, LOCAL_DEFAULTS.learningRate)
+    .option('--clip-norm <x>', 'clip gradients to this global norm (0: off)', nonNegativeNumber, LOCAL_DEFAULTS.clipNorm)
+    .option('--recompute', 'recompute each Transformer block in backprop instead of keeping its activations')
+    .option('--micro-batches <n>', 'split each batch into n micro-batches and accumulate their gradients', positiveInt, LOCAL_DEFAULTS.microBatches)
+    .option('--seed <n>', 'seed of data order, masking and dropout', nonNegativeInt, LOCAL_DEFAULTS.seed)
+    .option('--save <dir>', 'save the trained model (tfjs LayersModel: model.json + weights.bin) to this folder', DEFAULT_SAVE_DIR)
+    .option('--no-save', 'do not save the model')
+    .option('--log-every <n>', 'print a progress line every n steps', positiveInt, LOCAL_DEFAULTS.logEvery)
+    .addHelpText(
+      'after',
+      '\nExamples:\n' +
+        '  $ coordinator start --local                                  # 120 steps of L2-H128 MLM on wasm (~25 s)\n' +
+        '  $ coordinator start --local --application unilm --steps 100\n' +
+        '  $ coordinator start --local --config bert_config.json --backend tensorflow\n',
+    )
+    .action(async (opts: StartOptions) => {
+      if (!opts.local) {
+        throw new LocalRunError(
+          'the distributed coordinator (rendezvous, workers, all-reduce) is not built yet; ' +
+            '`coordinator start --local` runs a single-process training run on the built-in corpus',
+        );
+      }
+      const started = performance.now();
+      const summary = await runLocal({
+        backend: opts.backend,
+        preset: opts.preset,
+        bertConfigPath: opts.config,
+        application: opts.application,
+        steps: opts.steps,
+        batchSize: opts.batchSize,
+        seqLength: opts.seqLength,
+        learningRate: opts.lr,
+        clipNorm: opts.clipNorm,
+        recompute: opts.recompute,
+        microBatches: opts.microBatches,
+        seed: opts.seed,
+        saveDir: opts.save === false ? undefined : opts.save,
+        logEvery: opts.logEvery,
+      });
+      console.log(
+        `done: ${summary.steps} steps in ${((performance.now() - started) / 1000).toFixed(1)} s, ` +
+          `train loss ${summary.firstLoss.toFixed(4)} -> ${summary.lastLoss.toFixed(4)} (first -> last step), ` +
+          `${Math.round(summary.tokensPerSecond)} tokens/s on ${summary.backend}`,
+      );
+    });
+  return program;
+}
+
+async function main(argv: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // commander has printed its message (or the help) already
+      return err.exitCode === 0 ? 0 : EXIT_USAGE;
+    }
+    if (err instanceof LocalRunError) {
+      process.stderr.write(`error: ${err.message}\n`);
+      return EXIT_USAGE;
+    }
+    process.stderr.write(`coordinator: ${(err as Error)?.stack ?? String(err)}\n`);
+    return 1;
+  }
+}
+
+process.exitCode = await main(process.argv);

@@ -1,0 +1,265 @@
+/**
+ * A single-process training run on the built-in stand-in corpus: select a backend, build
+ * the model, train with Adam and global-norm clipping, evaluate on held-out poems, save.
+ * No coordinator, no workers: this is what `coordinator start --local` runs.
+ */
+import { promises as fs } from 'node:fs';
+import * as tf from '@tensorflow/tfjs-core';
+import type * as tfl from '@tensorflow/tfjs-layers';
+import { type BackendChoice, BACKEND_CHOICES, selectBackend } from '../backend/index.js';
+import { saveModel } from '../checkpoint/layers-model-io.js';
+import { loadBuiltinCorpus, makeBatch, pretrainingBatches, seededRandom, splitCorpus } from '../data/builtin-corpus.js';
+import { type Application, APPLICATIONS, buildTransformer } from '../model/build.js';
+import { type BertConfig, ConfigError, parseBertConfig, presetConfig } from '../model/config.js';
+import { clipByGlobalNorm } from './gradients.js';
+import { PretrainingObjective } from './step.js';
+
+/** A problem with what the user asked for (options, config file, backend): reported in one line, no stack. */
+export class LocalRunError extends Error {
+  override name = 'LocalRunError';
+}
+
+export interface LocalRunOptions {
+  backend?: BackendChoice;
+  /** Size preset `L<layers>-H<hidden>` (default L2-H128); ignored when a config is given. */
+  preset?: string;
+  /** A Google `bert_config.json`; its vocab_size must cover the built-in corpus's vocabulary. */
+  bertConfigPath?: string;
+  /** A config given directly (tests); vocab_size defaults to the corpus vocabulary. */
+  bertConfig?: Omit<BertConfig, 'vocab_size'> & { vocab_size?: number };
+  application?: Application;
+  steps?: number;
+  batchSize?: number;
+  seqLength?: number;
+  learningRate?: number;
+  /** Global-norm clipping threshold; 0 turns clipping off. */
+  clipNorm?: number;
+  recompute?: boolean;
+  microBatches?: number;
+  seed?: number;
+  /** Folder to save the trained model to (model.json + weights.bin); not saved when absent. */
+  saveDir?: string;
+  /** Print a progress line every this many steps (and at the first and last step). */
+  logEvery?: number;
+  /** Where progress lines go; default stdout. */
+  onLog?: (line: string) => void;
+  /** Return the trained model (the caller disposes it) instead of disposing it. */
+  keepModel?: boolean;
+}
+
+export interface LocalRunSummary {
+  backend: string;
+  application: Application;
+  config: BertConfig;
+  parameters: number;
+  steps: number;
+  /** Training loss of the first and of the last step. */
+  firstLoss: number;
+  lastLoss: number;
+  /** Training loss of every step. */
+  losses: number[];
+  /** Held-out loss and accuracy before training and after. */
+  initialEvalLoss: number;
+  evalLoss: number;
+  evalAccuracy: number;
+  /** Token positions (batch x length) per second of training, over all steps but the first. */
+  tokensPerSecond: number;
+  seconds: number;
+  /** tf.memory().numTensors after the first and the last step: equal when nothing leaks. */
+  tensorsAfterFirstStep: number;
+  tensorsAfterLastStep: number;
+  savedTo?: string;
+  model?: tfl.LayersModel;
+}
+
+export const LOCAL_DEFAULTS = {
+  backend: 'auto' as BackendChoice,
+  preset: 'L2-H128',
+  application: 'encoder' as Application,
+  steps: 120,
+  batchSize: 8,
+  seqLength: 64,
+  learningRate: 1e-3,
+  clipNorm: 1.0,
+  recompute: false,
+  microBatches: 1,
+  seed: 1,
+  logEvery: 20,
+};
+
+async function readConfigFile(file: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new LocalRunError(code === 'ENOENT' ? `config file ${file} does not exist` : `cannot read config file ${file}: ${(err as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new LocalRunError(`config file ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+function checkPositiveInt(name: string, value: number): void {
+  if (!Number.isInteger(value) || value <= 0) throw new LocalRunError(`${name} must be a positive integer, got ${value}`);
+}
+
+async function resolveConfig(options: LocalRunOptions, vocabSize: number, seqLength: number, application: Application): Promise<BertConfig> {
+  let config: BertConfig;
+  let source: string;
+  try {
+    if (options.bertConfigPath) {
+      source = `config file ${options.bertConfigPath}`;
+      config = parseBertConfig(await readConfigFile(options.bertConfigPath), options.bertConfigPath);
+    } else if (options.bertConfig) {
+      source = 'the given config';
+      config = parseBertConfig({ vocab_size: vocabSize, ...options.bertConfig }, source);
+    } else {
+      const preset = options.preset ?? LOCAL_DEFAULTS.preset;
+      source = `preset ${preset}`;
+      config = presetConfig(preset, vocabSize);
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) throw new LocalRunError(err.message.replace(/:?\n\s*/g, (m) => (m.startsWith(':') ? ': ' : '; ')));
+    throw err;
+  }
+  if (config.vocab_size < vocabSize) {
+    throw new LocalRunError(`${source}: vocab_size ${config.vocab_size} is smaller than the built-in corpus's vocabulary (${vocabSize} tokens)`);
+  }
+  if (config.max_position_embeddings < seqLength) {
+    throw new LocalRunError(`${source}: max_position_embeddings ${config.max_position_embeddings} is shorter than the sequence length ${seqLength}`);
+  }
+  if (application === 'unilm' && config.type_vocab_size < 2) {
+    throw new LocalRunError(`${source}: the unilm application needs type_vocab_size >= 2 (it has ${config.type_vocab_size})`);
+  }
+  return config;
+}
+
+function fmt(x: number, digits = 4): string {
+  return Number.isFinite(x) ? x.toFixed(digits) : String(x);
+}
+
+export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunSummary> {
+  const o = { ...LOCAL_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as typeof LOCAL_DEFAULTS & LocalRunOptions;
+  const log = o.onLog ?? ((line: string) => console.log(line));
+  if (!BACKEND_CHOICES.includes(o.backend)) throw new LocalRunError(`unknown backend "${String(o.backend)}"; use one of ${BACKEND_CHOICES.join(', ')}`);
+  if (!APPLICATIONS.includes(o.application)) throw new LocalRunError(`unknown application "${String(o.application)}"; use one of ${APPLICATIONS.join(', ')}`);
+  for (const [name, value] of [['steps', o.steps], ['batch size', o.batchSize], ['sequence length', o.seqLength], ['micro-batches', o.microBatches], ['logEvery', o.logEvery]] as const) {
+    checkPositiveInt(name, value);
+  }
+  if (o.seqLength < 4) throw new LocalRunError(`sequence length must be at least 4, got ${o.seqLength}`);
+  if (!(o.learningRate > 0) || !Number.isFinite(o.learningRate)) throw new LocalRunError(`learning rate must be a positive number, got ${o.learningRate}`);
+  if (!(o.clipNorm >= 0) || !Number.isFinite(o.clipNorm)) throw new LocalRunError(`clip norm must be a number >= 0, got ${o.clipNorm}`);
+  if (!Number.isInteger(o.seed) || o.seed < 0) throw new LocalRunError(`seed must be a non-negative integer, got ${o.seed}`);
+
+  const corpus = loadBuiltinCorpus();
+  const config = await resolveConfig(o, corpus.vocab.size, o.seqLength, o.application);
+
+  let backend;
+  try {
+    backend = await selectBackend(o.backend);
+  } catch (err) {
+    throw new LocalRunError((err as Error).message);
+  }
+  log(`backend: ${backend.description}`);
+
+  const { train, heldOut } = splitCorpus(corpus);
+  const batches = pretrainingBatches(corpus.vocab, train, { application: o.application, batchSize: o.batchSize, length: o.seqLength, seed: o.seed });
+  // MLM: each held-out poem four times with different masks, for a steadier estimate
+  const evalTexts = o.application === 'encoder' ? [...heldOut, ...heldOut, ...heldOut, ...heldOut] : heldOut;
+  const evalBatch = makeBatch(corpus.vocab, evalTexts, { application: o.application, length: o.seqLength, seed: o.seed }, seededRandom(o.seed ^ 0x5eed));
+
+  const model = buildTransformer(config, { application: o.application, withMlm: true });
+  const objective = new PretrainingObjective(model);
+  const parameters = objective.weights.reduce((n, w) => n + w.shape.reduce((a, b) => a * b, 1), 0);
+  log(
+    `model: ${o.application}, ${config.num_hidden_layers} layers, hidden ${config.hidden_size}, ${config.num_attention_heads} heads, ` +
+      `vocab ${config.vocab_size}, ${(parameters / 1e6).toFixed(2)}M parameters`,
+  );
+  log(
+    `data: built-in corpus (stand-in), ${train.length} training / ${heldOut.length} held-out poems; batch ${o.batchSize} x ${o.seqLength}, ` +
+      `${o.steps} steps, Adam lr ${o.learningRate}, clip ${o.clipNorm || 'off'}${o.recompute ? ', recompute' : ''}${o.microBatches > 1 ? `, ${o.microBatches} micro-batches` : ''}, seed ${o.seed}`,
+  );
+
+  const optimizer = tf.train.adam(o.learningRate);
+  const initial = objective.evaluate(evalBatch);
+  const losses: number[] = [];
+  let tensorsAfterFirstStep = 0;
+  let tensorsAfterLastStep = 0;
+  let timedSeconds = 0;
+  let timedTokens = 0;
+  let window = { loss: 0, accuracy: 0, steps: 0, seconds: 0, tokens: 0 };
+  const started = performance.now();
+  try {
+    for (let step = 1; step <= o.steps; step++) {
+      const batch = batches.next().value;
+      const t0 = performance.now();
+      const result = objective.compute(batch, { recompute: o.recompute, dropoutSeed: o.seed * 1_000_003 + step, microBatches: o.microBatches });
+      let grads = result.grads;
+      let norm = NaN;
+      if (o.clipNorm > 0) {
+        const clipped = clipByGlobalNorm(grads, o.clipNorm);
+        tf.dispose(grads);
+        grads = clipped.grads;
+        norm = clipped.norm;
+      }
+      optimizer.applyGradients(objective.weights.map((w, i) => ({ name: w.variable.name, tensor: grads[i]! })));
+      tf.dispose(grads);
+      const seconds = (performance.now() - t0) / 1000;
+      const tokens = batch.batchSize * batch.length;
+      if (step > 1 || o.steps === 1) {
+        timedSeconds += seconds;
+        timedTokens += tokens;
+      }
+      if (!Number.isFinite(result.loss)) throw new Error(`the loss became ${result.loss} at step ${step}; lower the learning rate`);
+      losses.push(result.loss);
+      window = { loss: window.loss + result.loss, accuracy: window.accuracy + result.accuracy, steps: window.steps + 1, seconds: window.seconds + seconds, tokens: window.tokens + tokens };
+      const numTensors = tf.memory().numTensors;
+      if (step === 1) tensorsAfterFirstStep = numTensors;
+      tensorsAfterLastStep = numTensors;
+      if (step === 1 || step % o.logEvery === 0 || step === o.steps) {
+        log(
+          `step ${String(step).padStart(String(o.steps).length)}/${o.steps}  loss ${fmt(window.loss / window.steps)}  acc ${fmt(window.accuracy / window.steps, 3)}  ` +
+            `grad-norm ${fmt(norm, 3)}  tokens/s ${Math.round(window.tokens / window.seconds)}  tensors ${numTensors}`,
+        );
+        window = { loss: 0, accuracy: 0, steps: 0, seconds: 0, tokens: 0 };
+      }
+    }
+    const final = objective.evaluate(evalBatch);
+    const summary: LocalRunSummary = {
+      backend: backend.name,
+      application: o.application,
+      config,
+      parameters,
+      steps: o.steps,
+      firstLoss: losses[0]!,
+      lastLoss: losses[losses.length - 1]!,
+      losses,
+      initialEvalLoss: initial.loss,
+      evalLoss: final.loss,
+      evalAccuracy: final.accuracy,
+      tokensPerSecond: timedTokens / timedSeconds,
+      seconds: (performance.now() - started) / 1000,
+      tensorsAfterFirstStep,
+      tensorsAfterLastStep,
+    };
+    log(
+      `eval on ${heldOut.length} held-out poems (${final.targets} targets): loss ${fmt(initial.loss)} -> ${fmt(final.loss)}, acc ${fmt(initial.accuracy, 3)} -> ${fmt(final.accuracy, 3)}`,
+    );
+    if (tensorsAfterLastStep !== tensorsAfterFirstStep) {
+      log(`warning: tf.memory().numTensors went from ${tensorsAfterFirstStep} after step 1 to ${tensorsAfterLastStep}: tensors leak`);
+    }
+    if (o.saveDir) {
+      await saveModel(model, o.saveDir);
+      summary.savedTo = o.saveDir;
+      log(`saved model to ${o.saveDir} (model.json + weights.bin)`);
+    }
+    if (o.keepModel) summary.model = model;
+    return summary;
+  } finally {
+    optimizer.dispose();
+    if (!o.keepModel) model.dispose();
+  }
+}

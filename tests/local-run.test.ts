@@ -1,0 +1,190 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import { selectBackend } from '../src/backend/index.js';
+import { loadModel } from '../src/checkpoint/layers-model-io.js';
+import { CLS, corpusFromText, loadBuiltinCorpus, MASK, makeBatch, PAD, pretrainingBatches, SEP, seededRandom, splitHalves } from '../src/data/builtin-corpus.js';
+import { trainableWeights } from '../src/model/weights.js';
+import { runLocal } from '../src/train/local-run.js';
+import { tinyConfig } from './helpers.js';
+
+const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
+
+function runCli(args: string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { cwd, timeout: 60_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+let dir: string;
+
+before(async () => {
+  await selectBackend('cpu');
+  dir = await mkdtemp(path.join(tmpdir(), 'local-run-'));
+});
+
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('built-in corpus (stand-in)', () => {
+  it('has a character vocabulary after the special tokens', () => {
+    const { lines, vocab } = loadBuiltinCorpus();
+    assert.ok(lines.length >= 30, `only ${lines.length} poems`);
+    assert.deepEqual(vocab.tokens.slice(0, 5), ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']);
+    const chars = vocab.tokens.slice(5);
+    assert.deepEqual([...chars].sort((a, b) => a.codePointAt(0)! - b.codePointAt(0)!), chars);
+    assert.equal(vocab.decode(vocab.encode(lines[0]!)), lines[0]);
+  });
+
+  it('makes MLM batches: [CLS] text [SEP], 15% targets, deterministic from the seed', () => {
+    const { lines, vocab } = loadBuiltinCorpus();
+    const options = { application: 'encoder' as const, batchSize: 4, length: 40, seed: 7 };
+    const a = pretrainingBatches(vocab, lines, options).next().value;
+    const b = pretrainingBatches(vocab, lines, options).next().value;
+    assert.deepEqual(a, b);
+    for (let r = 0; r < a.batchSize; r++) {
+      const row = a.tokenIds.subarray(r * a.length, (r + 1) * a.length);
+      const targets = a.targets.subarray(r * a.length, (r + 1) * a.length);
+      assert.equal(row[0], CLS);
+      const used = row.indexOf(PAD) === -1 ? a.length : row.indexOf(PAD);
+      assert.equal(row[used - 1], SEP);
+      const chosen = targets.filter((t) => t !== 0).length;
+      assert.equal(chosen, Math.max(1, Math.round(0.15 * (used - 2))));
+      targets.forEach((t, i) => {
+        if (t !== 0) assert.ok(t >= 5 && i > 0 && i < used - 1, 'targets are text characters, never special tokens');
+      });
+    }
+    assert.ok(a.tokenIds.includes(MASK));
+  });
+
+  it('makes UniLM batches: source in segment 0, next-token targets on the second half only', () => {
+    const { vocab } = corpusFromText('床前明月光，疑是地上霜。举头望明月，低头思故乡。');
+    assert.deepEqual(splitHalves('床前明月光，疑是地上霜。举头望明月，低头思故乡。'), ['床前明月光，疑是地上霜。', '举头望明月，低头思故乡。']);
+    const batch = makeBatch(vocab, ['床前明月光，疑是地上霜。举头望明月，低头思故乡。'], { application: 'unilm', length: 32, seed: 1 }, seededRandom(1));
+    const sep = batch.tokenIds.indexOf(SEP);
+    assert.equal(sep, 13);
+    assert.equal(batch.segmentIds[sep], 0);
+    assert.equal(batch.segmentIds[sep + 1], 1);
+    assert.equal(batch.targets[sep], batch.tokenIds[sep + 1]);
+    assert.ok(batch.targets.subarray(0, sep).every((t) => t === 0));
+  });
+});
+
+describe('runLocal', () => {
+  it('trains on cpu: the loss falls, no tensor leaks, the saved model loads back with the same weights', async () => {
+    const saveDir = path.join(dir, 'model');
+    const lines: string[] = [];
+    // vocab_size left out: runLocal takes the corpus vocabulary's
+    const { vocab_size: _, ...tiny } = tinyConfig({ num_hidden_layers: 1, max_position_embeddings: 16 });
+    const summary = await runLocal({
+      backend: 'cpu',
+      bertConfig: tiny,
+      steps: 12,
+      batchSize: 4,
+      seqLength: 16,
+      learningRate: 1e-2,
+      seed: 3,
+      logEvery: 4,
+      saveDir,
+      keepModel: true,
+      onLog: (line) => lines.push(line),
+    });
+    assert.ok(lines.some((l) => /^backend: cpu/.test(l)), lines.join('\n'));
+    assert.ok(lines.some((l) => /^step 12\/12 +loss [\d.]+ +acc [\d.]+ +grad-norm [\d.]+ +tokens\/s \d+/.test(l)), lines.join('\n'));
+    assert.equal(summary.losses.length, 12);
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const early = mean(summary.losses.slice(0, 4));
+    const late = mean(summary.losses.slice(-4));
+    assert.ok(late < early - 0.1, `training loss did not fall: ${early} -> ${late}`);
+    assert.ok(summary.evalLoss < summary.initialEvalLoss - 0.1, `held-out loss did not fall: ${summary.initialEvalLoss} -> ${summary.evalLoss}`);
+    assert.ok(summary.tokensPerSecond > 0);
+    assert.equal(summary.tensorsAfterLastStep, summary.tensorsAfterFirstStep, 'tensors leak across steps');
+
+    const model = summary.model!;
+    assert.ok(existsSync(path.join(saveDir, 'model.json')));
+    const loaded = await loadModel(saveDir);
+    const saved = trainableWeights(model);
+    const restored = new Map(trainableWeights(loaded).map((w) => [w.name, w.variable]));
+    assert.equal(restored.size, saved.length);
+    for (const w of saved) {
+      const r = restored.get(w.name);
+      assert.ok(r, `weight ${w.name} missing after load`);
+      assert.deepEqual(r.dataSync(), w.variable.dataSync(), `weight ${w.name} differs after load`);
+    }
+    model.dispose();
+    loaded.dispose();
+  });
+
+  it('rejects a config whose vocabulary is smaller than the corpus', async () => {
+    await assert.rejects(runLocal({ backend: 'cpu', bertConfig: tinyConfig(), steps: 1, onLog: () => {} }), /vocab_size 40 is smaller/);
+  });
+});
+
+describe('coordinator CLI', () => {
+  it('--help exits 0 and mentions --local', async () => {
+    const top = await runCli(['--help'], dir);
+    assert.equal(top.code, 0);
+    assert.match(top.stdout, /--local/);
+    const start = await runCli(['start', '--help'], dir);
+    assert.equal(start.code, 0);
+    assert.match(start.stdout, /--local/);
+    assert.match(start.stdout, /--backend/);
+  });
+
+  it('start without --local says the distributed coordinator is not built yet', async () => {
+    const r = await runCli(['start'], dir);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /not built yet/);
+    assert.match(r.stderr, /--local/);
+  });
+
+  it('rejects an unknown backend with exit code 2 and one clear line', async () => {
+    const r = await runCli(['start', '--local', '--backend', 'tpu'], dir);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /'tpu' is invalid.*auto, tensorflow, wasm, cpu/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  });
+
+  it('rejects a non-numeric step count with exit code 2', async () => {
+    const r = await runCli(['start', '--local', '--steps', 'many'], dir);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /--steps/);
+  });
+
+  it('names a missing --config file, exit code 2, no stack trace', async () => {
+    const missing = path.join(dir, 'no-such', 'bert_config.json');
+    const r = await runCli(['start', '--local', '--config', missing], dir);
+    assert.equal(r.code, 2);
+    assert.ok(r.stderr.includes(missing), r.stderr);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
+  });
+
+  it('names an invalid --config file and its bad field, exit code 2', async () => {
+    const file = path.join(dir, 'bad_config.json');
+    const { num_hidden_layers: _, ...rest } = tinyConfig({ vocab_size: 1000 });
+    await writeFile(file, JSON.stringify(rest));
+    const r = await runCli(['start', '--local', '--config', file], dir);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /bad_config\.json.*num_hidden_layers: missing/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  });
+
+  it('runs a tiny local training run and writes model.json', async () => {
+    const saveDir = path.join(dir, 'cli-model');
+    const r = await runCli(['start', '--local', '--backend', 'cpu', '--steps', '3', '--preset', 'L1-H32', '--seq-length', '16', '--batch-size', '2', '--save', saveDir], dir);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /backend: cpu/);
+    assert.match(r.stdout, /step 3\/3/);
+    assert.ok(existsSync(path.join(saveDir, 'model.json')));
+    assert.ok(existsSync(path.join(saveDir, 'weights.bin')));
+  });
+});
