@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Command, Option } from 'commander';
 import { selectBackend } from '../src/backend/index.js';
 import { ALL_WASM_KERNEL_FIXES, installWasmKernelFixes, uninstallWasmKernelFixes } from '../src/backend/wasm-kernels.js';
-import { buildTransformer } from '../src/model/build.js';
+import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { presetConfig } from '../src/model/config.js';
 import { clipByGlobalNorm } from '../src/train/gradients.js';
 import { PretrainingObjective } from '../src/train/step.js';
@@ -86,7 +86,7 @@ interface Trainer {
 }
 
 function makeTrainer(preset: string, vocab: number, batch: Batch, recompute: boolean): Trainer {
-  const model = buildTransformer(presetConfig(preset, vocab));
+  const model = buildTransformer(presetConfig(preset, vocab), { seed: 1 });
   const objective = new PretrainingObjective(model);
   const optimizer = tf.train.adam(1e-4);
   return {
@@ -99,7 +99,7 @@ function makeTrainer(preset: string, vocab: number, batch: Batch, recompute: boo
     },
     dispose() {
       optimizer.dispose();
-      model.dispose();
+      disposeTransformer(model);
     },
   };
 }

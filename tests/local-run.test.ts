@@ -10,6 +10,7 @@ import { selectBackend } from '../src/backend/index.js';
 import { loadModel } from '../src/checkpoint/layers-model-io.js';
 import { CLS, corpusFromText, loadBuiltinCorpus, MASK, makeBatch, PAD, pretrainingBatches, SEP, seededRandom, splitHalves } from '../src/data/builtin-corpus.js';
 import { trainableWeights } from '../src/model/weights.js';
+import { disposeTransformer } from '../src/model/build.js';
 import { runLocal } from '../src/train/local-run.js';
 import { tinyConfig } from './helpers.js';
 
@@ -120,8 +121,16 @@ describe('runLocal', () => {
       assert.ok(r, `weight ${w.name} missing after load`);
       assert.deepEqual(r.dataSync(), w.variable.dataSync(), `weight ${w.name} differs after load`);
     }
-    model.dispose();
-    loaded.dispose();
+    disposeTransformer(model);
+    disposeTransformer(loaded);
+  });
+
+  it('the same seed gives the same loss curve (weights, data, masks and dropout all seeded)', async () => {
+    const { vocab_size: _, ...tiny } = tinyConfig({ num_hidden_layers: 1, hidden_dropout_prob: 0.1, attention_probs_dropout_prob: 0.1 });
+    const run = (seed: number) => runLocal({ backend: 'cpu', bertConfig: tiny, steps: 3, batchSize: 2, seqLength: 16, seed, onLog: () => {} });
+    const [a, b, c] = [await run(5), await run(5), await run(6)];
+    assert.deepEqual(a.losses, b.losses);
+    assert.notDeepEqual(a.losses, c.losses);
   });
 
   it('rejects a config whose vocabulary is smaller than the corpus', async () => {

@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../src/backend/index.js';
 import { loadModel, saveModel } from '../src/checkpoint/layers-model-io.js';
-import { buildTransformer } from '../src/model/build.js';
+import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { ConfigError, parseBertConfig } from '../src/model/config.js';
 import { AttentionMask, MASKED_SCORE } from '../src/model/layers/index.js';
 import { trainableWeights } from '../src/model/weights.js';
@@ -63,6 +63,29 @@ describe('graph', () => {
     const encoder = buildTransformer(tinyConfig(), { withMlm: false });
     const hidden = encoder.predict([tf.ones([3, 5], 'int32'), tf.zeros([3, 5], 'int32')]) as tf.Tensor;
     assert.deepEqual(hidden.shape, [3, 5, 16]);
+  });
+
+  it('a seeded build is reproducible, and its weights are distinct and BERT-initialised', () => {
+    const a = trainableWeights(buildTransformer(tinyConfig(), { seed: 7 }));
+    const b = trainableWeights(buildTransformer(tinyConfig(), { seed: 7 }));
+    const c = trainableWeights(buildTransformer(tinyConfig(), { seed: 8 }));
+    a.forEach((w, i) => assert.deepEqual(w.variable.dataSync(), b[i]!.variable.dataSync(), w.name));
+    const kernel = (ws: typeof a, name: string): Float32Array => ws.find((w) => w.name === name)!.variable.dataSync() as Float32Array;
+    assert.notDeepEqual(kernel(a, 'Transformer-0-MultiHeadSelfAttention/query/kernel'), kernel(c, 'Transformer-0-MultiHeadSelfAttention/query/kernel'));
+    assert.notDeepEqual(kernel(a, 'Transformer-0-MultiHeadSelfAttention/query/kernel'), kernel(a, 'Transformer-0-MultiHeadSelfAttention/key/kernel'));
+    assert.notDeepEqual(kernel(a, 'Transformer-0-FeedForward/intermediate/kernel').slice(0, 16), kernel(a, 'Transformer-1-FeedForward/intermediate/kernel').slice(0, 16));
+    const values = Array.from(kernel(a, 'Embedding-Token/embeddings'));
+    const std = Math.sqrt(values.reduce((s, v) => s + v * v, 0) / values.length);
+    assert.ok(Math.max(...values.map(Math.abs)) <= 2 * 0.02 + 1e-6, 'truncated at two standard deviations');
+    assert.ok(std > 0.012 && std < 0.02, `standard deviation ${std}`);
+  });
+
+  it('disposeTransformer frees every tensor, the tied embedding included', () => {
+    const before = tf.memory().numTensors;
+    const model = buildTransformer(tinyConfig(), { seed: 1 });
+    assert.ok(tf.memory().numTensors > before);
+    disposeTransformer(model);
+    assert.equal(tf.memory().numTensors, before);
   });
 
   it('builds the UniLM, causal and padding masks', () => {

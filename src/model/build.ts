@@ -12,6 +12,7 @@ import {
   SeededDropout,
   TokenEmbedding,
 } from './layers/index.js';
+import { hashString } from './layers/base.js';
 
 /** encoder: BERT/RoBERTa (MLM); unilm: seq2seq over one encoder; lm: left-to-right. */
 export type Application = 'encoder' | 'unilm' | 'lm';
@@ -34,6 +35,8 @@ export interface BuildOptions {
   /** Append the MLM head (dense + norm + tied output embedding + bias + softmax). Default true. */
   withMlm?: boolean;
   name?: string;
+  /** Seed of the weight initialisers: the same seed builds the same weights. Unseeded when absent. */
+  seed?: number;
 }
 
 type Sym = tfl.SymbolicTensor;
@@ -53,7 +56,11 @@ export function buildTransformer(config: BertConfig, options: BuildOptions = {})
     throw new Error(`unknown application "${String(application)}"; use one of ${APPLICATIONS.join(', ')}`);
   }
   const hidden = config.hidden_size;
-  const init = config.initializer_range;
+  // every layer's initialiser args: the range, and a per-layer seed when the build is seeded
+  const init = (layer: string): { initializerRange: number; seed?: number } =>
+    options.seed === undefined
+      ? { initializerRange: config.initializer_range }
+      : { initializerRange: config.initializer_range, seed: (Math.imul(options.seed >>> 0, 0x01000193) ^ hashString(layer)) >>> 0 };
   const tokens = tfl.input({ shape: [null], dtype: 'int32', name: LAYER.tokenInput });
   const segments = tfl.input({ shape: [null], dtype: 'int32', name: LAYER.segmentInput });
 
@@ -61,16 +68,16 @@ export function buildTransformer(config: BertConfig, options: BuildOptions = {})
     name: LAYER.tokenEmbedding,
     inputDim: config.vocab_size,
     outputDim: hidden,
-    initializerRange: init,
+    ...init(LAYER.tokenEmbedding),
   });
   let x = applyOne(tokenEmbedding, tokens);
   const s = applyOne(
-    new TokenEmbedding({ name: 'Embedding-Segment', inputDim: config.type_vocab_size, outputDim: hidden, initializerRange: init }),
+    new TokenEmbedding({ name: 'Embedding-Segment', inputDim: config.type_vocab_size, outputDim: hidden, ...init('Embedding-Segment') }),
     segments,
   );
   x = applyOne(tfl.layers.add({ name: 'Embedding-Token-Segment' }), [x, s]);
   x = applyOne(
-    new PositionEmbedding({ name: 'Embedding-Position', maxLength: config.max_position_embeddings, outputDim: hidden, initializerRange: init }),
+    new PositionEmbedding({ name: 'Embedding-Position', maxLength: config.max_position_embeddings, outputDim: hidden, ...init('Embedding-Position') }),
     x,
   );
   x = applyOne(new LayerNorm({ name: 'Embedding-Norm' }), x);
@@ -86,7 +93,7 @@ export function buildTransformer(config: BertConfig, options: BuildOptions = {})
         heads: config.num_attention_heads,
         headSize: hidden / config.num_attention_heads,
         attentionDropout: config.attention_probs_dropout_prob,
-        initializerRange: init,
+        ...init(attention),
       }),
       [x, mask],
     );
@@ -96,7 +103,7 @@ export function buildTransformer(config: BertConfig, options: BuildOptions = {})
 
     const feedForward = `${prefix}-FeedForward`;
     y = applyOne(
-      new FeedForward({ name: feedForward, units: config.intermediate_size, activation: config.hidden_act, initializerRange: init }),
+      new FeedForward({ name: feedForward, units: config.intermediate_size, activation: config.hidden_act, ...init(feedForward) }),
       x,
     );
     y = applyOne(new SeededDropout({ name: `${feedForward}-Dropout`, rate: config.hidden_dropout_prob }), y);
@@ -105,11 +112,23 @@ export function buildTransformer(config: BertConfig, options: BuildOptions = {})
   }
 
   if (options.withMlm ?? true) {
-    x = applyOne(new Projection({ name: 'MLM-Dense', units: hidden, activation: config.hidden_act, initializerRange: init }), x);
+    x = applyOne(new Projection({ name: 'MLM-Dense', units: hidden, activation: config.hidden_act, ...init('MLM-Dense') }), x);
     x = applyOne(new LayerNorm({ name: LAYER.mlmHidden }), x);
     x = applyOne(tokenEmbedding, x);
     x = applyOne(new BiasAdd({ name: LAYER.mlmBias }), x);
     x = applyOne(tfl.layers.activation({ name: 'MLM-Activation', activation: 'softmax' }), x);
   }
   return tfl.model({ inputs: [tokens, segments], outputs: x, name: options.name ?? `bert-${application}` });
+}
+
+/**
+ * Disposes the model and all its weights. tfjs-layers counts one reference per
+ * application of a layer, so the tied token embedding (applied twice) would survive a
+ * plain model.dispose().
+ */
+export function disposeTransformer(model: tfl.LayersModel): void {
+  model.dispose();
+  for (const layer of model.layers) {
+    for (let extra = layer.inboundNodes.length - 1; extra > 0; extra--) layer.dispose();
+  }
 }

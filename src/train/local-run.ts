@@ -9,7 +9,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { type BackendChoice, BACKEND_CHOICES, selectBackend } from '../backend/index.js';
 import { saveModel } from '../checkpoint/layers-model-io.js';
 import { loadBuiltinCorpus, makeBatch, pretrainingBatches, seededRandom, splitCorpus } from '../data/builtin-corpus.js';
-import { type Application, APPLICATIONS, buildTransformer } from '../model/build.js';
+import { type Application, APPLICATIONS, buildTransformer, disposeTransformer } from '../model/build.js';
 import { type BertConfig, ConfigError, parseBertConfig, presetConfig } from '../model/config.js';
 import { clipByGlobalNorm } from './gradients.js';
 import { PretrainingObjective } from './step.js';
@@ -171,7 +171,7 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
   const evalTexts = o.application === 'encoder' ? [...heldOut, ...heldOut, ...heldOut, ...heldOut] : heldOut;
   const evalBatch = makeBatch(corpus.vocab, evalTexts, { application: o.application, length: o.seqLength, seed: o.seed }, seededRandom(o.seed ^ 0x5eed));
 
-  const model = buildTransformer(config, { application: o.application, withMlm: true });
+  const model = buildTransformer(config, { application: o.application, withMlm: true, seed: o.seed });
   const objective = new PretrainingObjective(model);
   const parameters = objective.weights.reduce((n, w) => n + w.shape.reduce((a, b) => a * b, 1), 0);
   log(
@@ -260,6 +260,6 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
     return summary;
   } finally {
     optimizer.dispose();
-    if (!o.keepModel) model.dispose();
+    if (!o.keepModel) disposeTransformer(model);
   }
 }

@@ -16,6 +16,8 @@ export interface MultiHeadSelfAttentionArgs extends LayerArgs {
   headSize: number;
   attentionDropout?: number;
   initializerRange?: number;
+  /** Seed of the weight initialiser; unseeded when absent. */
+  seed?: number;
 }
 
 /**
@@ -28,6 +30,7 @@ export class MultiHeadSelfAttention extends tfl.layers.Layer {
   readonly headSize: number;
   readonly attentionDropout: number;
   readonly initializerRange: number;
+  readonly seed: number | undefined;
   private weightsByName: Record<string, tfl.LayerVariable> = {};
 
   constructor(args: MultiHeadSelfAttentionArgs) {
@@ -36,13 +39,13 @@ export class MultiHeadSelfAttention extends tfl.layers.Layer {
     this.headSize = args.headSize;
     this.attentionDropout = args.attentionDropout ?? 0;
     this.initializerRange = args.initializerRange ?? 0.02;
+    this.seed = args.seed;
   }
 
   override build(inputShape: Shape | Shape[]): void {
     const width = (inputShape as Shape[])[0]!.at(-1);
     if (width == null) throw new Error(`${this.name}: the hidden size must be known`);
     const inner = this.heads * this.headSize;
-    const init = truncatedNormal(this.initializerRange);
     const zeros = tfl.initializers.zeros();
     for (const [name, inDim, outDim] of [
       ['query', width, inner],
@@ -50,7 +53,7 @@ export class MultiHeadSelfAttention extends tfl.layers.Layer {
       ['value', width, inner],
       ['output', inner, width],
     ] as const) {
-      this.weightsByName[`${name}/kernel`] = this.addWeight(`${name}/kernel`, [inDim, outDim], 'float32', init);
+      this.weightsByName[`${name}/kernel`] = this.addWeight(`${name}/kernel`, [inDim, outDim], 'float32', truncatedNormal(this.initializerRange, this.seed, `${name}/kernel`));
       this.weightsByName[`${name}/bias`] = this.addWeight(`${name}/bias`, [outDim], 'float32', zeros);
     }
     this.built = true;
@@ -91,6 +94,7 @@ export class MultiHeadSelfAttention extends tfl.layers.Layer {
       headSize: this.headSize,
       attentionDropout: this.attentionDropout,
       initializerRange: this.initializerRange,
+      ...(this.seed === undefined ? {} : { seed: this.seed }),
     };
   }
 }

@@ -27,8 +27,18 @@ export function singleShape(shape: Shape | Shape[]): Shape {
   return Array.isArray(shape[0]) ? (shape[0] as Shape) : (shape as Shape);
 }
 
-export function truncatedNormal(stddev: number): ReturnType<typeof tfl.initializers.truncatedNormal> {
-  return tfl.initializers.truncatedNormal({ mean: 0, stddev });
+/**
+ * BERT's weight initialiser. With a seed, each weight of a layer draws from its own
+ * stream (seed mixed with the weight's name), so a seeded model is reproducible and its
+ * query, key and value kernels still differ.
+ */
+export function truncatedNormal(
+  stddev: number,
+  seed?: number,
+  weightName = '',
+): ReturnType<typeof tfl.initializers.truncatedNormal> {
+  if (seed === undefined) return tfl.initializers.truncatedNormal({ mean: 0, stddev });
+  return tfl.initializers.truncatedNormal({ mean: 0, stddev, seed: (Math.imul(seed >>> 0, 0x9e3779b1) ^ hashString(weightName)) >>> 0 });
 }
 
 /**

@@ -17,6 +17,8 @@ export interface TokenEmbeddingArgs extends LayerArgs {
   inputDim: number;
   outputDim: number;
   initializerRange?: number;
+  /** Seed of the weight initialiser; unseeded when absent. */
+  seed?: number;
 }
 
 /**
@@ -31,6 +33,7 @@ export class TokenEmbedding extends tfl.layers.Layer {
   readonly inputDim: number;
   readonly outputDim: number;
   readonly initializerRange: number;
+  readonly seed: number | undefined;
   private embeddings!: tfl.LayerVariable;
 
   constructor(args: TokenEmbeddingArgs) {
@@ -38,6 +41,7 @@ export class TokenEmbedding extends tfl.layers.Layer {
     this.inputDim = args.inputDim;
     this.outputDim = args.outputDim;
     this.initializerRange = args.initializerRange ?? 0.02;
+    this.seed = args.seed;
   }
 
   override build(): void {
@@ -45,7 +49,7 @@ export class TokenEmbedding extends tfl.layers.Layer {
       'embeddings',
       [this.inputDim, this.outputDim],
       'float32',
-      truncatedNormal(this.initializerRange),
+      truncatedNormal(this.initializerRange, this.seed, 'embeddings'),
     );
     this.built = true;
   }
@@ -74,6 +78,7 @@ export class TokenEmbedding extends tfl.layers.Layer {
       inputDim: this.inputDim,
       outputDim: this.outputDim,
       initializerRange: this.initializerRange,
+      ...(this.seed === undefined ? {} : { seed: this.seed }),
     };
   }
 }
@@ -83,6 +88,8 @@ export interface PositionEmbeddingArgs extends LayerArgs {
   maxLength: number;
   outputDim: number;
   initializerRange?: number;
+  /** Seed of the weight initialiser; unseeded when absent. */
+  seed?: number;
 }
 
 /** Adds a learned vector per position (BERT's absolute positions). */
@@ -91,6 +98,7 @@ export class PositionEmbedding extends tfl.layers.Layer {
   readonly maxLength: number;
   readonly outputDim: number;
   readonly initializerRange: number;
+  readonly seed: number | undefined;
   private embeddings!: tfl.LayerVariable;
 
   constructor(args: PositionEmbeddingArgs) {
@@ -98,6 +106,7 @@ export class PositionEmbedding extends tfl.layers.Layer {
     this.maxLength = args.maxLength;
     this.outputDim = args.outputDim;
     this.initializerRange = args.initializerRange ?? 0.02;
+    this.seed = args.seed;
   }
 
   override build(): void {
@@ -105,7 +114,7 @@ export class PositionEmbedding extends tfl.layers.Layer {
       'embeddings',
       [this.maxLength, this.outputDim],
       'float32',
-      truncatedNormal(this.initializerRange),
+      truncatedNormal(this.initializerRange, this.seed, 'embeddings'),
     );
     this.built = true;
   }
@@ -131,6 +140,7 @@ export class PositionEmbedding extends tfl.layers.Layer {
       maxLength: this.maxLength,
       outputDim: this.outputDim,
       initializerRange: this.initializerRange,
+      ...(this.seed === undefined ? {} : { seed: this.seed }),
     };
   }
 }

@@ -8,6 +8,8 @@ export interface DenseArgs extends LayerArgs {
   units: number;
   activation?: ActivationName;
   initializerRange?: number;
+  /** Seed of the weight initialiser; unseeded when absent. */
+  seed?: number;
 }
 
 function checkedActivation(name: ActivationName | undefined, layer: string): ActivationName {
@@ -24,6 +26,7 @@ export class Projection extends tfl.layers.Layer {
   readonly units: number;
   readonly activationName: ActivationName;
   readonly initializerRange: number;
+  readonly seed: number | undefined;
   private kernel!: tfl.LayerVariable;
   private bias!: tfl.LayerVariable;
 
@@ -32,11 +35,12 @@ export class Projection extends tfl.layers.Layer {
     this.units = args.units;
     this.activationName = checkedActivation(args.activation, this.name);
     this.initializerRange = args.initializerRange ?? 0.02;
+    this.seed = args.seed;
   }
 
   override build(inputShape: Shape | Shape[]): void {
     const width = singleShape(inputShape).at(-1)!;
-    this.kernel = this.addWeight('kernel', [width, this.units], 'float32', truncatedNormal(this.initializerRange));
+    this.kernel = this.addWeight('kernel', [width, this.units], 'float32', truncatedNormal(this.initializerRange, this.seed, 'kernel'));
     this.bias = this.addWeight('bias', [this.units], 'float32', tfl.initializers.zeros());
     this.built = true;
   }
@@ -55,6 +59,7 @@ export class Projection extends tfl.layers.Layer {
       units: this.units,
       activation: this.activationName,
       initializerRange: this.initializerRange,
+      ...(this.seed === undefined ? {} : { seed: this.seed }),
     };
   }
 }
@@ -64,6 +69,8 @@ export interface FeedForwardArgs extends LayerArgs {
   units: number;
   activation: ActivationName;
   initializerRange?: number;
+  /** Seed of the weight initialiser; unseeded when absent. */
+  seed?: number;
 }
 
 /** Position-wise feed-forward: dense(units, activation) then dense back to the input width. */
@@ -72,6 +79,7 @@ export class FeedForward extends tfl.layers.Layer {
   readonly units: number;
   readonly activationName: ActivationName;
   readonly initializerRange: number;
+  readonly seed: number | undefined;
   private kernels: tfl.LayerVariable[] = [];
 
   constructor(args: FeedForwardArgs) {
@@ -79,16 +87,17 @@ export class FeedForward extends tfl.layers.Layer {
     this.units = args.units;
     this.activationName = checkedActivation(args.activation, this.name);
     this.initializerRange = args.initializerRange ?? 0.02;
+    this.seed = args.seed;
   }
 
   override build(inputShape: Shape | Shape[]): void {
     const width = singleShape(inputShape).at(-1)!;
-    const init = truncatedNormal(this.initializerRange);
     const zeros = tfl.initializers.zeros();
+    const init = (name: string): ReturnType<typeof truncatedNormal> => truncatedNormal(this.initializerRange, this.seed, name);
     this.kernels = [
-      this.addWeight('intermediate/kernel', [width, this.units], 'float32', init),
+      this.addWeight('intermediate/kernel', [width, this.units], 'float32', init('intermediate/kernel')),
       this.addWeight('intermediate/bias', [this.units], 'float32', zeros),
-      this.addWeight('output/kernel', [this.units, width], 'float32', init),
+      this.addWeight('output/kernel', [this.units, width], 'float32', init('output/kernel')),
       this.addWeight('output/bias', [width], 'float32', zeros),
     ];
     this.built = true;
@@ -110,6 +119,7 @@ export class FeedForward extends tfl.layers.Layer {
       units: this.units,
       activation: this.activationName,
       initializerRange: this.initializerRange,
+      ...(this.seed === undefined ? {} : { seed: this.seed }),
     };
   }
 }
