@@ -3,6 +3,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 // tfjs-core's Node bundle registers no gradient functions; tfjs-layers' bundle does
 import '@tensorflow/tfjs-layers';
+import { installCpuKernelFixes } from './cpu-kernels.js';
 import { installWasmKernelFixes } from './wasm-kernels.js';
 
 export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
@@ -71,5 +72,6 @@ export async function selectBackend(choice: BackendChoice = 'auto'): Promise<Sel
     if (choice === 'wasm') throw new Error('backend "wasm" failed to initialise');
   }
   if (!(await activate('cpu'))) throw new Error('backend "cpu" failed to initialise');
+  installCpuKernelFixes();
   return { name: 'cpu', description: 'cpu (plain JavaScript; about 30x slower than wasm: for tests and debugging)' };
 }
