@@ -52,14 +52,62 @@ function callNode(node: GraphNode, inputs: tf.Tensor[], kwargs: CallKwargs): tf.
   return out;
 }
 
-function runNodes(nodes: GraphNode[], values: Map<number, tf.Tensor>, kwargs: CallKwargs): void {
+/**
+ * Tensors by symbolic id, freed after their last reader. tfjs frees nothing inside a
+ * scope, so otherwise every intermediate of the forward pass would stay alive until it
+ * ends; what backprop needs survives, because the tape holds its own references. A layer
+ * may return its input unchanged (dropout off), so a tensor is disposed only when no id
+ * maps to it any more.
+ */
+class Values {
+  private readonly byId = new Map<number, tf.Tensor>();
+  private readonly readers = new Map<number, number>();
+  private readonly holders = new Map<tf.Tensor, number>();
+
+  constructor(private readonly pinned: ReadonlySet<number>) {}
+
+  set(id: number, tensor: tf.Tensor, readers: number): void {
+    this.byId.set(id, tensor);
+    this.readers.set(id, readers);
+    this.holders.set(tensor, (this.holders.get(tensor) ?? 0) + 1);
+  }
+
+  get(id: number, reader: string): tf.Tensor {
+    const v = this.byId.get(id);
+    if (!v) throw new Error(`${reader}: an input was not computed`);
+    return v;
+  }
+
+  /** One reader of `id` is done with it. */
+  release(id: number): void {
+    const left = (this.readers.get(id) ?? 0) - 1;
+    this.readers.set(id, left);
+    if (left > 0 || this.pinned.has(id)) return;
+    const tensor = this.byId.get(id);
+    if (!tensor) return;
+    this.byId.delete(id);
+    const holders = this.holders.get(tensor)! - 1;
+    if (holders > 0) this.holders.set(tensor, holders);
+    else {
+      this.holders.delete(tensor);
+      tensor.dispose();
+    }
+  }
+}
+
+function countReaders(nodes: readonly GraphNode[]): Map<number, number> {
+  const readers = new Map<number, number>();
+  for (const node of nodes) for (const t of node.inputTensors) readers.set(t.id, (readers.get(t.id) ?? 0) + 1);
+  return readers;
+}
+
+/** Runs nodes in order, each call in its own tidy scope. */
+function runNodes(nodes: readonly GraphNode[], values: Values, readers: ReadonlyMap<number, number>, kwargs: CallKwargs): void {
   for (const node of nodes) {
-    const inputs = node.inputTensors.map((t) => {
-      const v = values.get(t.id);
-      if (!v) throw new Error(`${node.outboundLayer.name}: input ${t.name} was not computed`);
-      return v;
-    });
-    values.set(node.outputTensors[0]!.id, callNode(node, inputs, kwargs));
+    const inputs = node.inputTensors.map((t) => values.get(t.id, node.outboundLayer.name));
+    const id = node.outputTensors[0]!.id;
+    values.set(id, tf.tidy(() => callNode(node, inputs, kwargs)), readers.get(id) ?? 0);
+    for (const t of node.inputTensors) values.release(t.id);
   }
 }
 
@@ -69,8 +117,14 @@ function runNodes(nodes: GraphNode[], values: Map<number, tf.Tensor>, kwargs: Ca
  * The model graph stays the single definition of the network; this only decides how
  * it is evaluated.
  */
+interface Plan {
+  steps: Step[];
+  /** Consumer nodes of every value in the plan. */
+  readers: Map<number, number>;
+}
+
 export class GraphExecutor {
-  private readonly plans = new Map<string, Step[]>();
+  private readonly plans = new Map<string, Plan>();
 
   constructor(readonly model: tfl.LayersModel) {}
 
@@ -81,42 +135,54 @@ export class GraphExecutor {
       throw new Error(`model ${model.name} takes ${model.inputs.length} inputs, got ${feeds.length}`);
     }
     const targets = outputLayers.map((name) => model.getLayer(name).inboundNodes[0]!.outputTensors[0]!.id);
-    const steps = this.plan(outputLayers, targets);
-    const values = new Map<number, tf.Tensor>();
-    model.inputs.forEach((input, i) => values.set(input.id, feeds[i]!));
+    const { steps, readers } = this.plan(outputLayers, targets);
+    const values = new Values(new Set([...model.inputs.map((t) => t.id), ...targets]));
+    model.inputs.forEach((input, i) => values.set(input.id, feeds[i]!, readers.get(input.id) ?? 0));
     const kwargs: CallKwargs = { training: options.training, dropoutSeed: options.dropoutSeed };
     for (const step of steps) {
-      if (step.kind === 'node') runNodes([step.node], values, kwargs);
-      else if (options.recompute) values.set(step.outputId, this.runRecomputed(step, values, kwargs));
-      else runNodes(step.nodes, values, kwargs);
+      if (step.kind === 'node') runNodes([step.node], values, readers, kwargs);
+      else if (!options.recompute) runNodes(step.nodes, values, readers, kwargs);
+      else {
+        const inputs = step.inputIds.map((id) => values.get(id, step.name));
+        values.set(step.outputId, this.runRecomputed(step, inputs, kwargs), readers.get(step.outputId) ?? 0);
+        const external = new Set(step.inputIds);
+        for (const node of step.nodes) for (const t of node.inputTensors) if (external.has(t.id)) values.release(t.id);
+      }
     }
-    return targets.map((id) => values.get(id)!);
+    return targets.map((id) => values.get(id, model.name));
   }
 
-  private plan(outputLayers: string[], targets: number[]): Step[] {
+  private plan(outputLayers: string[], targets: number[]): Plan {
     const key = outputLayers.join('\u0000');
-    let steps = this.plans.get(key);
-    if (!steps) {
-      steps = buildPlan(this.model, targets);
-      this.plans.set(key, steps);
+    let plan = this.plans.get(key);
+    if (!plan) {
+      const steps = buildPlan(this.model, targets);
+      plan = { steps, readers: countReaders(steps.flatMap((s) => (s.kind === 'node' ? [s.node] : s.nodes))) };
+      this.plans.set(key, plan);
     }
-    return steps;
+    return plan;
   }
 
-  private runRecomputed(step: BlockStep, values: Map<number, tf.Tensor>, kwargs: CallKwargs): tf.Tensor {
-    const forward = (inputs: tf.Tensor[]): tf.Tensor => {
-      const local = new Map<number, tf.Tensor>();
-      step.inputIds.forEach((id, i) => local.set(id, inputs[i]!));
-      runNodes(step.nodes, local, kwargs);
-      return local.get(step.outputId)!;
+  /**
+   * The block as one op whose forward keeps only its inputs, and whose backward runs the
+   * block again under its own tape. Dropout masks are a function of the call's seed, so
+   * the second run sees the same masks as the first.
+   */
+  private runRecomputed(step: BlockStep, inputs: tf.Tensor[], kwargs: CallKwargs): tf.Tensor {
+    const blockReaders = countReaders(step.nodes);
+    const forward = (blockInputs: tf.Tensor[]): tf.Tensor => {
+      const local = new Values(new Set([...step.inputIds, step.outputId]));
+      step.inputIds.forEach((id, i) => local.set(id, blockInputs[i]!, blockReaders.get(id) ?? 0));
+      runNodes(step.nodes, local, blockReaders, kwargs);
+      return local.get(step.outputId, step.name);
     };
     const inputCount = step.inputIds.length;
     const op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
       const save = args[args.length - 1] as tf.GradSaveFunc;
-      const inputs = args.slice(0, inputCount) as tf.Tensor[];
-      save(inputs);
+      const blockInputs = args.slice(0, inputCount) as tf.Tensor[];
+      save(blockInputs);
       return {
-        value: forward(inputs),
+        value: forward(blockInputs),
         gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => {
           const e = engine();
           // engine.gradients() starts a fresh tape when no other is recording, which
@@ -133,7 +199,6 @@ export class GraphExecutor {
         },
       };
     });
-    const inputs = step.inputIds.map((id) => values.get(id)!);
     return op(...inputs, ...step.variables);
   }
 }
