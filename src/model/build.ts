@@ -9,6 +9,7 @@ import {
   MultiHeadSelfAttention,
   PositionEmbedding,
   Projection,
+  Residual,
   SeededDropout,
   TokenEmbedding,
 } from './layers/index.js';
@@ -75,7 +76,7 @@ export function buildTransformer(config: BertConfig, options: BuildOptions = {})
     new TokenEmbedding({ name: 'Embedding-Segment', inputDim: config.type_vocab_size, outputDim: hidden, ...init('Embedding-Segment') }),
     segments,
   );
-  x = applyOne(tfl.layers.add({ name: 'Embedding-Token-Segment' }), [x, s]);
+  x = applyOne(new Residual({ name: 'Embedding-Token-Segment' }), [x, s]);
   x = applyOne(
     new PositionEmbedding({ name: 'Embedding-Position', maxLength: config.max_position_embeddings, outputDim: hidden, ...init('Embedding-Position') }),
     x,
@@ -98,7 +99,7 @@ export function buildTransformer(config: BertConfig, options: BuildOptions = {})
       [x, mask],
     );
     y = applyOne(new SeededDropout({ name: `${attention}-Dropout`, rate: config.hidden_dropout_prob }), y);
-    x = applyOne(tfl.layers.add({ name: `${attention}-Add` }), [x, y]);
+    x = applyOne(new Residual({ name: `${attention}-Add` }), [x, y]);
     x = applyOne(new LayerNorm({ name: `${attention}-Norm` }), x);
 
     const feedForward = `${prefix}-FeedForward`;
@@ -107,7 +108,7 @@ export function buildTransformer(config: BertConfig, options: BuildOptions = {})
       x,
     );
     y = applyOne(new SeededDropout({ name: `${feedForward}-Dropout`, rate: config.hidden_dropout_prob }), y);
-    x = applyOne(tfl.layers.add({ name: `${feedForward}-Add` }), [x, y]);
+    x = applyOne(new Residual({ name: `${feedForward}-Add` }), [x, y]);
     x = applyOne(new LayerNorm({ name: `${feedForward}-Norm` }), x);
   }
 

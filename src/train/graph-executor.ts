@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import type { CallKwargs } from '../model/layers/index.js';
+import { leanGradients } from './lean-gradients.js';
 
 type Layer = tfl.layers.Layer;
 type GraphNode = tfl.LayersModel['nodesByDepth'][string][number];
@@ -31,15 +32,6 @@ interface BlockStep {
 type Step = NodeStep | BlockStep;
 
 const BLOCK_NAME = /^(Transformer-\d+)-/;
-
-interface EngineWithTape {
-  state: { activeTape: unknown };
-  gradients(f: () => tf.Tensor, xs: tf.Tensor[], dy?: tf.Tensor, allowNoGradients?: boolean): { value: tf.Tensor; grads: tf.Tensor[] };
-}
-
-function engine(): EngineWithTape {
-  return tf.engine() as unknown as EngineWithTape;
-}
 
 function callNode(node: GraphNode, inputs: tf.Tensor[], kwargs: CallKwargs): tf.Tensor {
   const layer: Layer = node.outboundLayer;
@@ -184,18 +176,11 @@ export class GraphExecutor {
       return {
         value: forward(blockInputs),
         gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => {
-          const e = engine();
-          // engine.gradients() starts a fresh tape when no other is recording, which
-          // would drop the outer backward pass's tape; keep it and put it back.
-          const outerTape = e.state.activeTape;
-          try {
-            const xs = [...saved, ...step.variables];
-            const { value, grads } = e.gradients(() => forward(saved), xs, dy as tf.Tensor, true);
-            value.dispose();
-            return grads.map((g, i) => g ?? tf.zerosLike(xs[i]!));
-          } finally {
-            e.state.activeTape = outerTape;
-          }
+          // a fresh tape for the block; leanGradients puts the outer backward pass's tape back
+          const xs = [...saved, ...step.variables];
+          const { value, grads } = leanGradients(() => forward(saved), xs, dy as tf.Tensor);
+          value.dispose();
+          return grads.map((g, i) => g ?? tf.zerosLike(xs[i]!));
         },
       };
     });

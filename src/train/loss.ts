@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { customOp } from '../model/layers/base.js';
+import { customOp } from '../model/layers/ops.js';
 
 /** Reported losses stop at -log(1e-30) ~ 69 where a probability underflows; gradients are exact. */
 const SMALLEST_PROBABILITY = 1e-30;

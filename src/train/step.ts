@@ -3,6 +3,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { LAYER } from '../model/build.js';
 import { trainableWeights, type NamedWeight } from '../model/weights.js';
 import { GraphExecutor } from './graph-executor.js';
+import { leanGradients } from './lean-gradients.js';
 import { sparseSoftmaxCrossEntropy } from './loss.js';
 import { type Batch, countTargets, sliceBatch } from './targets.js';
 
@@ -36,10 +37,6 @@ function mixSeed(seed: number, index: number): number {
   return (h ^ (h >>> 12)) >>> 0;
 }
 
-interface EngineGradients {
-  gradients(f: () => tf.Tensor, xs: tf.Tensor[], dy?: tf.Tensor, allowNoGradients?: boolean): { value: tf.Tensor; grads: Array<tf.Tensor | undefined> };
-}
-
 /**
  * Loss, metrics and gradients of the pretraining objective for one batch, without
  * applying them. Logits are computed only at target positions (about 15% of tokens
@@ -50,7 +47,6 @@ export class PretrainingObjective {
   private readonly executor: GraphExecutor;
   private readonly outputEmbedding: tfl.layers.Layer;
   private readonly outputBias: tfl.layers.Layer;
-  private readonly vocabSize: number;
 
   constructor(readonly model: tfl.LayersModel) {
     const names = new Set(model.layers.map((l) => l.name));
@@ -61,7 +57,6 @@ export class PretrainingObjective {
     this.outputEmbedding = model.getLayer(LAYER.tokenEmbedding);
     this.outputBias = model.getLayer(LAYER.mlmBias);
     this.weights = trainableWeights(model);
-    this.vocabSize = this.outputEmbedding.getConfig()['inputDim'] as number;
   }
 
   compute(batch: Batch, options: StepOptions = {}): StepResult {
@@ -77,16 +72,11 @@ export class PretrainingObjective {
       if (countTargets(micro) === 0) continue;
       let hits: tf.Tensor | undefined;
       const seed = options.dropoutSeed === undefined ? undefined : mixSeed(options.dropoutSeed, p);
-      const { value, grads: microGrads } = (tf.engine() as unknown as EngineGradients).gradients(
-        () => {
-          const { loss, correct: c } = this.lossOf(micro, total, { training: seed !== undefined, dropoutSeed: seed, recompute: options.recompute });
-          hits = tf.keep(c);
-          return loss;
-        },
-        variables,
-        undefined,
-        true,
-      );
+      const { value, grads: microGrads } = leanGradients(() => {
+        const { loss, correct: c } = this.lossOf(micro, total, { training: seed !== undefined, dropoutSeed: seed, recompute: options.recompute });
+        hits = tf.keep(c);
+        return loss;
+      }, variables);
       lossSum += value.dataSync()[0]! * total;
       correct += hits!.dataSync()[0]!;
       value.dispose();
@@ -136,9 +126,7 @@ export class PretrainingObjective {
     });
     const labelTensor = tf.tensor1d(labels, 'int32');
     const rows = tf.gather(tf.reshape(hidden!, [batch.batchSize * batch.length, width]), tf.tensor1d(positions, 'int32'));
-    // rank 3 is what tells the tied embedding layer it is projecting hidden states
-    const projected = this.outputEmbedding.call(tf.reshape(rows, [1, positions.length, width]), {}) as tf.Tensor;
-    const logits = tf.reshape(this.outputBias.call(projected, {}) as tf.Tensor, [positions.length, this.vocabSize]);
+    const logits = this.outputBias.call(this.outputEmbedding.call(rows, {}), {}) as tf.Tensor;
     const { lossSum, correct } = sparseSoftmaxCrossEntropy(logits, labelTensor);
     const loss = tf.div(lossSum, normalizer);
     return { loss, correct };

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ActivationName } from '../config.js';
-import { customOp } from './base.js';
+import { customOp } from './ops.js';
 
 const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
@@ -19,17 +19,28 @@ export function expNonPositive(y: tf.Tensor): tf.Tensor {
   return tf.div(s, tf.sub(1, s));
 }
 
-/** Phi(x) and the Gaussian kernel exp(-x^2/2), which the erf formula and the GELU gradient share. */
+/**
+ * Phi(x) and the Gaussian kernel exp(-x^2/2), which the erf formula and the GELU gradient
+ * share. Each step is its own scope: over [B,S,4H] the twenty-odd temporaries would
+ * otherwise all be alive at once, the peak of a recomputed block.
+ */
 function normalCdfAndKernel(x: tf.Tensor): { cdf: tf.Tensor; kernel: tf.Tensor } {
-  const kernel = expNonPositive(tf.mul(tf.square(x), -0.5));
+  const kernel = tf.tidy(() => expNonPositive(tf.mul(tf.square(x), -0.5)));
   const magnitude = tf.abs(x);
-  const t = tf.reciprocal(tf.add(1, tf.mul(magnitude, ERF_P * SQRT1_2)));
-  let poly: tf.Tensor = tf.mul(t, ERF_A[4]);
-  for (let i = 3; i >= 0; i--) poly = tf.mul(tf.add(poly, ERF_A[i]!), t);
-  const erfAbs = tf.sub(1, tf.mul(poly, kernel));
-  // x/(|x|+tiny) is sign(x) wherever erf is not ~0; the Sign kernel is scalar on wasm (7 ms per million)
-  const sign = tf.div(x, tf.add(magnitude, 1e-30));
-  const cdf = tf.add(0.5, tf.mul(tf.mul(sign, erfAbs), 0.5));
+  const t = tf.tidy(() => tf.reciprocal(tf.add(1, tf.mul(magnitude, ERF_P * SQRT1_2))));
+  let poly = tf.mul(t, ERF_A[4]);
+  for (let i = 3; i >= 0; i--) {
+    const next = tf.tidy(() => tf.mul(tf.add(poly, ERF_A[i]!), t));
+    poly.dispose();
+    poly = next;
+  }
+  const cdf = tf.tidy(() => {
+    const erfAbs = tf.sub(1, tf.mul(poly, kernel));
+    // x/(|x|+tiny) is sign(x) wherever erf is not ~0; the Sign kernel is scalar on wasm (7 ms per million)
+    const sign = tf.div(x, tf.add(magnitude, 1e-30));
+    return tf.add(0.5, tf.mul(tf.mul(sign, erfAbs), 0.5));
+  });
+  tf.dispose([magnitude, t, poly]);
   return { cdf, kernel };
 }
 

@@ -10,6 +10,7 @@ import {
   hashString,
   truncatedNormal,
 } from './base.js';
+import { addMask, reshape, scale } from './ops.js';
 
 export interface MultiHeadSelfAttentionArgs extends LayerArgs {
   heads: number;
@@ -65,22 +66,22 @@ export class MultiHeadSelfAttention extends tfl.layers.Layer {
 
   override call(inputs: tf.Tensor | tf.Tensor[], kwargs: object): tf.Tensor {
     const [x, bias] = inputs as [tf.Tensor, tf.Tensor];
-    const [batch, length, width] = x.shape as [number, number, number];
+    const [batch, length] = x.shape as [number, number, number];
     const toHeads = (t: tf.Tensor): tf.Tensor =>
-      tf.transpose(tf.reshape(t, [batch, length, this.heads, this.headSize]), [0, 2, 1, 3]);
+      tf.transpose(reshape(t, [batch, length, this.heads, this.headSize]), [0, 2, 1, 3]);
     const q = toHeads(denseLastAxis(x, this.w('query/kernel'), this.w('query/bias')));
     const k = toHeads(denseLastAxis(x, this.w('key/kernel'), this.w('key/bias')));
     const v = toHeads(denseLastAxis(x, this.w('value/kernel'), this.w('value/bias')));
-    const scores = tf.add(tf.matMul(tf.mul(q, 1 / Math.sqrt(this.headSize)), k, false, true), bias);
+    const scores = addMask(tf.matMul(scale(q, 1 / Math.sqrt(this.headSize)), k, false, true), bias);
     let probs = tf.softmax(scores, -1);
     probs = dropoutIfTraining(probs, this.attentionDropout, callKwargs(kwargs), hashString(this.name));
-    const context = tf.reshape(tf.transpose(tf.matMul(probs, v), [0, 2, 1, 3]), [
+    const context = reshape(tf.transpose(tf.matMul(probs, v), [0, 2, 1, 3]), [
       batch,
       length,
       this.heads * this.headSize,
     ]);
     const out = denseLastAxis(context, this.w('output/kernel'), this.w('output/bias'));
-    return tf.reshape(out, [batch, length, width]);
+    return out;
   }
 
   override computeOutputShape(inputShape: Shape | Shape[]): Shape {

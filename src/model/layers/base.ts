@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
+import { addTrailing, customOp, reshape } from './ops.js';
 
 export type LayerArgs = NonNullable<ConstructorParameters<typeof tfl.layers.Layer>[0]>;
 export type Shape = tfl.Shape;
@@ -49,9 +50,10 @@ export function denseLastAxis(x: tf.Tensor, kernel: tf.Tensor, bias?: tf.Tensor)
   const inDim = x.shape[x.shape.length - 1]!;
   const outDim = kernel.shape[1]!;
   const rows = x.size / inDim;
-  let y: tf.Tensor = tf.matMul(tf.reshape(x, [rows, inDim]), kernel as tf.Tensor2D);
-  if (bias) y = tf.add(y, bias);
-  return tf.reshape(y, [...x.shape.slice(0, -1), outDim]);
+  const flat = x.rank === 2 ? x : reshape(x, [rows, inDim]);
+  let y: tf.Tensor = tf.matMul(flat as tf.Tensor2D, kernel as tf.Tensor2D);
+  if (bias) y = addTrailing(y, bias);
+  return x.rank === 2 ? y : reshape(y, [...x.shape.slice(0, -1), outDim]);
 }
 
 /** FNV-1a of a string: a stable per-layer salt for dropout seeds. */
@@ -64,13 +66,8 @@ export function hashString(text: string): number {
   return h >>> 0;
 }
 
-/**
- * Inverted dropout whose mask depends only on (seed, salt, shape). tf.dropout draws from
- * a hidden global generator, which a recomputed block could not replay.
- */
-export function seededDropout(x: tf.Tensor, rate: number, seed: number, salt: number): tf.Tensor {
-  if (rate <= 0) return x;
-  const n = x.size;
+function dropoutMask(shape: number[], rate: number, seed: number, salt: number): tf.Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
   const mask = new Float32Array(n);
   const keep = 1 / (1 - rate);
   const threshold = Math.floor(rate * 4294967296);
@@ -84,7 +81,20 @@ export function seededDropout(x: tf.Tensor, rate: number, seed: number, salt: nu
     z = (z ^ (z >>> 16)) >>> 0;
     mask[i] = z >= threshold ? keep : 0;
   }
-  return tf.mul(x, tf.tensor(mask, x.shape, 'float32'));
+  return tf.tensor(mask, shape, 'float32');
+}
+
+/**
+ * Inverted dropout whose mask depends only on (seed, salt, shape). tf.dropout draws from
+ * a hidden global generator, which a recomputed block could not replay. The backward
+ * pass regenerates the mask rather than keeping it.
+ */
+export function seededDropout(x: tf.Tensor, rate: number, seed: number, salt: number): tf.Tensor {
+  if (rate <= 0) return x;
+  return customOp(([input]) => ({
+    value: tf.mul(input!, dropoutMask(input!.shape, rate, seed, salt)),
+    gradFunc: (dy: tf.Tensor) => tf.mul(dy, dropoutMask(dy.shape, rate, seed, salt)),
+  }))(x);
 }
 
 export function dropoutIfTraining(x: tf.Tensor, rate: number, kwargs: CallKwargs, salt: number): tf.Tensor {
@@ -93,20 +103,4 @@ export function dropoutIfTraining(x: tf.Tensor, rate: number, kwargs: CallKwargs
     throw new Error('dropout in training needs a dropoutSeed kwarg; run the model through the training executor');
   }
   return seededDropout(x, rate, kwargs.dropoutSeed, salt);
-}
-
-export interface CustomOpResult {
-  value: tf.Tensor;
-  gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
-}
-
-/** tf.customGrad with the saver split from the tensor inputs, typed for our use. */
-export function customOp(
-  f: (inputs: tf.Tensor[], save: tf.GradSaveFunc) => CustomOpResult,
-): (...inputs: tf.Tensor[]) => tf.Tensor {
-  const op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-    const save = args[args.length - 1] as tf.GradSaveFunc;
-    return f(args.slice(0, -1) as tf.Tensor[], save);
-  });
-  return (...inputs: tf.Tensor[]) => op(...inputs);
 }

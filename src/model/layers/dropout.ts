@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
+import { addSameShape, addTrailing } from './ops.js';
 import { type ConfigDict, type LayerArgs, type Shape, callKwargs, dropoutIfTraining, hashString, single, singleShape } from './base.js';
 
 export interface SeededDropoutArgs extends LayerArgs {
@@ -45,7 +46,7 @@ export class BiasAdd extends tfl.layers.Layer {
   }
 
   override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
-    return tf.add(single(inputs), this.bias.read());
+    return addTrailing(single(inputs), this.bias.read());
   }
 
   override computeOutputShape(inputShape: Shape | Shape[]): Shape {
@@ -53,3 +54,18 @@ export class BiasAdd extends tfl.layers.Layer {
   }
 }
 tf.serialization.registerClass(BiasAdd);
+
+/** The sum of same-shape inputs (residual connections), keeping nothing for backprop. */
+export class Residual extends tfl.layers.Layer {
+  static className = 'Residual';
+
+  override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+    const [first, ...rest] = inputs as tf.Tensor[];
+    return rest.reduce((sum, t) => addSameShape(sum, t), first!);
+  }
+
+  override computeOutputShape(inputShape: Shape | Shape[]): Shape {
+    return (inputShape as Shape[])[0]!;
+  }
+}
+tf.serialization.registerClass(Residual);

@@ -8,9 +8,11 @@ import {
   singleShape,
   truncatedNormal,
 } from './base.js';
+import { addTrailing, reshape } from './ops.js';
 
-function isHiddenStates(shape: readonly (number | null)[], dtype: string, width: number): boolean {
-  return shape.length >= 3 && shape[shape.length - 1] === width && dtype === 'float32';
+/** In the symbolic graph only shapes are known: ids are [B,S], hidden states [B,S,H]. */
+function isHiddenStates(shape: readonly (number | null)[], width: number): boolean {
+  return shape.length >= 3 && shape[shape.length - 1] === width;
 }
 
 export interface TokenEmbeddingArgs extends LayerArgs {
@@ -22,11 +24,11 @@ export interface TokenEmbeddingArgs extends LayerArgs {
 }
 
 /**
- * Token ids [B,S] -> vectors [B,S,H]; called again on hidden states [..., H] (rank 3,
- * float) it multiplies by the transposed table, which is how the MLM head ties its output
+ * Token ids [B,S] -> vectors [B,S,H]; called again on float hidden states [..., H] it
+ * multiplies by the transposed table, which is how the MLM head ties its output
  * projection to the input embedding (one shared layer, two nodes in the graph). The mode
- * follows from the input's rank because tfjs-layers' predict() drops per-node call
- * arguments.
+ * follows from the input (int ids or float states) because tfjs-layers' predict() drops
+ * per-node call arguments.
  */
 export class TokenEmbedding extends tfl.layers.Layer {
   static className = 'TokenEmbedding';
@@ -57,18 +59,19 @@ export class TokenEmbedding extends tfl.layers.Layer {
   override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     const x = single(inputs);
     const table = this.embeddings.read();
-    if (isHiddenStates(x.shape, x.dtype, this.outputDim)) {
+    if (x.dtype === 'float32' && x.rank >= 2 && x.shape[x.rank - 1] === this.outputDim) {
       const rows = x.size / this.outputDim;
-      const logits = tf.matMul(tf.reshape(x, [rows, this.outputDim]), table as tf.Tensor2D, false, true);
-      return tf.reshape(logits, [...x.shape.slice(0, -1), this.inputDim]);
+      const flat = x.rank === 2 ? x : reshape(x, [rows, this.outputDim]);
+      const logits = tf.matMul(flat as tf.Tensor2D, table as tf.Tensor2D, false, true);
+      return x.rank === 2 ? logits : reshape(logits, [...x.shape.slice(0, -1), this.inputDim]);
     }
     const ids = x.dtype === 'int32' ? x : tf.cast(x, 'int32');
-    return tf.reshape(tf.gather(table, tf.reshape(ids, [-1])), [...x.shape, this.outputDim]);
+    return reshape(tf.gather(table, tf.reshape(ids, [-1])), [...x.shape, this.outputDim]);
   }
 
   override computeOutputShape(inputShape: Shape | Shape[]): Shape {
     const shape = singleShape(inputShape);
-    if (isHiddenStates(shape, 'float32', this.outputDim)) return [...shape.slice(0, -1), this.inputDim];
+    if (isHiddenStates(shape, this.outputDim)) return [...shape.slice(0, -1), this.inputDim];
     return [...shape, this.outputDim];
   }
 
@@ -127,7 +130,7 @@ export class PositionEmbedding extends tfl.layers.Layer {
     }
     const table = this.embeddings.read();
     const positions = length === this.maxLength ? table : tf.slice(table, [0, 0], [length, this.outputDim]);
-    return tf.add(x, positions);
+    return addTrailing(x, positions);
   }
 
   override computeOutputShape(inputShape: Shape | Shape[]): Shape {

@@ -4,6 +4,6 @@ export { MultiHeadSelfAttention } from './attention.js';
 export { TokenEmbedding, PositionEmbedding } from './embeddings.js';
 export { FeedForward, Projection } from './feed-forward.js';
 export { LayerNorm } from './layer-norm.js';
-export { SeededDropout, BiasAdd } from './dropout.js';
+export { SeededDropout, BiasAdd, Residual } from './dropout.js';
 export { activation } from './activations.js';
 export { seededDropout, type CallKwargs } from './base.js';

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { customOp, type ConfigDict, type LayerArgs, type Shape, single, singleShape } from './base.js';
+import { type ConfigDict, type LayerArgs, type Shape, single, singleShape } from './base.js';
+import { customOp } from './ops.js';
 
 export interface LayerNormArgs extends LayerArgs {
   epsilon?: number;
