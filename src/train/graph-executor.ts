@@ -131,9 +131,12 @@ export class GraphExecutor {
     const values = new Values(new Set([...model.inputs.map((t) => t.id), ...targets]));
     model.inputs.forEach((input, i) => values.set(input.id, feeds[i]!, readers.get(input.id) ?? 0));
     const kwargs: CallKwargs = { training: options.training, dropoutSeed: options.dropoutSeed };
+    // the last block's backward pass comes first, right after its forward pass: recomputing
+    // it would rebuild the very activations that are still at hand
+    const lastBlock = steps.filter((s) => s.kind === 'block').at(-1);
     for (const step of steps) {
       if (step.kind === 'node') runNodes([step.node], values, readers, kwargs);
-      else if (!options.recompute) runNodes(step.nodes, values, readers, kwargs);
+      else if (!options.recompute || step === lastBlock) runNodes(step.nodes, values, readers, kwargs);
       else {
         const inputs = step.inputIds.map((id) => values.get(id, step.name));
         values.set(step.outputId, this.runRecomputed(step, inputs, kwargs), readers.get(step.outputId) ?? 0);
