@@ -1,0 +1,30 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, it } from 'node:test';
+
+const BENCH = fileURLToPath(new URL('../bench/model.js', import.meta.url));
+
+describe('bench:model', () => {
+  it('prints tables and ends with one JSON line carrying the named figures (tiny sizes)', async () => {
+    const args = ['--backends', 'wasm', '--presets', 'L1-H32', '--vocab', '60', '--seq', '16', '--batch', '2', '--steps', '1', '--recompute-hidden', '32', '--budget-mib', '16', '--no-stock'];
+    const stdout = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, [BENCH, ...args], { timeout: 120_000 }, (err, out, errOut) => (err ? reject(new Error(`${err.message}\n${errOut}`)) : resolve(out)));
+    });
+    const lines = stdout.trimEnd().split('\n');
+    assert.match(stdout, /MLM training step, batch 2 x 16/);
+    assert.match(lines.at(-2)!, /^reproduce: npm run bench:model -- --backends wasm/);
+    const figures = JSON.parse(lines.at(-1)!) as {
+      trainTokensPerSec: Record<string, Record<string, number>>;
+      recompute: { layers: number; batchRatio: number; timeOverhead: number; peakBytes: Record<string, { plain: number; recompute: number }> };
+    };
+    assert.ok(figures.trainTokensPerSec['wasm']!['L1-H32']! > 0);
+    assert.equal(figures.recompute.layers, 12);
+    assert.ok(figures.recompute.batchRatio > 1, 'recompute fits a larger batch in the same budget');
+    assert.equal(typeof figures.recompute.timeOverhead, 'number');
+    for (const depth of ['L4-H32', 'L8-H32', 'L12-H32']) {
+      const p = figures.recompute.peakBytes[depth]!;
+      assert.ok(p.recompute < p.plain, `${depth}: recompute peak ${p.recompute} >= plain ${p.plain}`);
+    }
+  });
+});
