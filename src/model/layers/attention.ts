@@ -9,6 +9,7 @@ import {
   dropoutIfTraining,
   hashString,
   truncatedNormal,
+  initializerConfig,
 } from './base.js';
 import { addMask, reshape, scale } from './ops.js';
 
@@ -94,8 +95,7 @@ export class MultiHeadSelfAttention extends tfl.layers.Layer {
       heads: this.heads,
       headSize: this.headSize,
       attentionDropout: this.attentionDropout,
-      initializerRange: this.initializerRange,
-      ...(this.seed === undefined ? {} : { seed: this.seed }),
+      ...initializerConfig(this.initializerRange, this.seed),
     };
   }
 }

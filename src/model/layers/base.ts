@@ -28,6 +28,11 @@ export function singleShape(shape: Shape | Shape[]): Shape {
   return Array.isArray(shape[0]) ? (shape[0] as Shape) : (shape as Shape);
 }
 
+/** The serialised form of a layer's initialiser settings (the seed only when there is one). */
+export function initializerConfig(initializerRange: number, seed: number | undefined): ConfigDict {
+  return seed === undefined ? { initializerRange } : { initializerRange, seed };
+}
+
 /**
  * BERT's weight initialiser. With a seed, each weight of a layer draws from its own
  * stream (seed mixed with the weight's name), so a seeded model is reproducible and its

@@ -7,6 +7,7 @@ import {
   single,
   singleShape,
   truncatedNormal,
+  initializerConfig,
 } from './base.js';
 import { addTrailing, reshape } from './ops.js';
 
@@ -80,8 +81,7 @@ export class TokenEmbedding extends tfl.layers.Layer {
       ...super.getConfig(),
       inputDim: this.inputDim,
       outputDim: this.outputDim,
-      initializerRange: this.initializerRange,
-      ...(this.seed === undefined ? {} : { seed: this.seed }),
+      ...initializerConfig(this.initializerRange, this.seed),
     };
   }
 }
@@ -142,8 +142,7 @@ export class PositionEmbedding extends tfl.layers.Layer {
       ...super.getConfig(),
       maxLength: this.maxLength,
       outputDim: this.outputDim,
-      initializerRange: this.initializerRange,
-      ...(this.seed === undefined ? {} : { seed: this.seed }),
+      ...initializerConfig(this.initializerRange, this.seed),
     };
   }
 }

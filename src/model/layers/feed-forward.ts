@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { ACTIVATIONS, type ActivationName } from '../config.js';
 import { activation } from './activations.js';
-import { type ConfigDict, type LayerArgs, type Shape, denseLastAxis, single, singleShape, truncatedNormal } from './base.js';
+import { type ConfigDict, type LayerArgs, type Shape, denseLastAxis, initializerConfig, single, singleShape, truncatedNormal } from './base.js';
 
 export interface DenseArgs extends LayerArgs {
   units: number;
@@ -58,8 +58,7 @@ export class Projection extends tfl.layers.Layer {
       ...super.getConfig(),
       units: this.units,
       activation: this.activationName,
-      initializerRange: this.initializerRange,
-      ...(this.seed === undefined ? {} : { seed: this.seed }),
+      ...initializerConfig(this.initializerRange, this.seed),
     };
   }
 }
@@ -118,8 +117,7 @@ export class FeedForward extends tfl.layers.Layer {
       ...super.getConfig(),
       units: this.units,
       activation: this.activationName,
-      initializerRange: this.initializerRange,
-      ...(this.seed === undefined ? {} : { seed: this.seed }),
+      ...initializerConfig(this.initializerRange, this.seed),
     };
   }
 }
