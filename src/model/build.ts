@@ -28,7 +28,6 @@ export const LAYER = {
   tokenEmbedding: 'Embedding-Token',
   mlmHidden: 'MLM-Norm',
   mlmBias: 'MLM-Bias',
-  lastHidden: (layers: number) => `Transformer-${layers - 1}-FeedForward-Norm`,
 } as const;
 
 export interface BuildOptions {
