@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import type { CallKwargs } from '../model/layers/index.js';
+import { customOp } from '../model/layers/ops.js';
 import { leanGradients } from './lean-gradients.js';
 
 type Layer = tfl.layers.Layer;
@@ -27,6 +28,8 @@ interface BlockStep {
   readonly inputIds: number[];
   readonly outputId: number;
   readonly variables: tf.Variable[];
+  /** Readers of each value among the block's own nodes. */
+  readonly readers: Map<number, number>;
 }
 
 type Step = NodeStep | BlockStep;
@@ -113,6 +116,11 @@ interface Plan {
   steps: Step[];
   /** Consumer nodes of every value in the plan. */
   readers: Map<number, number>;
+  /**
+   * Never recomputed: its backward pass comes first, right after its forward pass, so
+   * recomputing it would rebuild the very activations that are still at hand.
+   */
+  lastBlock: BlockStep | undefined;
 }
 
 export class GraphExecutor {
@@ -127,21 +135,17 @@ export class GraphExecutor {
       throw new Error(`model ${model.name} takes ${model.inputs.length} inputs, got ${feeds.length}`);
     }
     const targets = outputLayers.map((name) => model.getLayer(name).inboundNodes[0]!.outputTensors[0]!.id);
-    const { steps, readers } = this.plan(outputLayers, targets);
+    const { steps, readers, lastBlock } = this.plan(outputLayers, targets);
     const values = new Values(new Set([...model.inputs.map((t) => t.id), ...targets]));
     model.inputs.forEach((input, i) => values.set(input.id, feeds[i]!, readers.get(input.id) ?? 0));
     const kwargs: CallKwargs = { training: options.training, dropoutSeed: options.dropoutSeed };
-    // the last block's backward pass comes first, right after its forward pass: recomputing
-    // it would rebuild the very activations that are still at hand
-    const lastBlock = steps.filter((s) => s.kind === 'block').at(-1);
     for (const step of steps) {
       if (step.kind === 'node') runNodes([step.node], values, readers, kwargs);
       else if (!options.recompute || step === lastBlock) runNodes(step.nodes, values, readers, kwargs);
       else {
         const inputs = step.inputIds.map((id) => values.get(id, step.name));
         values.set(step.outputId, this.runRecomputed(step, inputs, kwargs), readers.get(step.outputId) ?? 0);
-        const external = new Set(step.inputIds);
-        for (const node of step.nodes) for (const t of node.inputTensors) if (external.has(t.id)) values.release(t.id);
+        for (const id of step.inputIds) for (let n = step.readers.get(id) ?? 0; n > 0; n--) values.release(id);
       }
     }
     return targets.map((id) => values.get(id, model.name));
@@ -152,7 +156,11 @@ export class GraphExecutor {
     let plan = this.plans.get(key);
     if (!plan) {
       const steps = buildPlan(this.model, targets);
-      plan = { steps, readers: countReaders(steps.flatMap((s) => (s.kind === 'node' ? [s.node] : s.nodes))) };
+      plan = {
+        steps,
+        readers: countReaders(steps.flatMap((s) => (s.kind === 'node' ? [s.node] : s.nodes))),
+        lastBlock: steps.filter((s): s is BlockStep => s.kind === 'block').at(-1),
+      };
       this.plans.set(key, plan);
     }
     return plan;
@@ -164,30 +172,26 @@ export class GraphExecutor {
    * the second run sees the same masks as the first.
    */
   private runRecomputed(step: BlockStep, inputs: tf.Tensor[], kwargs: CallKwargs): tf.Tensor {
-    const blockReaders = countReaders(step.nodes);
     const forward = (blockInputs: tf.Tensor[]): tf.Tensor => {
       const local = new Values(new Set([...step.inputIds, step.outputId]));
-      step.inputIds.forEach((id, i) => local.set(id, blockInputs[i]!, blockReaders.get(id) ?? 0));
-      runNodes(step.nodes, local, blockReaders, kwargs);
+      step.inputIds.forEach((id, i) => local.set(id, blockInputs[i]!, step.readers.get(id) ?? 0));
+      runNodes(step.nodes, local, step.readers, kwargs);
       return local.get(step.outputId, step.name);
     };
-    const inputCount = step.inputIds.length;
-    const op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-      const save = args[args.length - 1] as tf.GradSaveFunc;
-      const blockInputs = args.slice(0, inputCount) as tf.Tensor[];
+    return customOp((args, save) => {
+      const blockInputs = args.slice(0, step.inputIds.length);
       save(blockInputs);
       return {
         value: forward(blockInputs),
-        gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => {
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
           // a fresh tape for the block; leanGradients puts the outer backward pass's tape back
           const xs = [...saved, ...step.variables];
-          const { value, grads } = leanGradients(() => forward(saved), xs, dy as tf.Tensor);
+          const { value, grads } = leanGradients(() => forward(saved), xs, dy);
           value.dispose();
           return grads.map((g, i) => g ?? tf.zerosLike(xs[i]!));
         },
       };
-    });
-    return op(...inputs, ...step.variables);
+    })(...inputs, ...step.variables);
   }
 }
 
@@ -256,5 +260,5 @@ function blockStep(name: string, nodes: GraphNode[], consumers: Map<number, Grap
       if (!variables.includes(v)) variables.push(v);
     }
   }
-  return { kind: 'block', name, nodes, inputIds, outputId: outputs[0]!, variables };
+  return { kind: 'block', name, nodes, inputIds, outputId: outputs[0]!, variables, readers: countReaders(nodes) };
 }

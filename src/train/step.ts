@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { LAYER } from '../model/build.js';
+import { reshape } from '../model/layers/ops.js';
 import { trainableWeights, type NamedWeight } from '../model/weights.js';
 import { GraphExecutor } from './graph-executor.js';
 import { leanGradients } from './lean-gradients.js';
@@ -125,7 +126,7 @@ export class PretrainingObjective {
       }
     });
     const labelTensor = tf.tensor1d(labels, 'int32');
-    const rows = tf.gather(tf.reshape(hidden!, [batch.batchSize * batch.length, width]), tf.tensor1d(positions, 'int32'));
+    const rows = tf.gather(reshape(hidden!, [batch.batchSize * batch.length, width]), tf.tensor1d(positions, 'int32'));
     const logits = this.outputBias.call(this.outputEmbedding.call(rows, {}), {}) as tf.Tensor;
     const { lossSum, correct } = sparseSoftmaxCrossEntropy(logits, labelTensor);
     const loss = tf.div(lossSum, normalizer);
