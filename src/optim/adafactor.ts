@@ -1,0 +1,201 @@
+import { type BaseRule, NamePatterns, type ParamStep, rms } from './rule.js';
+import type { SlotSpec } from './slots.js';
+
+export interface AdaFactorOptions {
+  /** null: relative step min(1/sqrt(t), 1e-2), times 0.05 without parameter scaling. */
+  learningRate: number | null;
+  /** 0: no first moment at all; otherwise an EMA of the clipped update. */
+  beta1: number;
+  /** null: the time-dependent 1 - t^-0.8. */
+  beta2: number | null;
+  epsilon1: number;
+  epsilon2: number;
+  multiplyByParameterScale: boolean;
+  /** Parameters (by regex on the name) whose update is not multiplied by their scale. */
+  excludeFromParameterScale: string[];
+  /** null: no update clipping. */
+  clippingThreshold: number | null;
+  minDimSizeToFactor: number;
+}
+
+/** bert4keras's defaults (see ../shared/reference/optimizers.md). */
+export const ADAFACTOR_DEFAULTS: AdaFactorOptions = {
+  learningRate: 1e-3,
+  beta1: 0,
+  beta2: null,
+  epsilon1: 1e-30,
+  epsilon2: 1e-3,
+  multiplyByParameterScale: true,
+  excludeFromParameterScale: [],
+  clippingThreshold: 1.0,
+  minDimSizeToFactor: 128,
+};
+
+/**
+ * The two axes a parameter's second moment is factored over: the largest (a1, averaged
+ * away in `vr`) and the second largest (a2, averaged away in `vc`), not necessarily the
+ * last two. Ties go to the later axis, so a square matrix factors like a wide one.
+ * null when the tensor is not factored.
+ */
+export function factoredAxes(shape: readonly number[], minDimSizeToFactor: number): { a1: number; a2: number } | null {
+  if (shape.length < 2) return null;
+  const order = shape.map((d, i) => i).sort((i, j) => shape[j]! - shape[i]! || j - i);
+  const a1 = order[0]!;
+  const a2 = order[1]!;
+  if (shape[a2]! < minDimSizeToFactor) return null;
+  return { a1, a2 };
+}
+
+function keepDimsShape(shape: readonly number[], axis: number): number[] {
+  return shape.map((d, i) => (i === axis ? 1 : d));
+}
+
+/**
+ * A factored tensor seen as [outer, X, mid, Y, inner], where X and Y are the two factored
+ * axes in storage order, so that every loop below works for any rank.
+ */
+interface Blocks {
+  outer: number;
+  x: number;
+  mid: number;
+  y: number;
+  inner: number;
+  /** Whether a1 (the axis `vr` averages away) is the earlier of the two. */
+  a1First: boolean;
+}
+
+function blocks(shape: readonly number[], a1: number, a2: number): Blocks {
+  const lo = Math.min(a1, a2);
+  const hi = Math.max(a1, a2);
+  const prod = (from: number, to: number) => shape.slice(from, to).reduce((a, b) => a * b, 1);
+  return { outer: prod(0, lo), x: shape[lo]!, mid: prod(lo + 1, hi), y: shape[hi]!, inner: prod(hi + 1, shape.length), a1First: a1 === lo };
+}
+
+/** AdaFactor (Shazeer & Stern 2018) as bert4keras implements it. */
+export class AdaFactor implements BaseRule {
+  readonly type = 'adafactor';
+  readonly options: AdaFactorOptions;
+  private readonly noScale: NamePatterns;
+  private readonly layout = new Map<string, { a1: number; a2: number } | null>();
+
+  constructor(options: Partial<AdaFactorOptions> = {}) {
+    this.options = { ...ADAFACTOR_DEFAULTS, ...options };
+    this.noScale = new NamePatterns(this.options.excludeFromParameterScale);
+  }
+
+  slots(name: string, shape: readonly number[]): SlotSpec[] {
+    const axes = factoredAxes(shape, this.options.minDimSizeToFactor);
+    const specs: SlotSpec[] = axes
+      ? [
+          { name: 'vr', shape: keepDimsShape(shape, axes.a1), init: 'zeros' },
+          { name: 'vc', shape: keepDimsShape(shape, axes.a2), init: 'zeros' },
+        ]
+      : [{ name: 'v', shape: [...shape], init: 'zeros' }];
+    if (this.options.beta1 > 0) specs.push({ name: 'm', shape: [...shape], init: 'zeros' });
+    return specs;
+  }
+
+  learningRate(step: number): number {
+    const { learningRate, multiplyByParameterScale } = this.options;
+    if (learningRate !== null) return learningRate;
+    const relative = Math.min(1 / Math.sqrt(step), 1e-2);
+    return multiplyByParameterScale ? relative : relative * 0.05;
+  }
+
+  beta2At(step: number): number {
+    return this.options.beta2 ?? 1 - Math.pow(step, -0.8);
+  }
+
+  propose(p: ParamStep): void {
+    const o = this.options;
+    const { grad: g, value, proposed: u } = p;
+    const b2 = this.beta2At(p.step);
+    const eps1 = o.epsilon1;
+    let axes = this.layout.get(p.name);
+    if (axes === undefined) this.layout.set(p.name, (axes = factoredAxes(p.shape, o.minDimSizeToFactor)));
+
+    // u = g / sqrt(v + eps1), written into `proposed`, which then becomes the new value
+    if (axes) {
+      this.factoredUpdate(p, blocks(p.shape, axes.a1, axes.a2), b2);
+    } else {
+      const v = p.slot('v');
+      for (let i = 0; i < g.length; i++) {
+        const gi = g[i]!;
+        v[i] = b2 * v[i]! + (1 - b2) * (gi * gi + eps1);
+        u[i] = gi / Math.sqrt(v[i]! + eps1);
+      }
+    }
+    if (o.clippingThreshold !== null) {
+      const scale = Math.max(1, rms(u) / o.clippingThreshold);
+      if (scale !== 1) for (let i = 0; i < u.length; i++) u[i] = u[i]! / scale;
+    }
+    if (o.beta1 > 0) {
+      const m = p.slot('m');
+      for (let i = 0; i < u.length; i++) u[i] = m[i] = o.beta1 * m[i]! + (1 - o.beta1) * u[i]!;
+    }
+    let lr = p.lr;
+    if (o.multiplyByParameterScale && !this.noScale.matches(p.name)) lr *= Math.max(rms(value), o.epsilon2);
+    for (let i = 0; i < u.length; i++) u[i] = value[i]! - lr * u[i]!;
+  }
+
+  /**
+   * vr = b2 vr + (1-b2) mean_a1(g^2 + eps1), vc likewise over a2, v = vr vc / mean_a2(vr).
+   * `lo` holds the mean over the earlier factored axis, `hi` over the later one.
+   */
+  private factoredUpdate(p: ParamStep, b: Blocks, b2: number): void {
+    const { grad: g, proposed: u } = p;
+    const eps1 = this.options.epsilon1;
+    const vr = p.slot('vr');
+    const vc = p.slot('vc');
+    const lo = b.a1First ? vr : vc;
+    const hi = b.a1First ? vc : vr;
+    const { outer, x: X, mid: M, y: Y, inner: I } = b;
+    const sumLo = new Float64Array(lo.length);
+    const sumHi = new Float64Array(hi.length);
+    for (let o = 0, k = 0; o < outer; o++) {
+      for (let x = 0; x < X; x++) {
+        for (let m = 0; m < M; m++) {
+          for (let y = 0; y < Y; y++) {
+            const loBase = ((o * M + m) * Y + y) * I;
+            const hiBase = ((o * X + x) * M + m) * I;
+            for (let i = 0; i < I; i++, k++) {
+              const g2 = g[k]! * g[k]! + eps1;
+              sumLo[loBase + i]! += g2;
+              sumHi[hiBase + i]! += g2;
+            }
+          }
+        }
+      }
+    }
+    for (let j = 0; j < lo.length; j++) lo[j] = b2 * lo[j]! + ((1 - b2) * sumLo[j]!) / X;
+    for (let j = 0; j < hi.length; j++) hi[j] = b2 * hi[j]! + ((1 - b2) * sumHi[j]!) / Y;
+    // mean of vr over a2: vr is indexed without a1, so a2 is its remaining factored axis
+    const rowMean = new Float64Array(outer * M * I);
+    if (b.a1First) {
+      // vr = lo, indexed (o, m, y, i): average over y
+      for (let o = 0; o < outer; o++)
+        for (let m = 0; m < M; m++)
+          for (let y = 0; y < Y; y++) for (let i = 0; i < I; i++) rowMean[(o * M + m) * I + i]! += vr[((o * M + m) * Y + y) * I + i]! / Y;
+    } else {
+      // vr = hi, indexed (o, x, m, i): average over x
+      for (let o = 0; o < outer; o++)
+        for (let x = 0; x < X; x++)
+          for (let m = 0; m < M; m++) for (let i = 0; i < I; i++) rowMean[(o * M + m) * I + i]! += vr[((o * X + x) * M + m) * I + i]! / X;
+    }
+    for (let o = 0, k = 0; o < outer; o++) {
+      for (let x = 0; x < X; x++) {
+        for (let m = 0; m < M; m++) {
+          for (let y = 0; y < Y; y++) {
+            const loBase = ((o * M + m) * Y + y) * I;
+            const hiBase = ((o * X + x) * M + m) * I;
+            const meanBase = (o * M + m) * I;
+            for (let i = 0; i < I; i++, k++) {
+              const v = (lo[loBase + i]! * hi[hiBase + i]!) / rowMean[meanBase + i]!;
+              u[k] = g[k]! / Math.sqrt(v + eps1);
+            }
+          }
+        }
+      }
+    }
+  }
+}

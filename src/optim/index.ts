@@ -1,0 +1,15 @@
+export { AdaFactor, ADAFACTOR_DEFAULTS, type AdaFactorOptions, factoredAxes } from './adafactor.js';
+export { Adam, ADAM_DEFAULTS, type AdamOptions } from './adam.js';
+export { Sgd, SGD_DEFAULTS, type SgdOptions } from './sgd.js';
+export { createOptimizer, DEFAULT_EXCLUDE, type OptimizerConfig, OptimizerConfigError, parseOptimizerConfig, readOptimizerConfig } from './config.js';
+export { Optimizer, OptimizerError, type OptimizerState, type StepReport } from './optimizer.js';
+export { HostParameters, type ParameterAccess, VariableParameters } from './parameters.js';
+export type { BaseRule, ParamStep, UpdateWrapper } from './rule.js';
+export type { NamedArray, SlotSpec } from './slots.js';
+export { ExponentialMovingAverage, GradientAccumulation } from './step-wrappers.js';
+export { LayerAdaptation } from './wrappers/layer-adaptation.js';
+export { LazyOptimization } from './wrappers/lazy.js';
+export { Lookahead } from './wrappers/lookahead.js';
+export { ParameterWiseLr } from './wrappers/parameter-wise-lr.js';
+export { piecewiseLinear, PiecewiseLinearSchedule } from './wrappers/piecewise-linear.js';
+export { WeightDecay } from './wrappers/weight-decay.js';

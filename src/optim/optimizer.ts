@@ -1,0 +1,262 @@
+import { type ParameterAccess, sizeOf } from './parameters.js';
+import type { BaseRule, ParamStep, UpdateWrapper } from './rule.js';
+import { type NamedArray, type Slot, type SlotSpec, slotBytes, SlotStore } from './slots.js';
+import { ExponentialMovingAverage, GradientAccumulation, type StepWrapper } from './step-wrappers.js';
+
+export const OPTIMIZER_STATE_FORMAT = 'tfjs-pretrain-optimizer/1';
+
+/** Everything an optimizer needs to continue exactly where it stopped. */
+export interface OptimizerState {
+  readonly format: typeof OPTIMIZER_STATE_FORMAT;
+  /** The components in order (e.g. `adafactor`, `weightDecay`, `ema`): state only loads into the same composition. */
+  readonly components: readonly string[];
+  /** Optimizer steps applied. */
+  readonly iterations: number;
+  /** Micro-batches accumulated since the last step. */
+  readonly microSteps: number;
+  readonly slots: readonly NamedArray[];
+}
+
+export interface StepReport {
+  /** False for a micro-step of gradient accumulation: nothing changed but the sums. */
+  readonly applied: boolean;
+  /** Optimizer steps applied so far. */
+  readonly iterations: number;
+  /** The learning rate the step used (NaN when not applied). */
+  readonly lr: number;
+}
+
+export class OptimizerError extends Error {
+  override name = 'OptimizerError';
+}
+
+type Component = BaseRule | UpdateWrapper | StepWrapper;
+
+/**
+ * A base rule (AdaFactor, Adam, SGD) composed with wrappers in the written order: each
+ * update wrapper runs the pieces before it and then changes the proposed value; the
+ * step-level wrappers (gradient accumulation, EMA) act on whole steps and come last.
+ * Everything it keeps is in named slots, so `getState` / `setState` resume exactly.
+ * Parameters are updated one at a time from a `ParameterAccess`, so host memory holds
+ * one parameter's values, not the model's.
+ */
+export class Optimizer {
+  private readonly store = new SlotStore();
+  private readonly prefixes: string[];
+  private readonly accumulation: GradientAccumulation | undefined;
+  private readonly ema: ExponentialMovingAverage | undefined;
+  private iterations = 0;
+  private microSteps = 0;
+  private paramNames: readonly string[] | undefined;
+  private scratch = new Float32Array(0);
+  private trainedBackup: Float32Array[] | undefined;
+  /** Set by setState: the restored slots are matched against the parameters at the next step. */
+  private restoredUnchecked = false;
+
+  constructor(
+    readonly base: BaseRule,
+    readonly wrappers: readonly UpdateWrapper[] = [],
+    readonly stepWrappers: readonly StepWrapper[] = [],
+  ) {
+    const components: Component[] = [base, ...wrappers, ...stepWrappers];
+    const seen = new Map<string, number>();
+    this.prefixes = components.map((c) => {
+      const n = (seen.get(c.type) ?? 0) + 1;
+      seen.set(c.type, n);
+      return n === 1 ? c.type : `${c.type}-${n}`;
+    });
+    const accumulations = stepWrappers.filter((w): w is GradientAccumulation => w instanceof GradientAccumulation);
+    const averages = stepWrappers.filter((w): w is ExponentialMovingAverage => w instanceof ExponentialMovingAverage);
+    if (accumulations.length > 1 || averages.length > 1) throw new OptimizerError('gradient accumulation and EMA may each appear once');
+    this.accumulation = accumulations[0];
+    this.ema = averages[0];
+  }
+
+  /** The composition, e.g. `adam > weightDecay > layerAdaptation > gradientAccumulation`. */
+  get description(): string {
+    return this.prefixes.join(' > ');
+  }
+
+  get completedSteps(): number {
+    return this.iterations;
+  }
+
+  /** The learning rate the next step will use. */
+  get currentLearningRate(): number {
+    return this.learningRateAt(this.iterations);
+  }
+
+  learningRateAt(completedSteps: number): number {
+    let lr = this.base.learningRate(completedSteps + 1);
+    for (const w of this.wrappers) if (w.learningRate) lr = w.learningRate(lr, completedSteps);
+    return lr;
+  }
+
+  /** Every slot one parameter of this shape gets, with its full name `<component>/<slot>`. */
+  slotSpecs(name: string, shape: readonly number[]): SlotSpec[] {
+    const components: Component[] = [this.base, ...this.wrappers, ...this.stepWrappers];
+    return components.flatMap((c, k) => (c.slots?.(name, shape) ?? []).map((s) => ({ ...s, name: `${this.prefixes[k]}/${s.name}` })));
+  }
+
+  /** The state bytes parameters of these shapes need, from the same declarations that create the slots. */
+  stateBytesFor(params: readonly { name: string; shape: readonly number[] }[]): number {
+    return params.reduce((n, p) => n + slotBytes(this.slotSpecs(p.name, p.shape)), 0);
+  }
+
+  /** Bytes of state held now. */
+  stateBytes(): number {
+    return this.store.bytes();
+  }
+
+  /**
+   * Applies one gradient per parameter (in `params` order). With gradient accumulation,
+   * only every k-th call steps; the others add to the sums and return `applied: false`.
+   */
+  apply(params: ParameterAccess, grads: readonly Float32Array[]): StepReport {
+    if (this.trainedBackup) throw new OptimizerError('the EMA weights are applied; call restoreTrained() before the next step');
+    this.checkParameters(params, grads);
+    const k = this.accumulation?.steps ?? 1;
+    if (k > 1) {
+      for (let i = 0; i < grads.length; i++) {
+        const sum = this.slotsOf(params, i).get(`${this.prefixOf(this.accumulation!)}/sum`)!.data;
+        const g = grads[i]!;
+        for (let j = 0; j < g.length; j++) sum[j] = sum[j]! + g[j]!;
+      }
+      this.microSteps++;
+      if (this.microSteps < k) return { applied: false, iterations: this.iterations, lr: NaN };
+    }
+    const t = this.iterations + 1;
+    const lr = this.learningRateAt(this.iterations);
+    for (let i = 0; i < params.names.length; i++) {
+      const name = params.names[i]!;
+      const shape = params.shape(i);
+      const value = params.read(i);
+      const slots = this.slotsOf(params, i, value);
+      let grad = grads[i]!;
+      let sum: Float32Array | undefined;
+      if (k > 1) {
+        sum = slots.get(`${this.prefixOf(this.accumulation!)}/sum`)!.data;
+        for (let j = 0; j < sum.length; j++) sum[j] = sum[j]! / k;
+        grad = sum;
+      }
+      if (this.scratch.length < value.length) this.scratch = new Float32Array(value.length);
+      const proposed = this.scratch.subarray(0, value.length);
+      const allSlots = [...slots.values()];
+      const stepFor = (prefix: string): ParamStep => ({
+        name,
+        shape,
+        value,
+        grad,
+        proposed,
+        step: t,
+        lr,
+        slot: (slotName: string) => {
+          const slot = slots.get(`${prefix}/${slotName}`);
+          if (!slot) throw new OptimizerError(`${prefix} asked for slot ${slotName} of ${name}, which it did not declare`);
+          return slot.data;
+        },
+        allSlots: () => allSlots,
+      });
+      const run = (w: number): void => {
+        if (w < 0) return this.base.propose(stepFor(this.prefixes[0]!));
+        const wrapper = this.wrappers[w]!;
+        if (wrapper.update) wrapper.update(stepFor(this.prefixes[w + 1]!), () => run(w - 1));
+        else run(w - 1);
+      };
+      run(this.wrappers.length - 1);
+      value.set(proposed);
+      params.write(i, value);
+      if (this.ema) {
+        const average = slots.get(`${this.prefixOf(this.ema)}/average`)!.data;
+        const m = this.ema.momentum;
+        for (let j = 0; j < average.length; j++) average[j] = m * average[j]! + (1 - m) * value[j]!;
+      }
+      sum?.fill(0);
+    }
+    this.iterations = t;
+    this.microSteps = 0;
+    return { applied: true, iterations: t, lr };
+  }
+
+  /** Swaps the bias-corrected EMA weights in (for evaluation or export); `restoreTrained` swaps back. */
+  applyAverage(params: ParameterAccess): void {
+    if (!this.ema) throw new OptimizerError('this optimizer keeps no EMA of the weights; add {type: "ema"} to its wrappers');
+    if (this.trainedBackup) throw new OptimizerError('the EMA weights are already applied');
+    if (this.iterations === 0) throw new OptimizerError('no optimizer step has been applied yet: there is no average');
+    this.checkParameters(params);
+    const correction = 1 - Math.pow(this.ema.momentum, this.iterations);
+    const backup: Float32Array[] = [];
+    for (let i = 0; i < params.names.length; i++) {
+      const average = this.store.of(params.names[i]!)?.get(`${this.prefixOf(this.ema)}/average`);
+      if (!average) throw new OptimizerError(`no EMA of ${params.names[i]} (it was never updated by this optimizer)`);
+      backup.push(new Float32Array(params.read(i)));
+      const corrected = new Float32Array(average.data.length);
+      for (let j = 0; j < corrected.length; j++) corrected[j] = average.data[j]! / correction;
+      params.write(i, corrected);
+    }
+    this.trainedBackup = backup;
+  }
+
+  restoreTrained(params: ParameterAccess): void {
+    if (!this.trainedBackup) throw new OptimizerError('the EMA weights are not applied');
+    this.checkParameters(params);
+    this.trainedBackup.forEach((values, i) => params.write(i, values));
+    this.trainedBackup = undefined;
+  }
+
+  getState(): OptimizerState {
+    if (this.trainedBackup) throw new OptimizerError('the EMA weights are applied; call restoreTrained() before saving the optimizer state');
+    return { format: OPTIMIZER_STATE_FORMAT, components: [...this.prefixes], iterations: this.iterations, microSteps: this.microSteps, slots: this.store.toArrays() };
+  }
+
+  /** Restores a state from `getState` of an optimizer with the same composition (copied; slot shapes are checked at the next step). */
+  setState(state: OptimizerState): void {
+    if (state.format !== OPTIMIZER_STATE_FORMAT) throw new OptimizerError(`optimizer state has format ${String(state.format)}, expected ${OPTIMIZER_STATE_FORMAT}`);
+    if (state.components.join(' > ') !== this.description) {
+      throw new OptimizerError(`optimizer state was saved by "${state.components.join(' > ')}" and cannot load into "${this.description}"`);
+    }
+    const k = this.accumulation?.steps ?? 1;
+    if (!Number.isInteger(state.iterations) || state.iterations < 0 || !Number.isInteger(state.microSteps) || state.microSteps < 0 || state.microSteps >= k) {
+      throw new OptimizerError(`optimizer state has invalid step counters (iterations ${state.iterations}, micro-steps ${state.microSteps})`);
+    }
+    this.store.load(state.slots);
+    this.iterations = state.iterations;
+    this.microSteps = state.microSteps;
+    this.trainedBackup = undefined;
+    this.restoredUnchecked = true;
+  }
+
+  private prefixOf(component: Component): string {
+    const components: Component[] = [this.base, ...this.wrappers, ...this.stepWrappers];
+    return this.prefixes[components.indexOf(component)]!;
+  }
+
+  private slotsOf(params: ParameterAccess, index: number, value?: Float32Array): Map<string, Slot> {
+    const name = params.names[index]!;
+    const specs = this.slotSpecs(name, params.shape(index));
+    const existing = this.store.of(name);
+    if (existing && existing.size === specs.length) return this.store.ensure(name, specs, value ?? new Float32Array(0));
+    const needsValue = specs.some((s) => s.init === 'parameter');
+    return this.store.ensure(name, specs, value ?? (needsValue ? params.read(index) : new Float32Array(0)));
+  }
+
+  private checkParameters(params: ParameterAccess, grads?: readonly Float32Array[]): void {
+    if (this.paramNames === undefined) {
+      this.paramNames = [...params.names];
+    } else if (params.names.length !== this.paramNames.length || params.names.some((n, i) => n !== this.paramNames![i])) {
+      throw new OptimizerError(`this optimizer was used with ${this.paramNames.length} parameters and is now given a different set (${params.names.length}); use one optimizer per model`);
+    }
+    if (this.restoredUnchecked) {
+      const known = new Set(params.names);
+      const stranger = this.store.paramNames().find((n) => !known.has(n));
+      if (stranger !== undefined) throw new OptimizerError(`the restored optimizer state has slots for ${stranger}, which this model does not have`);
+      this.restoredUnchecked = false;
+    }
+    if (!grads) return;
+    if (grads.length !== params.names.length) throw new OptimizerError(`${grads.length} gradients for ${params.names.length} parameters`);
+    for (let i = 0; i < grads.length; i++) {
+      const n = sizeOf(params.shape(i));
+      if (grads[i]!.length !== n) throw new OptimizerError(`gradient of ${params.names[i]} has ${grads[i]!.length} values, the parameter has ${n}`);
+    }
+  }
+}

@@ -1,0 +1,74 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { NamedWeight } from '../model/weights.js';
+
+/**
+ * Where an optimizer reads and writes parameter values, one parameter at a time: host
+ * arrays (tests, a worker's flat buffers) or tfjs variables. The optimizer never holds
+ * more than one parameter's values at once, so the update needs host memory for the
+ * largest parameter only, not for the model.
+ */
+export interface ParameterAccess {
+  readonly names: readonly string[];
+  shape(index: number): readonly number[];
+  /** The current values, as an array the optimizer may modify and hand back to `write`. */
+  read(index: number): Float32Array;
+  /** Stores new values; `values` is the caller's from then on (implementations copy it if they keep it). */
+  write(index: number, values: Float32Array): void;
+}
+
+export function sizeOf(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/** Parameters held in plain Float32Arrays, updated in place. */
+export class HostParameters implements ParameterAccess {
+  readonly names: readonly string[];
+  private readonly shapes: (readonly number[])[];
+
+  constructor(readonly params: readonly { name: string; shape: readonly number[]; values: Float32Array }[]) {
+    this.names = params.map((p) => p.name);
+    this.shapes = params.map((p) => [...p.shape]);
+    for (const p of params) {
+      if (p.values.length !== sizeOf(p.shape)) throw new Error(`parameter ${p.name}: ${p.values.length} values for shape [${p.shape.join(', ')}]`);
+    }
+    if (new Set(this.names).size !== this.names.length) throw new Error('two parameters have the same name');
+  }
+
+  shape(index: number): readonly number[] {
+    return this.shapes[index]!;
+  }
+
+  read(index: number): Float32Array {
+    return this.params[index]!.values;
+  }
+
+  write(index: number, values: Float32Array): void {
+    const target = this.params[index]!.values;
+    if (values !== target) target.set(values);
+  }
+}
+
+/** A model's trainable variables (see `trainableWeights`): read with dataSync, written with assign. */
+export class VariableParameters implements ParameterAccess {
+  readonly names: readonly string[];
+
+  constructor(readonly weights: readonly NamedWeight[]) {
+    this.names = weights.map((w) => w.name);
+  }
+
+  shape(index: number): readonly number[] {
+    return this.weights[index]!.shape;
+  }
+
+  read(index: number): Float32Array {
+    // a copy: the cpu backend's dataSync hands out the variable's own storage
+    return new Float32Array(this.weights[index]!.variable.dataSync() as Float32Array);
+  }
+
+  write(index: number, values: Float32Array): void {
+    const weight = this.weights[index]!;
+    const fresh = tf.tensor(values, [...weight.shape], 'float32');
+    weight.variable.assign(fresh);
+    fresh.dispose();
+  }
+}
