@@ -51,6 +51,7 @@ interface StartOptions {
   batchSize: number;
   seqLength: number;
   lr: number;
+  optimizer?: string;
   clipNorm: number;
   recompute?: boolean;
   microBatches: number;
@@ -81,7 +82,11 @@ function buildProgram(): Command {
     .option('--steps <n>', 'training steps', positiveInt, LOCAL_DEFAULTS.steps)
     .option('--batch-size <n>', 'sequences per step', positiveInt, LOCAL_DEFAULTS.batchSize)
     .option('--seq-length <n>', 'tokens per sequence (truncated/padded)', positiveInt, LOCAL_DEFAULTS.seqLength)
-    .option('--lr <x>', 'Adam learning rate', positiveNumber, LOCAL_DEFAULTS.learningRate)
+    .addOption(new Option('--lr <x>', 'learning rate of the default optimizer (Adam)').argParser(positiveNumber).default(LOCAL_DEFAULTS.learningRate).conflicts('optimizer'))
+    .option(
+      '--optimizer <json|file>',
+      'optimizer as inline JSON or a JSON/YAML file, e.g. \'{"type":"adafactor","wrappers":[{"type":"piecewiseLinear","schedule":{"20":1}}]}\' (types: adafactor, adam, adamw, lamb, sgd)',
+    )
     .option('--clip-norm <x>', 'clip gradients to this global norm (0: off)', nonNegativeNumber, LOCAL_DEFAULTS.clipNorm)
     .option('--recompute', 'recompute each Transformer block in backprop instead of keeping its activations')
     .option('--micro-batches <n>', 'split each batch into n micro-batches and accumulate their gradients', positiveInt, LOCAL_DEFAULTS.microBatches)
@@ -94,7 +99,8 @@ function buildProgram(): Command {
       '\nExamples:\n' +
         '  $ coordinator start --local                                  # 120 steps of L2-H128 MLM on wasm (~25 s)\n' +
         '  $ coordinator start --local --application unilm --steps 100\n' +
-        '  $ coordinator start --local --config bert_config.json --backend tensorflow\n',
+        '  $ coordinator start --local --config bert_config.json --backend tensorflow\n' +
+        '  $ coordinator start --local --optimizer optimizer.yaml --recompute\n',
     )
     .action(async (opts: StartOptions) => {
       if (!opts.local) {
@@ -113,6 +119,7 @@ function buildProgram(): Command {
         batchSize: opts.batchSize,
         seqLength: opts.seqLength,
         learningRate: opts.lr,
+        optimizer: opts.optimizer,
         clipNorm: opts.clipNorm,
         recompute: opts.recompute,
         microBatches: opts.microBatches,

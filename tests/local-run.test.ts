@@ -11,7 +11,8 @@ import { loadModel } from '../src/checkpoint/layers-model-io.js';
 import { CLS, corpusFromText, loadBuiltinCorpus, MASK, makeBatch, PAD, pretrainingBatches, SEP, seededRandom, splitHalves } from '../src/data/builtin-corpus.js';
 import { trainableWeights } from '../src/model/weights.js';
 import { disposeTransformer } from '../src/model/build.js';
-import { runLocal } from '../src/train/local-run.js';
+import { loadOptimizerState } from '../src/optim/index.js';
+import { OPTIMIZER_STATE_FILE, runLocal } from '../src/train/local-run.js';
 import { tinyConfig } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
@@ -100,7 +101,7 @@ describe('runLocal', () => {
       onLog: (line) => lines.push(line),
     });
     assert.ok(lines.some((l) => /^backend: cpu/.test(l)), lines.join('\n'));
-    assert.ok(lines.some((l) => /^step 12\/12 +loss [\d.]+ +acc [\d.]+ +grad-norm [\d.]+ +tokens\/s \d+/.test(l)), lines.join('\n'));
+    assert.ok(lines.some((l) => /^step 12\/12 +loss [\d.]+ +acc [\d.]+ +grad-norm [\d.]+ +lr 0\.0100 +tokens\/s \d+/.test(l)), lines.join('\n'));
     assert.equal(summary.losses.length, 12);
     const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
     const early = mean(summary.losses.slice(0, 4));
@@ -112,6 +113,10 @@ describe('runLocal', () => {
 
     const model = summary.model!;
     assert.ok(existsSync(path.join(saveDir, 'model.json')));
+    const state = await loadOptimizerState(path.join(saveDir, OPTIMIZER_STATE_FILE));
+    assert.equal(state.iterations, 12);
+    assert.deepEqual(state.components, ['adam']);
+    assert.equal(state.slots.length, 2 * trainableWeights(model).length, 'Adam keeps m and v of every weight');
     const loaded = await loadModel(saveDir);
     const saved = trainableWeights(model);
     const restored = new Map(trainableWeights(loaded).map((w) => [w.name, w.variable]));
@@ -195,5 +200,32 @@ describe('coordinator CLI', () => {
     assert.match(r.stdout, /step 3\/3/);
     assert.ok(existsSync(path.join(saveDir, 'model.json')));
     assert.ok(existsSync(path.join(saveDir, 'weights.bin')));
+  });
+
+  it('takes the optimizer from a YAML file and saves its state beside the model', async () => {
+    const saveDir = path.join(dir, 'cli-yaml');
+    const file = path.join(dir, 'optimizer.yaml');
+    await writeFile(file, 'optimizer:\n  type: adafactor\n  learningRate: null\n  wrappers:\n    - {type: weightDecay, rate: 0.01}\n    - {type: gradientAccumulation, steps: 3}\n');
+    const r = await runCli(['start', '--local', '--backend', 'cpu', '--steps', '6', '--preset', 'L1-H32', '--seq-length', '16', '--batch-size', '2', '--optimizer', file, '--save', saveDir], dir);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /optimizer: adafactor > weightDecay > gradientAccumulation/);
+    const state = await loadOptimizerState(path.join(saveDir, OPTIMIZER_STATE_FILE));
+    assert.equal(state.iterations, 2, 'six micro-batches of three are two optimizer steps');
+    const names = state.slots.map((s) => s.name);
+    assert.ok(names.includes('Embedding-Token/embeddings#adafactor/v') && names.includes('Embedding-Token/embeddings#gradientAccumulation/sum'), names.join(' '));
+  });
+
+  it('names the bad field of an --optimizer and refuses --lr beside it, exit code 2', async () => {
+    const r = await runCli(['start', '--local', '--optimizer', '{"type":"adafactor","beta1":2,"wrappers":[{"type":"warmup"}]}'], dir);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /optimizer\.beta1: Too big/);
+    assert.match(r.stderr, /optimizer\.wrappers\[0\]\.type: unknown wrapper type "warmup"/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
+    const both = await runCli(['start', '--local', '--optimizer', '{"type":"adam"}', '--lr', '0.1'], dir);
+    assert.equal(both.code, 2);
+    assert.match(both.stderr, /--lr.*cannot be used with.*--optimizer/);
+    const missing = await runCli(['start', '--local', '--optimizer', path.join(dir, 'nope.yaml')], dir);
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /optimizer config file .*nope\.yaml does not exist/);
   });
 });

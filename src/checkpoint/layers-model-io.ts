@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import '../model/layers/index.js';
+import { writeFileAtomically } from './atomic-write.js';
 
 const MODEL_FILE = 'model.json';
 const WEIGHTS_FILE = 'weights.bin';
@@ -20,15 +21,7 @@ function toArrayBuffer(data: tf.io.WeightData): ArrayBuffer {
 }
 
 async function writeAtomically(file: string, data: string | Uint8Array): Promise<void> {
-  const temp = `${file}.tmp-${process.pid}`;
-  const handle = await fs.open(temp, 'w');
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await fs.rename(temp, file);
+  await writeFileAtomically(file, (handle) => handle.writeFile(data));
 }
 
 /** A weights path from a model.json must stay inside the model's folder. */

@@ -13,3 +13,4 @@ export { Lookahead } from './wrappers/lookahead.js';
 export { ParameterWiseLr } from './wrappers/parameter-wise-lr.js';
 export { piecewiseLinear, PiecewiseLinearSchedule } from './wrappers/piecewise-linear.js';
 export { WeightDecay } from './wrappers/weight-decay.js';
+export { loadOptimizerState, saveOptimizerState } from './state-file.js';

@@ -77,6 +77,11 @@ export class Optimizer {
     return this.prefixes.join(' > ');
   }
 
+  /** Whether it keeps an EMA of the weights (see `applyAverage`). */
+  get keepsAverage(): boolean {
+    return this.ema !== undefined;
+  }
+
   get completedSteps(): number {
     return this.iterations;
   }

@@ -1,9 +1,11 @@
 /**
  * A single-process training run on the built-in stand-in corpus: select a backend, build
- * the model, train with Adam and global-norm clipping, evaluate on held-out poems, save.
+ * the model, train with global-norm clipping and the configured optimizer (default Adam),
+ * evaluate on held-out poems, save the model and the optimizer state.
  * No coordinator, no workers: this is what `coordinator start --local` runs.
  */
 import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { type BackendChoice, BACKEND_CHOICES, selectBackend } from '../backend/index.js';
@@ -11,6 +13,8 @@ import { saveModel } from '../checkpoint/layers-model-io.js';
 import { loadBuiltinCorpus, makeBatch, pretrainingBatches, seededRandom, splitCorpus } from '../data/builtin-corpus.js';
 import { type Application, APPLICATIONS, buildTransformer, disposeTransformer } from '../model/build.js';
 import { type BertConfig, ConfigError, parseBertConfig, presetConfig } from '../model/config.js';
+import { createOptimizer, type OptimizerConfig, OptimizerConfigError, readOptimizerConfig, saveOptimizerState, VariableParameters } from '../optim/index.js';
+import type { Optimizer } from '../optim/optimizer.js';
 import { clipByGlobalNorm } from './gradients.js';
 import { PretrainingObjective } from './step.js';
 
@@ -31,7 +35,10 @@ export interface LocalRunOptions {
   steps?: number;
   batchSize?: number;
   seqLength?: number;
+  /** Learning rate of the default optimizer (Adam); ignored when `optimizer` is given. */
   learningRate?: number;
+  /** The optimizer: a config object, inline JSON, or a JSON/YAML file path (see src/optim/config.ts). Default: Adam at `learningRate`. */
+  optimizer?: OptimizerConfig | string;
   /** Global-norm clipping threshold; 0 turns clipping off. */
   clipNorm?: number;
   recompute?: boolean;
@@ -62,6 +69,10 @@ export interface LocalRunSummary {
   initialEvalLoss: number;
   evalLoss: number;
   evalAccuracy: number;
+  /** Held-out loss with the EMA weights, when the optimizer keeps an EMA. */
+  emaEvalLoss?: number;
+  /** The optimizer's composition, e.g. `adafactor > weightDecay`. */
+  optimizer: string;
   /** Token positions (batch x length) per second of training, over all steps but the first. */
   tokensPerSecond: number;
   seconds: number;
@@ -71,6 +82,9 @@ export interface LocalRunSummary {
   savedTo?: string;
   model?: tfl.LayersModel;
 }
+
+/** The optimizer state's file name inside a saved model's folder. */
+export const OPTIMIZER_STATE_FILE = 'optimizer.safetensors';
 
 export const LOCAL_DEFAULTS = {
   backend: 'auto' as BackendChoice,
@@ -171,6 +185,15 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
   const evalTexts = o.application === 'encoder' ? [...heldOut, ...heldOut, ...heldOut, ...heldOut] : heldOut;
   const evalBatch = makeBatch(corpus.vocab, evalTexts, { application: o.application, length: o.seqLength, seed: o.seed }, seededRandom(o.seed ^ 0x5eed));
 
+  let optimizer: Optimizer;
+  try {
+    const optimizerConfig = o.optimizer === undefined ? { type: 'adam' as const, learningRate: o.learningRate } : typeof o.optimizer === 'string' ? await readOptimizerConfig(o.optimizer) : o.optimizer;
+    optimizer = createOptimizer(optimizerConfig);
+  } catch (err) {
+    if (err instanceof OptimizerConfigError) throw new LocalRunError(err.message.replace(/:?\n\s*/g, (m) => (m.startsWith(':') ? ': ' : '; ')));
+    throw err;
+  }
+
   const model = buildTransformer(config, { application: o.application, withMlm: true, seed: o.seed });
   const objective = new PretrainingObjective(model);
   const parameters = objective.weights.reduce((n, w) => n + w.shape.reduce((a, b) => a * b, 1), 0);
@@ -180,14 +203,16 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
   );
   log(
     `data: built-in corpus (stand-in), ${train.length} training / ${heldOut.length} held-out poems; batch ${o.batchSize} x ${o.seqLength}, ` +
-      `${o.steps} steps, Adam lr ${o.learningRate}, clip ${o.clipNorm || 'off'}${o.recompute ? ', recompute' : ''}${o.microBatches > 1 ? `, ${o.microBatches} micro-batches` : ''}, seed ${o.seed}`,
+      `${o.steps} steps, clip ${o.clipNorm || 'off'}${o.recompute ? ', recompute' : ''}${o.microBatches > 1 ? `, ${o.microBatches} micro-batches` : ''}, seed ${o.seed}`,
   );
 
-  const optimizer = tf.train.adam(o.learningRate);
+  log(`optimizer: ${optimizer.description}, learning rate ${optimizer.currentLearningRate} at step 0`);
+  const params = new VariableParameters(objective.weights);
   const initial = objective.evaluate(evalBatch);
   const losses: number[] = [];
   let tensorsAfterFirstStep = 0;
   let tensorsAfterLastStep = 0;
+  let lastLr = NaN;
   let timedSeconds = 0;
   let timedTokens = 0;
   let window = { loss: 0, accuracy: 0, steps: 0, seconds: 0, tokens: 0 };
@@ -205,7 +230,11 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
         grads = clipped.grads;
         norm = clipped.norm;
       }
-      optimizer.applyGradients(objective.weights.map((w, i) => ({ name: w.variable.name, tensor: grads[i]! })));
+      const report = optimizer.apply(
+        params,
+        grads.map((g) => g.dataSync() as Float32Array),
+      );
+      if (report.applied) lastLr = report.lr;
       tf.dispose(grads);
       const seconds = (performance.now() - t0) / 1000;
       const tokens = batch.batchSize * batch.length;
@@ -222,12 +251,18 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       if (step === 1 || step % o.logEvery === 0 || step === o.steps) {
         log(
           `step ${String(step).padStart(String(o.steps).length)}/${o.steps}  loss ${fmt(window.loss / window.steps)}  acc ${fmt(window.accuracy / window.steps, 3)}  ` +
-            `grad-norm ${fmt(norm, 3)}  tokens/s ${Math.round(window.tokens / window.seconds)}  tensors ${numTensors}`,
+            `grad-norm ${fmt(norm, 3)}  lr ${lastLr.toPrecision(3)}  tokens/s ${Math.round(window.tokens / window.seconds)}  tensors ${numTensors}`,
         );
         window = { loss: 0, accuracy: 0, steps: 0, seconds: 0, tokens: 0 };
       }
     }
     const final = objective.evaluate(evalBatch);
+    let emaEvalLoss: number | undefined;
+    if (optimizer.keepsAverage && optimizer.completedSteps > 0) {
+      optimizer.applyAverage(params);
+      emaEvalLoss = objective.evaluate(evalBatch).loss;
+      optimizer.restoreTrained(params);
+    }
     const summary: LocalRunSummary = {
       backend: backend.name,
       application: o.application,
@@ -240,6 +275,8 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       initialEvalLoss: initial.loss,
       evalLoss: final.loss,
       evalAccuracy: final.accuracy,
+      emaEvalLoss,
+      optimizer: optimizer.description,
       tokensPerSecond: timedTokens / timedSeconds,
       seconds: (performance.now() - started) / 1000,
       tensorsAfterFirstStep,
@@ -248,18 +285,19 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
     log(
       `eval on ${heldOut.length} held-out poems (${final.targets} targets): loss ${fmt(initial.loss)} -> ${fmt(final.loss)}, acc ${fmt(initial.accuracy, 3)} -> ${fmt(final.accuracy, 3)}`,
     );
+    if (emaEvalLoss !== undefined) log(`eval with the EMA weights: loss ${fmt(emaEvalLoss)}`);
     if (tensorsAfterLastStep !== tensorsAfterFirstStep) {
       log(`warning: tf.memory().numTensors went from ${tensorsAfterFirstStep} after step 1 to ${tensorsAfterLastStep}: tensors leak`);
     }
     if (o.saveDir) {
       await saveModel(model, o.saveDir);
       summary.savedTo = o.saveDir;
-      log(`saved model to ${o.saveDir} (model.json + weights.bin)`);
+      await saveOptimizerState(path.join(o.saveDir, OPTIMIZER_STATE_FILE), optimizer.getState());
+      log(`saved model and optimizer state to ${o.saveDir} (model.json + weights.bin, ${OPTIMIZER_STATE_FILE})`);
     }
     if (o.keepModel) summary.model = model;
     return summary;
   } finally {
-    optimizer.dispose();
     if (!o.keepModel) disposeTransformer(model);
   }
 }
