@@ -12,6 +12,7 @@ import { presetConfig } from '../src/model/config.js';
 import { clipByGlobalNorm } from '../src/train/gradients.js';
 import { PretrainingObjective } from '../src/train/step.js';
 import type { Batch } from '../src/train/targets.js';
+import { median, mib, mlmBatch, table } from './common.js';
 
 type BackendName = 'tensorflow' | 'wasm' | 'cpu';
 
@@ -43,43 +44,8 @@ const program = new Command('bench:model')
   .option('--no-stock', 'skip the stock-wasm comparison')
   .option('--no-recompute', 'skip the recompute section');
 
-const [CLS, SEP, MASK, FIRST_WORD_ID] = [2, 3, 4, 5];
 /** cpu sizes after one that took longer than this per step are skipped. */
 const CPU_SKIP_AFTER_MS = 60_000;
-
-/** An MLM batch as pretraining makes it: 15% of real tokens are targets, 80% of those [MASK]. */
-function mlmBatch(seed: number, batchSize: number, length: number, vocab: number): Batch {
-  let state = seed >>> 0;
-  const rand = (): number => {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    return state / 4294967296;
-  };
-  const n = batchSize * length;
-  const tokenIds = new Int32Array(n);
-  const segmentIds = new Int32Array(n);
-  const targets = new Int32Array(n);
-  for (let b = 0; b < batchSize; b++) {
-    for (let i = 0; i < length; i++) {
-      const k = b * length + i;
-      const special = i === 0 || i === length - 1;
-      const word = (): number => FIRST_WORD_ID + Math.floor(rand() * (vocab - FIRST_WORD_ID));
-      const id = special ? (i === 0 ? CLS : SEP) : word();
-      tokenIds[k] = id;
-      if (!special && rand() < 0.15) {
-        targets[k] = id;
-        const r = rand();
-        tokenIds[k] = r < 0.8 ? MASK : r < 0.9 ? word() : id;
-      }
-    }
-  }
-  return { batchSize, length, tokenIds, segmentIds, targets };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
 interface Trainer {
   step(seed: number): void;
@@ -136,17 +102,6 @@ function peakBytes(trainer: Trainer): Promise<number> {
   return tf.profile(() => trainer.step(7)).then((info) => info.peakBytes);
 }
 
-const mib = (bytes: number): string => (bytes / 2 ** 20).toFixed(1);
-
-function table(title: string, header: string[], rows: (string | number)[][]): void {
-  const cells = [header, ...rows.map((r) => r.map(String))];
-  const widths = header.map((_, c) => Math.max(...cells.map((r) => r[c]!.length)));
-  console.log(`\n${title}`);
-  cells.forEach((r, i) => {
-    console.log(r.map((v, c) => (c === 0 ? v.padEnd(widths[c]!) : v.padStart(widths[c]!))).join('  '));
-    if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
-  });
-}
 
 async function main(): Promise<void> {
   const opts = program.parse(process.argv).opts<Options>();

@@ -28,3 +28,33 @@ describe('bench:model', () => {
     }
   });
 });
+
+const OPTIM_BENCH = fileURLToPath(new URL('../bench/optim.js', import.meta.url));
+
+describe('bench:optim', () => {
+  it('prints tables and ends with one JSON line of state bytes, update times and the training runs (tiny sizes)', async () => {
+    const args = ['--state-model', 'L1-H128', '--update-model', 'L1-H32', '--train-model', 'L1-H32', '--vocab', '300', '--update-steps', '1', '--bert-base-steps', '1', '--batch', '2', '--seq', '16'];
+    const stdout = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, [OPTIM_BENCH, ...args], { timeout: 180_000 }, (err, out, errOut) => (err ? reject(new Error(`${err.message}\n${errOut}`)) : resolve(out)));
+    });
+    const lines = stdout.trimEnd().split('\n');
+    assert.match(stdout, /Optimizer state for L1-H128 shapes/);
+    assert.match(lines.at(-2)!, /^reproduce: npm run bench:optim -- --state-model L1-H128/);
+    const figures = JSON.parse(lines.at(-1)!) as {
+      stateBytes: Record<string, number>;
+      updateMsPerStep: Record<string, number>;
+      bertBase: Record<string, { msPerStep: number; peakHeapBytes: number } | string>;
+    };
+    for (const name of ['adam', 'adafactor', 'adafactorBeta1', 'lamb']) {
+      assert.ok(figures.stateBytes[name]! > 0, name);
+      assert.ok(figures.updateMsPerStep[name]! > 0, name);
+    }
+    // L1-H128: every matrix has a dimension >= 128, so AdaFactor factors them all
+    assert.ok(figures.stateBytes.adafactor! < 0.05 * figures.stateBytes.adam!, JSON.stringify(figures.stateBytes));
+    assert.equal(figures.stateBytes.lamb, figures.stateBytes.adam);
+    for (const name of ['adafactor', 'adam', 'tfjsAdam']) {
+      const run = figures.bertBase[name]!;
+      assert.ok(typeof run === 'object' && run.msPerStep > 0 && run.peakHeapBytes > 0, `${name}: ${JSON.stringify(run)}`);
+    }
+  });
+});

@@ -114,35 +114,42 @@ export class AdaFactor implements BaseRule {
     let axes = this.layout.get(p.name);
     if (axes === undefined) this.layout.set(p.name, (axes = factoredAxes(p.shape, o.minDimSizeToFactor)));
 
-    // u = g / sqrt(v + eps1), written into `proposed`, which then becomes the new value
+    // u = g / sqrt(v + eps1), written into `proposed`; returns the sum of u^2 for the clipping
+    let squares = 0;
     if (axes) {
-      this.factoredUpdate(p, blocks(p.shape, axes.a1, axes.a2), b2);
+      squares = this.factoredUpdate(p, blocks(p.shape, axes.a1, axes.a2), b2);
     } else {
       const v = p.slot('v');
       for (let i = 0; i < g.length; i++) {
         const gi = g[i]!;
-        v[i] = b2 * v[i]! + (1 - b2) * (gi * gi + eps1);
-        u[i] = gi / Math.sqrt(v[i]! + eps1);
+        const vi = (v[i] = b2 * v[i]! + (1 - b2) * (gi * gi + eps1));
+        const ui = (u[i] = gi / Math.sqrt(Math.fround(vi) + eps1));
+        squares += ui * ui;
       }
     }
-    if (o.clippingThreshold !== null) {
-      const scale = Math.max(1, rms(u) / o.clippingThreshold);
-      if (scale !== 1) for (let i = 0; i < u.length; i++) u[i] = u[i]! / scale;
-    }
-    if (o.beta1 > 0) {
-      const m = p.slot('m');
-      for (let i = 0; i < u.length; i++) u[i] = m[i] = o.beta1 * m[i]! + (1 - o.beta1) * u[i]!;
-    }
+    // clipping, the first moment and the parameter scale fold into one pass
+    const clip = o.clippingThreshold === null ? 1 : Math.max(1, Math.sqrt(squares / u.length) / o.clippingThreshold);
     let lr = p.lr;
     if (o.multiplyByParameterScale && !this.noScale.matches(p.name)) lr *= Math.max(rms(value), o.epsilon2);
-    for (let i = 0; i < u.length; i++) u[i] = value[i]! - lr * u[i]!;
+    if (o.beta1 > 0) {
+      const m = p.slot('m');
+      const b1 = o.beta1;
+      const c = (1 - b1) / clip;
+      for (let i = 0; i < u.length; i++) {
+        const mi = (m[i] = b1 * m[i]! + c * u[i]!);
+        u[i] = value[i]! - lr * Math.fround(mi);
+      }
+    } else {
+      const step = lr / clip;
+      for (let i = 0; i < u.length; i++) u[i] = value[i]! - step * u[i]!;
+    }
   }
 
   /**
    * vr = b2 vr + (1-b2) mean_a1(g^2 + eps1), vc likewise over a2, v = vr vc / mean_a2(vr).
    * `lo` holds the mean over the earlier factored axis, `hi` over the later one.
    */
-  private factoredUpdate(p: ParamStep, b: Blocks, b2: number): void {
+  private factoredUpdate(p: ParamStep, b: Blocks, b2: number): number {
     const { grad: g, proposed: u } = p;
     const eps1 = this.options.epsilon1;
     const vr = p.slot('vr');
@@ -150,6 +157,7 @@ export class AdaFactor implements BaseRule {
     const lo = b.a1First ? vr : vc;
     const hi = b.a1First ? vc : vr;
     const { outer, x: X, mid: M, y: Y, inner: I } = b;
+    if (outer === 1 && M === 1 && I === 1) return this.matrixUpdate(p, lo, hi, X, Y, b.a1First, b2);
     const sumLo = new Float64Array(lo.length);
     const sumHi = new Float64Array(hi.length);
     for (let o = 0, k = 0; o < outer; o++) {
@@ -170,6 +178,7 @@ export class AdaFactor implements BaseRule {
     for (let j = 0; j < lo.length; j++) lo[j] = b2 * lo[j]! + ((1 - b2) * sumLo[j]!) / X;
     for (let j = 0; j < hi.length; j++) hi[j] = b2 * hi[j]! + ((1 - b2) * sumHi[j]!) / Y;
     // mean of vr over a2: vr is indexed without a1, so a2 is its remaining factored axis
+    // then inverted: the loop below multiplies
     const rowMean = new Float64Array(outer * M * I);
     if (b.a1First) {
       // vr = lo, indexed (o, m, y, i): average over y
@@ -182,6 +191,8 @@ export class AdaFactor implements BaseRule {
         for (let x = 0; x < X; x++)
           for (let m = 0; m < M; m++) for (let i = 0; i < I; i++) rowMean[(o * M + m) * I + i]! += vr[((o * X + x) * M + m) * I + i]! / X;
     }
+    for (let j = 0; j < rowMean.length; j++) rowMean[j] = 1 / rowMean[j]!;
+    let squares = 0;
     for (let o = 0, k = 0; o < outer; o++) {
       for (let x = 0; x < X; x++) {
         for (let m = 0; m < M; m++) {
@@ -190,12 +201,45 @@ export class AdaFactor implements BaseRule {
             const hiBase = ((o * X + x) * M + m) * I;
             const meanBase = (o * M + m) * I;
             for (let i = 0; i < I; i++, k++) {
-              const v = (lo[loBase + i]! * hi[hiBase + i]!) / rowMean[meanBase + i]!;
-              u[k] = g[k]! / Math.sqrt(v + eps1);
+              const v = lo[loBase + i]! * hi[hiBase + i]! * rowMean[meanBase + i]!;
+              const uk = (u[k] = g[k]! / Math.sqrt(v + eps1));
+              squares += uk * uk;
             }
           }
         }
       }
     }
+    return squares;
+  }
+
+  /** The same for an X x Y matrix (every dense kernel and embedding), without the block index arithmetic. */
+  private matrixUpdate(p: ParamStep, lo: Float32Array, hi: Float32Array, X: number, Y: number, a1First: boolean, b2: number): number {
+    const { grad: g, proposed: u } = p;
+    const eps1 = this.options.epsilon1;
+    const sumLo = new Float64Array(Y);
+    for (let x = 0, k = 0; x < X; x++) {
+      let rowSum = 0;
+      for (let y = 0; y < Y; y++, k++) {
+        const g2 = g[k]! * g[k]! + eps1;
+        sumLo[y]! += g2;
+        rowSum += g2;
+      }
+      hi[x] = b2 * hi[x]! + ((1 - b2) * rowSum) / Y;
+    }
+    for (let y = 0; y < Y; y++) lo[y] = b2 * lo[y]! + ((1 - b2) * sumLo[y]!) / X;
+    // mean of vr over a2: vr = lo (over y) when a1 is the row axis, else hi (over x)
+    const vr = a1First ? lo : hi;
+    let vrSum = 0;
+    for (let j = 0; j < vr.length; j++) vrSum += vr[j]!;
+    const inverseMean = vr.length / vrSum;
+    let squares = 0;
+    for (let x = 0, k = 0; x < X; x++) {
+      const hx = hi[x]! * inverseMean;
+      for (let y = 0; y < Y; y++, k++) {
+        const uk = (u[k] = g[k]! / Math.sqrt(lo[y]! * hx + eps1));
+        squares += uk * uk;
+      }
+    }
+    return squares;
   }
 }

@@ -40,12 +40,14 @@ export class Adam implements BaseRule {
     const v = p.slot('v');
     const c1 = biasCorrection ? 1 - Math.pow(b1, p.step) : 1;
     const c2 = biasCorrection ? 1 - Math.pow(b2, p.step) : 1;
-    const lr = p.lr;
+    // lr m^ / (sqrt(v^) + eps) with the corrections hoisted: one division and one root per element
+    const a = p.lr / c1;
+    const s = 1 / Math.sqrt(c2);
     for (let i = 0; i < g.length; i++) {
       const gi = g[i]!;
-      m[i] = b1 * m[i]! + (1 - b1) * gi;
-      v[i] = b2 * v[i]! + (1 - b2) * gi * gi;
-      proposed[i] = value[i]! - (lr * (m[i]! / c1)) / (Math.sqrt(v[i]! / c2) + epsilon);
+      const mi = (m[i] = b1 * m[i]! + (1 - b1) * gi);
+      const vi = (v[i] = b2 * v[i]! + (1 - b2) * gi * gi);
+      proposed[i] = value[i]! - (a * Math.fround(mi)) / (Math.sqrt(Math.fround(vi)) * s + epsilon);
     }
   }
 }

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { readVariableCopy, writeVariableInPlace } from '../backend/variable-storage.js';
 import type { NamedWeight } from '../model/weights.js';
 
 /**
@@ -61,12 +62,12 @@ export class VariableParameters implements ParameterAccess {
   }
 
   read(index: number): Float32Array {
-    // a copy: the cpu backend's dataSync hands out the variable's own storage
-    return new Float32Array(this.weights[index]!.variable.dataSync() as Float32Array);
+    return readVariableCopy(this.weights[index]!.variable);
   }
 
   write(index: number, values: Float32Array): void {
     const weight = this.weights[index]!;
+    if (writeVariableInPlace(weight.variable, values)) return;
     const fresh = tf.tensor(values, [...weight.shape], 'float32');
     weight.variable.assign(fresh);
     fresh.dispose();
