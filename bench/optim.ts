@@ -37,7 +37,7 @@ const program = new Command('bench:optim')
   .option('--state-model <name>', 'model whose parameter shapes size the optimizer state: bert-base or L<layers>-H<hidden>', 'bert-base')
   .option('--update-model <name>', 'model the update time is measured on', 'L4-H256')
   .option('--train-model <name>', 'model trained with AdaFactor and with Adam on wasm', 'bert-base')
-  .addOption(new Option('--update-steps <n>', 'measured optimizer updates per row').default(5).argParser(Number))
+  .addOption(new Option('--update-steps <n>', 'measured optimizer updates per row').default(15).argParser(Number))
   .addOption(new Option('--bert-base-steps <n>', 'measured BERT-base training steps (after one warm-up step)').default(2).argParser(Number))
   .addOption(new Option('--batch <n>', 'BERT-base sequences per step').default(8).argParser(Number))
   .addOption(new Option('--seq <n>', 'BERT-base sequence length').default(128).argParser(Number))
@@ -94,6 +94,7 @@ async function bertBaseChild(name: string, opts: Options): Promise<void> {
   const times: number[] = [];
   const losses: number[] = [];
   let peakRss = process.memoryUsage().rss;
+  try {
   for (let step = 0; step <= opts.bertBaseSteps; step++) {
     const batch = mlmBatch(step, opts.batch, opts.seq, opts.vocab);
     const t0 = performance.now();
@@ -107,10 +108,18 @@ async function bertBaseChild(name: string, opts: Options): Promise<void> {
     losses.push(loss);
     peakRss = Math.max(peakRss, process.memoryUsage().rss);
   }
+  } catch (err) {
+    // wasm reports an exhausted heap as a failed allocation or an out-of-bounds access
+    console.log(JSON.stringify({ failed: (err as Error).message, heapBytes: wasmHeapBytes(), step: times.length }));
+    return;
+  }
   const result: BertBaseResult = { msPerStep: median(times), peakHeapBytes: wasmHeapBytes(), peakRssBytes: peakRss, optimizerStateBytes: tfjsAdam ? 8 * objective.weights.reduce((n, w) => n + w.variable.size, 0) : optimizer.stateBytes(), loss: losses };
   disposeTransformer(model);
   console.log(JSON.stringify(result));
 }
+
+/** A wasm heap this close to its 4 GiB cap when a step fails means the step did not fit. */
+const HEAP_FULL_BYTES = 3.5 * 2 ** 30;
 
 function runChild(name: string, opts: Options): Promise<BertBaseResult | 'out of memory' | string> {
   const script = fileURLToPath(import.meta.url);
@@ -118,7 +127,12 @@ function runChild(name: string, opts: Options): Promise<BertBaseResult | 'out of
   return new Promise((resolve) => {
     execFile(process.execPath, args, { maxBuffer: 1 << 24 }, (err, stdout, stderr) => {
       const last = stdout.trim().split('\n').pop() ?? '';
-      if (!err && last.startsWith('{')) return resolve(JSON.parse(last) as BertBaseResult);
+      if (!err && last.startsWith('{')) {
+        const parsed = JSON.parse(last) as BertBaseResult | { failed: string; heapBytes: number; step: number };
+        if (!('failed' in parsed)) return resolve(parsed);
+        if (parsed.heapBytes >= HEAP_FULL_BYTES) return resolve('out of memory');
+        return resolve(`failed at step ${parsed.step} with a ${mib(parsed.heapBytes)} MiB heap: ${parsed.failed}`);
+      }
       const text = `${stderr}\n${stdout}`;
       if (/OOM|out of memory|Cannot enlarge memory|Array buffer allocation failed|RangeError: .*[Mm]emory/.test(text)) return resolve('out of memory');
       resolve(`failed: ${(text.trim().split('\n').filter(Boolean).pop() ?? String(err)).slice(0, 200)}`);

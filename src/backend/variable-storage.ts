@@ -19,25 +19,36 @@ export function writeVariableInPlace(variable: tf.Variable, values: Float32Array
   if (variable.dtype !== 'float32' || values.length !== variable.size) return false;
   const backend = tf.backend() as unknown as RefCounting;
   if (backend.refCount?.(variable.dataId) !== 1) return false;
+  const storage = storageOf(variable);
+  if (!storage) return false;
+  storage.set(values);
+  return true;
+}
+
+/** The variable's own float32 storage (a view into the wasm heap, the cpu backend's array), if reachable. */
+function storageOf(variable: tf.Variable): Float32Array | undefined {
+  if (variable.dtype !== 'float32') return undefined;
+  const backend = tf.backend();
   const name = tf.getBackend();
   if (name === 'wasm') {
     const wasm = backend as unknown as WasmBackendLike;
     const data = wasm.dataIdMap.get(variable.dataId);
-    if (!data || typeof data.memoryOffset !== 'number') return false;
-    new Float32Array(wasm.wasm.HEAPU8.buffer, data.memoryOffset, values.length).set(values);
-    return true;
+    if (!data || typeof data.memoryOffset !== 'number') return undefined;
+    return new Float32Array(wasm.wasm.HEAPU8.buffer, data.memoryOffset, variable.size);
   }
   if (name === 'cpu') {
     const stored = (backend as unknown as CpuBackendLike).data.get(variable.dataId)?.values;
-    if (!(stored instanceof Float32Array) || stored.length !== values.length) return false;
-    stored.set(values);
-    return true;
+    return stored instanceof Float32Array && stored.length === variable.size ? stored : undefined;
   }
-  return false;
+  return undefined;
 }
 
-/** A variable's values as a fresh array the caller owns (the cpu backend's dataSync hands out its own storage). */
-export function readVariableCopy(variable: tf.Variable): Float32Array {
-  const data = variable.dataSync() as Float32Array;
-  return tf.getBackend() === 'wasm' ? data : new Float32Array(data);
+/**
+ * A copy of a variable's values, into `target` when given (no allocation per read: an
+ * optimizer reads every weight every step), else into a fresh array.
+ */
+export function readVariableCopy(variable: tf.Variable, target?: Float32Array): Float32Array {
+  const out = target && target.length === variable.size ? target : new Float32Array(variable.size);
+  out.set(storageOf(variable) ?? (variable.dataSync() as Float32Array));
+  return out;
 }

@@ -11,7 +11,10 @@ import type { NamedWeight } from '../model/weights.js';
 export interface ParameterAccess {
   readonly names: readonly string[];
   shape(index: number): readonly number[];
-  /** The current values, as an array the optimizer may modify and hand back to `write`. */
+  /**
+   * The current values, as an array the optimizer may modify and hand back to `write`;
+   * valid until the next `read` (implementations may reuse it), so keep a copy.
+   */
   read(index: number): Float32Array;
   /** Stores new values; `values` is the caller's from then on (implementations copy it if they keep it). */
   write(index: number, values: Float32Array): void;
@@ -52,6 +55,8 @@ export class HostParameters implements ParameterAccess {
 /** A model's trainable variables (see `trainableWeights`): read with dataSync, written with assign. */
 export class VariableParameters implements ParameterAccess {
   readonly names: readonly string[];
+  /** Reused by every read: the largest weight's size. */
+  private buffer = new Float32Array(0);
 
   constructor(readonly weights: readonly NamedWeight[]) {
     this.names = weights.map((w) => w.name);
@@ -62,7 +67,9 @@ export class VariableParameters implements ParameterAccess {
   }
 
   read(index: number): Float32Array {
-    return readVariableCopy(this.weights[index]!.variable);
+    const variable = this.weights[index]!.variable;
+    if (this.buffer.length < variable.size) this.buffer = new Float32Array(variable.size);
+    return readVariableCopy(variable, this.buffer.subarray(0, variable.size));
   }
 
   write(index: number, values: Float32Array): void {
