@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { Adam, AdaFactor, type AdaFactorOptions, HostParameters, Optimizer, Sgd } from '../src/optim/index.js';
+import { Adam, AdaFactor, type AdaFactorOptions, factoredAxes, HostParameters, Optimizer, Sgd } from '../src/optim/index.js';
 import { lcg } from './helpers.js';
 
 // ---------------------------------------------------------------------------------------
@@ -355,6 +355,51 @@ describe('AdaFactor against a float64 reference', () => {
       assertSlotClose(vc.data, ref.params[0]!.vc!.data, `vc after step ${step}`);
       assertParamsClose(plist[0]!.values, ref.params[0]!, step, `w after step ${step}`);
     }
+  });
+
+  for (const shape of [
+    [3, 130, 256],
+    [2, 130, 3, 256, 2],
+  ]) {
+    it(`factored rank ${shape.length} [${shape.join(', ')}] (the largest axis after the second largest): slots and parameters over 2 steps`, () => {
+      const { opt, ref, params, plist, rand } = setup(new AdaFactor(), {}, [{ name: 'w', shape }], 14);
+      const axes = ref.params[0]!.axes!;
+      assert.ok(axes.a1 > axes.a2);
+      for (let step = 1; step <= 2; step++) {
+        const grads = [gradValues(rand, sizeOfShape(shape), 0.02 * step)];
+        opt.apply(params, grads);
+        ref.step(grads);
+        const vr = slotOf(opt, 'w#adafactor/vr');
+        const vc = slotOf(opt, 'w#adafactor/vc');
+        assert.deepEqual([...vr.shape], keepDims(shape, axes.a1));
+        assert.deepEqual([...vc.shape], keepDims(shape, axes.a2));
+        assertSlotClose(vr.data, ref.params[0]!.vr!.data, `vr after step ${step}`);
+        assertSlotClose(vc.data, ref.params[0]!.vc!.data, `vc after step ${step}`);
+        assertParamsClose(plist[0]!.values, ref.params[0]!, step, `w after step ${step}`);
+      }
+    });
+  }
+
+  it('ties between equal dims go to the later axis (numpy argpartition order): square kernels factor like wide ones', () => {
+    assert.deepEqual(factoredAxes([768, 768], 128), { a1: 1, a2: 0 });
+    assert.deepEqual(factoredAxes([3, 768, 768], 128), { a1: 2, a2: 1 });
+    assert.deepEqual(factoredAxes([256, 128, 128], 128), { a1: 0, a2: 2 });
+    assert.deepEqual(factoredAxes([128, 256, 128], 128), { a1: 1, a2: 2 });
+    assert.equal(factoredAxes([768, 127], 128), null);
+    assert.equal(factoredAxes([768], 128), null);
+    const opt = new Optimizer(new AdaFactor());
+    opt.apply(new HostParameters([{ name: 'k', shape: [128, 128], values: new Float32Array(128 * 128).fill(0.5) }]), [new Float32Array(128 * 128).fill(0.1)]);
+    assert.deepEqual([...slotOf(opt, 'k#adafactor/vr').shape], [128, 1]);
+    assert.deepEqual([...slotOf(opt, 'k#adafactor/vc').shape], [1, 128]);
+  });
+
+  it('a scalar and an empty parameter update without error', () => {
+    const scalar = { name: 's', shape: [] as number[], values: Float32Array.of(0.5) };
+    const empty = { name: 'e', shape: [0, 130], values: new Float32Array(0) };
+    const opt = new Optimizer(new AdaFactor({ beta1: 0.9 }));
+    opt.apply(new HostParameters([scalar, empty]), [Float32Array.of(0.2), new Float32Array(0)]);
+    // step 1: v = g^2 + eps1, u = g / |g| = 1 (RMS 1, no clipping), scale max(0.5, eps2)
+    assertSlotClose(scalar.values, [0.5 - 1e-3 * 0.5 * 0.1 * 1], 'scalar after step 1');
   });
 
   it('factored [130, 128] (a1 before a2) with beta1 = 0.9: m = b1 m + (1 - b1) u_clipped, over 3 steps', () => {

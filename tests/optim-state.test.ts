@@ -117,6 +117,42 @@ describe('optimizer state', () => {
     assert.throws(() => createOptimizer({ type: 'adam', wrappers: [{ type: 'gradientAccumulation', steps: 2 }] }).setState({ ...state, components: ['adam', 'gradientAccumulation'], microSteps: 2 }), OptimizerError);
   });
 
+  it('checks everything before changing anything: a bad slot of the last parameter or a non-finite gradient leaves all parameters as they were', () => {
+    const params = hostModel(4);
+    const opt = createOptimizer({ type: 'adam' });
+    opt.apply(new HostParameters(params), hostGrads(params, 0));
+    const state = opt.getState();
+    const before = params.map((p) => new Float32Array(p.values));
+    const restored = createOptimizer({ type: 'adam' });
+    restored.setState({ ...state, slots: state.slots.map((s) => (s.name === 'Transformer-0-FeedForward-Norm/gamma#adam/v' ? { ...s, shape: [2, 2] } : s)) });
+    assert.throws(() => restored.apply(new HostParameters(params), hostGrads(params, 1)), (err: Error) => err instanceof OptimizerError && /gamma#adam\/v has shape \[2, 2\]/.test(err.message));
+    params.forEach((p, i) => assert.deepEqual(p.values, before[i], `${p.name} untouched`));
+    assert.equal(restored.completedSteps, 1);
+
+    const grads = hostGrads(params, 1);
+    grads[2]![1] = NaN;
+    assert.throws(() => opt.apply(new HostParameters(params), grads), /gradient of Transformer-0-FeedForward\/bias is not finite \(NaN at index 1\); nothing was updated/);
+    grads[2]![1] = Infinity;
+    assert.throws(() => opt.apply(new HostParameters(params), grads), /not finite \(Infinity at index 1\)/);
+    params.forEach((p, i) => assert.deepEqual(p.values, before[i], `${p.name} untouched`));
+    assert.equal(opt.completedSteps, 1);
+    assert.deepEqual(opt.getState(), state, 'no slot changed');
+  });
+
+  it('refuses a restored state that lacks a parameter, or a state load while the EMA weights are applied', () => {
+    const params = hostModel(5);
+    const opt = createOptimizer({ type: 'adam', wrappers: [{ type: 'ema' }] });
+    opt.apply(new HostParameters(params), hostGrads(params, 0));
+    const state = opt.getState();
+    const partial = createOptimizer({ type: 'adam', wrappers: [{ type: 'ema' }] });
+    partial.setState({ ...state, slots: state.slots.filter((s) => !s.name.startsWith('Transformer-0-FeedForward/kernel#')) });
+    assert.throws(() => partial.apply(new HostParameters(params), hostGrads(params, 1)), /state \(after 1 steps\) has no slots for Transformer-0-FeedForward\/kernel/);
+    opt.applyAverage(new HostParameters(params));
+    assert.throws(() => opt.setState(state), /EMA weights are applied; call restoreTrained\(\) before loading/);
+    opt.restoreTrained(new HostParameters(params));
+    opt.setState(state);
+  });
+
   it('names a truncated or foreign state file and what is wrong with it', async () => {
     const file = path.join(dir, 'truncated.safetensors');
     await writeSafetensors(file, [{ name: 'a#adam/m', shape: [4, 4], data: new Float32Array(16).fill(1) }], { format: 'tfjs-pretrain-optimizer/1', components: '["adam"]', iterations: '1', microSteps: '0' });
@@ -131,6 +167,24 @@ describe('optimizer state', () => {
     await writeSafetensors(foreign, [{ name: 'w', shape: [1], data: new Float32Array(1) }]);
     await assert.rejects(loadOptimizerState(foreign), /foreign\.safetensors is not an optimizer state of this program/);
     await assert.rejects(loadOptimizerState(path.join(dir, 'absent.safetensors')), /absent\.safetensors does not exist/);
+
+    // hand-made headers: overlapping tensors, a gap, metadata that is not an object
+    const handMade = async (name: string, header: object, dataBytes: number) => {
+      const json = Buffer.from(JSON.stringify(header));
+      const prefix = Buffer.alloc(8);
+      prefix.writeBigUInt64LE(BigInt(json.length));
+      const file = path.join(dir, name);
+      await writeFile(file, Buffer.concat([prefix, json, Buffer.alloc(dataBytes)]));
+      return file;
+    };
+    const f32 = (begin: number, end: number) => ({ dtype: 'F32', shape: [(end - begin) / 4], data_offsets: [begin, end] });
+    await assert.rejects(readSafetensors(await handMade('overlap.safetensors', { a: f32(0, 8), b: f32(0, 8) }, 8)), /overlap\.safetensors .*tensor [ab] overlaps the tensor before it/);
+    await assert.rejects(readSafetensors(await handMade('gap.safetensors', { a: f32(0, 4), b: f32(8, 12) }, 12)), /gap\.safetensors .*4 bytes before tensor b belong to no tensor/);
+    await assert.rejects(readSafetensors(await handMade('meta.safetensors', { __metadata__: 'abc', a: f32(0, 4) }, 4)), /__metadata__ is not an object of strings/);
+    await assert.rejects(readSafetensors(await handMade('dtype.safetensors', { a: { dtype: 'F16', shape: [2], data_offsets: [0, 4] } }, 4)), /tensor a has dtype F16/);
+    const ok = await readSafetensors(await handMade('ok.safetensors', { b: f32(4, 8), a: f32(0, 4), __metadata__: { k: 'v' } }, 8));
+    assert.deepEqual(ok.tensors.map((t) => t.name).sort(), ['a', 'b']);
+    assert.deepEqual(ok.metadata, { k: 'v' });
   });
 });
 

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
+  AdaFactor,
   Adam,
   createOptimizer,
   ExponentialMovingAverage,
@@ -141,6 +142,16 @@ describe('gradient accumulation', () => {
     assert.equal(accumulated.currentLearningRate, plain.currentLearningRate, 'schedules see optimizer steps');
   });
 
+  it('k = 1 keeps no sums and steps at every call', () => {
+    const { params, host, grads } = quadratic(['w'], [3], 16);
+    const before = copy(params);
+    const opt = new Optimizer(new Sgd({ learningRate: 0.1 }), [], [new GradientAccumulation(1)]);
+    const g = grads();
+    assert.equal(opt.apply(host, g).applied, true);
+    close(params[0]!.values, before[0]!.map((t, j) => t - 0.1 * g[0]![j]!));
+    assert.deepEqual(opt.getState().slots, []);
+  });
+
   it('the first update comes after the first k micro-batches and is not empty', () => {
     const { params, host, grads } = quadratic(['w'], [3], 6);
     const before = copy(params);
@@ -199,6 +210,29 @@ describe('lazy optimization', () => {
       }
     }
     assert.notDeepEqual([...emb.params[1]!.values.subarray(4, 8)], [...afterFirst[1]!.subarray(4, 8)], 'a parameter not named moves on momentum');
+  });
+});
+
+describe('lazy optimization with AdaFactor', () => {
+  it('keeps idle rows of the parameter, of m and of the row-aligned factor vc; vr (one value per column) still moves', () => {
+    const emb = quadratic(['Embedding-Token/embeddings'], [140, 130], 15);
+    const opt = new Optimizer(new AdaFactor({ beta1: 0.9, learningRate: 0.01 }), [new LazyOptimization()]);
+    opt.apply(emb.host, emb.grads());
+    const before = copy(emb.params)[0]!;
+    const slotsBefore = new Map(opt.getState().slots.map((s) => [s.name.split('#')[1]!, s]));
+    assert.deepEqual([...slotsBefore.get('adafactor/vc')!.shape], [140, 1], 'a1 = 0 (140 rows): vc keeps one value per row');
+    const g = emb.grads()[0]!;
+    for (const r of [2, 77]) g.fill(0, r * 130, (r + 1) * 130);
+    opt.apply(emb.host, [g]);
+    const after = new Map(opt.getState().slots.map((s) => [s.name.split('#')[1]!, s]));
+    const row = (a: Float32Array, r: number, w: number) => [...a.subarray(r * w, (r + 1) * w)];
+    for (const r of [1, 2, 77, 78]) {
+      const idle = r === 2 || r === 77;
+      assert.equal(row(emb.params[0]!.values, r, 130).join() === row(before, r, 130).join(), idle, `parameter row ${r}`);
+      assert.equal(row(after.get('adafactor/m')!.data, r, 130).join() === row(slotsBefore.get('adafactor/m')!.data, r, 130).join(), idle, `m row ${r}`);
+      assert.equal(after.get('adafactor/vc')!.data[r] === slotsBefore.get('adafactor/vc')!.data[r], idle, `vc row ${r}`);
+    }
+    assert.notDeepEqual(after.get('adafactor/vr')!.data, slotsBefore.get('adafactor/vr')!.data);
   });
 });
 

@@ -10,13 +10,15 @@ interface CpuBackendLike {
 }
 
 /**
- * Overwrites a variable's values in its own storage (the wasm heap, the cpu backend's
- * array) when no other tensor shares that storage; returns false when it cannot, and the
- * caller assigns a fresh tensor instead. Saves a malloc, a copy and a free per weight and
- * step. Reads backend internals, like the kernel fixes (tfjs pinned to 4.22.0).
+ * Overwrites a variable's values in its own wasm heap memory when no other tensor shares
+ * that memory; returns false when it cannot, and the caller assigns a fresh tensor
+ * instead. Saves a malloc, a copy and a free per weight and step. Only on wasm: there,
+ * every other view of the data (reshape, our Identity) shares the dataId and so shows in
+ * the refCount, while the cpu backend's slices and dataSync results are views of the same
+ * array that no count records. Reads backend internals (tfjs pinned to 4.22.0).
  */
 export function writeVariableInPlace(variable: tf.Variable, values: Float32Array): boolean {
-  if (variable.dtype !== 'float32' || values.length !== variable.size) return false;
+  if (variable.dtype !== 'float32' || values.length !== variable.size || tf.getBackend() !== 'wasm') return false;
   const backend = tf.backend() as unknown as RefCounting;
   if (backend.refCount?.(variable.dataId) !== 1) return false;
   const storage = storageOf(variable);

@@ -79,10 +79,10 @@ export async function readSafetensors(file: string): Promise<{ tensors: Float32T
   const dataStart = 8 + headerLength;
   const dataLength = bytes.length - dataStart;
   const metadata: Record<string, string> = {};
-  const tensors: Float32Tensor[] = [];
-  let covered = 0;
+  const tensors: (Float32Tensor & { begin: number; end: number })[] = [];
   for (const [name, entry] of Object.entries(header)) {
     if (name === METADATA) {
+      if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) fail('__metadata__ is not an object of strings');
       for (const [k, v] of Object.entries(entry as Record<string, unknown>)) {
         if (typeof v !== 'string') fail(`metadata ${k} is not a string`);
         metadata[k] = v as string;
@@ -98,9 +98,15 @@ export async function readSafetensors(file: string): Promise<{ tensors: Float32T
     if (end > dataLength) fail(`tensor ${name} needs bytes up to ${dataStart + end} but the file ends at ${bytes.length} (truncated?)`);
     const data = new Float32Array((end - begin) / 4);
     new Uint8Array(data.buffer).set(bytes.subarray(dataStart + begin, dataStart + end));
-    tensors.push({ name, shape: e.shape!, data });
-    covered = Math.max(covered, end);
+    tensors.push({ name, shape: e.shape!, data, begin, end });
+  }
+  // the tensors must tile the data exactly: no overlap, no gap, nothing after the last
+  const byOffset = [...tensors].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let covered = 0;
+  for (const t of byOffset) {
+    if (t.begin !== covered) fail(t.begin < covered ? `tensor ${t.name} overlaps the tensor before it` : `${t.begin - covered} bytes before tensor ${t.name} belong to no tensor`);
+    covered = t.end;
   }
   if (covered !== dataLength) fail(`${dataLength - covered} bytes after the last tensor belong to none`);
-  return { tensors, metadata };
+  return { tensors: tensors.map(({ name, shape, data }) => ({ name, shape, data })), metadata };
 }

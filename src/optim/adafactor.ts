@@ -111,8 +111,9 @@ export class AdaFactor implements BaseRule {
     const { grad: g, value, proposed: u } = p;
     const b2 = this.beta2At(p.step);
     const eps1 = o.epsilon1;
-    let axes = this.layout.get(p.name);
-    if (axes === undefined) this.layout.set(p.name, (axes = factoredAxes(p.shape, o.minDimSizeToFactor)));
+    const key = `${p.name}:${p.shape.join('x')}`;
+    let axes = this.layout.get(key);
+    if (axes === undefined) this.layout.set(key, (axes = factoredAxes(p.shape, o.minDimSizeToFactor)));
 
     // u = g / sqrt(v + eps1), written into `proposed`; returns the sum of u^2 for the clipping
     let squares = 0;

@@ -52,6 +52,8 @@ export class Optimizer {
   private trainedBackup: Float32Array[] | undefined;
   /** Set by setState: the restored slots are matched against the parameters at the next step. */
   private restoredUnchecked = false;
+  /** Whether every existing slot has been matched against its parameter's declaration. */
+  private slotsChecked = false;
 
   constructor(
     readonly base: BaseRule,
@@ -216,6 +218,7 @@ export class Optimizer {
 
   /** Restores a state from `getState` of an optimizer with the same composition (copied; slot shapes are checked at the next step). */
   setState(state: OptimizerState): void {
+    if (this.trainedBackup) throw new OptimizerError('the EMA weights are applied; call restoreTrained() before loading an optimizer state');
     if (state.format !== OPTIMIZER_STATE_FORMAT) throw new OptimizerError(`optimizer state has format ${String(state.format)}, expected ${OPTIMIZER_STATE_FORMAT}`);
     if (state.components.join(' > ') !== this.description) {
       throw new OptimizerError(`optimizer state was saved by "${state.components.join(' > ')}" and cannot load into "${this.description}"`);
@@ -224,11 +227,12 @@ export class Optimizer {
     if (!Number.isInteger(state.iterations) || state.iterations < 0 || !Number.isInteger(state.microSteps) || state.microSteps < 0 || state.microSteps >= k) {
       throw new OptimizerError(`optimizer state has invalid step counters (iterations ${state.iterations}, micro-steps ${state.microSteps})`);
     }
-    this.store.load(state.slots);
+    const problem = this.store.load(state.slots);
+    if (problem) throw new OptimizerError(problem);
     this.iterations = state.iterations;
     this.microSteps = state.microSteps;
-    this.trainedBackup = undefined;
     this.restoredUnchecked = true;
+    this.slotsChecked = false;
   }
 
   private prefixOf(component: Component): string {
@@ -238,30 +242,52 @@ export class Optimizer {
 
   private slotsOf(params: ParameterAccess, index: number, value?: Float32Array): Map<string, Slot> {
     const name = params.names[index]!;
-    const specs = this.slotSpecs(name, params.shape(index));
     const existing = this.store.of(name);
-    if (existing && existing.size === specs.length) return this.store.ensure(name, specs, value ?? new Float32Array(0));
+    if (existing) return existing;
+    const specs = this.slotSpecs(name, params.shape(index));
     const needsValue = specs.some((s) => s.init === 'parameter');
     return this.store.ensure(name, specs, value ?? (needsValue ? params.read(index) : new Float32Array(0)));
   }
 
+  /** Everything that could fail is checked before anything changes: no step is ever half applied. */
   private checkParameters(params: ParameterAccess, grads?: readonly Float32Array[]): void {
     if (this.paramNames === undefined) {
       this.paramNames = [...params.names];
     } else if (params.names.length !== this.paramNames.length || params.names.some((n, i) => n !== this.paramNames![i])) {
-      throw new OptimizerError(`this optimizer was used with ${this.paramNames.length} parameters and is now given a different set (${params.names.length}); use one optimizer per model`);
+      const i = params.names.findIndex((n, k) => n !== this.paramNames![k]);
+      const what = i >= 0 && i < this.paramNames.length ? `parameter ${i} was ${this.paramNames[i]} and is now ${params.names[i]}` : `${this.paramNames.length} parameters before, ${params.names.length} now`;
+      throw new OptimizerError(`this optimizer is given a different set of parameters (${what}); use one optimizer per model`);
     }
     if (this.restoredUnchecked) {
       const known = new Set(params.names);
       const stranger = this.store.paramNames().find((n) => !known.has(n));
       if (stranger !== undefined) throw new OptimizerError(`the restored optimizer state has slots for ${stranger}, which this model does not have`);
+      if (this.iterations > 0 || this.microSteps > 0) {
+        const missing = params.names.find((n, i) => !this.store.of(n) && this.slotSpecs(n, params.shape(i)).length > 0);
+        if (missing !== undefined) throw new OptimizerError(`the restored optimizer state (after ${this.iterations} steps) has no slots for ${missing}: it belongs to a different model`);
+      }
       this.restoredUnchecked = false;
+    }
+    if (!this.slotsChecked) {
+      params.names.forEach((n, i) => {
+        const problem = this.store.problemWith(n, this.slotSpecs(n, params.shape(i)));
+        if (problem) throw new OptimizerError(problem);
+      });
+      this.slotsChecked = true;
     }
     if (!grads) return;
     if (grads.length !== params.names.length) throw new OptimizerError(`${grads.length} gradients for ${params.names.length} parameters`);
     for (let i = 0; i < grads.length; i++) {
+      const g = grads[i]!;
       const n = sizeOf(params.shape(i));
-      if (grads[i]!.length !== n) throw new OptimizerError(`gradient of ${params.names[i]} has ${grads[i]!.length} values, the parameter has ${n}`);
+      if (g.length !== n) throw new OptimizerError(`gradient of ${params.names[i]} has ${g.length} values, the parameter has ${n}`);
+      // x * 0 is NaN exactly for NaN and infinities: one multiply-add per element
+      let poison = 0;
+      for (let j = 0; j < g.length; j++) poison += g[j]! * 0;
+      if (poison !== 0) {
+        const at = g.findIndex((x) => !Number.isFinite(x));
+        throw new OptimizerError(`gradient of ${params.names[i]} is not finite (${g[at]} at index ${at}); nothing was updated. Lower the learning rate or check the data`);
+      }
     }
   }
 }

@@ -75,7 +75,8 @@ export class VariableParameters implements ParameterAccess {
   write(index: number, values: Float32Array): void {
     const weight = this.weights[index]!;
     if (writeVariableInPlace(weight.variable, values)) return;
-    const fresh = tf.tensor(values, [...weight.shape], 'float32');
+    // a copy: the cpu backend keeps the array it is given, and `values` may be a reused buffer
+    const fresh = tf.tensor(values.slice(), [...weight.shape], 'float32');
     weight.variable.assign(fresh);
     fresh.dispose();
   }

@@ -37,27 +37,31 @@ export class SlotStore {
     return this.byParam.get(param);
   }
 
+  /** What is wrong with `param`'s existing slots against the declaration, if anything (none yet is fine). */
+  problemWith(param: string, specs: readonly SlotSpec[]): string | undefined {
+    const existing = this.byParam.get(param);
+    if (!existing) return undefined;
+    if (existing.size !== specs.length || specs.some((s) => !existing.has(s.name))) {
+      const want = specs.map((s) => s.name).join(', ') || 'none';
+      const have = [...existing.keys()].join(', ') || 'none';
+      return `optimizer state of ${param} has slots [${have}] but this optimizer needs [${want}]: the state was saved by a differently configured optimizer`;
+    }
+    for (const s of specs) {
+      const slot = existing.get(s.name)!;
+      if (slot.shape.length !== s.shape.length || slot.shape.some((d, i) => d !== s.shape[i])) {
+        return `optimizer slot ${slotTensorName(param, s.name)} has shape [${slot.shape.join(', ')}], expected [${s.shape.join(', ')}]`;
+      }
+    }
+    return undefined;
+  }
+
   /**
-   * Makes sure `param` has exactly the declared slots: creates them all on first sight
-   * (from `value` where the spec asks for the parameter), and rejects restored state
-   * whose slots do not match the declaration.
+   * `param`'s slots, created on first sight (from `value` where the spec asks for the
+   * parameter). Call `problemWith` first: existing slots are returned as they are.
    */
   ensure(param: string, specs: readonly SlotSpec[], value: Float32Array): Map<string, Slot> {
     const existing = this.byParam.get(param);
-    if (existing) {
-      if (existing.size !== specs.length || specs.some((s) => !existing.has(s.name))) {
-        const want = specs.map((s) => s.name).join(', ') || 'none';
-        const have = [...existing.keys()].join(', ') || 'none';
-        throw new Error(`optimizer state of ${param} has slots [${have}] but this optimizer needs [${want}]: the state was saved by a differently configured optimizer`);
-      }
-      for (const s of specs) {
-        const slot = existing.get(s.name)!;
-        if (slot.shape.length !== s.shape.length || slot.shape.some((d, i) => d !== s.shape[i])) {
-          throw new Error(`optimizer slot ${slotTensorName(param, s.name)} has shape [${slot.shape.join(', ')}], expected [${s.shape.join(', ')}]`);
-        }
-      }
-      return existing;
-    }
+    if (existing) return existing;
     const created = new Map<string, Slot>();
     for (const s of specs) {
       const data = s.init === 'parameter' ? new Float32Array(value) : new Float32Array(sizeOf(s.shape));
@@ -85,17 +89,24 @@ export class SlotStore {
     return out;
   }
 
-  /** Replaces the whole store with `arrays` (copied); shapes are checked when a parameter is next updated. */
-  load(arrays: readonly NamedArray[]): void {
+  /**
+   * Replaces the whole store with `arrays` (copied); they are matched against the
+   * parameters at the next step. Returns what is wrong with them, if anything (the store is then unchanged).
+   */
+  load(arrays: readonly NamedArray[]): string | undefined {
+    for (const a of arrays) {
+      const cut = a.name.lastIndexOf('#');
+      if (cut <= 0 || cut === a.name.length - 1) return `optimizer state tensor "${a.name}" is not named <parameter>#<component>/<slot>`;
+      if (a.data.length !== sizeOf(a.shape)) return `optimizer state tensor ${a.name} has ${a.data.length} values for shape [${a.shape.join(', ')}]`;
+    }
     this.byParam.clear();
     for (const a of arrays) {
-      const cut = a.name.indexOf('#');
-      if (cut <= 0 || cut === a.name.length - 1) throw new Error(`optimizer state tensor "${a.name}" is not named <parameter>#<component>/<slot>`);
-      if (a.data.length !== sizeOf(a.shape)) throw new Error(`optimizer state tensor ${a.name} has ${a.data.length} values for shape [${a.shape.join(', ')}]`);
+      const cut = a.name.lastIndexOf('#');
       const param = a.name.slice(0, cut);
       let slots = this.byParam.get(param);
       if (!slots) this.byParam.set(param, (slots = new Map()));
       slots.set(a.name.slice(cut + 1), { shape: [...a.shape], data: new Float32Array(a.data) });
     }
+    return undefined;
   }
 }

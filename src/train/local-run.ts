@@ -230,6 +230,10 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
         grads = clipped.grads;
         norm = clipped.norm;
       }
+      if (!Number.isFinite(result.loss)) {
+        tf.dispose(grads);
+        throw new Error(`the loss became ${result.loss} at step ${step} (the weights were not updated); lower the learning rate`);
+      }
       const report = optimizer.apply(
         params,
         grads.map((g) => g.dataSync() as Float32Array),
@@ -242,7 +246,6 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
         timedSeconds += seconds;
         timedTokens += tokens;
       }
-      if (!Number.isFinite(result.loss)) throw new Error(`the loss became ${result.loss} at step ${step}; lower the learning rate`);
       losses.push(result.loss);
       window = { loss: window.loss + result.loss, accuracy: window.accuracy + result.accuracy, steps: window.steps + 1, seconds: window.seconds + seconds, tokens: window.tokens + tokens };
       const numTensors = tf.memory().numTensors;
