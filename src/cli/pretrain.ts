@@ -1,0 +1,91 @@
+#!/usr/bin/env node
+/**
+ * `pretrain`: the data tools. Today `inspect` (print the records of any TFRecord file of
+ * tf.train.Example as JSON lines); `prepare`, `vocab` and `tokenize` come with the data
+ * pipeline.
+ */
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { decodeExample, ExampleError, exampleToJson } from '../data/example.js';
+import { readRecords, TFRecordError, TFRecordIndex } from '../data/tfrecord.js';
+
+const EXIT_USAGE = 2;
+/** A file that is not what it claims (corrupt, truncated, not a tf.train.Example). */
+const EXIT_BAD_DATA = 1;
+
+function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n)) throw new InvalidArgumentError('expected a non-negative integer.');
+  return n;
+}
+
+/** Writes a line, waiting when stdout is full (a pipe into a slow reader). */
+function emit(line: string): Promise<void> | void {
+  if (!process.stdout.write(`${line}\n`)) return new Promise((resolve) => process.stdout.once('drain', () => resolve()));
+}
+
+interface InspectOptions {
+  start: number;
+  limit?: number;
+  offsets?: boolean;
+}
+
+async function inspect(files: string[], opts: InspectOptions): Promise<void> {
+  for (const file of files) {
+    let printed = 0;
+    const print = async (index: number, offset: number, data: Uint8Array): Promise<void> => {
+      let json: string;
+      try {
+        json = exampleToJson(decodeExample(data));
+      } catch (err) {
+        if (err instanceof ExampleError) throw new TFRecordError(file, offset, `record ${index} is ${err.message}`);
+        throw err;
+      }
+      await emit(opts.offsets || files.length > 1 ? `{"file":${JSON.stringify(file)},"record":${index},"offset":${offset},"features":${json}}` : json);
+      printed++;
+    };
+    if (opts.start > 0) {
+      // random access: one verifying pass builds (or reuses) the shard's index
+      const index = await TFRecordIndex.open(file);
+      const end = Math.min(index.count, opts.limit === undefined ? index.count : opts.start + opts.limit);
+      for (let i = opts.start; i < end; i++) await print(i, index.offsets[i]!, await index.read(i));
+    } else {
+      for await (const r of readRecords(file)) {
+        if (opts.limit !== undefined && printed >= opts.limit) break;
+        await print(r.index, r.offset, r.data);
+      }
+    }
+  }
+}
+
+function buildProgram(): Command {
+  const program = new Command('pretrain').description('Data tools for pretraining: inspect TFRecord shards (prepare, vocab and tokenize come next)').showSuggestionAfterError().exitOverride();
+  program
+    .command('inspect')
+    .description('Print the records of TFRecord files of tf.train.Example as JSON lines: {"feature": {"int64"|"float"|"bytes": [...]}}; bytes in base64. Verifies both CRCs of every record.')
+    .argument('<file...>', 'TFRecord files (ours or any TensorFlow writer\'s)')
+    .option('--start <i>', 'first record to print (uses the shard index, built and saved as <file>.index on first use)', nonNegativeInt, 0)
+    .option('--limit <n>', 'print at most n records per file', nonNegativeInt)
+    .option('--offsets', 'wrap each record with its file, record number and byte offset')
+    .addHelpText('after', '\nExamples:\n  $ pretrain inspect data/train-00000.tfrecord --limit 3\n  $ pretrain inspect shard.tfrecord --start 1000 --limit 1 --offsets\n')
+    .action(inspect);
+  return program;
+}
+
+async function main(): Promise<void> {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0); // the reader went away (e.g. `| head`)
+    throw err;
+  });
+  try {
+    await buildProgram().parseAsync(process.argv);
+  } catch (err) {
+    if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
+    if (err instanceof TFRecordError || err instanceof RangeError) {
+      console.error(`pretrain: ${err.message}`);
+      process.exit(EXIT_BAD_DATA);
+    }
+    throw err;
+  }
+}
+
+await main();
