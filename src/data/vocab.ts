@@ -1,0 +1,76 @@
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+
+/** The special tokens a BERT vocabulary must have for pretraining. */
+export const REQUIRED_SPECIALS = ['[CLS]', '[SEP]', '[MASK]', '[UNK]'] as const;
+
+export class VocabError extends Error {
+  override name = 'VocabError';
+}
+
+/** A BERT `vocab.txt`: one token per line, id = line number (0-based). */
+export class Vocab {
+  readonly ids: ReadonlyMap<string, number>;
+  readonly cls: number;
+  readonly sep: number;
+  readonly mask: number;
+  readonly unk: number;
+  /** [PAD] when present, else 0 (BERT's convention). */
+  readonly pad: number;
+
+  /**
+   * @param tokens one per id
+   * @param hash SHA-256 of the vocabulary text, hex: what a manifest records
+   * @param source where it came from, for messages
+   */
+  constructor(
+    readonly tokens: readonly string[],
+    readonly hash: string,
+    readonly source = 'the vocabulary',
+  ) {
+    const ids = new Map<string, number>();
+    tokens.forEach((t, i) => {
+      if (!ids.has(t)) ids.set(t, i); // a repeated line keeps its first id, as BERT's loader does not
+    });
+    this.ids = ids;
+    const missing = REQUIRED_SPECIALS.filter((s) => !ids.has(s));
+    if (missing.length > 0) throw new VocabError(`${source} lacks ${missing.join(', ')}: a BERT vocabulary needs ${REQUIRED_SPECIALS.join(', ')} (one token per line)`);
+    this.cls = ids.get('[CLS]')!;
+    this.sep = ids.get('[SEP]')!;
+    this.mask = ids.get('[MASK]')!;
+    this.unk = ids.get('[UNK]')!;
+    this.pad = ids.get('[PAD]') ?? 0;
+  }
+
+  get size(): number {
+    return this.tokens.length;
+  }
+
+  static fromText(text: string, source = 'the vocabulary'): Vocab {
+    const body = text.endsWith('\n') ? text.slice(0, -1) : text;
+    if (body.length === 0) throw new VocabError(`${source} is empty`);
+    const tokens = body.split('\n').map((l) => (l.endsWith('\r') ? l.slice(0, -1) : l));
+    return new Vocab(tokens, createHash('sha256').update(text).digest('hex'), source);
+  }
+
+  static async load(file: string): Promise<Vocab> {
+    let bytes: Buffer;
+    try {
+      bytes = await fs.readFile(file);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new VocabError(code === 'ENOENT' ? `vocabulary file ${file} does not exist` : `cannot read vocabulary file ${file}: ${(err as Error).message}`);
+    }
+    let text: string;
+    try {
+      text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    } catch {
+      throw new VocabError(`vocabulary file ${file} is not valid UTF-8`);
+    }
+    return Vocab.fromText(text, `vocabulary file ${file}`);
+  }
+
+  idOf(token: string): number {
+    return this.ids.get(token) ?? this.unk;
+  }
+}
