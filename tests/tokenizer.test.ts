@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 import { BertTokenizer } from '../src/data/tokenizer.js';
 import { Vocab } from '../src/data/vocab.js';
@@ -89,6 +91,35 @@ describe('vocabulary', () => {
       const v = await Vocab.load(good);
       assert.deepEqual([v.cls, v.sep, v.mask, v.unk, v.pad, v.size], [1, 2, 3, 4, 0, 5]);
       assert.match(v.hash, /^[0-9a-f]{64}$/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('pretrain tokenize', () => {
+  const CLI = fileURLToPath(new URL('../src/cli/pretrain.js', import.meta.url));
+  const run = (args: string[], input?: string) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      const child = execFile(process.execPath, [CLI, ...args], { timeout: 60_000 }, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }));
+      child.stdin!.end(input ?? '');
+    });
+
+  it('prints tokens, ids and offsets as JSON lines, from an argument or line by line from stdin; a bad vocab exits 2', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'tokenize-'));
+    try {
+      const file = path.join(dir, 'vocab.txt');
+      await writeFile(file, VOCAB.join('\n'));
+      const one = await run(['tokenize', '--vocab', file, '中国 unwanted!']);
+      assert.equal(one.code, 0, one.stderr);
+      assert.deepEqual(JSON.parse(one.stdout), { text: '中国 unwanted!', tokens: ['中', '国', 'un', '##want', '##ed', '!'], ids: [23, 24, 9, 6, 7, 14], offsets: [[0, 1], [1, 2], [3, 5], [5, 9], [9, 11], [11, 12]] });
+      const lines = await run(['tokenize', '--vocab', file], 'hello\n人\n');
+      assert.deepEqual(lines.stdout.trim().split('\n').map((l) => JSON.parse(l).tokens), [['hello'], ['人']]);
+      const cased = await run(['tokenize', '--vocab', file, '--no-lower-case', 'Hello']);
+      assert.deepEqual(JSON.parse(cased.stdout).tokens, ['[UNK]']);
+      const bad = await run(['tokenize', '--vocab', path.join(dir, 'none.txt'), 'x']);
+      assert.equal(bad.code, 2);
+      assert.match(bad.stderr, /none\.txt does not exist/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

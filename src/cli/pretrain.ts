@@ -1,12 +1,15 @@
 #!/usr/bin/env node
 /**
- * `pretrain`: the data tools. Today `inspect` (print the records of any TFRecord file of
- * tf.train.Example as JSON lines); `prepare`, `vocab` and `tokenize` come with the data
- * pipeline.
+ * `pretrain`: the data tools. `tokenize` (text to BERT tokens, ids and offsets) and
+ * `inspect` (the records of any TFRecord file of tf.train.Example) print JSON lines;
+ * `prepare` and `vocab` come with the rest of the data pipeline.
  */
+import { createInterface } from 'node:readline';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { decodeExample, ExampleError, exampleToJson } from '../data/example.js';
 import { readRecords, TFRecordError, TFRecordIndex } from '../data/tfrecord.js';
+import { BertTokenizer } from '../data/tokenizer.js';
+import { Vocab, VocabError } from '../data/vocab.js';
 
 const EXIT_USAGE = 2;
 /** A file that is not what it claims (corrupt, truncated, not a tf.train.Example). */
@@ -57,8 +60,40 @@ async function inspect(files: string[], opts: InspectOptions): Promise<void> {
   }
 }
 
+function positiveInt(value: string): number {
+  const n = nonNegativeInt(value);
+  if (n === 0) throw new InvalidArgumentError('expected a positive integer.');
+  return n;
+}
+
+interface TokenizeOptions {
+  vocab: string;
+  lowerCase: boolean;
+  maxCharsPerWord: number;
+}
+
+async function tokenize(text: string | undefined, opts: TokenizeOptions): Promise<void> {
+  const tokenizer = new BertTokenizer(await Vocab.load(opts.vocab), { lowerCase: opts.lowerCase, maxCharsPerWord: opts.maxCharsPerWord });
+  const print = (line: string) => {
+    const { ids, offsets } = tokenizer.tokenize(line);
+    return emit(JSON.stringify({ text: line, tokens: ids.map((id) => tokenizer.vocab.tokens[id]), ids, offsets }));
+  };
+  if (text !== undefined && text !== '-') return print(text);
+  // one JSON line per input line, streamed: works on whole corpora
+  for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) await print(line);
+}
+
 function buildProgram(): Command {
-  const program = new Command('pretrain').description('Data tools for pretraining: inspect TFRecord shards (prepare, vocab and tokenize come next)').showSuggestionAfterError().exitOverride();
+  const program = new Command('pretrain').description('Data tools for pretraining: tokenize text, inspect TFRecord shards (prepare and vocab come next)').showSuggestionAfterError().exitOverride();
+  program
+    .command('tokenize')
+    .description('Tokenize text with a BERT vocab.txt: one JSON line {text, tokens, ids, offsets} per input line; offsets are [start, end) in UTF-16 code units of the line.')
+    .argument('[text]', 'the text; - or nothing reads lines from stdin')
+    .requiredOption('--vocab <vocab.txt>', 'BERT vocabulary, one token per line (needs [CLS], [SEP], [MASK], [UNK])')
+    .option('--no-lower-case', 'keep case and accents (cased models)')
+    .option('--max-chars-per-word <n>', 'longer words become [UNK]', positiveInt, 100)
+    .addHelpText('after', '\nExamples:\n  $ pretrain tokenize --vocab vocab.txt "今天天气很好 unaffable"\n  $ pretrain tokenize --vocab vocab.txt < corpus.txt > tokens.jsonl\n')
+    .action(tokenize);
   program
     .command('inspect')
     .description('Print the records of TFRecord files of tf.train.Example as JSON lines: {"feature": {"int64"|"float"|"bytes": [...]}}; bytes in base64. Verifies both CRCs of every record.')
@@ -80,6 +115,10 @@ async function main(): Promise<void> {
     await buildProgram().parseAsync(process.argv);
   } catch (err) {
     if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
+    if (err instanceof VocabError) {
+      console.error(`pretrain: ${err.message}`);
+      process.exit(EXIT_USAGE);
+    }
     if (err instanceof TFRecordError || err instanceof RangeError) {
       console.error(`pretrain: ${err.message}`);
       process.exit(EXIT_BAD_DATA);
