@@ -7,7 +7,11 @@
 import { createInterface } from 'node:readline';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { decodeExample, ExampleError, exampleToJson } from '../data/example.js';
+import { existsSync } from 'node:fs';
+import { writeFileAtomically } from '../checkpoint/atomic-write.js';
+import { CorpusError, readLines } from '../data/corpus.js';
 import { readRecords, TFRecordError, TFRecordIndex } from '../data/tfrecord.js';
+import { VocabBuilder, VocabSizeError } from '../data/vocab-builder.js';
 import { BertTokenizer } from '../data/tokenizer.js';
 import { Vocab, VocabError } from '../data/vocab.js';
 
@@ -83,6 +87,39 @@ async function tokenize(text: string | undefined, opts: TokenizeOptions): Promis
   for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) await print(line);
 }
 
+interface VocabOptions {
+  corpus: string[];
+  size: number;
+  out: string;
+  force?: boolean;
+  lowerCase: boolean;
+}
+
+/** Bad input the user can fix (paths, sizes): one line on stderr, exit code 2. */
+class UsageError extends Error {}
+
+async function vocab(opts: VocabOptions): Promise<void> {
+  if (existsSync(opts.out) && !opts.force) throw new UsageError(`${opts.out} exists; pass --force to overwrite it`);
+  const builder = new VocabBuilder({ lowerCase: opts.lowerCase });
+  let lines = 0;
+  let bytes = 0;
+  const started = performance.now();
+  for (const file of opts.corpus) {
+    for await (const line of readLines(file)) {
+      builder.add(line);
+      lines++;
+      bytes += line.length;
+      if (lines % 200_000 === 0) process.stderr.write(`\r${file}: ${lines} lines, ${(bytes / 1e6).toFixed(1)}M characters, ${(bytes / 1e6 / ((performance.now() - started) / 1000)).toFixed(1)}M/s`);
+    }
+  }
+  if (lines >= 200_000) process.stderr.write('\n');
+  const built = builder.build(opts.size);
+  await writeFileAtomically(opts.out, (h) => h.writeFile(`${built.tokens.join('\n')}\n`));
+  console.error(
+    `wrote ${opts.out}: ${built.tokens.length} tokens (5 special, ${built.singleChars} CJK characters and punctuation, ${built.tokens.length - 5 - built.singleChars} word pieces from ${built.words} distinct words, ${built.merges} merges) from ${lines} lines`,
+  );
+}
+
 function buildProgram(): Command {
   const program = new Command('pretrain').description('Data tools for pretraining: tokenize text, inspect TFRecord shards (prepare and vocab come next)').showSuggestionAfterError().exitOverride();
   program
@@ -94,6 +131,16 @@ function buildProgram(): Command {
     .option('--max-chars-per-word <n>', 'longer words become [UNK]', positiveInt, 100)
     .addHelpText('after', '\nExamples:\n  $ pretrain tokenize --vocab vocab.txt "今天天气很好 unaffable"\n  $ pretrain tokenize --vocab vocab.txt < corpus.txt > tokens.jsonl\n')
     .action(tokenize);
+  program
+    .command('vocab')
+    .description('Build a BERT vocab.txt from a corpus: special tokens, every CJK character and punctuation mark seen, then WordPiece units for other scripts up to --size.')
+    .requiredOption('--corpus <file...>', 'UTF-8 text files')
+    .requiredOption('--size <n>', 'tokens in the vocabulary (at least what the corpus\'s characters need)', positiveInt)
+    .requiredOption('--out <vocab.txt>', 'where to write it (refused if it exists, unless --force)')
+    .option('--force', 'overwrite --out')
+    .option('--no-lower-case', 'keep case and accents (for cased models)')
+    .addHelpText('after', '\nExample:\n  $ pretrain vocab --corpus data/sample/corpus.txt --size 6000 --out vocab.txt\n')
+    .action(vocab);
   program
     .command('inspect')
     .description('Print the records of TFRecord files of tf.train.Example as JSON lines: {"feature": {"int64"|"float"|"bytes": [...]}}; bytes in base64. Verifies both CRCs of every record.')
@@ -115,7 +162,7 @@ async function main(): Promise<void> {
     await buildProgram().parseAsync(process.argv);
   } catch (err) {
     if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
-    if (err instanceof VocabError) {
+    if (err instanceof VocabError || err instanceof VocabSizeError || err instanceof CorpusError || err instanceof UsageError) {
       console.error(`pretrain: ${err.message}`);
       process.exit(EXIT_USAGE);
     }

@@ -73,6 +73,40 @@ function fold(cp: number): string {
   return f;
 }
 
+/**
+ * BERT's basic tokenization alone: the words and single-character tokens (CJK,
+ * punctuation) WordPiece would see, without offsets. Vocabulary building counts these.
+ */
+export function basicTokens(text: string, lowerCase = true): string[] {
+  const out: string[] = [];
+  let word = '';
+  for (let i = 0; i < text.length; ) {
+    const cp = text.codePointAt(i)!;
+    const width = cp > 0xffff ? 2 : 1;
+    const cls = classOf(cp);
+    const ch = lowerCase ? fold(cp) : text.slice(i, i + width);
+    i += width;
+    if (cls === CharClass.Drop) continue;
+    if (cls === CharClass.Other) {
+      word += ch;
+      continue;
+    }
+    if (word) out.push(word);
+    word = '';
+    if (cls !== CharClass.Space && ch) out.push(ch);
+  }
+  if (word) out.push(word);
+  return out;
+}
+
+/** Whether a basic token is a single CJK character or punctuation mark (kept whole in a vocabulary). */
+export function isSingleCharToken(token: string): boolean {
+  const cp = token.codePointAt(0);
+  if (cp === undefined || token.length !== (cp > 0xffff ? 2 : 1)) return false;
+  const cls = classOf(cp);
+  return cls === CharClass.Cjk || cls === CharClass.Punct;
+}
+
 export interface TokenizerOptions {
   /** Lower-case and strip accents (Google's Chinese and uncased English models). Default true. */
   lowerCase?: boolean;
