@@ -5,13 +5,15 @@
  * `prepare` and `vocab` come with the rest of the data pipeline.
  */
 import { createInterface } from 'node:readline';
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { decodeExample, ExampleError, exampleToJson } from '../data/example.js';
 import { existsSync } from 'node:fs';
 import { writeFileAtomically } from '../checkpoint/atomic-write.js';
 import { CorpusError, readLines } from '../data/corpus.js';
 import { readRecords, TFRecordError, TFRecordIndex } from '../data/tfrecord.js';
 import { VocabBuilder, VocabSizeError } from '../data/vocab-builder.js';
+import { SingleBar } from 'cli-progress';
+import { prepare, PrepareError, type PrepareOptions } from '../data/prepare.js';
 import { BertTokenizer } from '../data/tokenizer.js';
 import { Vocab, VocabError } from '../data/vocab.js';
 
@@ -120,8 +122,37 @@ async function vocab(opts: VocabOptions): Promise<void> {
   );
 }
 
+type PrepareCliOptions = Omit<PrepareOptions, 'force' | 'onProgress'> & { force?: boolean; progress: boolean };
+
+async function prepareCommand(opts: PrepareCliOptions): Promise<void> {
+  const bar = opts.progress && process.stderr.isTTY ? new SingleBar({ format: 'prepare [{bar}] {percentage}% | {value}/{total} MB | {instances} instances | {rate} MB/s | ETA {eta_formatted}', hideCursor: true }) : undefined;
+  const started = performance.now();
+  let lastLog = 0;
+  bar?.start(0, 0, { instances: 0, rate: '0.0' });
+  const manifest = await prepare({
+    ...opts,
+    force: opts.force ?? false,
+    onProgress: (read, total, instances) => {
+      const seconds = (performance.now() - started) / 1000;
+      const rate = (read / 1e6 / Math.max(seconds, 1e-3)).toFixed(1);
+      if (bar) {
+        bar.setTotal(Math.round(total / 1e4) / 100);
+        bar.update(Math.round(read / 1e4) / 100, { instances, rate });
+      } else if (opts.progress && seconds - lastLog >= 10) {
+        lastLog = seconds;
+        console.error(`prepare: ${(read / 1e6).toFixed(1)}/${(total / 1e6).toFixed(1)} MB, ${instances} instances, ${rate} MB/s`);
+      }
+    },
+  }).finally(() => bar?.stop());
+  const seconds = (performance.now() - started) / 1000;
+  console.error(
+    `wrote ${manifest.records} ${manifest.task} instances (max length ${manifest.maxLength}${manifest.masking ? `, ${manifest.masking.mode} masking` : ''}) in ${manifest.shards.length} shard(s) and ${opts.out}/manifest.json ` +
+      `in ${seconds.toFixed(1)} s (${(manifest.records / seconds).toFixed(0)} instances/s)`,
+  );
+}
+
 function buildProgram(): Command {
-  const program = new Command('pretrain').description('Data tools for pretraining: tokenize text, inspect TFRecord shards (prepare and vocab come next)').showSuggestionAfterError().exitOverride();
+  const program = new Command('pretrain').description('Data tools for pretraining: build a vocabulary, prepare TFRecord shards, tokenize text, inspect records').showSuggestionAfterError().exitOverride();
   program
     .command('tokenize')
     .description('Tokenize text with a BERT vocab.txt: one JSON line {text, tokens, ids, offsets} per input line; offsets are [start, end) in UTF-16 code units of the line.')
@@ -131,6 +162,27 @@ function buildProgram(): Command {
     .option('--max-chars-per-word <n>', 'longer words become [UNK]', positiveInt, 100)
     .addHelpText('after', '\nExamples:\n  $ pretrain tokenize --vocab vocab.txt "今天天气很好 unaffable"\n  $ pretrain tokenize --vocab vocab.txt < corpus.txt > tokens.jsonl\n')
     .action(tokenize);
+  program
+    .command('prepare')
+    .description(
+      'Corpus -> TFRecord shards of tf.train.Example + manifest.json. mlm: sentences packed up to --max-length, whole-word masking (jieba words, 15%, 80/10/10); ' +
+        'seq2seq: [CLS] source [SEP] target [SEP] from .tsv/.jsonl pairs or from plain text split at a random point.',
+    )
+    .requiredOption('--corpus <file...>', 'UTF-8 text (documents separated by blank lines, one sentence per line; see --documents); for seq2seq also .tsv or .jsonl pairs')
+    .requiredOption('--vocab <vocab.txt>', 'BERT vocabulary (pretrain vocab builds one)')
+    .requiredOption('--out <dir>', 'output directory (refused if it exists, unless --force)')
+    .addOption(new Option('--task <task>', 'mlm (BERT/RoBERTa) or seq2seq (UniLM)').choices(['mlm', 'seq2seq']).default('mlm'))
+    .option('--max-length <n>', 'tokens per instance, [CLS] and [SEP] included', positiveInt, 512)
+    .option('--seed <n>', 'seed of masking and split points: the same corpus, vocab and seed give byte-identical shards', nonNegativeInt, 1)
+    .addOption(new Option('--masking <mode>', 'mlm: dynamic stores unmasked ids + word ids and masks afresh every epoch; static masks now (bert4keras files)').choices(['dynamic', 'static']).default('dynamic'))
+    .option('--copies <n>', 'static masking: differently masked copies of the corpus to write', positiveInt, 1)
+    .option('--records-per-shard <n>', 'instances per shard file', positiveInt, 10_000)
+    .addOption(new Option('--documents <format>', 'blank-line: blank lines separate documents; line: one document per line').choices(['blank-line', 'line']).default('blank-line'))
+    .option('--no-lower-case', 'keep case and accents (cased vocabularies)')
+    .option('--force', 'replace an existing --out directory')
+    .option('--no-progress', 'no progress output')
+    .addHelpText('after', '\nExamples:\n  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out data/sample-mlm --max-length 128\n  $ pretrain prepare --task seq2seq --corpus pairs.tsv --vocab vocab.txt --out data/s2s\n')
+    .action(prepareCommand);
   program
     .command('vocab')
     .description('Build a BERT vocab.txt from a corpus: special tokens, every CJK character and punctuation mark seen, then WordPiece units for other scripts up to --size.')
@@ -162,7 +214,7 @@ async function main(): Promise<void> {
     await buildProgram().parseAsync(process.argv);
   } catch (err) {
     if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
-    if (err instanceof VocabError || err instanceof VocabSizeError || err instanceof CorpusError || err instanceof UsageError) {
+    if (err instanceof VocabError || err instanceof VocabSizeError || err instanceof CorpusError || err instanceof UsageError || err instanceof PrepareError) {
       console.error(`pretrain: ${err.message}`);
       process.exit(EXIT_USAGE);
     }

@@ -1,0 +1,102 @@
+import { Jieba } from '@node-rs/jieba';
+import { dict } from '@node-rs/jieba/dict.js';
+import type { BertTokenizer } from './tokenizer.js';
+
+/** A sentence as WordPiece ids, with the number of tokens of each word (a word from the segmenter). */
+export interface SegmentedSentence {
+  readonly ids: number[];
+  readonly wordLengths: number[];
+}
+
+let jieba: Jieba | undefined;
+
+/**
+ * Words from jieba (default dictionary, no HMM, so the result depends on the dictionary
+ * only), each tokenized with WordPiece: a Chinese word of two characters is two tokens
+ * that whole-word masking masks together.
+ */
+export function segmentSentence(tokenizer: BertTokenizer, line: string): SegmentedSentence {
+  jieba ??= Jieba.withDict(dict);
+  const ids: number[] = [];
+  const wordLengths: number[] = [];
+  for (const word of jieba.cut(line, false)) {
+    const pieces = tokenizer.tokenize(word).ids;
+    if (pieces.length === 0) continue;
+    ids.push(...pieces);
+    wordLengths.push(pieces.length);
+  }
+  return { ids, wordLengths };
+}
+
+/** An MLM instance before masking: `[CLS] tokens [SEP]` padded, and each token's 1-based word (0: special or padding). */
+export interface MlmInstance {
+  readonly tokenIds: Int32Array;
+  readonly wordIds: Int32Array;
+}
+
+/**
+ * Packs a document's sentences into instances of at most `maxLength` tokens, RoBERTa
+ * style (no next-sentence task, segment 0 throughout). A sentence longer than an instance
+ * is cut at word boundaries (a single word longer than an instance is cut anywhere).
+ */
+export function* packDocument(sentences: Iterable<SegmentedSentence>, maxLength: number, special: { cls: number; sep: number; pad: number }): Generator<MlmInstance> {
+  const capacity = maxLength - 2;
+  let ids: number[] = [];
+  let words: number[] = []; // per token, its word number in this instance
+  let wordCount = 0;
+  const flush = function* (): Generator<MlmInstance> {
+    if (ids.length === 0) return;
+    const tokenIds = new Int32Array(maxLength).fill(special.pad);
+    const wordIds = new Int32Array(maxLength);
+    tokenIds[0] = special.cls;
+    tokenIds.set(ids, 1);
+    wordIds.set(words, 1);
+    tokenIds[ids.length + 1] = special.sep;
+    yield { tokenIds, wordIds };
+    ids = [];
+    words = [];
+    wordCount = 0;
+  };
+  for (const sentence of sentences) {
+    if (sentence.ids.length === 0) continue;
+    if (ids.length + sentence.ids.length > capacity) yield* flush();
+    let at = 0;
+    for (const length of sentence.wordLengths) {
+      let left = length;
+      while (left > 0) {
+        if (ids.length === capacity) yield* flush();
+        const take = Math.min(left, capacity - ids.length);
+        // a word split across instances counts as a new word in each
+        if (left === length || ids.length === 0) wordCount++;
+        for (let k = 0; k < take; k++) {
+          ids.push(sentence.ids[at + k]!);
+          words.push(wordCount);
+        }
+        at += take;
+        left -= take;
+      }
+    }
+  }
+  yield* flush();
+}
+
+/** A seq2seq instance: `[CLS] source [SEP] target [SEP]` padded, segment 0 then 1. */
+export interface Seq2SeqInstance {
+  readonly tokenIds: Int32Array;
+  readonly segmentIds: Int32Array;
+}
+
+export function seq2seqInstance(source: number[], target: number[], maxLength: number, special: { cls: number; sep: number; pad: number }): Seq2SeqInstance {
+  const a = source.slice();
+  const b = target.slice();
+  while (a.length + b.length + 3 > maxLength) {
+    if (a.length > b.length) a.pop();
+    else b.pop();
+  }
+  const tokenIds = new Int32Array(maxLength).fill(special.pad);
+  const segmentIds = new Int32Array(maxLength);
+  const ids = [special.cls, ...a, special.sep, ...b, special.sep];
+  tokenIds.set(ids);
+  segmentIds.fill(1, a.length + 2, ids.length);
+  return { tokenIds, segmentIds };
+}

@@ -1,0 +1,227 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import { decodeExample } from '../src/data/example.js';
+import { packDocument } from '../src/data/instances.js';
+import { maskWholeWords, seededRandom } from '../src/data/masking.js';
+import { type Manifest, prepare, type PrepareOptions } from '../src/data/prepare.js';
+import { readRecords } from '../src/data/tfrecord.js';
+import { Vocab } from '../src/data/vocab.js';
+
+const SAMPLE = fileURLToPath(new URL('../../data/sample/corpus.txt', import.meta.url));
+const VOCAB = fileURLToPath(new URL('../../data/sample/vocab.txt', import.meta.url));
+let dir: string;
+let small: string;
+before(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'prepare-'));
+  // the first 40 documents of the sample corpus: fast, and still several shards
+  const docs = (await readFile(SAMPLE, 'utf8')).split('\n\n').slice(0, 40);
+  small = path.join(dir, 'small.txt');
+  await writeFile(small, docs.join('\n\n') + '\n');
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const options = (out: string, extra: Partial<PrepareOptions> = {}): PrepareOptions => ({
+  corpus: [small],
+  vocab: VOCAB,
+  out: path.join(dir, out),
+  task: 'mlm',
+  maxLength: 64,
+  seed: 1,
+  masking: 'dynamic',
+  copies: 1,
+  recordsPerShard: 50,
+  documents: 'blank-line',
+  lowerCase: true,
+  force: false,
+  ...extra,
+});
+
+async function instances(out: string, manifest: Manifest) {
+  const all: Record<string, number[]>[] = [];
+  for (const shard of manifest.shards) {
+    for await (const r of readRecords(path.join(out, shard.file))) {
+      const ex = decodeExample(r.data);
+      all.push(Object.fromEntries(Object.entries(ex).map(([k, f]) => [k, f.values.map(Number)])));
+    }
+  }
+  return all;
+}
+
+describe('prepare (mlm)', () => {
+  it('writes shards of packed instances with word ids and a manifest whose counts and checksums match the files', async () => {
+    const o = options('mlm');
+    const manifest = await prepare(o);
+    const vocab = await Vocab.load(VOCAB);
+    assert.equal(manifest.task, 'mlm');
+    assert.equal(manifest.vocab.hash, vocab.hash);
+    assert.deepEqual(Object.keys(manifest.features), ['token_ids', 'word_ids']);
+    assert.ok(manifest.shards.length >= 2, `${manifest.shards.length} shards`);
+    for (const s of manifest.shards) {
+      const bytes = await readFile(path.join(o.out, s.file));
+      assert.equal(s.bytes, bytes.length);
+      assert.equal(s.sha256, createHash('sha256').update(bytes).digest('hex'));
+    }
+    const all = await instances(o.out, manifest);
+    assert.equal(all.length, manifest.records);
+    assert.equal(manifest.shards.reduce((n, s) => n + s.records, 0), manifest.records);
+    let filled = 0;
+    for (const { token_ids: ids, word_ids: words } of all) {
+      assert.equal(ids!.length, 64);
+      assert.equal(ids![0], vocab.cls);
+      const sep = ids!.indexOf(vocab.sep);
+      assert.ok(sep > 1 && ids!.slice(sep + 1).every((t) => t === vocab.pad), 'one [SEP], then padding');
+      assert.equal(words![0], 0);
+      assert.ok(words!.slice(sep).every((w) => w === 0));
+      const inner = words!.slice(1, sep);
+      assert.equal(inner[0], 1);
+      inner.forEach((w, i) => i > 0 && assert.ok(w === inner[i - 1] || w === inner[i - 1]! + 1, 'words numbered in order'));
+      filled += sep + 1;
+    }
+    assert.ok(filled / (64 * all.length) > 0.7, `packing fills instances (${((100 * filled) / (64 * all.length)).toFixed(0)}%)`);
+  });
+
+  it('is deterministic: the same corpus, vocab and seed give byte-identical shards', async () => {
+    const a = await prepare(options('det-a', { masking: 'static' }));
+    const b = await prepare(options('det-b', { masking: 'static' }));
+    const c = await prepare(options('det-c', { masking: 'static', seed: 2 }));
+    assert.deepEqual(a.shards.map((s) => s.sha256), b.shards.map((s) => s.sha256));
+    assert.notDeepEqual(a.shards.map((s) => s.sha256), c.shards.map((s) => s.sha256));
+  });
+
+  it('static masking writes bert4keras features; whole words at 15%, their tokens 80/10/10', async () => {
+    const o = options('static', { masking: 'static', copies: 2 });
+    const manifest = await prepare(o);
+    assert.deepEqual(Object.keys(manifest.features), ['token_ids', 'mask_ids']);
+    const dynamic = await prepare(options('static-src'));
+    assert.equal(manifest.records, 2 * dynamic.records, 'two masked copies');
+    const all = await instances(o.out, manifest);
+    for (const { token_ids: ids, mask_ids: masks } of all) {
+      ids!.forEach((t, i) => {
+        if (masks![i] === 0) return;
+        assert.ok(i > 0 && t !== 0, 'never a special or padding position');
+      });
+    }
+  });
+
+  it('masking statistics over many draws: 15% of words, 80% [MASK] / 10% random / 10% kept, whole words only', async () => {
+    const vocab = await Vocab.load(VOCAB);
+    const manifest = await prepare(options('stats'));
+    const all = await instances(path.join(dir, 'stats'), manifest);
+    const specials = new Set([vocab.cls, vocab.sep, vocab.pad, vocab.mask, vocab.unk]);
+    let words = 0;
+    let chosenWords = 0;
+    let tokens = 0;
+    let masked = 0;
+    let kept = 0;
+    let replaced = 0;
+    for (let epoch = 0; epoch < 20; epoch++) {
+      all.forEach(({ token_ids: ids, word_ids: wordIds }, n) => {
+        const m = maskWholeWords(ids!, wordIds!, seededRandom(7, epoch, n), { mask: vocab.mask, size: vocab.size, specials });
+        const byWord = new Map<number, boolean[]>();
+        wordIds!.forEach((w, i) => {
+          if (w === 0) return assert.equal(m.maskIds[i], 0);
+          if (!byWord.has(w)) byWord.set(w, []);
+          byWord.get(w)!.push(m.maskIds[i] !== 0);
+          if (m.maskIds[i] === 0) return assert.equal(m.tokenIds[i], ids![i]);
+          assert.equal(m.maskIds[i], ids![i]! + 1);
+          tokens++;
+          if (m.tokenIds[i] === vocab.mask) masked++;
+          else if (m.tokenIds[i] === ids![i]) kept++;
+          else {
+            replaced++;
+            assert.ok(!specials.has(m.tokenIds[i]!), 'a random token is never special');
+          }
+        });
+        for (const flags of byWord.values()) {
+          words++;
+          assert.ok(flags.every((f) => f === flags[0]), 'a word is masked whole or not at all');
+          if (flags[0]) chosenWords++;
+        }
+      });
+    }
+    const near = (x: number, want: number, tol: number, what: string) => assert.ok(Math.abs(x - want) < tol, `${what}: ${x.toFixed(4)} vs ${want}`);
+    assert.ok(words > 20_000, `${words} words`);
+    near(chosenWords / words, 0.15, 0.01, 'chosen words');
+    near(masked / tokens, 0.8, 0.015, '[MASK]');
+    // a random draw can hit the original id (1 in the vocabulary size): counted as kept
+    near(replaced / tokens, 0.1, 0.01, 'random');
+    near(kept / tokens, 0.1, 0.01, 'kept');
+  });
+
+  it('cuts a document longer than an instance at word boundaries, and cuts a word only when it alone is too long', () => {
+    const special = { cls: 2, sep: 3, pad: 0 };
+    const sentence = { ids: [10, 11, 12, 13, 14, 15, 16, 17, 18], wordLengths: [2, 3, 1, 3] };
+    const out = [...packDocument([sentence], 6, special)].map((i) => ({ ids: [...i.tokenIds], words: [...i.wordIds] }));
+    assert.deepEqual(out, [
+      { ids: [2, 10, 11, 12, 13, 3], words: [0, 1, 1, 2, 2, 0] },
+      { ids: [2, 14, 15, 16, 17, 3], words: [0, 1, 2, 3, 3, 0] },
+      { ids: [2, 18, 3, 0, 0, 0], words: [0, 1, 0, 0, 0, 0] },
+    ]);
+  });
+});
+
+describe('prepare (seq2seq)', () => {
+  it('from .tsv and .jsonl pairs and from plain text split at a random point: [CLS] source [SEP] target [SEP], segments 0 then 1', async () => {
+    const vocab = await Vocab.load(VOCAB);
+    const tsv = path.join(dir, 'pairs.tsv');
+    await writeFile(tsv, '学而时习之\t不亦说乎\n\n有朋自远方来\t不亦乐乎\n');
+    const jsonl = path.join(dir, 'pairs.jsonl');
+    await writeFile(jsonl, JSON.stringify({ source: '人不知而不愠', target: '不亦君子乎' }) + '\n');
+    const o = options('s2s', { task: 'seq2seq', corpus: [tsv, jsonl, small], maxLength: 32 });
+    const manifest = await prepare(o);
+    assert.equal(manifest.masking, null);
+    const all = await instances(o.out, manifest);
+    const first = all[0]!;
+    const text = (ids: number[]) => ids.map((id) => vocab.tokens[id]).join('');
+    assert.equal(text(first.token_ids!.slice(0, 13)), '[CLS]学而时习之[SEP]不亦说乎[SEP][PAD]');
+    assert.deepEqual(first.segment_ids!.slice(0, 13), [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0]);
+    assert.equal(text(all[2]!.token_ids!.slice(0, 14)), '[CLS]人不知而不愠[SEP]不亦君子乎[SEP]');
+    for (const inst of all.slice(3)) {
+      const ids = inst.token_ids!;
+      const seps = ids.flatMap((t, i) => (t === vocab.sep ? [i] : []));
+      assert.equal(seps.length, 2);
+      assert.ok(seps[0]! >= 2 && seps[1]! > seps[0]! + 1, 'both parts non-empty');
+      assert.ok(inst.segment_ids!.every((s, i) => s === (i > seps[0]! && i <= seps[1]! ? 1 : 0)));
+    }
+    await writeFile(tsv, '学而时习之 不亦说乎\n');
+    await assert.rejects(prepare(options('s2s-bad', { task: 'seq2seq', corpus: [tsv] })), /pairs\.tsv:1: no tab between source and target/);
+  });
+});
+
+describe('prepare: bad input', () => {
+  it('refuses an existing output directory unless --force, and replaces it with --force', async () => {
+    await prepare(options('exists'));
+    await assert.rejects(prepare(options('exists')), /output directory .*exists; pass --force/);
+    const again = await prepare(options('exists', { force: true, recordsPerShard: 1000 }));
+    assert.deepEqual((await readdir(path.join(dir, 'exists'))).sort(), ['manifest.json', ...again.shards.map((s) => s.file)].sort());
+  });
+
+  it('an empty corpus, a missing corpus or a bad vocab is an error and leaves no manifest', async () => {
+    const empty = path.join(dir, 'empty.txt');
+    await writeFile(empty, '\n\n  \n');
+    await assert.rejects(prepare(options('empty', { corpus: [empty] })), /gave no instances: it is empty/);
+    assert.equal(existsSync(path.join(dir, 'empty', 'manifest.json')), false);
+    await assert.rejects(prepare(options('missing', { corpus: [path.join(dir, 'nope.txt')] })), /corpus file .*nope\.txt does not exist/);
+    const badVocab = path.join(dir, 'vocab.txt');
+    await writeFile(badVocab, '[PAD]\n[UNK]\n[CLS]\n');
+    await assert.rejects(prepare(options('badvocab', { vocab: badVocab })), /lacks \[SEP\], \[MASK\]/);
+  });
+
+  it('a failure in the middle (invalid UTF-8 in the second file) leaves neither a manifest nor a partial shard', async () => {
+    const bad = path.join(dir, 'bad.txt');
+    await writeFile(bad, Buffer.concat([Buffer.from('子曰\n'), Buffer.from([0xff, 0xfe])]));
+    const o = options('killed', { corpus: [small, bad] });
+    await assert.rejects(prepare(o), /bad\.txt is not valid UTF-8/);
+    const left = await readdir(o.out);
+    assert.ok(!left.includes('manifest.json'));
+    assert.ok(left.every((f) => /^shard-\d+\.tfrecord$/.test(f)), `only complete shards remain: ${left.join(', ')}`);
+  });
+});
