@@ -58,3 +58,21 @@ describe('bench:optim', () => {
     }
   });
 });
+
+const DATA_BENCH = fileURLToPath(new URL('../bench/data.js', import.meta.url));
+
+describe('bench:data', () => {
+  it('ends with one JSON line of tokenizer, prepare and training figures (tiny sizes)', async () => {
+    const args = ['--repeat', '1', '--rounds', '1', '--train-model', 'L1-H32', '--train-vocab', '200', '--train-steps', '1', '--batch', '2', '--seq', '32'];
+    const stdout = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, [DATA_BENCH, ...args], { timeout: 180_000 }, (err, out, errOut) => (err ? reject(new Error(`${err.message}\n${errOut}`)) : resolve(out)));
+    });
+    const lines = stdout.trimEnd().split('\n');
+    assert.match(stdout, /same ids as ours/);
+    assert.match(stdout, /\d+\/\d+ lines/);
+    assert.match(lines.at(-2)!, /^reproduce: npm run bench:data -- --repeat 1/);
+    const figures = JSON.parse(lines.at(-1)!) as { tokenizer: { mbPerSec: number; peerMbPerSec: number }; prepare: { instancesPerSec: number }; trainingInstancesPerSec: number };
+    assert.ok(figures.tokenizer.mbPerSec > 0 && figures.tokenizer.peerMbPerSec > 0);
+    assert.ok(figures.prepare.instancesPerSec > 0 && figures.trainingInstancesPerSec > 0);
+  });
+});

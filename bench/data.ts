@@ -1,0 +1,134 @@
+/**
+ * npm run bench:data -- tokenizer throughput against @huggingface/tokenizers (pure JS, as
+ * a BERT WordPiece tokenizer on the same vocab.txt and text), `prepare` throughput, and
+ * what an L4-H256 MLM training step at seq 128 consumes on wasm: data preparation must
+ * never be the bottleneck. Prints tables, the command to reproduce, and one JSON line.
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs-core';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { Command, Option } from 'commander';
+import { selectBackend } from '../src/backend/index.js';
+import { prepare } from '../src/data/prepare.js';
+import { BertTokenizer } from '../src/data/tokenizer.js';
+import { Vocab } from '../src/data/vocab.js';
+import { buildTransformer, disposeTransformer } from '../src/model/build.js';
+import { presetConfig } from '../src/model/config.js';
+import { clipByGlobalNorm } from '../src/train/gradients.js';
+import { PretrainingObjective } from '../src/train/step.js';
+import { median, mlmBatch, table } from './common.js';
+
+interface Options {
+  corpus: string;
+  vocab: string;
+  repeat: number;
+  rounds: number;
+  trainModel: string;
+  trainVocab: number;
+  trainSteps: number;
+  batch: number;
+  seq: number;
+}
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const program = new Command('bench:data')
+  .description('tokenizer MB/s vs @huggingface/tokenizers, prepare instances/s, training consumption')
+  .option('--corpus <file>', 'text to tokenize and prepare', path.join(ROOT, 'data/sample/corpus.txt'))
+  .option('--vocab <vocab.txt>', 'vocabulary', path.join(ROOT, 'data/sample/vocab.txt'))
+  .addOption(new Option('--repeat <n>', 'tokenize the corpus this many times per round').default(10).argParser(Number))
+  .addOption(new Option('--rounds <n>', 'measured rounds (median), each tokenizer alternately').default(5).argParser(Number))
+  .option('--train-model <preset>', 'model whose training step sets the consumption', 'L4-H256')
+  .addOption(new Option('--train-vocab <n>', 'its vocabulary size').default(21128).argParser(Number))
+  .addOption(new Option('--train-steps <n>', 'measured training steps (after one warm-up)').default(3).argParser(Number))
+  .addOption(new Option('--batch <n>', 'sequences per training step').default(8).argParser(Number))
+  .addOption(new Option('--seq <n>', 'sequence length of training and prepare').default(128).argParser(Number));
+
+/** The peer: a BERT WordPiece tokenizer.json on the same vocabulary, as Hugging Face writes it. */
+function peerTokenizer(vocab: Vocab): Tokenizer {
+  const ids = Object.fromEntries(vocab.tokens.map((t, i) => [t, i]));
+  const special = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'].filter((t) => t in ids);
+  return new Tokenizer(
+    {
+      version: '1.0',
+      truncation: null,
+      padding: null,
+      added_tokens: special.map((t) => ({ id: ids[t], content: t, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+      normalizer: { type: 'BertNormalizer', clean_text: true, handle_chinese_chars: true, strip_accents: null, lowercase: true },
+      pre_tokenizer: { type: 'BertPreTokenizer' },
+      post_processor: null,
+      decoder: { type: 'WordPiece', prefix: '##', cleanup: true },
+      model: { type: 'WordPiece', unk_token: '[UNK]', continuing_subword_prefix: '##', max_input_chars_per_word: 100, vocab: ids },
+    },
+    { do_lower_case: true },
+  );
+}
+
+async function main(): Promise<void> {
+  const opts = program.parse(process.argv).opts<Options>();
+  const text = await readFile(opts.corpus, 'utf8');
+  const lines = text.split('\n').filter((l) => l.trim() !== '');
+  const vocab = await Vocab.load(opts.vocab);
+  const ours = new BertTokenizer(vocab);
+  const peer = peerTokenizer(vocab);
+
+  // the same ids, or the comparison means nothing
+  let agree = 0;
+  for (const line of lines) if (ours.tokenize(line).ids.join() === peer.encode(line, { add_special_tokens: false }).ids.join()) agree++;
+  const megabytes = (opts.repeat * Buffer.byteLength(lines.join('\n'))) / 1e6;
+  const time = (fn: (line: string) => unknown): number => {
+    const t = performance.now();
+    for (let r = 0; r < opts.repeat; r++) for (const line of lines) fn(line);
+    return megabytes / ((performance.now() - t) / 1000);
+  };
+  const oursRates: number[] = [];
+  const peerRates: number[] = [];
+  time((l) => ours.tokenize(l)); // warm-up (and our character table)
+  time((l) => peer.encode(l, { add_special_tokens: false }));
+  for (let r = 0; r < opts.rounds; r++) {
+    oursRates.push(time((l) => ours.tokenize(l)));
+    peerRates.push(time((l) => peer.encode(l, { add_special_tokens: false })));
+  }
+  const tokenizer = { mbPerSec: Math.round(median(oursRates) * 100) / 100, peerMbPerSec: Math.round(median(peerRates) * 100) / 100 };
+  table(`Tokenizer on ${path.basename(opts.corpus)} x ${opts.repeat} (${megabytes.toFixed(1)} MB per round), median of ${opts.rounds} rounds`, ['tokenizer', 'MB/s', 'same ids as ours'], [
+    ['ours (src/data/tokenizer.ts)', tokenizer.mbPerSec.toFixed(2), '-'],
+    ['@huggingface/tokenizers 0.2.0', tokenizer.peerMbPerSec.toFixed(2), `${agree}/${lines.length} lines`],
+  ]);
+
+  // prepare: mlm with whole-word masking (jieba), dynamic masking, one process
+  const out = await mkdtemp(path.join(tmpdir(), 'bench-data-'));
+  let prepareRate: number;
+  try {
+    const t = performance.now();
+    const manifest = await prepare({ corpus: [opts.corpus], vocab: opts.vocab, out: path.join(out, 'mlm'), task: 'mlm', maxLength: opts.seq, seed: 1, masking: 'dynamic', copies: 1, recordsPerShard: 10_000, documents: 'blank-line', lowerCase: true, force: false });
+    prepareRate = manifest.records / ((performance.now() - t) / 1000);
+  } finally {
+    await rm(out, { recursive: true, force: true });
+  }
+
+  // what training consumes: an MLM step on wasm at the same length
+  await selectBackend('wasm');
+  const model = buildTransformer(presetConfig(opts.trainModel, opts.trainVocab), { seed: 1 });
+  const objective = new PretrainingObjective(model);
+  const times: number[] = [];
+  for (let s = 0; s <= opts.trainSteps; s++) {
+    const t = performance.now();
+    const { grads } = objective.compute(mlmBatch(s, opts.batch, opts.seq, opts.trainVocab), { dropoutSeed: s + 1 });
+    const clipped = clipByGlobalNorm(grads, 1);
+    tf.dispose([...grads, ...clipped.grads]);
+    if (s > 0) times.push(performance.now() - t);
+  }
+  disposeTransformer(model);
+  const trainingInstancesPerSec = opts.batch / (median(times) / 1000);
+  table(`Instances per second at length ${opts.seq}`, ['stage', 'instances/s', 'vs training'], [
+    ['prepare (mlm, jieba whole words, one process)', prepareRate.toFixed(0), `${(prepareRate / trainingInstancesPerSec).toFixed(0)}x`],
+    [`training step, ${opts.trainModel}, wasm, batch ${opts.batch}`, trainingInstancesPerSec.toFixed(2), '1x'],
+  ]);
+
+  console.log(`\nreproduce: npm run bench:data -- ${process.argv.slice(2).join(' ')}`.trimEnd());
+  console.log(JSON.stringify({ tokenizer, prepare: { instancesPerSec: Math.round(prepareRate) }, trainingInstancesPerSec: Math.round(trainingInstancesPerSec * 100) / 100 }));
+}
+
+await main();
