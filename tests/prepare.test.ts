@@ -41,6 +41,7 @@ const options = (out: string, extra: Partial<PrepareOptions> = {}): PrepareOptio
   documents: 'blank-line',
   lowerCase: true,
   force: false,
+  workers: 1,
   ...extra,
 });
 
@@ -94,6 +95,17 @@ describe('prepare (mlm)', () => {
     const c = await prepare(options('det-c', { masking: 'static', seed: 2 }));
     assert.deepEqual(a.shards.map((s) => s.sha256), b.shards.map((s) => s.sha256));
     assert.notDeepEqual(a.shards.map((s) => s.sha256), c.shards.map((s) => s.sha256));
+  });
+
+  it('worker threads give byte-identical shards', async () => {
+    for (const masking of ['dynamic', 'static'] as const) {
+      const one = await prepare(options(`threads-1-${masking}`, { masking }));
+      const three = await prepare(options(`threads-3-${masking}`, { masking, workers: 3 }));
+      assert.deepEqual(three.shards, one.shards);
+    }
+    const s1 = await prepare(options('threads-1-s2s', { task: 'seq2seq' }));
+    const s2 = await prepare(options('threads-2-s2s', { task: 'seq2seq', workers: 2 }));
+    assert.deepEqual(s2.shards, s1.shards);
   });
 
   it('static masking writes bert4keras features; whole words at 15%, their tokens 80/10/10', async () => {

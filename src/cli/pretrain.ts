@@ -179,6 +179,7 @@ function buildProgram(): Command {
     .option('--records-per-shard <n>', 'instances per shard file', positiveInt, 10_000)
     .addOption(new Option('--documents <format>', 'blank-line: blank lines separate documents; line: one document per line').choices(['blank-line', 'line']).default('blank-line'))
     .option('--no-lower-case', 'keep case and accents (cased vocabularies)')
+    .option('--workers <n>', 'threads that segment, tokenize and encode (default: the cores, up to 8; output is the same for any number)', positiveInt)
     .option('--force', 'replace an existing --out directory')
     .option('--no-progress', 'no progress output')
     .addHelpText('after', '\nExamples:\n  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out data/sample-mlm --max-length 128\n  $ pretrain prepare --task seq2seq --corpus pairs.tsv --vocab vocab.txt --out data/s2s\n')

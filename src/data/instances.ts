@@ -17,13 +17,33 @@ let jieba: Jieba | undefined;
  */
 export function segmentSentence(tokenizer: BertTokenizer, line: string): SegmentedSentence {
   jieba ??= Jieba.withDict(dict);
-  const ids: number[] = [];
+  const words = jieba.cut(line, false);
+  const { ids, offsets } = tokenizer.tokenize(line);
+  // jieba's words tile the line: give each token the word its first character is in
   const wordLengths: number[] = [];
-  for (const word of jieba.cut(line, false)) {
-    const pieces = tokenizer.tokenize(word).ids;
-    if (pieces.length === 0) continue;
-    ids.push(...pieces);
-    wordLengths.push(pieces.length);
+  let word = -1;
+  let wordEnd = 0;
+  let lastWord = -1;
+  for (const offset of offsets) {
+    const start = offset![0];
+    while (start >= wordEnd && word + 1 < words.length) wordEnd += words[++word]!.length;
+    if (word === lastWord) wordLengths[wordLengths.length - 1]!++;
+    else {
+      wordLengths.push(1);
+      lastWord = word;
+    }
+  }
+  if (words.join('').length !== line.length) {
+    // not a tiling (never seen): fall back to tokenizing word by word
+    const perWord: number[] = [];
+    const wordIds: number[] = [];
+    for (const w of words) {
+      const pieces = tokenizer.tokenize(w).ids;
+      if (pieces.length === 0) continue;
+      wordIds.push(...pieces);
+      perWord.push(pieces.length);
+    }
+    return { ids: wordIds, wordLengths: perWord };
   }
   return { ids, wordLengths };
 }

@@ -1,13 +1,14 @@
 import { createRequire } from 'node:module';
 import { existsSync, promises as fs } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
 import * as path from 'node:path';
 import { writeFileAtomically } from '../checkpoint/atomic-write.js';
 import { type DocumentFormat, readDocuments, readLines } from './corpus.js';
-import { encodeExample, int64Feature } from './example.js';
-import { packDocument, segmentSentence, seq2seqInstance } from './instances.js';
-import { BERT_MASKING, maskWholeWords, seededRandom } from './masking.js';
+import { DocumentProcessor } from './document-instances.js';
+import { BERT_MASKING } from './masking.js';
+import type { BatchRequest, BatchResult, WorkerInit } from './prepare-worker.js';
 import { type ShardSummary, TFRecordWriter } from './tfrecord.js';
-import { BertTokenizer } from './tokenizer.js';
 import { Vocab } from './vocab.js';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -31,6 +32,8 @@ export interface PrepareOptions {
   documents: DocumentFormat;
   lowerCase: boolean;
   force: boolean;
+  /** Threads that segment, tokenize and encode documents (1: all in this thread). Default: the cores, up to 8. */
+  workers?: number;
   /** Called with bytes of corpus read so far, of the total, and instances written. */
   onProgress?: (bytesRead: number, bytesTotal: number, instances: number) => void;
 }
@@ -94,6 +97,60 @@ async function* readPairs(file: string): AsyncGenerator<[string, string]> {
 
 const isPairs = (file: string) => /\.(tsv|jsonl|json)$/.test(file);
 
+/** Worker threads, each fed one batch at a time; results come back per request. */
+class WorkerPool {
+  private readonly idle: Worker[] = [];
+  private readonly waiting: { req: BatchRequest; resolve: (r: BatchResult) => void; reject: (e: Error) => void }[] = [];
+  private readonly busy = new Map<Worker, { resolve: (r: BatchResult) => void; reject: (e: Error) => void }>();
+  private readonly workers: Worker[] = [];
+
+  constructor(count: number, init: WorkerInit) {
+    for (let i = 0; i < count; i++) {
+      const w = new Worker(new URL('./prepare-worker.js', import.meta.url), { workerData: init });
+      w.on('message', (r: BatchResult) => {
+        const job = this.busy.get(w)!;
+        this.busy.delete(w);
+        this.release(w);
+        if (r.error) job.reject(new PrepareError(r.error));
+        else job.resolve(r);
+      });
+      w.on('error', (err) => {
+        const job = this.busy.get(w);
+        this.busy.delete(w);
+        job?.reject(new PrepareError(`a prepare worker failed: ${err.message}`));
+      });
+      this.workers.push(w);
+      this.idle.push(w);
+    }
+  }
+
+  run(req: BatchRequest): Promise<BatchResult> {
+    return new Promise((resolve, reject) => {
+      const w = this.idle.pop();
+      if (w) this.start(w, req, resolve, reject);
+      else this.waiting.push({ req, resolve, reject });
+    });
+  }
+
+  private start(w: Worker, req: BatchRequest, resolve: (r: BatchResult) => void, reject: (e: Error) => void): void {
+    this.busy.set(w, { resolve, reject });
+    w.postMessage(req);
+  }
+
+  private release(w: Worker): void {
+    const next = this.waiting.shift();
+    if (next) this.start(w, next.req, next.resolve, next.reject);
+    else this.idle.push(w);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/** Documents per message to a worker: large enough to amortise the messaging. */
+const BATCH_DOCUMENTS = 32;
+
 /**
  * Corpus files -> instances -> TFRecord shards of tf.train.Example + manifest.json.
  * Streaming (one document in memory at a time), deterministic (the same corpus, vocab and
@@ -112,7 +169,6 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
     corpus.push({ file, bytes: stat.size });
   }
   const vocab = await Vocab.load(o.vocab);
-  const tokenizer = new BertTokenizer(vocab, { lowerCase: o.lowerCase });
 
   if (existsSync(o.out)) {
     if (!o.force) throw new PrepareError(`output directory ${o.out} exists; pass --force to replace it`);
@@ -122,8 +178,6 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
   }
   await fs.mkdir(o.out, { recursive: true });
 
-  const special = { cls: vocab.cls, sep: vocab.sep, pad: vocab.pad };
-  const specials = new Set([vocab.cls, vocab.sep, vocab.pad, vocab.mask, vocab.unk]);
   const shards: ShardSummary[] = [];
   let writer: TFRecordWriter | undefined;
   let inShard = 0;
@@ -140,51 +194,66 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
   };
 
   const total = corpus.reduce((n, c) => n + c.bytes, 0) * (o.task === 'mlm' && o.masking === 'static' ? o.copies : 1);
+  const job = { task: o.task, masking: o.masking, maxLength: o.maxLength, seed: o.seed, lowerCase: o.lowerCase };
+  const processor = new DocumentProcessor(vocab, job);
+  const workers = Math.max(1, Math.floor(o.workers ?? Math.min(availableParallelism(), 8)));
+  const pool = workers > 1 ? new WorkerPool(workers, { vocabTokens: [...vocab.tokens], vocabHash: vocab.hash, job }) : undefined;
+  // results are written in submission order, whichever thread finishes first
+  const inFlight: Promise<BatchResult>[] = [];
+  let batchNumber = 0;
   let read = 0;
+  const drain = async (keep: number): Promise<void> => {
+    while (inFlight.length > keep) {
+      const result = await inFlight.shift()!;
+      for (const e of result.examples) await write(e);
+      o.onProgress?.(read, total, records);
+    }
+  };
   try {
     const passes = o.task === 'mlm' && o.masking === 'static' ? o.copies : 1;
     for (let copy = 0; copy < passes; copy++) {
       let docIndex = 0;
+      let batch: [number, string[]][] = [];
+      const submit = async (): Promise<void> => {
+        if (batch.length === 0) return;
+        const req: BatchRequest = { batch: batchNumber++, copy, docs: batch };
+        batch = [];
+        if (pool) {
+          inFlight.push(pool.run(req));
+          await drain(2 * workers);
+        } else {
+          for (const [index, lines] of req.docs) for (const e of processor.examples(lines, index, copy)) await write(e);
+          o.onProgress?.(read, total, records);
+        }
+      };
       for (const { file } of corpus) {
         if (o.task === 'seq2seq' && isPairs(file)) {
+          await submit();
+          await drain(0);
           for await (const [source, target] of readPairs(file)) {
             read += Buffer.byteLength(source) + Buffer.byteLength(target) + 2;
-            const inst = seq2seqInstance(tokenizer.tokenize(source).ids, tokenizer.tokenize(target).ids, o.maxLength, special);
-            await write(encodeExample({ token_ids: int64Feature(inst.tokenIds), segment_ids: int64Feature(inst.segmentIds) }));
-            o.onProgress?.(read, total, records);
+            await write(processor.pair(source, target));
+            if (records % 1000 === 0) o.onProgress?.(read, total, records);
           }
           continue;
         }
         for await (const doc of readDocuments(file, o.documents)) {
           read += doc.reduce((n, l) => n + Buffer.byteLength(l) + 1, 1);
-          const random = seededRandom(o.seed, docIndex, copy);
-          docIndex++;
-          if (o.task === 'seq2seq') {
-            // plain text: a split point drawn uniformly in [1, L - 1)
-            const ids = doc.flatMap((line) => tokenizer.tokenize(line).ids);
-            if (ids.length < 2) continue;
-            const split = ids.length === 2 ? 1 : 1 + Math.floor(random() * (ids.length - 2));
-            const inst = seq2seqInstance(ids.slice(0, split), ids.slice(split), o.maxLength, special);
-            await write(encodeExample({ token_ids: int64Feature(inst.tokenIds), segment_ids: int64Feature(inst.segmentIds) }));
-          } else {
-            for (const inst of packDocument(doc.map((line) => segmentSentence(tokenizer, line)), o.maxLength, special)) {
-              if (o.masking === 'dynamic') {
-                await write(encodeExample({ token_ids: int64Feature(inst.tokenIds), word_ids: int64Feature(inst.wordIds) }));
-              } else {
-                const masked = maskWholeWords(inst.tokenIds, inst.wordIds, random, { mask: vocab.mask, size: vocab.size, specials });
-                await write(encodeExample({ token_ids: int64Feature(masked.tokenIds), mask_ids: int64Feature(masked.maskIds) }));
-              }
-            }
-          }
-          o.onProgress?.(read, total, records);
+          batch.push([docIndex++, doc]);
+          if (batch.length === BATCH_DOCUMENTS) await submit();
         }
       }
+      await submit();
     }
+    await drain(0);
     if (writer) shards.push(await writer.close());
     writer = undefined;
   } catch (err) {
+    await Promise.allSettled(inFlight);
     await writer?.abort();
     throw err;
+  } finally {
+    await pool?.close();
   }
   if (records === 0) throw new PrepareError(`the corpus (${o.corpus.join(', ')}) gave no instances: it is empty or has no tokens`);
 

@@ -1,0 +1,61 @@
+import { encodeExample, int64Feature } from './example.js';
+import { packDocument, segmentSentence, seq2seqInstance } from './instances.js';
+import { maskWholeWords, seededRandom } from './masking.js';
+import { BertTokenizer } from './tokenizer.js';
+import { Vocab } from './vocab.js';
+
+/** What turns one document into serialized examples; the same in the main thread and in workers. */
+export interface DocumentJob {
+  task: 'mlm' | 'seq2seq';
+  masking: 'dynamic' | 'static';
+  maxLength: number;
+  seed: number;
+  lowerCase: boolean;
+}
+
+export class DocumentProcessor {
+  readonly tokenizer: BertTokenizer;
+  private readonly special: { cls: number; sep: number; pad: number };
+  private readonly specials: Set<number>;
+
+  constructor(
+    readonly vocab: Vocab,
+    readonly job: DocumentJob,
+  ) {
+    this.tokenizer = new BertTokenizer(vocab, { lowerCase: job.lowerCase });
+    this.special = { cls: vocab.cls, sep: vocab.sep, pad: vocab.pad };
+    this.specials = new Set([vocab.cls, vocab.sep, vocab.pad, vocab.mask, vocab.unk]);
+  }
+
+  /**
+   * The examples of document `index` in masking pass `copy`. Its random stream depends on
+   * (seed, index, copy) only, so any split of the work across threads gives the same bytes.
+   */
+  examples(doc: readonly string[], index: number, copy: number): Uint8Array[] {
+    const { job, vocab } = this;
+    const random = seededRandom(job.seed, index, copy);
+    if (job.task === 'seq2seq') {
+      // plain text: a split point drawn uniformly in [1, L - 1)
+      const ids = doc.flatMap((line) => this.tokenizer.tokenize(line).ids);
+      if (ids.length < 2) return [];
+      const split = ids.length === 2 ? 1 : 1 + Math.floor(random() * (ids.length - 2));
+      const inst = seq2seqInstance(ids.slice(0, split), ids.slice(split), job.maxLength, this.special);
+      return [encodeExample({ token_ids: int64Feature(inst.tokenIds), segment_ids: int64Feature(inst.segmentIds) })];
+    }
+    const out: Uint8Array[] = [];
+    for (const inst of packDocument(doc.map((line) => segmentSentence(this.tokenizer, line)), job.maxLength, this.special)) {
+      if (job.masking === 'dynamic') {
+        out.push(encodeExample({ token_ids: int64Feature(inst.tokenIds), word_ids: int64Feature(inst.wordIds) }));
+      } else {
+        const masked = maskWholeWords(inst.tokenIds, inst.wordIds, random, { mask: vocab.mask, size: vocab.size, specials: this.specials });
+        out.push(encodeExample({ token_ids: int64Feature(masked.tokenIds), mask_ids: int64Feature(masked.maskIds) }));
+      }
+    }
+    return out;
+  }
+
+  pair(source: string, target: string): Uint8Array {
+    const inst = seq2seqInstance(this.tokenizer.tokenize(source).ids, this.tokenizer.tokenize(target).ids, this.job.maxLength, this.special);
+    return encodeExample({ token_ids: int64Feature(inst.tokenIds), segment_ids: int64Feature(inst.segmentIds) });
+  }
+}
