@@ -52,6 +52,7 @@ interface StartOptions {
   seqLength: number;
   lr: number;
   optimizer?: string;
+  data?: string;
   clipNorm: number;
   recompute?: boolean;
   microBatches: number;
@@ -81,7 +82,8 @@ function buildProgram(): Command {
     .addOption(new Option('--application <name>', 'encoder: BERT MLM; unilm: seq2seq (first half of a poem -> second); lm: left-to-right').choices(APPLICATIONS).default(LOCAL_DEFAULTS.application))
     .option('--steps <n>', 'training steps', positiveInt, LOCAL_DEFAULTS.steps)
     .option('--batch-size <n>', 'sequences per step', positiveInt, LOCAL_DEFAULTS.batchSize)
-    .option('--seq-length <n>', 'tokens per sequence (truncated/padded)', positiveInt, LOCAL_DEFAULTS.seqLength)
+    .option('--data <dir>', 'train on shards made by `pretrain prepare` (mlm: --application encoder; seq2seq: unilm) instead of the built-in corpus')
+    .addOption(new Option('--seq-length <n>', 'tokens per sequence (truncated/padded); with --data, the data\'s max length').argParser(positiveInt).default(LOCAL_DEFAULTS.seqLength).conflicts('data'))
     .addOption(new Option('--lr <x>', 'learning rate of the default optimizer (Adam)').argParser(positiveNumber).default(LOCAL_DEFAULTS.learningRate).conflicts('optimizer'))
     .option(
       '--optimizer <json|file>',
@@ -100,7 +102,9 @@ function buildProgram(): Command {
         '  $ coordinator start --local                                  # 120 steps of L2-H128 MLM on wasm (~25 s)\n' +
         '  $ coordinator start --local --application unilm --steps 100\n' +
         '  $ coordinator start --local --config bert_config.json --backend tensorflow\n' +
-        '  $ coordinator start --local --optimizer optimizer.yaml --recompute\n',
+        '  $ coordinator start --local --optimizer optimizer.yaml --recompute\n' +
+        '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out data/mlm --max-length 128 \\\n' +
+        '      && coordinator start --local --data data/mlm\n',
     )
     .action(async (opts: StartOptions) => {
       if (!opts.local) {
@@ -120,6 +124,7 @@ function buildProgram(): Command {
         seqLength: opts.seqLength,
         learningRate: opts.lr,
         optimizer: opts.optimizer,
+        dataDir: opts.data,
         clipNorm: opts.clipNorm,
         recompute: opts.recompute,
         microBatches: opts.microBatches,

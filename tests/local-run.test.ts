@@ -13,6 +13,7 @@ import { trainableWeights } from '../src/model/weights.js';
 import { disposeTransformer } from '../src/model/build.js';
 import { loadOptimizerState } from '../src/optim/index.js';
 import { OPTIMIZER_STATE_FILE, runLocal } from '../src/train/local-run.js';
+import { prepare } from '../src/data/prepare.js';
 import { tinyConfig } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
@@ -227,5 +228,33 @@ describe('coordinator CLI', () => {
     const missing = await runCli(['start', '--local', '--optimizer', path.join(dir, 'nope.yaml')], dir);
     assert.equal(missing.code, 2);
     assert.match(missing.stderr, /optimizer config file .*nope\.yaml does not exist/);
+  });
+});
+
+describe('runLocal on prepared data', () => {
+  const SAMPLE = fileURLToPath(new URL('../../data/sample/corpus.txt', import.meta.url));
+  const VOCAB = fileURLToPath(new URL('../../data/sample/vocab.txt', import.meta.url));
+  const prepared = async (name: string, task: 'mlm' | 'seq2seq') => {
+    const out = path.join(dir, name);
+    await prepare({ corpus: [SAMPLE], vocab: VOCAB, out, task, maxLength: 24, seed: 1, masking: 'dynamic', copies: 1, recordsPerShard: 5000, documents: task === 'mlm' ? 'blank-line' : 'line', lowerCase: true, force: false, workers: 1 });
+    return out;
+  };
+
+  it('trains MLM (dynamic masking) and UniLM from shards: the loss falls', async () => {
+    const { vocab_size: _, ...tiny } = tinyConfig({ num_hidden_layers: 1, max_position_embeddings: 24 });
+    for (const [task, application] of [['mlm', 'encoder'], ['seq2seq', 'unilm']] as const) {
+      const dataDir = await prepared(`data-${task}`, task);
+      const lines: string[] = [];
+      const summary = await runLocal({ backend: 'cpu', bertConfig: tiny, application, dataDir, steps: 30, batchSize: 8, learningRate: 1e-2, seed: 2, onLog: (l) => lines.push(l) });
+      assert.ok(lines.some((l) => l.startsWith(`data: ${dataDir} (${task}`)), lines.join('\n'));
+      assert.equal(summary.config.vocab_size, 3275, 'the vocabulary of the data');
+      assert.ok(summary.evalLoss < summary.initialEvalLoss - 0.3, `${task}: held-out loss ${summary.initialEvalLoss} -> ${summary.evalLoss}`);
+    }
+  });
+
+  it('names data made for another task, and a folder without a manifest', async () => {
+    const dataDir = path.join(dir, 'data-seq2seq');
+    await assert.rejects(runLocal({ backend: 'cpu', dataDir, application: 'encoder', steps: 1, onLog: () => {} }), /the data in .*data-seq2seq is for the seq2seq task; use --application unilm/);
+    await assert.rejects(runLocal({ backend: 'cpu', dataDir: dir, steps: 1, onLog: () => {} }), /has no manifest\.json: make it with `pretrain prepare/);
   });
 });

@@ -47,7 +47,7 @@ export interface Manifest {
   task: Task;
   maxLength: number;
   seed: number;
-  vocab: { hash: string; size: number };
+  vocab: { hash: string; size: number; specials: { pad: number; unk: number; cls: number; sep: number; mask: number } };
   lowerCase: boolean;
   masking: null | { mode: MaskingMode; copies: number; rate: number; maskToken: number; randomToken: number; wholeWord: true; segmenter: string };
   /** Feature name -> what it holds; every feature is an int64 list of maxLength values. */
@@ -263,7 +263,7 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
     task: o.task,
     maxLength: o.maxLength,
     seed: o.seed,
-    vocab: { hash: vocab.hash, size: vocab.size },
+    vocab: { hash: vocab.hash, size: vocab.size, specials: { pad: vocab.pad, unk: vocab.unk, cls: vocab.cls, sep: vocab.sep, mask: vocab.mask } },
     lowerCase: o.lowerCase,
     masking: o.task === 'mlm' ? { mode: o.masking, copies: o.masking === 'static' ? o.copies : 0, ...BERT_MASKING, wholeWord: true, segmenter: segmenterVersion() } : null,
     features: Object.fromEntries(featureNames.map((f) => [f, FEATURE_DOCS[f]!])),

@@ -15,7 +15,10 @@ import { type Application, APPLICATIONS, buildTransformer, disposeTransformer } 
 import { type BertConfig, ConfigError, parseBertConfig, presetConfig } from '../model/config.js';
 import { createOptimizer, type OptimizerConfig, OptimizerConfigError, readOptimizerConfig, saveOptimizerState, VariableParameters } from '../optim/index.js';
 import type { Optimizer } from '../optim/optimizer.js';
+import { batchOf, checkApplication, DatasetError, datasetBatches, loadDataset, type PreparedDataset, splitRecords } from '../data/dataset.js';
+import { TFRecordError } from '../data/tfrecord.js';
 import { clipByGlobalNorm } from './gradients.js';
+import type { Batch } from './targets.js';
 import { PretrainingObjective } from './step.js';
 
 /** A problem with what the user asked for (options, config file, backend): reported in one line, no stack. */
@@ -29,6 +32,8 @@ export interface LocalRunOptions {
   preset?: string;
   /** A Google `bert_config.json`; its vocab_size must cover the built-in corpus's vocabulary. */
   bertConfigPath?: string;
+  /** Train on a `pretrain prepare` output folder instead of the built-in corpus (its max length is the sequence length). */
+  dataDir?: string;
   /** A config given directly (tests); vocab_size defaults to the corpus vocabulary. */
   bertConfig?: Omit<BertConfig, 'vocab_size'> & { vocab_size?: number };
   application?: Application;
@@ -168,8 +173,19 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
   if (!(o.clipNorm >= 0) || !Number.isFinite(o.clipNorm)) throw new LocalRunError(`clip norm must be a number >= 0, got ${o.clipNorm}`);
   if (!Number.isInteger(o.seed) || o.seed < 0) throw new LocalRunError(`seed must be a non-negative integer, got ${o.seed}`);
 
-  const corpus = loadBuiltinCorpus();
-  const config = await resolveConfig(o, corpus.vocab.size, o.seqLength, o.application);
+  let data: PreparedDataset | undefined;
+  if (o.dataDir) {
+    try {
+      data = await loadDataset(o.dataDir);
+      checkApplication(data.manifest, o.application, o.dataDir);
+    } catch (err) {
+      if (err instanceof DatasetError || err instanceof TFRecordError) throw new LocalRunError(err.message);
+      throw err;
+    }
+  }
+  const corpus = data ? undefined : loadBuiltinCorpus();
+  const seqLength = data ? data.manifest.maxLength : o.seqLength;
+  const config = await resolveConfig(o, data ? data.manifest.vocab.size : corpus!.vocab.size, seqLength, o.application);
 
   let backend;
   try {
@@ -179,11 +195,24 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
   }
   log(`backend: ${backend.description}`);
 
-  const { train, heldOut } = splitCorpus(corpus);
-  const batches = pretrainingBatches(corpus.vocab, train, { application: o.application, batchSize: o.batchSize, length: o.seqLength, seed: o.seed });
-  // MLM: each held-out poem four times with different masks, for a steadier estimate
-  const evalTexts = o.application === 'encoder' ? [...heldOut, ...heldOut, ...heldOut, ...heldOut] : heldOut;
-  const evalBatch = makeBatch(corpus.vocab, evalTexts, { application: o.application, length: o.seqLength, seed: o.seed }, seededRandom(o.seed ^ 0x5eed));
+  let batches: Iterator<Batch>;
+  let evalBatch: Batch;
+  let dataLine: string;
+  if (data) {
+    const { train, heldOut } = splitRecords(data.records.length);
+    batches = datasetBatches(data, train, o.application, o.batchSize, o.seed);
+    // held-out records, MLM masked with a fixed seed: the same evaluation before and after
+    evalBatch = batchOf(data, (heldOut.length > 0 ? heldOut : train).slice(0, 64), o.application, o.seed ^ 0x5eed, 0);
+    const m = data.manifest;
+    dataLine = `data: ${o.dataDir} (${m.task}${m.masking ? `, ${m.masking.mode} masking` : ''}), ${train.length} training / ${heldOut.length} held-out records`;
+  } else {
+    const { train, heldOut } = splitCorpus(corpus!);
+    batches = pretrainingBatches(corpus!.vocab, train, { application: o.application, batchSize: o.batchSize, length: o.seqLength, seed: o.seed });
+    // MLM: each held-out poem four times with different masks, for a steadier estimate
+    const evalTexts = o.application === 'encoder' ? [...heldOut, ...heldOut, ...heldOut, ...heldOut] : heldOut;
+    evalBatch = makeBatch(corpus!.vocab, evalTexts, { application: o.application, length: o.seqLength, seed: o.seed }, seededRandom(o.seed ^ 0x5eed));
+    dataLine = `data: built-in corpus (stand-in), ${train.length} training / ${heldOut.length} held-out poems`;
+  }
 
   let optimizer: Optimizer;
   try {
@@ -202,7 +231,7 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       `vocab ${config.vocab_size}, ${(parameters / 1e6).toFixed(2)}M parameters`,
   );
   log(
-    `data: built-in corpus (stand-in), ${train.length} training / ${heldOut.length} held-out poems; batch ${o.batchSize} x ${o.seqLength}, ` +
+    `${dataLine}; batch ${o.batchSize} x ${seqLength}, ` +
       `${o.steps} steps, clip ${o.clipNorm || 'off'}${o.recompute ? ', recompute' : ''}${o.microBatches > 1 ? `, ${o.microBatches} micro-batches` : ''}, seed ${o.seed}`,
   );
 
@@ -286,7 +315,7 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       tensorsAfterLastStep,
     };
     log(
-      `eval on ${heldOut.length} held-out poems (${final.targets} targets): loss ${fmt(initial.loss)} -> ${fmt(final.loss)}, acc ${fmt(initial.accuracy, 3)} -> ${fmt(final.accuracy, 3)}`,
+      `eval on held-out data (${final.targets} targets): loss ${fmt(initial.loss)} -> ${fmt(final.loss)}, acc ${fmt(initial.accuracy, 3)} -> ${fmt(final.accuracy, 3)}`,
     );
     if (emaEvalLoss !== undefined) log(`eval with the EMA weights: loss ${fmt(emaEvalLoss)}`);
     if (tensorsAfterLastStep !== tensorsAfterFirstStep) {
