@@ -4,8 +4,8 @@
  * what an L4-H256 MLM training step at seq 128 consumes on wasm: data preparation must
  * never be the bottleneck. Prints tables, the command to reproduce, and one JSON line.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
@@ -26,6 +26,7 @@ interface Options {
   vocab: string;
   repeat: number;
   rounds: number;
+  memoryRepeat: number;
   trainModel: string;
   trainVocab: number;
   trainSteps: number;
@@ -40,6 +41,7 @@ const program = new Command('bench:data')
   .option('--vocab <vocab.txt>', 'vocabulary', path.join(ROOT, 'data/sample/vocab.txt'))
   .addOption(new Option('--repeat <n>', 'tokenize the corpus this many times per round').default(10).argParser(Number))
   .addOption(new Option('--rounds <n>', 'measured rounds (median), each tokenizer alternately').default(5).argParser(Number))
+  .addOption(new Option('--memory-repeat <n>', 'prepare the corpus repeated this many times to show memory stays flat').default(20).argParser(Number))
   .option('--train-model <preset>', 'model whose training step sets the consumption', 'L4-H256')
   .addOption(new Option('--train-vocab <n>', 'its vocabulary size').default(21128).argParser(Number))
   .addOption(new Option('--train-steps <n>', 'measured training steps (after one warm-up)').default(3).argParser(Number))
@@ -97,16 +99,35 @@ async function main(): Promise<void> {
     ['@huggingface/tokenizers 0.2.0', tokenizer.peerMbPerSec.toFixed(2), `${agree}/${lines.length} lines`],
   ]);
 
-  // prepare: mlm with whole-word masking (jieba), dynamic masking, one process
+  // prepare: mlm with whole-word masking (jieba), dynamic masking; once on the corpus, once on
+  // it repeated, watching the process's resident memory
   const out = await mkdtemp(path.join(tmpdir(), 'bench-data-'));
-  let prepareRate: number;
-  try {
+  const run = async (corpusFile: string, name: string) => {
+    let peakRss = process.memoryUsage().rss;
     const t = performance.now();
-    const manifest = await prepare({ corpus: [opts.corpus], vocab: opts.vocab, out: path.join(out, 'mlm'), task: 'mlm', maxLength: opts.seq, seed: 1, masking: 'dynamic', copies: 1, recordsPerShard: 10_000, documents: 'blank-line', lowerCase: true, force: false });
-    prepareRate = manifest.records / ((performance.now() - t) / 1000);
+    const manifest = await prepare({
+      corpus: [corpusFile], vocab: opts.vocab, out: path.join(out, name), task: 'mlm', maxLength: opts.seq, seed: 1, masking: 'dynamic', copies: 1, recordsPerShard: 10_000, documents: 'blank-line', lowerCase: true, force: false,
+      onProgress: () => (peakRss = Math.max(peakRss, process.memoryUsage().rss)),
+    });
+    const seconds = (performance.now() - t) / 1000;
+    const bytes = manifest.corpus.reduce((n, c) => n + c.bytes, 0);
+    return { instancesPerSec: manifest.records / seconds, mbPerSec: bytes / 1e6 / seconds, corpusMB: bytes / 1e6, peakRssMB: peakRss / 2 ** 20 };
+  };
+  let once;
+  let repeated;
+  try {
+    once = await run(opts.corpus, 'once');
+    const big = path.join(out, 'repeated.txt');
+    await writeFile(big, Array.from({ length: opts.memoryRepeat }, () => text.trimEnd()).join('\n\n') + '\n');
+    repeated = await run(big, 'repeated');
   } finally {
     await rm(out, { recursive: true, force: true });
   }
+  const prepareRate = repeated.instancesPerSec;
+  table(`prepare (mlm, jieba whole words, dynamic masking, ${availableParallelism()} cores), max length ${opts.seq}`, ['corpus', 'MB', 'MB/s', 'instances/s', 'peak RSS MiB'], [
+    [path.basename(opts.corpus), once.corpusMB.toFixed(1), once.mbPerSec.toFixed(2), once.instancesPerSec.toFixed(0), once.peakRssMB.toFixed(0)],
+    [`the same x ${opts.memoryRepeat}`, repeated.corpusMB.toFixed(1), repeated.mbPerSec.toFixed(2), repeated.instancesPerSec.toFixed(0), repeated.peakRssMB.toFixed(0)],
+  ]);
 
   // what training consumes: an MLM step on wasm at the same length
   await selectBackend('wasm');
@@ -123,12 +144,12 @@ async function main(): Promise<void> {
   disposeTransformer(model);
   const trainingInstancesPerSec = opts.batch / (median(times) / 1000);
   table(`Instances per second at length ${opts.seq}`, ['stage', 'instances/s', 'vs training'], [
-    ['prepare (mlm, jieba whole words, one process)', prepareRate.toFixed(0), `${(prepareRate / trainingInstancesPerSec).toFixed(0)}x`],
+    ['prepare (mlm, jieba whole words)', prepareRate.toFixed(0), `${(prepareRate / trainingInstancesPerSec).toFixed(0)}x`],
     [`training step, ${opts.trainModel}, wasm, batch ${opts.batch}`, trainingInstancesPerSec.toFixed(2), '1x'],
   ]);
 
   console.log(`\nreproduce: npm run bench:data -- ${process.argv.slice(2).join(' ')}`.trimEnd());
-  console.log(JSON.stringify({ tokenizer, prepare: { instancesPerSec: Math.round(prepareRate) }, trainingInstancesPerSec: Math.round(trainingInstancesPerSec * 100) / 100 }));
+  console.log(JSON.stringify({ tokenizer, prepare: { instancesPerSec: Math.round(prepareRate), mbPerSec: Math.round(repeated.mbPerSec * 100) / 100, peakRssMiB: { [`${once.corpusMB.toFixed(1)}MB`]: Math.round(once.peakRssMB), [`${repeated.corpusMB.toFixed(1)}MB`]: Math.round(repeated.peakRssMB) } }, trainingInstancesPerSec: Math.round(trainingInstancesPerSec * 100) / 100 }));
 }
 
 await main();

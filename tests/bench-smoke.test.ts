@@ -63,7 +63,7 @@ const DATA_BENCH = fileURLToPath(new URL('../bench/data.js', import.meta.url));
 
 describe('bench:data', () => {
   it('ends with one JSON line of tokenizer, prepare and training figures (tiny sizes)', async () => {
-    const args = ['--repeat', '1', '--rounds', '1', '--train-model', 'L1-H32', '--train-vocab', '200', '--train-steps', '1', '--batch', '2', '--seq', '32'];
+    const args = ['--repeat', '1', '--rounds', '1', '--memory-repeat', '2', '--train-model', 'L1-H32', '--train-vocab', '200', '--train-steps', '1', '--batch', '2', '--seq', '32'];
     const stdout = await new Promise<string>((resolve, reject) => {
       execFile(process.execPath, [DATA_BENCH, ...args], { timeout: 180_000 }, (err, out, errOut) => (err ? reject(new Error(`${err.message}\n${errOut}`)) : resolve(out)));
     });

@@ -5,6 +5,7 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { execFile } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { decodeExample } from '../src/data/example.js';
 import { packDocument } from '../src/data/instances.js';
@@ -235,5 +236,30 @@ describe('prepare: bad input', () => {
     const left = await readdir(o.out);
     assert.ok(!left.includes('manifest.json'));
     assert.ok(left.every((f) => /^shard-\d+\.tfrecord$/.test(f)), `only complete shards remain: ${left.join(', ')}`);
+  });
+});
+
+describe('pretrain prepare (CLI)', () => {
+  const CLI = fileURLToPath(new URL('../src/cli/pretrain.js', import.meta.url));
+  const run = (args: string[]) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      execFile(process.execPath, [CLI, ...args], { timeout: 120_000 }, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }));
+    });
+
+  it('writes shards and a manifest, reports what it wrote, refuses an existing --out (exit 2)', async () => {
+    const out = path.join(dir, 'cli-out');
+    const args = ['prepare', '--corpus', small, '--vocab', VOCAB, '--out', out, '--max-length', '64', '--workers', '2'];
+    const r = await run(args);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /wrote \d+ mlm instances \(max length 64, dynamic masking\) in 1 shard\(s\)/);
+    const manifest = JSON.parse(await readFile(path.join(out, 'manifest.json'), 'utf8')) as Manifest;
+    assert.equal(manifest.shards[0]!.records, manifest.records);
+    const again = await run(args);
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /cli-out exists; pass --force/);
+    assert.doesNotMatch(again.stderr, /\n\s+at /);
+    const badTask = await run(['prepare', '--corpus', small, '--vocab', VOCAB, '--out', path.join(dir, 'x'), '--task', 'nsp']);
+    assert.equal(badTask.code, 2);
+    assert.match(badTask.stderr, /Allowed choices are mlm, seq2seq/);
   });
 });
