@@ -174,10 +174,15 @@ describe('prepare (mlm)', () => {
     const sentence = { ids: [10, 11, 12, 13, 14, 15, 16, 17, 18], wordLengths: [2, 3, 1, 3] };
     const out = [...packDocument([sentence], 6, special)].map((i) => ({ ids: [...i.tokenIds], words: [...i.wordIds] }));
     assert.deepEqual(out, [
-      { ids: [2, 10, 11, 12, 13, 3], words: [0, 1, 1, 2, 2, 0] },
-      { ids: [2, 14, 15, 16, 17, 3], words: [0, 1, 2, 3, 3, 0] },
-      { ids: [2, 18, 3, 0, 0, 0], words: [0, 1, 0, 0, 0, 0] },
+      { ids: [2, 10, 11, 3, 0, 0], words: [0, 1, 1, 0, 0, 0] },
+      { ids: [2, 12, 13, 14, 15, 3], words: [0, 1, 1, 1, 2, 0] },
+      { ids: [2, 16, 17, 18, 3, 0], words: [0, 1, 1, 1, 0, 0] },
     ]);
+    const long = [...packDocument([{ ids: [20, 21, 22, 23, 24, 25, 26], wordLengths: [1, 6] }], 6, special)].map((i) => ({ ids: [...i.tokenIds], words: [...i.wordIds] }));
+    assert.deepEqual(long, [
+      { ids: [2, 20, 21, 22, 23, 3], words: [0, 1, 2, 2, 2, 0] },
+      { ids: [2, 24, 25, 26, 3, 0], words: [0, 1, 1, 1, 0, 0] },
+    ], 'a word longer than an instance is cut where the instance is full');
   });
 });
 
@@ -204,6 +209,21 @@ describe('prepare (seq2seq)', () => {
       assert.ok(seps[0]! >= 2 && seps[1]! > seps[0]! + 1, 'both parts non-empty');
       assert.ok(inst.segment_ids!.every((s, i) => s === (i > seps[0]! && i <= seps[1]! ? 1 : 0)));
     }
+    // a document longer than an instance: windows, each split so that the target continues its source
+    const oneLine = path.join(dir, 'one-line.txt');
+    const plain = (await readFile(small, 'utf8')).replace(/\s+/g, '');
+    await writeFile(oneLine, plain + '\n');
+    const windows = await prepare(options('s2s-windows', { task: 'seq2seq', corpus: [oneLine], maxLength: 32 }));
+    const expected = plain.length; // one token per character in this corpus
+    assert.ok(windows.records >= Math.floor(expected / 29), `${windows.records} instances for ${expected} tokens`);
+    const joined: number[] = [];
+    for (const inst of await instances(path.join(dir, 's2s-windows'), windows)) {
+      const ids = inst.token_ids!;
+      const seps = ids.flatMap((t, i) => (t === vocab.sep ? [i] : []));
+      joined.push(...ids.slice(1, seps[0]), ...ids.slice(seps[0]! + 1, seps[1]));
+    }
+    assert.equal(joined.length, expected, 'every token once, in order');
+    assert.equal(plain.slice(0, 200), joined.slice(0, 200).map((id) => vocab.tokens[id]).join(''));
     await writeFile(tsv, '学而时习之 不亦说乎\n');
     await assert.rejects(prepare(options('s2s-bad', { task: 'seq2seq', corpus: [tsv] })), /pairs\.tsv:1: no tab between source and target/);
   });

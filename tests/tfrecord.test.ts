@@ -204,6 +204,9 @@ describe('pretrain inspect', () => {
     assert.match(bad.stderr, new RegExp(`inspect\\.tfrecord: corrupt record data \\(data CRC mismatch\\) at byte ${records[0]!.length + records[1]!.length + 32}`));
     assert.doesNotMatch(bad.stderr, /\n\s+at /);
 
+    const folder = await runCli(['inspect', dir]);
+    assert.equal(folder.code, 1);
+    assert.match(folder.stderr, /: not a file at byte 0/);
     const missing = await runCli(['inspect', path.join(dir, 'nope.tfrecord')]);
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /nope\.tfrecord: no such file/);

@@ -22,6 +22,7 @@ describe('BERT tokenizer', () => {
     assert.deepEqual(tokens(lower, lower.tokenize('H\u00E9llo').ids), ['hello']);
     assert.deepEqual(tokens(lower, lower.tokenize('H\u00E9lLOs').ids), ['[UNK]'], 'no piece for the trailing s: the whole word is [UNK]');
     assert.deepEqual(tokens(lower, lower.tokenize('ah\u535A\u63A8zz').ids), ['ah', '[UNK]', '[UNK]', 'zz']);
+    assert.deepEqual(tokens(lower, lower.tokenize('ah\u2028zz\u2029you\u3000are').ids), ['ah', 'zz', 'you', 'are'], 'line and paragraph separators split like whitespace');
   });
 
   it('makes every CJK character its own token, including ones outside the BMP', () => {
@@ -44,6 +45,8 @@ describe('BERT tokenizer', () => {
     assert.deepEqual(offsets, [[0, 2], [2, 6], [6, 8], [8, 9], [9, 13], [13, 16]]);
     assert.deepEqual(tokens(lower, lower.tokenize('unwantedX running').ids), ['[UNK]', 'runn', '##ing']);
     assert.deepEqual(lower.tokenize('unwantedX').offsets, [[0, 9]]);
+    assert.equal(lower.tokenize(`un${'want'.repeat(49)}ed`).ids.length, 51, '200 characters: still WordPiece');
+    assert.deepEqual(tokens(lower, lower.tokenize(`${'want'.repeat(50)}ed`).ids), ['[UNK]'], 'beyond Google BERT\'s 200');
     const short = new BertTokenizer(vocab, { maxCharsPerWord: 5 });
     assert.deepEqual(tokens(short, short.tokenize('wanted want').ids), ['[UNK]', 'want']);
   });
@@ -90,6 +93,8 @@ describe('vocabulary', () => {
       await writeFile(good, 'a\r\n[CLS]\r\n[SEP]\r\n[MASK]\r\n[UNK]\r\n');
       const v = await Vocab.load(good);
       assert.deepEqual([v.cls, v.sep, v.mask, v.unk, v.pad, v.size], [1, 2, 3, 4, 0, 5]);
+      const dup = Vocab.fromText('[CLS]\n[SEP]\n[MASK]\n[UNK]\nx \nx\n', 'dup.txt');
+      assert.equal(dup.idOf('x'), 5, 'a repeated token takes the later id, tokens are stripped (Google load_vocab)');
       assert.match(v.hash, /^[0-9a-f]{64}$/);
     } finally {
       await rm(dir, { recursive: true, force: true });

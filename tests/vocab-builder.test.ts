@@ -74,6 +74,10 @@ describe('corpus reading', () => {
     const perLine: string[][] = [];
     for await (const d of readDocuments(file, 'line')) perLine.push(d);
     assert.deepEqual(perLine, [['a'], ['b'], ['c'], ['d']]);
+    const capped: string[][] = [];
+    await writeFile(file, 'aaaa\nbbbb\ncccc\ndddd\n\ne\n');
+    for await (const d of readDocuments(file, 'blank-line', 9)) capped.push(d);
+    assert.deepEqual(capped, [['aaaa', 'bbbb'], ['cccc', 'dddd'], ['e']], 'a document past the size cap is cut (bounded memory without blank lines)');
     const bad = path.join(dir, 'bad.txt');
     await writeFile(bad, Buffer.concat([Buffer.from('好\n'), Buffer.from([0xe4, 0x41])]));
     await assert.rejects(async () => {
@@ -99,6 +103,9 @@ describe('pretrain vocab', () => {
     const small = await run(['vocab', '--corpus', SAMPLE, '--size', '100', '--out', path.join(dir, 'v2.txt')]);
     assert.equal(small.code, 2);
     assert.match(small.stderr, /use --size 3275 or more/);
+    const noFolder = await run(['vocab', '--corpus', SAMPLE, '--size', '4000', '--out', path.join(dir, 'no', 'such', 'v.txt')]);
+    assert.equal(noFolder.code, 2);
+    assert.match(noFolder.stderr, /cannot write .*v\.txt: its folder does not exist/);
     const missing = await run(['vocab', '--corpus', path.join(dir, 'nope.txt'), '--size', '100', '--out', path.join(dir, 'v3.txt')]);
     assert.equal(missing.code, 2);
     assert.match(missing.stderr, /nope\.txt does not exist/);

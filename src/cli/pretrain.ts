@@ -7,7 +7,9 @@
 import { createInterface } from 'node:readline';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { decodeExample, ExampleError, exampleToJson } from '../data/example.js';
-import { existsSync } from 'node:fs';
+import { constants, existsSync } from 'node:fs';
+import { access } from 'node:fs/promises';
+import * as path from 'node:path';
 import { writeFileAtomically } from '../checkpoint/atomic-write.js';
 import { CorpusError, readLines } from '../data/corpus.js';
 import { readRecords, TFRecordError, TFRecordIndex } from '../data/tfrecord.js';
@@ -102,6 +104,10 @@ class UsageError extends Error {}
 
 async function vocab(opts: VocabOptions): Promise<void> {
   if (existsSync(opts.out) && !opts.force) throw new UsageError(`${opts.out} exists; pass --force to overwrite it`);
+  // fail now rather than after counting a whole corpus
+  await access(path.dirname(path.resolve(opts.out)), constants.W_OK).catch(() => {
+    throw new UsageError(`cannot write ${opts.out}: its folder does not exist or is not writable`);
+  });
   const builder = new VocabBuilder({ lowerCase: opts.lowerCase });
   let lines = 0;
   let bytes = 0;
@@ -159,7 +165,7 @@ function buildProgram(): Command {
     .argument('[text]', 'the text; - or nothing reads lines from stdin')
     .requiredOption('--vocab <vocab.txt>', 'BERT vocabulary, one token per line (needs [CLS], [SEP], [MASK], [UNK])')
     .option('--no-lower-case', 'keep case and accents (cased models)')
-    .option('--max-chars-per-word <n>', 'longer words become [UNK]', positiveInt, 100)
+    .option('--max-chars-per-word <n>', 'longer words become [UNK] (Google BERT: 200)', positiveInt, 200)
     .addHelpText('after', '\nExamples:\n  $ pretrain tokenize --vocab vocab.txt "今天天气很好 unaffable"\n  $ pretrain tokenize --vocab vocab.txt < corpus.txt > tokens.jsonl\n')
     .action(tokenize);
   program
@@ -217,6 +223,13 @@ async function main(): Promise<void> {
     if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
     if (err instanceof VocabError || err instanceof VocabSizeError || err instanceof CorpusError || err instanceof UsageError || err instanceof PrepareError) {
       console.error(`pretrain: ${err.message}`);
+      process.exit(EXIT_USAGE);
+    }
+    const code = (err as NodeJS.ErrnoException).code;
+    if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) {
+      // a file system refusal (ENOENT, ENOTDIR, EISDIR, EACCES, ENOSPC...): one line naming the path
+      const { path: where, syscall } = err as NodeJS.ErrnoException;
+      console.error(`pretrain: cannot ${syscall ?? 'use'} ${where ?? 'a file'}: ${code}${code === 'ENOSPC' ? ' (disk full; nothing half-written is listed in a manifest)' : ''}`);
       process.exit(EXIT_USAGE);
     }
     if (err instanceof TFRecordError || err instanceof RangeError) {

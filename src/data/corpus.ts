@@ -43,23 +43,34 @@ export async function* readLines(file: string): AsyncGenerator<string> {
 export type DocumentFormat = 'blank-line' | 'line';
 
 /**
+ * A document is cut after this many characters, so a corpus without blank lines (one
+ * sentence per line, no document breaks) still streams in bounded memory.
+ */
+export const MAX_DOCUMENT_CHARS = 1 << 20;
+
+/**
  * Documents of a corpus: with `blank-line`, consecutive non-empty lines form a document
  * (one sentence per line) and blank lines separate documents; with `line`, every
- * non-empty line is a document. Whitespace-only lines count as blank.
+ * non-empty line is a document. Whitespace-only lines count as blank. Documents longer
+ * than `maxChars` are cut into several.
  */
-export async function* readDocuments(file: string, format: DocumentFormat = 'blank-line'): AsyncGenerator<string[]> {
+export async function* readDocuments(file: string, format: DocumentFormat = 'blank-line', maxChars = MAX_DOCUMENT_CHARS): AsyncGenerator<string[]> {
   let doc: string[] = [];
+  let chars = 0;
   for await (const line of readLines(file)) {
     const blank = line.trim() === '';
     if (format === 'line') {
       if (!blank) yield [line];
       continue;
     }
-    if (blank) {
+    if (blank || chars + line.length > maxChars) {
       if (doc.length > 0) yield doc;
       doc = [];
-    } else {
+      chars = 0;
+    }
+    if (!blank) {
       doc.push(line);
+      chars += line.length;
     }
   }
   if (doc.length > 0) yield doc;

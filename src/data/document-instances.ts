@@ -35,15 +35,26 @@ export class DocumentProcessor {
     const { job, vocab } = this;
     const random = seededRandom(job.seed, index, copy);
     if (job.task === 'seq2seq') {
-      // plain text: a split point drawn uniformly in [1, L - 1)
+      // plain text: the document cut into windows of one instance, each split at a point
+      // drawn uniformly in [1, L - 1), so the target always continues its source
       const ids = doc.flatMap((line) => this.tokenizer.tokenize(line).ids);
-      if (ids.length < 2) return [];
-      const split = ids.length === 2 ? 1 : 1 + Math.floor(random() * (ids.length - 2));
-      const inst = seq2seqInstance(ids.slice(0, split), ids.slice(split), job.maxLength, this.special);
-      return [encodeExample({ token_ids: int64Feature(inst.tokenIds), segment_ids: int64Feature(inst.segmentIds) })];
+      const window = job.maxLength - 3;
+      const out: Uint8Array[] = [];
+      for (let start = 0; start < ids.length; start += window) {
+        const part = ids.slice(start, start + window);
+        if (part.length < 2) continue;
+        const split = part.length === 2 ? 1 : 1 + Math.floor(random() * (part.length - 2));
+        const inst = seq2seqInstance(part.slice(0, split), part.slice(split), job.maxLength, this.special);
+        out.push(encodeExample({ token_ids: int64Feature(inst.tokenIds), segment_ids: int64Feature(inst.segmentIds) }));
+      }
+      return out;
     }
     const out: Uint8Array[] = [];
-    for (const inst of packDocument(doc.map((line) => segmentSentence(this.tokenizer, line)), job.maxLength, this.special)) {
+    const tokenizer = this.tokenizer;
+    const sentences = (function* () {
+      for (const line of doc) yield segmentSentence(tokenizer, line);
+    })();
+    for (const inst of packDocument(sentences, job.maxLength, this.special)) {
       if (job.masking === 'dynamic') {
         out.push(encodeExample({ token_ids: int64Feature(inst.tokenIds), word_ids: int64Feature(inst.wordIds) }));
       } else {

@@ -82,6 +82,8 @@ export function* packDocument(sentences: Iterable<SegmentedSentence>, maxLength:
     if (ids.length + sentence.ids.length > capacity) yield* flush();
     let at = 0;
     for (const length of sentence.wordLengths) {
+      // a word that fits an instance but not what is left of this one starts the next
+      if (length <= capacity && ids.length + length > capacity) yield* flush();
       let left = length;
       while (left > 0) {
         if (ids.length === capacity) yield* flush();

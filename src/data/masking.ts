@@ -57,7 +57,7 @@ export function maskWholeWords(tokenIds: ArrayLike<number>, wordIds: ArrayLike<n
     maskIds[i] = original + 1;
     const r = random();
     if (r < policy.maskToken) input[i] = vocab.mask;
-    else if (r < policy.maskToken + policy.randomToken) {
+    else if (r < policy.maskToken + policy.randomToken && vocab.size > vocab.specials.size) {
       let id: number;
       do id = Math.floor(random() * vocab.size);
       while (vocab.specials.has(id));

@@ -114,18 +114,29 @@ class WorkerPool {
         if (r.error) job.reject(new PrepareError(r.error));
         else job.resolve(r);
       });
-      w.on('error', (err) => {
-        const job = this.busy.get(w);
-        this.busy.delete(w);
-        job?.reject(new PrepareError(`a prepare worker failed: ${err.message}`));
+      w.on('error', (err) => this.fail(new PrepareError(`a prepare worker failed: ${err.message}`)));
+      w.on('exit', (code) => {
+        if (!this.closing) this.fail(new PrepareError(`a prepare worker exited (code ${code})`));
       });
       this.workers.push(w);
       this.idle.push(w);
     }
   }
 
+  private failed: Error | undefined;
+  private closing = false;
+
+  /** A dead worker fails every request, running or waiting: nothing hangs. */
+  private fail(err: Error): void {
+    this.failed ??= err;
+    for (const job of this.busy.values()) job.reject(err);
+    this.busy.clear();
+    for (const job of this.waiting.splice(0)) job.reject(err);
+  }
+
   run(req: BatchRequest): Promise<BatchResult> {
     return new Promise((resolve, reject) => {
+      if (this.failed) return reject(this.failed);
       const w = this.idle.pop();
       if (w) this.start(w, req, resolve, reject);
       else this.waiting.push({ req, resolve, reject });
@@ -144,6 +155,7 @@ class WorkerPool {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }
@@ -171,10 +183,12 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
   const vocab = await Vocab.load(o.vocab);
 
   if (existsSync(o.out)) {
+    if (!(await fs.stat(o.out)).isDirectory()) throw new PrepareError(`--out ${o.out} is a file, not a directory`);
     if (!o.force) throw new PrepareError(`output directory ${o.out} exists; pass --force to replace it`);
     // the manifest goes first: from here on the old data never reads as complete
     await fs.rm(path.join(o.out, MANIFEST_FILE), { force: true });
-    for (const f of await fs.readdir(o.out)) if (/^shard-\d+\.tfrecord(\.index)?$/.test(f)) await fs.rm(path.join(o.out, f));
+    // complete shards, their indexes, and temporaries a killed run left behind
+    for (const f of await fs.readdir(o.out)) if (/^\.?shard-\d+\.tfrecord(\.index)?(\.tmp-.*)?$/.test(f)) await fs.rm(path.join(o.out, f));
   }
   await fs.mkdir(o.out, { recursive: true });
 
@@ -219,7 +233,9 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
         const req: BatchRequest = { batch: batchNumber++, copy, docs: batch };
         batch = [];
         if (pool) {
-          inFlight.push(pool.run(req));
+          const result = pool.run(req);
+          result.catch(() => undefined); // awaited in order by drain(); this only keeps an early failure from counting as unhandled
+          inFlight.push(result);
           await drain(2 * workers);
         } else {
           for (const [index, lines] of req.docs) for (const e of processor.examples(lines, index, copy)) await write(e);

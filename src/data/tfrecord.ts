@@ -109,8 +109,14 @@ export async function* readRecords(file: string, options: { verifyData?: boolean
 
 async function openForReading(file: string): Promise<fs.FileHandle> {
   try {
-    return await fs.open(file, 'r');
+    const handle = await fs.open(file, 'r');
+    if (!(await handle.stat()).isFile()) {
+      await handle.close();
+      throw new TFRecordError(file, 0, 'not a file');
+    }
+    return handle;
   } catch (err) {
+    if (err instanceof TFRecordError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     throw new TFRecordError(file, 0, code === 'ENOENT' ? 'no such file' : `cannot open (${(err as Error).message})`);
   }

@@ -30,7 +30,8 @@ function isCjk(cp: number): boolean {
   );
 }
 
-const SPACE_RE = /^\p{Zs}$/u;
+// Zs is BERT's whitespace; Zl and Zp (U+2028, U+2029) split too, as Python's str.split does
+const SPACE_RE = /^[\p{Zs}\p{Zl}\p{Zp}]$/u;
 const CONTROL_RE = /^\p{C}$/u;
 const PUNCT_RE = /^\p{P}$/u;
 
@@ -110,7 +111,7 @@ export function isSingleCharToken(token: string): boolean {
 export interface TokenizerOptions {
   /** Lower-case and strip accents (Google's Chinese and uncased English models). Default true. */
   lowerCase?: boolean;
-  /** A word longer than this many characters becomes one [UNK] (BERT: 100). */
+  /** A word longer than this many characters becomes one [UNK] (Google's BERT: 200). */
   maxCharsPerWord?: number;
 }
 
@@ -141,7 +142,7 @@ export class BertTokenizer {
     options: TokenizerOptions = {},
   ) {
     this.lowerCase = options.lowerCase ?? true;
-    this.maxCharsPerWord = options.maxCharsPerWord ?? 100;
+    this.maxCharsPerWord = options.maxCharsPerWord ?? 200;
     this.longestPiece = vocab.tokens.reduce((n, t) => Math.max(n, t.startsWith('##') ? t.length - 2 : t.length), 1);
   }
 

@@ -29,9 +29,8 @@ export class Vocab {
     readonly source = 'the vocabulary',
   ) {
     const ids = new Map<string, number>();
-    tokens.forEach((t, i) => {
-      if (!ids.has(t)) ids.set(t, i); // a repeated line keeps its first id, as BERT's loader does not
-    });
+    // a repeated line takes the later id, as Google's load_vocab does
+    tokens.forEach((t, i) => ids.set(t, i));
     this.ids = ids;
     const missing = REQUIRED_SPECIALS.filter((s) => !ids.has(s));
     if (missing.length > 0) throw new VocabError(`${source} lacks ${missing.join(', ')}: a BERT vocabulary needs ${REQUIRED_SPECIALS.join(', ')} (one token per line)`);
@@ -49,7 +48,8 @@ export class Vocab {
   static fromText(text: string, source = 'the vocabulary'): Vocab {
     const body = text.endsWith('\n') ? text.slice(0, -1) : text;
     if (body.length === 0) throw new VocabError(`${source} is empty`);
-    const tokens = body.split('\n').map((l) => (l.endsWith('\r') ? l.slice(0, -1) : l));
+    // stripped like Google's load_vocab: a stray space or \r must not hide a token
+    const tokens = body.split('\n').map((l) => l.trim());
     return new Vocab(tokens, createHash('sha256').update(text).digest('hex'), source);
   }
 
