@@ -22,6 +22,9 @@ describe('BERT tokenizer', () => {
     assert.deepEqual(tokens(lower, lower.tokenize('H\u00E9llo').ids), ['hello']);
     assert.deepEqual(tokens(lower, lower.tokenize('H\u00E9lLOs').ids), ['[UNK]'], 'no piece for the trailing s: the whole word is [UNK]');
     assert.deepEqual(tokens(lower, lower.tokenize('ah\u535A\u63A8zz').ids), ['ah', '[UNK]', '[UNK]', 'zz']);
+    assert.deepEqual(tokens(lower, lower.tokenize('ah\u2260zz').ids), ['ah', '[UNK]', 'zz'], '≠ folds to = plus a mark, and = splits as punctuation (BERT splits after folding)');
+    assert.deepEqual(lower.tokenize('ah\u2260zz').offsets, [[0, 2], [2, 3], [3, 5]]);
+    assert.deepEqual(tokens(cased, cased.tokenize('ah\u2260zz').ids), ['[UNK]'], 'without folding ≠ is a symbol inside the word');
     assert.deepEqual(tokens(lower, lower.tokenize('ah\u2028zz\u2029you\u3000are').ids), ['ah', 'zz', 'you', 'are'], 'line and paragraph separators split like whitespace');
   });
 

@@ -88,6 +88,18 @@ export function basicTokens(text: string, lowerCase = true): string[] {
     const ch = lowerCase ? fold(cp) : text.slice(i, i + width);
     i += width;
     if (cls === CharClass.Drop) continue;
+    if (lowerCase && cls !== CharClass.Cjk && cls !== CharClass.Space && hasPunctuation(cp, ch)) {
+      for (const c of ch) {
+        if (classOf(c.codePointAt(0)!) !== CharClass.Punct) {
+          word += c;
+          continue;
+        }
+        if (word) out.push(word);
+        word = '';
+        out.push(c);
+      }
+      continue;
+    }
     if (cls === CharClass.Other) {
       word += ch;
       continue;
@@ -106,6 +118,16 @@ export function isSingleCharToken(token: string): boolean {
   if (cp === undefined || token.length !== (cp > 0xffff ? 2 : 1)) return false;
   const cls = classOf(cp);
   return cls === CharClass.Cjk || cls === CharClass.Punct;
+}
+
+const punctAfterFold = new Map<number, boolean>();
+
+/** Whether a character is, or folds into something containing, punctuation. */
+function hasPunctuation(cp: number, folded: string): boolean {
+  if (cp < 128) return classOf(cp) === CharClass.Punct;
+  let p = punctAfterFold.get(cp);
+  if (p === undefined) punctAfterFold.set(cp, (p = [...folded].some((c) => classOf(c.codePointAt(0)!) === CharClass.Punct)));
+  return p;
 }
 
 export interface TokenizerOptions {
@@ -194,11 +216,33 @@ export class BertTokenizer {
         continue;
       }
       const f = lower ? fold(cp) : undefined;
-      if (cls === CharClass.Cjk || (cls === CharClass.Punct && (f === undefined || f.length === width))) {
+      if (cls === CharClass.Cjk || (cls === CharClass.Punct && f === undefined)) {
         flush();
-        const token = f ?? text.slice(i, i + width);
-        ids.push(this.vocab.ids.get(token) ?? this.vocab.unk);
+        ids.push(this.vocab.ids.get(text.slice(i, i + width)) ?? this.vocab.unk);
         offsets.push([i, i + width]);
+        i += width;
+        continue;
+      }
+      if (f !== undefined && hasPunctuation(cp, f)) {
+        // BERT splits punctuation after folding: each folded character on its own (e.g. ≠ -> = + mark)
+        for (const c of f) {
+          if (classOf(c.codePointAt(0)!) === CharClass.Punct) {
+            flush();
+            ids.push(this.vocab.ids.get(c) ?? this.vocab.unk);
+            offsets.push([i, i + width]);
+          } else {
+            if (wordStart < 0) {
+              wordStart = i;
+              folded = [];
+            } else if (folded === undefined) startFolding(i);
+            folded!.push(c);
+            for (let k = 0; k < c.length; k++) {
+              unitStarts.push(i);
+              unitEnds.push(i + width);
+            }
+            wordEnd = i + width;
+          }
+        }
         i += width;
         continue;
       }
@@ -213,7 +257,6 @@ export class BertTokenizer {
       }
       if (folded !== undefined) {
         const part = unchanged ? text.slice(i, i + width) : f!;
-        // a folded character that became punctuation (rare) still splits
         folded.push(part);
         for (let k = 0; k < part.length; k++) {
           unitStarts.push(i);
