@@ -1,16 +1,21 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
+import { runScript } from './helpers.js';
+
+/** A benchmark's stdout; its failure fails the test with its stderr. */
+async function runBench(script: string, args: string[], timeout: number): Promise<string> {
+  const r = await runScript(script, args, { timeout });
+  if (r.code !== 0) throw new Error(`${script} exited ${r.code}\n${r.stderr}`);
+  return r.stdout;
+}
 
 const BENCH = fileURLToPath(new URL('../bench/model.js', import.meta.url));
 
 describe('bench:model', () => {
   it('prints tables and ends with one JSON line carrying the named figures (tiny sizes)', async () => {
     const args = ['--backends', 'wasm', '--presets', 'L1-H32', '--vocab', '60', '--seq', '16', '--batch', '2', '--steps', '1', '--recompute-hidden', '32', '--budget-mib', '16', '--no-stock'];
-    const stdout = await new Promise<string>((resolve, reject) => {
-      execFile(process.execPath, [BENCH, ...args], { timeout: 120_000 }, (err, out, errOut) => (err ? reject(new Error(`${err.message}\n${errOut}`)) : resolve(out)));
-    });
+    const stdout = await runBench(BENCH, args, 120_000);
     const lines = stdout.trimEnd().split('\n');
     assert.match(stdout, /MLM training step, batch 2 x 16/);
     assert.match(lines.at(-2)!, /^reproduce: npm run bench:model -- --backends wasm/);
@@ -34,9 +39,7 @@ const OPTIM_BENCH = fileURLToPath(new URL('../bench/optim.js', import.meta.url))
 describe('bench:optim', () => {
   it('prints tables and ends with one JSON line of state bytes, update times and the training runs (tiny sizes)', async () => {
     const args = ['--state-model', 'L1-H128', '--update-model', 'L1-H32', '--train-model', 'L1-H32', '--vocab', '300', '--update-steps', '1', '--bert-base-steps', '1', '--batch', '2', '--seq', '16'];
-    const stdout = await new Promise<string>((resolve, reject) => {
-      execFile(process.execPath, [OPTIM_BENCH, ...args], { timeout: 180_000 }, (err, out, errOut) => (err ? reject(new Error(`${err.message}\n${errOut}`)) : resolve(out)));
-    });
+    const stdout = await runBench(OPTIM_BENCH, args, 180_000);
     const lines = stdout.trimEnd().split('\n');
     assert.match(stdout, /Optimizer state for L1-H128 shapes/);
     assert.match(lines.at(-2)!, /^reproduce: npm run bench:optim -- --state-model L1-H128/);
@@ -64,9 +67,7 @@ const DATA_BENCH = fileURLToPath(new URL('../bench/data.js', import.meta.url));
 describe('bench:data', () => {
   it('ends with one JSON line of tokenizer, prepare and training figures (tiny sizes)', async () => {
     const args = ['--repeat', '1', '--rounds', '1', '--memory-repeat', '2', '--train-model', 'L1-H32', '--train-vocab', '200', '--train-steps', '1', '--batch', '2', '--seq', '32'];
-    const stdout = await new Promise<string>((resolve, reject) => {
-      execFile(process.execPath, [DATA_BENCH, ...args], { timeout: 180_000 }, (err, out, errOut) => (err ? reject(new Error(`${err.message}\n${errOut}`)) : resolve(out)));
-    });
+    const stdout = await runBench(DATA_BENCH, args, 180_000);
     const lines = stdout.trimEnd().split('\n');
     assert.match(stdout, /same ids as ours/);
     assert.match(stdout, /\d+\/\d+ lines/);

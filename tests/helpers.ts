@@ -1,3 +1,5 @@
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import type { BertConfig } from '../src/model/config.js';
 import type { Batch } from '../src/train/targets.js';
 
@@ -48,3 +50,22 @@ export function mlmBatch(seed: number, batchSize: number, length: number, vocab:
   }
   return { batchSize, length, tokenIds, segmentIds, targets };
 }
+
+export interface ScriptResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a compiled script in a fresh node process (the real CLI, not a mock); `input` goes to its stdin. */
+export function runScript(script: string, args: string[], options: { cwd?: string; input?: string; timeout?: number } = {}): Promise<ScriptResult> {
+  return new Promise((resolve) => {
+    const child = execFile(process.execPath, [script, ...args], { cwd: options.cwd, timeout: options.timeout ?? 60_000, maxBuffer: 1 << 26 }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
+    });
+    child.stdin!.end(options.input ?? '');
+  });
+}
+
+/** The compiled `pretrain` CLI. */
+export const PRETRAIN_CLI = fileURLToPath(new URL('../src/cli/pretrain.js', import.meta.url));

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,18 +13,11 @@ import { disposeTransformer } from '../src/model/build.js';
 import { loadOptimizerState } from '../src/optim/index.js';
 import { OPTIMIZER_STATE_FILE, runLocal } from '../src/train/local-run.js';
 import { prepare } from '../src/data/prepare.js';
-import { tinyConfig } from './helpers.js';
+import { runScript, tinyConfig } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
 
-function runCli(args: string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { cwd, timeout: 60_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const runCli = (args: string[], cwd: string) => runScript(CLI, args, { cwd });
 
 let dir: string;
 

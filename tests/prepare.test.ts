@@ -5,7 +5,6 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { execFile } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { decodeExample } from '../src/data/example.js';
 import { packDocument } from '../src/data/instances.js';
@@ -13,6 +12,7 @@ import { maskWholeWords, seededRandom } from '../src/data/masking.js';
 import { type Manifest, prepare, type PrepareOptions } from '../src/data/prepare.js';
 import { readRecords } from '../src/data/tfrecord.js';
 import { Vocab } from '../src/data/vocab.js';
+import { PRETRAIN_CLI, runScript } from './helpers.js';
 
 const SAMPLE = fileURLToPath(new URL('../../data/sample/corpus.txt', import.meta.url));
 const VOCAB = fileURLToPath(new URL('../../data/sample/vocab.txt', import.meta.url));
@@ -260,11 +260,7 @@ describe('prepare: bad input', () => {
 });
 
 describe('pretrain prepare (CLI)', () => {
-  const CLI = fileURLToPath(new URL('../src/cli/pretrain.js', import.meta.url));
-  const run = (args: string[]) =>
-    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-      execFile(process.execPath, [CLI, ...args], { timeout: 120_000 }, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }));
-    });
+  const run = (args: string[]) => runScript(PRETRAIN_CLI, args, { timeout: 120_000 });
 
   it('writes shards and a manifest, reports what it wrote, refuses an existing --out (exit 2)', async () => {
     const out = path.join(dir, 'cli-out');

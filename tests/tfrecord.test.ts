@@ -1,17 +1,14 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { bytesFeature, decodeExample, encodeExample, exampleToJson, floatFeature, int64Feature } from '../src/data/example.js';
 import { frameRecord, maskCrc, maskedCrc32c, readRecords, TFRecordError, TFRecordIndex, TFRecordWriter } from '../src/data/tfrecord.js';
-import { lcg } from './helpers.js';
+import { lcg, PRETRAIN_CLI, runScript } from './helpers.js';
 
-const CLI = fileURLToPath(new URL('../src/cli/pretrain.js', import.meta.url));
 
 /** CRC32C bit by bit (reflected Castagnoli polynomial 0x82F63B78): independent of the library. */
 function crc32cBitwise(bytes: Uint8Array): number {
@@ -31,11 +28,7 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { timeout: 60_000 }, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }));
-  });
-}
+const runCli = (args: string[]) => runScript(PRETRAIN_CLI, args);
 
 async function writeShard(name: string, records: Uint8Array[]) {
   const file = path.join(dir, name);

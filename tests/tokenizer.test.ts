@@ -2,11 +2,10 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 import { BertTokenizer } from '../src/data/tokenizer.js';
 import { Vocab } from '../src/data/vocab.js';
+import { PRETRAIN_CLI, runScript } from './helpers.js';
 
 const VOCAB = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'want', '##want', '##ed', 'wa', 'un', 'runn', '##ing', ',', '.', '!', '?', 'hello', 'how', 'are', 'you', 'ah', 'zz', 'world', '中', '国', '人', '，', '。', 'e', 'hel', '##lo', '𠀀'];
 const vocab = Vocab.fromText(VOCAB.join('\n') + '\n', 'test vocab');
@@ -106,12 +105,7 @@ describe('vocabulary', () => {
 });
 
 describe('pretrain tokenize', () => {
-  const CLI = fileURLToPath(new URL('../src/cli/pretrain.js', import.meta.url));
-  const run = (args: string[], input?: string) =>
-    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-      const child = execFile(process.execPath, [CLI, ...args], { timeout: 60_000 }, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }));
-      child.stdin!.end(input ?? '');
-    });
+  const run = (args: string[], input?: string) => runScript(PRETRAIN_CLI, args, { input });
 
   it('prints tokens, ids and offsets as JSON lines, from an argument or line by line from stdin; a bad vocab exits 2', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'tokenize-'));

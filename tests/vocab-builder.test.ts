@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -9,8 +8,8 @@ import { readDocuments, readLines } from '../src/data/corpus.js';
 import { BertTokenizer } from '../src/data/tokenizer.js';
 import { Vocab } from '../src/data/vocab.js';
 import { SPECIAL_TOKENS, VocabBuilder } from '../src/data/vocab-builder.js';
+import { PRETRAIN_CLI, runScript } from './helpers.js';
 
-const CLI = fileURLToPath(new URL('../src/cli/pretrain.js', import.meta.url));
 const SAMPLE = fileURLToPath(new URL('../../data/sample/corpus.txt', import.meta.url));
 let dir: string;
 before(async () => {
@@ -20,11 +19,7 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { timeout: 60_000 }, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }));
-  });
-}
+const run = (args: string[]) => runScript(PRETRAIN_CLI, args);
 
 const ENGLISH = 'the unaffable runner was running; unable, unaffable, affable. Running runners run! The able ones';
 
