@@ -45,6 +45,9 @@ export class Optimizer {
   private readonly prefixes: string[];
   private readonly accumulation: GradientAccumulation | undefined;
   private readonly ema: ExponentialMovingAverage | undefined;
+  /** Full slot names of the accumulation sums and the EMA. */
+  private readonly sumSlot: string;
+  private readonly averageSlot: string;
   private iterations = 0;
   private microSteps = 0;
   private paramNames: readonly string[] | undefined;
@@ -72,6 +75,9 @@ export class Optimizer {
     if (accumulations.length > 1 || averages.length > 1) throw new OptimizerError('gradient accumulation and EMA may each appear once');
     this.accumulation = accumulations[0];
     this.ema = averages[0];
+    const prefixOf = (c: Component | undefined) => (c ? this.prefixes[components.indexOf(c)]! : '');
+    this.sumSlot = `${prefixOf(this.accumulation)}/sum`;
+    this.averageSlot = `${prefixOf(this.ema)}/average`;
   }
 
   /** The composition, e.g. `adam > weightDecay > layerAdaptation > gradientAccumulation`. */
@@ -125,7 +131,7 @@ export class Optimizer {
     const k = this.accumulation?.steps ?? 1;
     if (k > 1) {
       for (let i = 0; i < grads.length; i++) {
-        const sum = this.slotsOf(params, i).get(`${this.prefixOf(this.accumulation!)}/sum`)!.data;
+        const sum = this.slotsOf(params, i).get(this.sumSlot)!.data;
         const g = grads[i]!;
         for (let j = 0; j < g.length; j++) sum[j] = sum[j]! + g[j]!;
       }
@@ -142,7 +148,7 @@ export class Optimizer {
       let grad = grads[i]!;
       let sum: Float32Array | undefined;
       if (k > 1) {
-        sum = slots.get(`${this.prefixOf(this.accumulation!)}/sum`)!.data;
+        sum = slots.get(this.sumSlot)!.data;
         for (let j = 0; j < sum.length; j++) sum[j] = sum[j]! / k;
         grad = sum;
       }
@@ -174,7 +180,7 @@ export class Optimizer {
       value.set(proposed);
       params.write(i, value);
       if (this.ema) {
-        const average = slots.get(`${this.prefixOf(this.ema)}/average`)!.data;
+        const average = slots.get(this.averageSlot)!.data;
         const m = this.ema.momentum;
         for (let j = 0; j < average.length; j++) average[j] = m * average[j]! + (1 - m) * value[j]!;
       }
@@ -194,7 +200,7 @@ export class Optimizer {
     const correction = 1 - Math.pow(this.ema.momentum, this.iterations);
     const backup: Float32Array[] = [];
     for (let i = 0; i < params.names.length; i++) {
-      const average = this.store.of(params.names[i]!)?.get(`${this.prefixOf(this.ema)}/average`);
+      const average = this.store.of(params.names[i]!)?.get(this.averageSlot);
       if (!average) throw new OptimizerError(`no EMA of ${params.names[i]} (it was never updated by this optimizer)`);
       backup.push(new Float32Array(params.read(i)));
       const corrected = new Float32Array(average.data.length);
@@ -235,10 +241,6 @@ export class Optimizer {
     this.slotsChecked = false;
   }
 
-  private prefixOf(component: Component): string {
-    const components: Component[] = [this.base, ...this.wrappers, ...this.stepWrappers];
-    return this.prefixes[components.indexOf(component)]!;
-  }
 
   private slotsOf(params: ParameterAccess, index: number, value?: Float32Array): Map<string, Slot> {
     const name = params.names[index]!;
