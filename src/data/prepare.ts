@@ -165,7 +165,7 @@ const BATCH_DOCUMENTS = 32;
 
 /**
  * Corpus files -> instances -> TFRecord shards of tf.train.Example + manifest.json.
- * Streaming (one document in memory at a time), deterministic (the same corpus, vocab and
+ * Streaming (a few batches of documents in memory, whatever the corpus size), deterministic (the same corpus, vocab and
  * seed give byte-identical shards), and safe to kill: shards are renamed into place when
  * complete and the manifest, written last, lists only complete shards.
  */
@@ -173,6 +173,9 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
   const o = options;
   if (!Number.isInteger(o.maxLength) || o.maxLength < 4) throw new PrepareError(`max length must be an integer >= 4, got ${o.maxLength}`);
   if (o.corpus.length === 0) throw new PrepareError('no corpus files given');
+  for (const [name, value] of [['records per shard', o.recordsPerShard], ['copies', o.copies], ['workers', o.workers ?? 1]] as const) {
+    if (!Number.isInteger(value) || value < 1) throw new PrepareError(`${name} must be a positive integer, got ${value}`);
+  }
   const corpus: { file: string; bytes: number }[] = [];
   for (const file of o.corpus) {
     const stat = await fs.stat(file).catch(() => undefined);
