@@ -1,31 +1,15 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { WasmBackendLike } from './wasm/backend-types.js';
 
-interface RefCounting {
-  refCount?(dataId: object): number;
-}
-
 interface CpuBackendLike {
   data: { get(dataId: object): { values?: unknown } | undefined };
 }
 
-/**
- * Overwrites a variable's values in its own wasm heap memory when no other tensor shares
- * that memory; returns false when it cannot, and the caller assigns a fresh tensor
- * instead. Saves a malloc, a copy and a free per weight and step. Only on wasm: there,
- * every other view of the data (reshape, our Identity) shares the dataId and so shows in
- * the refCount, while the cpu backend's slices and dataSync results are views of the same
- * array that no count records. Reads backend internals (tfjs pinned to 4.22.0).
+/*
+ * No write in place: the wasm backend caches an XNNPACK operator, with its own packed copy
+ * of the weights, per matmul operand tensor; overwriting a variable's memory keeps its
+ * tensor id, so every later matmul would use the old weights. Writes go through assign.
  */
-export function writeVariableInPlace(variable: tf.Variable, values: Float32Array): boolean {
-  if (variable.dtype !== 'float32' || values.length !== variable.size || tf.getBackend() !== 'wasm') return false;
-  const backend = tf.backend() as unknown as RefCounting;
-  if (backend.refCount?.(variable.dataId) !== 1) return false;
-  const storage = storageOf(variable);
-  if (!storage) return false;
-  storage.set(values);
-  return true;
-}
 
 /** The variable's own float32 storage (a view into the wasm heap, the cpu backend's array), if reachable. */
 function storageOf(variable: tf.Variable): Float32Array | undefined {

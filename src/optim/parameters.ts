@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { readVariableCopy, writeVariableInPlace } from '../backend/variable-storage.js';
+import { readVariableCopy } from '../backend/variable-storage.js';
 import type { NamedWeight } from '../model/weights.js';
 
 /**
@@ -74,7 +74,6 @@ export class VariableParameters implements ParameterAccess {
 
   write(index: number, values: Float32Array): void {
     const weight = this.weights[index]!;
-    if (writeVariableInPlace(weight.variable, values)) return;
     // a copy: the cpu backend keeps the array it is given, and `values` may be a reused buffer
     const fresh = tf.tensor(values.slice(), [...weight.shape], 'float32');
     weight.variable.assign(fresh);
