@@ -15,6 +15,7 @@ import { selectBackend } from '../src/backend/index.js';
 import { prepare } from '../src/data/prepare.js';
 import { BertTokenizer } from '../src/data/tokenizer.js';
 import { Vocab } from '../src/data/vocab.js';
+import { SPECIAL_TOKENS } from '../src/data/vocab-builder.js';
 import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { presetConfig } from '../src/model/config.js';
 import { clipByGlobalNorm } from '../src/train/gradients.js';
@@ -51,7 +52,7 @@ const program = new Command('bench:data')
 /** The peer: a BERT WordPiece tokenizer.json on the same vocabulary, as Hugging Face writes it. */
 function peerTokenizer(vocab: Vocab): Tokenizer {
   const ids = Object.fromEntries(vocab.tokens.map((t, i) => [t, i]));
-  const special = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'].filter((t) => t in ids);
+  const special = SPECIAL_TOKENS.filter((t) => t in ids);
   return new Tokenizer(
     {
       version: '1.0',

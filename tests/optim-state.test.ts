@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
 import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -158,7 +159,7 @@ describe('optimizer state', () => {
     await writeSafetensors(file, [{ name: 'a#adam/m', shape: [4, 4], data: new Float32Array(16).fill(1) }], { format: 'tfjs-pretrain-optimizer/1', components: '["adam"]', iterations: '1', microSteps: '0' });
     const whole = await readSafetensors(file);
     assert.deepEqual(whole.tensors[0]!.data, new Float32Array(16).fill(1));
-    await truncate(file, (await import('node:fs')).statSync(file).size - 8);
+    await truncate(file, statSync(file).size - 8);
     await assert.rejects(loadOptimizerState(file), (err: Error) => err instanceof SafetensorsError && err.message.includes(file) && /a#adam\/m needs bytes up to \d+ but the file ends at \d+ \(truncated\?\)/.test(err.message));
     const garbage = path.join(dir, 'garbage.safetensors');
     await writeFile(garbage, Buffer.from([200, 0, 0, 0, 0, 0, 0, 0, 123]));

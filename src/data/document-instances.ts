@@ -1,8 +1,12 @@
 import { encodeExample, int64Feature } from './example.js';
-import { packDocument, segmentSentence, seq2seqInstance } from './instances.js';
+import { packDocument, segmentSentence, type Seq2SeqInstance, seq2seqInstance } from './instances.js';
 import { maskWholeWords, seededRandom } from './masking.js';
 import { BertTokenizer } from './tokenizer.js';
 import { Vocab } from './vocab.js';
+
+function seq2seqExample(inst: Seq2SeqInstance): Uint8Array {
+  return encodeExample({ token_ids: int64Feature(inst.tokenIds), segment_ids: int64Feature(inst.segmentIds) });
+}
 
 /** What turns one document into serialized examples; the same in the main thread and in workers. */
 export interface DocumentJob {
@@ -45,7 +49,7 @@ export class DocumentProcessor {
         if (part.length < 2) continue;
         const split = part.length === 2 ? 1 : 1 + Math.floor(random() * (part.length - 2));
         const inst = seq2seqInstance(part.slice(0, split), part.slice(split), job.maxLength, this.special);
-        out.push(encodeExample({ token_ids: int64Feature(inst.tokenIds), segment_ids: int64Feature(inst.segmentIds) }));
+        out.push(seq2seqExample(inst));
       }
       return out;
     }
@@ -67,6 +71,6 @@ export class DocumentProcessor {
 
   pair(source: string, target: string): Uint8Array {
     const inst = seq2seqInstance(this.tokenizer.tokenize(source).ids, this.tokenizer.tokenize(target).ids, this.job.maxLength, this.special);
-    return encodeExample({ token_ids: int64Feature(inst.tokenIds), segment_ids: int64Feature(inst.segmentIds) });
+    return seq2seqExample(inst);
   }
 }

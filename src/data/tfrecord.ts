@@ -1,8 +1,8 @@
 import { crc32c } from '@node-rs/crc32';
-import { randomBytes } from 'node:crypto';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { writeFileAtomically } from '../checkpoint/atomic-write.js';
 
 /**
  * TFRecord files: each record is a little-endian uint64 length, the masked CRC32C of those
@@ -248,9 +248,7 @@ export class TFRecordIndex {
     out.writeBigUInt64LE(BigInt(this.shardBytes), 8);
     out.writeBigUInt64LE(BigInt(this.count), 16);
     this.offsets.forEach((o, i) => out.writeBigUInt64LE(BigInt(o), 24 + 8 * i));
-    const temp = `${indexFile}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    await fs.writeFile(temp, out);
-    await fs.rename(temp, indexFile);
+    await writeFileAtomically(indexFile, (h) => h.writeFile(out));
   }
 
   /** Reads record `i` (both CRCs verified). */

@@ -42,6 +42,8 @@ type Component = BaseRule | UpdateWrapper | StepWrapper;
  */
 export class Optimizer {
   private readonly store = new SlotStore();
+  /** The base, then the wrappers, in the written order. */
+  private readonly components: readonly Component[];
   private readonly prefixes: string[];
   private readonly accumulation: GradientAccumulation | undefined;
   private readonly ema: ExponentialMovingAverage | undefined;
@@ -63,7 +65,7 @@ export class Optimizer {
     readonly wrappers: readonly UpdateWrapper[] = [],
     readonly stepWrappers: readonly StepWrapper[] = [],
   ) {
-    const components: Component[] = [base, ...wrappers, ...stepWrappers];
+    const components: Component[] = (this.components = [base, ...wrappers, ...stepWrappers]);
     const seen = new Map<string, number>();
     this.prefixes = components.map((c) => {
       const n = (seen.get(c.type) ?? 0) + 1;
@@ -107,8 +109,7 @@ export class Optimizer {
 
   /** Every slot one parameter of this shape gets, with its full name `<component>/<slot>`. */
   slotSpecs(name: string, shape: readonly number[]): SlotSpec[] {
-    const components: Component[] = [this.base, ...this.wrappers, ...this.stepWrappers];
-    return components.flatMap((c, k) => (c.slots?.(name, shape) ?? []).map((s) => ({ ...s, name: `${this.prefixes[k]}/${s.name}` })));
+    return this.components.flatMap((c, k) => (c.slots?.(name, shape) ?? []).map((s) => ({ ...s, name: `${this.prefixes[k]}/${s.name}` })));
   }
 
   /** The state bytes parameters of these shapes need, from the same declarations that create the slots. */
@@ -154,7 +155,6 @@ export class Optimizer {
       }
       if (this.scratch.length < value.length) this.scratch = new Float32Array(value.length);
       const proposed = this.scratch.subarray(0, value.length);
-      const allSlots = [...slots.values()];
       const stepFor = (prefix: string): ParamStep => ({
         name,
         shape,
@@ -168,7 +168,7 @@ export class Optimizer {
           if (!slot) throw new OptimizerError(`${prefix} asked for slot ${slotName} of ${name}, which it did not declare`);
           return slot.data;
         },
-        allSlots: () => allSlots,
+        allSlots: () => [...slots.values()],
       });
       const run = (w: number): void => {
         if (w < 0) return this.base.propose(stepFor(this.prefixes[0]!));
