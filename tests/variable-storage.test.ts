@@ -13,7 +13,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
       const w = tf.variable(initial);
       initial.dispose();
       const x = tf.ones([2, 4]);
-      const before = tf.matMul(x, w); // caches wasm's XNNPACK operator for w
+      const before = tf.matMul(x, w); // stock wasm would cache an XNNPACK operator for w here
       const rows = tf.slice(w, [0, 0], [1, 4]);
       const seen = w.dataSync();
       const shared = w.clone();

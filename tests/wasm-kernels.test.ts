@@ -194,6 +194,13 @@ describe('BatchMatMul', () => {
     ]), 'large');
   });
 
+  test('sizes that cross the GEMM cache blocks (M 70 > 64, K 300 > 256, N 270 > 256), match cpu', async () => {
+    await assertSameOnBoth(() => transposes.flatMap(([ta, tb]) => [
+      matMulCase([], [], 70, 300, 270, ta, tb, 90),
+      matMulCase([2], [], 9, 300, 13, ta, tb, 92),
+    ]), 'blocked');
+  });
+
   test('mixed broadcast [2,1] x [3] equals per-slice products', () => {
     // cpu broadcasts batches by index modulo, which is wrong for this shape,
     // so compare against explicit per-slice 2D products instead.
@@ -244,8 +251,8 @@ describe('BatchMatMul', () => {
     run();
     const before = memorySnapshot();
     const heapBefore = wasmBackendHeapBytes();
-    // A leaked XNNPACK operator holds a packed copy of b (64 KiB here);
-    // 20 rounds x 8 batched calls would leak >10 MiB and grow the heap.
+    // A leak of per-call state (a packed copy of b is 64 KiB here) over
+    // 20 rounds x 8 batched calls would be >10 MiB and grow the heap.
     for (let i = 0; i < 20; i++) run();
     assert.deepEqual(memorySnapshot(), before);
     assert.equal(wasmBackendHeapBytes(), heapBefore, 'wasm heap grew: something leaks');

@@ -6,9 +6,10 @@ interface CpuBackendLike {
 }
 
 /*
- * No write in place: the wasm backend caches an XNNPACK operator, with its own packed copy
- * of the weights, per matmul operand tensor; overwriting a variable's memory keeps its
- * tensor id, so every later matmul would use the old weights. Writes go through assign.
+ * No write in place: stock wasm kernels (FusedMatMul, Conv2D, and BatchMatMul without our
+ * fix) cache an XNNPACK operator, with its own packed copy of the weights, per operand
+ * tensor; overwriting a variable's memory keeps its tensor id, so every later product
+ * would use the old weights. Writes go through assign.
  */
 
 /** The variable's own float32 storage (a view into the wasm heap, the cpu backend's array), if reachable. */

@@ -5,8 +5,10 @@
  *   without it nothing with an embedding lookup can train on wasm.
  * - BatchMatMul: stock wasm only reaches XNNPACK when neither operand is
  *   transposed and both batch sizes are 1; every other case (all backprop
- *   matmuls, attention) falls to a naive C++ loop that is ~13x slower. We
- *   reshape every case into untransposed batch-1 calls of the same C++ entry.
+ *   matmuls, attention) falls to a naive C++ loop that is ~13x slower, and
+ *   XNNPACK repacks every fresh right operand. Ours is a wasm SIMD GEMM
+ *   (src/backend/simd/gemm.ts) on the same heap that reads transposed
+ *   operands through strides.
  * - Identity: stock wasm copies the buffer, and the engine clones every tensor
  *   it saves for backprop through Identity, doubling activation memory. We
  *   share the data with a refcount, as tfjs-backend-cpu does.

@@ -23,6 +23,9 @@ export interface WasmModule {
   cwrap(name: string, returnType: null | 'number', argTypes: CwrapArgType[]):
       (...args: Array<number | boolean | Uint8Array>) => unknown;
   HEAPU8: Uint8Array;
+  /** The emscripten module's wasm exports; `memory` is the heap every tensor lives in. */
+  asm: { memory: WebAssembly.Memory };
+  _malloc(bytes: number): number;
 }
 
 export interface WasmBackendLike {

@@ -1,0 +1,136 @@
+// AssemblyScript, compiled to dist/src/backend/simd/gemm.wasm by `npm run build`
+// (see package.json "build:simd"); not part of the TypeScript program.
+//
+// Single-precision GEMM on wasm SIMD over the tfjs wasm backend's own memory:
+// the module imports that memory, so it reads and writes tensors in place.
+// tfjs-backend-wasm 4.22 reaches XNNPACK only for untransposed, unbatched
+// products and repacks a fresh XNNPACK operator for every new right operand;
+// training multiplies mostly transposed, fresh operands (all of backprop), so
+// this kernel takes any strides and packs blocks itself (Goto-style: a KC x NC
+// block of B and an MC x KC block of A, then a 4x8 register tile).
+// It holds no state and no static data; the caller lends it `scratchBytes()`.
+
+const MR = 4;
+const NR = 8;
+const KC = 256;
+const MC = 64;
+const NC = 256;
+
+// tile: a 4x8 scratch for edge tiles; ap: packed A panel [k][4]; bp: packed B panel [k][8]
+@inline function micro(kc: i32, ap: usize, bp: usize, c: usize, ldc: i32, rows: i32, cols: i32, accumulate: bool, tile: usize): void {
+  let c00 = f32x4.splat(0), c01 = f32x4.splat(0), c10 = f32x4.splat(0), c11 = f32x4.splat(0);
+  let c20 = f32x4.splat(0), c21 = f32x4.splat(0), c30 = f32x4.splat(0), c31 = f32x4.splat(0);
+  for (let k = 0; k < kc; k++) {
+    const b0 = v128.load(bp), b1 = v128.load(bp, 16);
+    let a = v128.load32_splat(ap);
+    c00 = f32x4.add(c00, f32x4.mul(a, b0)); c01 = f32x4.add(c01, f32x4.mul(a, b1));
+    a = v128.load32_splat(ap, 4);
+    c10 = f32x4.add(c10, f32x4.mul(a, b0)); c11 = f32x4.add(c11, f32x4.mul(a, b1));
+    a = v128.load32_splat(ap, 8);
+    c20 = f32x4.add(c20, f32x4.mul(a, b0)); c21 = f32x4.add(c21, f32x4.mul(a, b1));
+    a = v128.load32_splat(ap, 12);
+    c30 = f32x4.add(c30, f32x4.mul(a, b0)); c31 = f32x4.add(c31, f32x4.mul(a, b1));
+    ap += 16; bp += 32;
+  }
+  const row = <usize>ldc << 2;
+  if (rows == MR && cols == NR) {
+    let cp = c;
+    if (accumulate) {
+      v128.store(cp, f32x4.add(v128.load(cp), c00)); v128.store(cp, f32x4.add(v128.load(cp, 16), c01), 16); cp += row;
+      v128.store(cp, f32x4.add(v128.load(cp), c10)); v128.store(cp, f32x4.add(v128.load(cp, 16), c11), 16); cp += row;
+      v128.store(cp, f32x4.add(v128.load(cp), c20)); v128.store(cp, f32x4.add(v128.load(cp, 16), c21), 16); cp += row;
+      v128.store(cp, f32x4.add(v128.load(cp), c30)); v128.store(cp, f32x4.add(v128.load(cp, 16), c31), 16);
+    } else {
+      v128.store(cp, c00); v128.store(cp, c01, 16); cp += row;
+      v128.store(cp, c10); v128.store(cp, c11, 16); cp += row;
+      v128.store(cp, c20); v128.store(cp, c21, 16); cp += row;
+      v128.store(cp, c30); v128.store(cp, c31, 16);
+    }
+    return;
+  }
+  v128.store(tile, c00); v128.store(tile, c01, 16); v128.store(tile, c10, 32); v128.store(tile, c11, 48);
+  v128.store(tile, c20, 64); v128.store(tile, c21, 80); v128.store(tile, c30, 96); v128.store(tile, c31, 112);
+  for (let r = 0; r < rows; r++) {
+    for (let j = 0; j < cols; j++) {
+      const dst = c + (<usize>(r * ldc + j) << 2);
+      const v = load<f32>(tile + (<usize>(r * NR + j) << 2));
+      store<f32>(dst, accumulate ? load<f32>(dst) + v : v);
+    }
+  }
+}
+
+/** Bytes of scratch gemm needs. */
+export function scratchBytes(): i32 {
+  return (MC * KC + KC * NC + MR * NR) * 4;
+}
+
+// C[M,N] = op(A) op(B): element (i,k) of op(A) at A + 4*(i*sAi + k*sAk); (k,j) of op(B) at B + 4*(k*sBk + j*sBj).
+export function gemm(M: i32, N: i32, K: i32, A: usize, sAi: i32, sAk: i32, B: usize, sBk: i32, sBj: i32,
+    C: usize, ldc: i32, scratch: usize): void {
+  const Ap = scratch;
+  const Bp = Ap + <usize>(MC * KC * 4);
+  const tile = Bp + <usize>(KC * NC * 4);
+  for (let j0 = 0; j0 < N; j0 += NC) {
+    const nc = min(NC, N - j0);
+    for (let k0 = 0; k0 < K; k0 += KC) {
+      const kc = min(KC, K - k0);
+      // pack B block into panels of NR columns, zero-padded
+      for (let jp = 0; jp < nc; jp += NR) {
+        const cols = min(NR, nc - jp);
+        let p = Bp + (<usize>(jp * kc) << 2);
+        if (sBj == 1 && cols == NR) {
+          let src = B + (<usize>(k0 * sBk + (j0 + jp)) << 2);
+          const step = <usize>sBk << 2;
+          for (let k = 0; k < kc; k++) {
+            v128.store(p, v128.load(src)); v128.store(p, v128.load(src, 16), 16);
+            src += step; p += 32;
+          }
+        } else {
+          for (let k = 0; k < kc; k++) {
+            const src = B + (<usize>((k0 + k) * sBk + (j0 + jp) * sBj) << 2);
+            for (let j = 0; j < NR; j++) store<f32>(p + (<usize>j << 2), j < cols ? load<f32>(src + (<usize>(j * sBj) << 2)) : 0);
+            p += 32;
+          }
+        }
+      }
+      const acc = k0 > 0;
+      for (let i0 = 0; i0 < M; i0 += MC) {
+        const mc = min(MC, M - i0);
+        // pack A block into panels of MR rows, zero-padded
+        for (let ip = 0; ip < mc; ip += MR) {
+          const rows = min(MR, mc - ip);
+          let p = Ap + (<usize>(ip * kc) << 2);
+          if (sAi == 1 && rows == MR) {
+            let src = A + (<usize>((i0 + ip) + k0 * sAk) << 2);
+            const step = <usize>sAk << 2;
+            for (let k = 0; k < kc; k++) { v128.store(p, v128.load(src)); src += step; p += 16; }
+          } else if (sAk == 1 && rows == MR) {
+            const r0 = A + (<usize>((i0 + ip) * sAi + k0) << 2);
+            const rs = <usize>sAi << 2;
+            for (let k = 0; k < kc; k++) {
+              const o = <usize>k << 2;
+              store<f32>(p, load<f32>(r0 + o)); store<f32>(p, load<f32>(r0 + rs + o), 4);
+              store<f32>(p, load<f32>(r0 + 2 * rs + o), 8); store<f32>(p, load<f32>(r0 + 3 * rs + o), 12);
+              p += 16;
+            }
+          } else {
+            for (let k = 0; k < kc; k++) {
+              for (let r = 0; r < MR; r++) {
+                store<f32>(p + (<usize>r << 2), r < rows ? load<f32>(A + (<usize>((i0 + ip + r) * sAi + (k0 + k) * sAk) << 2)) : 0);
+              }
+              p += 16;
+            }
+          }
+        }
+        for (let jp = 0; jp < nc; jp += NR) {
+          const cols = min(NR, nc - jp);
+          const bp = Bp + (<usize>(jp * kc) << 2);
+          for (let ip = 0; ip < mc; ip += MR) {
+            const rows = min(MR, mc - ip);
+            micro(kc, Ap + (<usize>(ip * kc) << 2), bp, C + (<usize>((i0 + ip) * ldc + j0 + jp) << 2), ldc, rows, cols, acc, tile);
+          }
+        }
+      }
+    }
+  }
+}
