@@ -13,6 +13,8 @@ import {
   installedWasmKernelFixes,
   uninstallWasmKernelFixes,
 } from '../src/backend/wasm-kernels.js';
+import { FUSED_KERNEL, hasFusedKernel } from '../src/backend/fused-kernels.js';
+import { activation } from '../src/model/layers/activations.js';
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -256,6 +258,42 @@ describe('BatchMatMul', () => {
     for (let i = 0; i < 20; i++) run();
     assert.deepEqual(memorySnapshot(), before);
     assert.equal(wasmBackendHeapBytes(), heapBefore, 'wasm heap grew: something leaks');
+  });
+});
+
+describe('GeluErf (fused, wasm) against the tfjs-ops GELU (cpu)', () => {
+  // 1027 values: not a multiple of the SIMD width, so the tail path runs too
+  const values = Float32Array.from(randomValues(1027, 120), (v, i) => (i % 50 === 0 ? v * 40 : v * 6));
+  values[7] = 0;
+  values[8] = -0;
+  values[9] = 30;
+  values[10] = -30;
+  const upstream = randomValues(1027, 121);
+
+  test('wasm has the kernel and cpu does not, so the two paths are compared', async () => {
+    await tf.setBackend('wasm');
+    assert.ok(hasFusedKernel(FUSED_KERNEL.geluErf));
+    await tf.setBackend('cpu');
+    assert.ok(!hasFusedKernel(FUSED_KERNEL.geluErf));
+  });
+
+  test('values and gradients match', async () => {
+    await assertSameOnBoth(() => {
+      const gelu = activation('gelu');
+      const x = tf.tensor1d(values);
+      const dy = tf.tensor1d(upstream);
+      const dx = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(gelu(t), dy)))(x);
+      return [gelu(tf.reshape(x, [1027, 1])), dx];
+    }, 'gelu');
+  });
+
+  test('closed form at known points', async () => {
+    await tf.setBackend('wasm');
+    const gelu = activation('gelu');
+    // x * Phi(x), Phi from float64 erf tables: Phi(1) = 0.841344746, Phi(-2) = 0.022750132
+    const got = tf.tidy(() => Array.from(gelu(tf.tensor1d([1, -2, 0, 30, -30])).dataSync()));
+    const expected = [0.841344746, -2 * 0.022750132, 0, 30, -0];
+    got.forEach((g, i) => assert.ok(Math.abs(g - expected[i]!) < 3e-7, `gelu(${[1, -2, 0, 30, -30][i]}) = ${g}`));
   });
 });
 

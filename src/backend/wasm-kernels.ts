@@ -9,6 +9,8 @@
  *   XNNPACK repacks every fresh right operand. Ours is a wasm SIMD GEMM
  *   (src/backend/simd/gemm.ts) on the same heap that reads transposed
  *   operands through strides.
+ * - GeluErf (GeluErfGrad): not a tfjs kernel; exact GELU and its gradient in
+ *   one SIMD pass each instead of some twenty tfjs ops over [B,S,4H].
  * - Identity: stock wasm copies the buffer, and the engine clones every tensor
  *   it saves for backprop through Identity, doubling activation memory. We
  *   share the data with a refcount, as tfjs-backend-cpu does.
@@ -18,14 +20,16 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { KernelConfig, KernelFunc } from '@tensorflow/tfjs-core';
+import { FUSED_KERNEL } from './fused-kernels.js';
 import { BACKEND } from './wasm/backend-types.js';
 import { makeGatherRows } from './wasm/gather.js';
+import { geluErf, geluErfGrad } from './wasm/gelu.js';
 import { identity } from './wasm/identity.js';
 import { batchMatMul } from './wasm/matmul.js';
 import { makeReduceSum } from './wasm/reduce-sum.js';
 import { unsortedSegmentSum } from './wasm/segment-sum.js';
 
-export type WasmKernelFix = 'UnsortedSegmentSum' | 'BatchMatMul' | 'Identity' | 'Sum' | 'GatherV2';
+export type WasmKernelFix = 'UnsortedSegmentSum' | 'BatchMatMul' | 'Identity' | 'Sum' | 'GatherV2' | 'GeluErf';
 
 export const ALL_WASM_KERNEL_FIXES: readonly WasmKernelFix[] = Object.freeze([
   'UnsortedSegmentSum',
@@ -33,41 +37,40 @@ export const ALL_WASM_KERNEL_FIXES: readonly WasmKernelFix[] = Object.freeze([
   'Identity',
   'Sum',
   'GatherV2',
+  'GeluErf',
 ] as const);
 
 // ---------------------------------------------------------------------------
 // Registration
 
-const KERNEL_NAME: Record<WasmKernelFix, string> = {
-  UnsortedSegmentSum: tf.UnsortedSegmentSum,
-  BatchMatMul: tf.BatchMatMul,
-  Identity: tf.Identity,
-  Sum: tf.Sum,
-  GatherV2: tf.GatherV2,
+/** The kernels each fix registers: one kernel name -> function each. */
+const OUR_KERNELS: Record<WasmKernelFix, Array<[string, KernelFunc]>> = {
+  UnsortedSegmentSum: [[tf.UnsortedSegmentSum, unsortedSegmentSum]],
+  BatchMatMul: [[tf.BatchMatMul, batchMatMul]],
+  Identity: [[tf.Identity, identity]],
+  Sum: [[tf.Sum, makeReduceSum(() => displaced.get(tf.Sum)?.kernelFunc)]],
+  GatherV2: [[tf.GatherV2, makeGatherRows(() => displaced.get(tf.GatherV2)?.kernelFunc)]],
+  GeluErf: [[FUSED_KERNEL.geluErf, geluErf], [FUSED_KERNEL.geluErfGrad, geluErfGrad]],
 };
 
-const OUR_KERNEL: Record<WasmKernelFix, KernelFunc> = {
-  UnsortedSegmentSum: unsortedSegmentSum,
-  BatchMatMul: batchMatMul,
-  Identity: identity,
-  Sum: makeReduceSum(() => displaced.get('Sum')?.kernelFunc),
-  GatherV2: makeGatherRows(() => displaced.get('GatherV2')?.kernelFunc),
-};
-
-/** fix -> stock config it displaced (undefined when wasm had none). */
-const displaced = new Map<WasmKernelFix, KernelConfig | undefined>();
+/** kernel name -> stock config ours displaced (undefined when wasm had none). */
+const displaced = new Map<string, KernelConfig | undefined>();
+const installed = new Set<WasmKernelFix>();
 
 export function installWasmKernelFixes(fixes: readonly WasmKernelFix[] = ALL_WASM_KERNEL_FIXES): void {
   for (const fix of fixes) {
-    if (displaced.has(fix)) continue;
-    const name = KERNEL_NAME[fix];
-    if (name === undefined) throw new Error(`Unknown wasm kernel fix '${String(fix)}'`);
-    const stock = tf.getKernel(name, BACKEND) as KernelConfig | undefined;
-    // registerKernel warns (and keeps going) over an existing entry.
-    if (stock !== undefined) tf.unregisterKernel(name, BACKEND);
-    // ours delegate some cases to the stock kernel, whose setup must still run
-    tf.registerKernel({ kernelName: name, backendName: BACKEND, kernelFunc: OUR_KERNEL[fix], setupFunc: stock?.setupFunc });
-    displaced.set(fix, stock);
+    if (installed.has(fix)) continue;
+    const kernels = OUR_KERNELS[fix];
+    if (kernels === undefined) throw new Error(`Unknown wasm kernel fix '${String(fix)}'`);
+    for (const [name, kernelFunc] of kernels) {
+      const stock = tf.getKernel(name, BACKEND) as KernelConfig | undefined;
+      // registerKernel warns (and keeps going) over an existing entry.
+      if (stock !== undefined) tf.unregisterKernel(name, BACKEND);
+      // ours delegate some cases to the stock kernel, whose setup must still run
+      tf.registerKernel({ kernelName: name, backendName: BACKEND, kernelFunc, setupFunc: stock?.setupFunc });
+      displaced.set(name, stock);
+    }
+    installed.add(fix);
   }
 }
 
@@ -75,8 +78,7 @@ export function uninstallWasmKernelFixes(): void {
   // Only touch the live backend if it already exists: tf.findBackend would
   // initialize it as a side effect.
   const live = (tf.engine().registry as Record<string, tf.KernelBackend | undefined>)[BACKEND];
-  for (const [fix, stock] of displaced) {
-    const name = KERNEL_NAME[fix];
+  for (const [name, stock] of displaced) {
     if (tf.getKernel(name, BACKEND) !== undefined) tf.unregisterKernel(name, BACKEND);
     if (stock !== undefined) {
       tf.registerKernel(stock);
@@ -86,8 +88,9 @@ export function uninstallWasmKernelFixes(): void {
     }
   }
   displaced.clear();
+  installed.clear();
 }
 
 export function installedWasmKernelFixes(): WasmKernelFix[] {
-  return ALL_WASM_KERNEL_FIXES.filter((f) => displaced.has(f));
+  return ALL_WASM_KERNEL_FIXES.filter((f) => installed.has(f));
 }

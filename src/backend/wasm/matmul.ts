@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import { type WasmBackendLike, tensorData } from './backend-types.js';
-import { simdGemm } from './simd-gemm.js';
+import { simdKernels } from './simd-module.js';
 
 /** Index into each operand's batch for every output batch, numpy-broadcast. */
 function batchIndexMaps(outerA: number[], outerB: number[], outerOut: number[]): [Int32Array, Int32Array] {
@@ -61,7 +61,7 @@ export const batchMatMul: KernelFunc = ({ inputs, backend: bk, attrs }) => {
   const batchOut = tf.util.sizeFromShape(outerOut);
 
   // Instantiated (and its scratch allocated) before any offset below is read.
-  const gemm = simdGemm(backend);
+  const { gemm } = simdKernels(backend);
   const out = backend.makeOutput([...outerOut, m, n], 'float32');
   if (batchOut * m * n === 0) return out;
   if (k === 0) {

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { FUSED_KERNEL, hasFusedKernel, runFusedKernel } from '../../backend/fused-kernels.js';
 import type { ActivationName } from '../config.js';
 import { customOp } from './ops.js';
 
@@ -44,8 +45,8 @@ function normalCdfAndKernel(x: tf.Tensor): { cdf: tf.Tensor; kernel: tf.Tensor }
   return { cdf, kernel };
 }
 
-/** Exact GELU x*Phi(x) with the closed-form gradient Phi(x) + x*phi(x). */
-const geluErf = customOp(([x], save) => {
+/** Exact GELU x*Phi(x) with the closed-form gradient Phi(x) + x*phi(x), in tfjs ops. */
+const geluErfOps = customOp(([x], save) => {
   const { cdf, kernel } = normalCdfAndKernel(x!);
   save([x!, cdf, kernel]);
   return {
@@ -56,6 +57,19 @@ const geluErf = customOp(([x], save) => {
     },
   };
 });
+
+/** The same on a backend's fused kernels: one pass each way, and only x is kept for backprop. */
+const geluErfFused = customOp(([x], save) => {
+  save([x!]);
+  return {
+    value: runFusedKernel(FUSED_KERNEL.geluErf, { x: x! }),
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => runFusedKernel(FUSED_KERNEL.geluErfGrad, { dy, x: saved[0]! }),
+  };
+});
+
+function geluErf(x: tf.Tensor): tf.Tensor {
+  return hasFusedKernel(FUSED_KERNEL.geluErf) && x.dtype === 'float32' ? geluErfFused(x) : geluErfOps(x);
+}
 
 function geluTanh(x: tf.Tensor): tf.Tensor {
   const inner = tf.mul(Math.sqrt(2 / Math.PI), tf.add(x, tf.mul(0.044715, tf.pow(x, 3))));

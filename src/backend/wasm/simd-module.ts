@@ -1,0 +1,62 @@
+import { readFileSync } from 'node:fs';
+import type { WasmBackendLike, WasmModule } from './backend-types.js';
+
+/** Our wasm SIMD kernels (src/backend/simd/), bound to one tfjs wasm backend's heap; pointers are byte offsets into it. */
+export interface SimdKernels {
+  /**
+   * C[M,N] = op(A)[M,K] * op(B)[K,N]; element (i,k) of op(A) is at a + 4*(i*aRowStride +
+   * k*aInnerStride), (k,j) of op(B) at b + 4*(k*bInnerStride + j*bColStride), and C is
+   * row-major with N columns.
+   */
+  gemm(m: number, n: number, k: number, a: number, aRowStride: number, aInnerStride: number,
+      b: number, bInnerStride: number, bColStride: number, c: number): void;
+  geluForward(x: number, out: number, size: number): void;
+  geluBackward(dy: number, x: number, dx: number, size: number): void;
+}
+
+interface KernelExports {
+  gemm(m: number, n: number, k: number, a: number, sAi: number, sAk: number,
+      b: number, sBk: number, sBj: number, c: number, ldc: number, scratch: number): void;
+  scratchBytes(): number;
+  geluForward(x: number, out: number, n: number, scratch: number): void;
+  geluBackward(dy: number, x: number, dx: number, n: number, scratch: number): void;
+}
+
+// Built next to this file's directory in dist/ by `npm run build:simd`.
+const KERNELS_WASM = new URL('../simd/kernels.wasm', import.meta.url);
+
+let compiled: WebAssembly.Module | undefined;
+
+function kernelModule(): WebAssembly.Module {
+  if (compiled === undefined) {
+    let bytes: Uint8Array<ArrayBuffer>;
+    try {
+      bytes = new Uint8Array(readFileSync(KERNELS_WASM));
+    } catch (e) {
+      throw new Error(`wasm-kernels: cannot read ${KERNELS_WASM.pathname} (${(e as Error).message}); run \`npm run build\``);
+    }
+    compiled = new WebAssembly.Module(bytes);
+  }
+  return compiled;
+}
+
+// One instance per emscripten module: it imports that module's memory.
+const instances = new WeakMap<WasmModule, SimdKernels>();
+
+export function simdKernels(backend: WasmBackendLike): SimdKernels {
+  let kernels = instances.get(backend.wasm);
+  if (kernels === undefined) {
+    const memory = backend.wasm.asm.memory;
+    const exports = new WebAssembly.Instance(kernelModule(), { env: { memory } }).exports as unknown as KernelExports;
+    // Lent for the module's lifetime (kernels run one at a time): malloc never hands it out again.
+    const scratch = backend.wasm._malloc(exports.scratchBytes());
+    if (scratch === 0) throw new Error('wasm-kernels: out of wasm memory for the kernels\' scratch');
+    kernels = {
+      gemm: (m, n, k, a, sAi, sAk, b, sBk, sBj, c) => exports.gemm(m, n, k, a, sAi, sAk, b, sBk, sBj, c, n, scratch),
+      geluForward: (x, out, size) => exports.geluForward(x, out, size, scratch),
+      geluBackward: (dy, x, dx, size) => exports.geluBackward(dy, x, dx, size, scratch),
+    };
+    instances.set(backend.wasm, kernels);
+  }
+  return kernels;
+}
