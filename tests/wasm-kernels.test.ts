@@ -15,6 +15,8 @@ import {
 } from '../src/backend/wasm-kernels.js';
 import { FUSED_KERNEL, hasFusedKernel } from '../src/backend/fused-kernels.js';
 import { activation } from '../src/model/layers/activations.js';
+import { seededDropout } from '../src/model/layers/base.js';
+import { LayerNorm } from '../src/model/layers/layer-norm.js';
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -295,6 +297,58 @@ describe('GeluErf (fused, wasm) against the tfjs-ops GELU (cpu)', () => {
     const expected = [0.841344746, -2 * 0.022750132, 0, 30, -0];
     got.forEach((g, i) => assert.ok(Math.abs(g - expected[i]!) < 3e-7, `gelu(${[1, -2, 0, 30, -30][i]}) = ${g}`));
   });
+});
+
+describe('SeededDropout (fused, wasm) against the tfjs-ops dropout (cpu)', () => {
+  test('the same mask bit for bit, forward and backward, with a tail', async () => {
+    await tf.setBackend('wasm');
+    assert.ok(hasFusedKernel(FUSED_KERNEL.seededDropout));
+    const values = randomValues(4 * 1031 + 3, 130);
+    const upstream = randomValues(values.length, 131);
+    const { cpu, wasm } = await onCpuAndWasm(() => [0.1, 0.5, 0.9].flatMap((rate, r) => {
+      const x = tf.tensor2d(values, [1, values.length]);
+      const dy = tf.tensor2d(upstream, [1, values.length]);
+      const f = (t: tf.Tensor): tf.Tensor => seededDropout(t, rate, 1000 + r, 0xdeadbeef);
+      return [f(x), tf.grad((t: tf.Tensor) => tf.sum(tf.mul(f(t), dy)))(x)];
+    }));
+    assert.equal(wasm.length, 6);
+    cpu.forEach((c, i) => assert.deepEqual(wasm[i], c, `result ${i}`));
+    const dropped = cpu[0]!.values.filter((v) => v === 0).length / values.length;
+    assert.ok(Math.abs(dropped - 0.1) < 0.02, `rate 0.1 dropped ${dropped}`);
+  });
+
+  test('another seed or salt draws another mask', async () => {
+    await tf.setBackend('wasm');
+    const ones = tf.ones([4096]);
+    const mask = (seed: number, salt: number): number[] => tf.tidy(() => Array.from(seededDropout(ones, 0.5, seed, salt).dataSync()));
+    const first = mask(1, 7);
+    assert.notDeepEqual(mask(2, 7), first);
+    assert.notDeepEqual(mask(1, 8), first);
+    assert.deepEqual(mask(1, 7), first);
+    ones.dispose();
+  });
+});
+
+describe('LayerNormalization (fused, wasm) against the tfjs-ops layer norm (cpu)', () => {
+  for (const [rows, width] of [[6, 7], [33, 256], [2, 4]] as const) {
+    test(`values and the gradients of x, gamma, beta match, rows ${rows} x width ${width}`, async () => {
+      await assertSameOnBoth(() => {
+        const layer = new LayerNorm({ name: `ln-${rows}-${width}`, epsilon: 1e-12 });
+        // an offset and a spread per row, as residual streams have
+        const x = tf.add(tf.mul(tf.tensor2d(randomValues(rows * width, 140), [rows, width]), 3), 0.5);
+        layer.build([rows, width]);
+        layer.setWeights([tf.add(1, tf.tensor1d(randomValues(width, 141))), tf.tensor1d(randomValues(width, 142))]);
+        const dy = tf.tensor2d(randomValues(rows * width, 143), [rows, width]);
+        const params = layer.trainableWeights.map((w) => w.read() as tf.Variable);
+        const f = (input: tf.Tensor): tf.Tensor => layer.apply(input) as tf.Tensor;
+        const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(f(x), dy)) as tf.Scalar, params);
+        const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(f(input), dy)))(x);
+        const out = [f(x), dx, ...params.map((p) => grads[p.name]!), value];
+        layer.weights.forEach((w) => w.dispose());
+        return out;
+      }, `layer norm ${rows}x${width}`);
+    });
+  }
 });
 
 describe('Identity', () => {

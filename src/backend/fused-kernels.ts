@@ -10,6 +10,12 @@ export const FUSED_KERNEL = {
   geluErf: 'GeluErf',
   /** inputs {dy, x}: dy * (Phi(x) + x * phi(x)). */
   geluErfGrad: 'GeluErfGrad',
+  /** inputs {x}, attrs DropoutAttrs: x times the mask of `dropoutStream` (also its own gradient). */
+  seededDropout: 'SeededDropout',
+  /** inputs {x, gamma, beta}, attrs {epsilon}: layer normalisation over the last axis. */
+  layerNorm: 'LayerNormalization',
+  /** inputs {dy, x, gamma}, attrs {epsilon}: outputs [dx, dGamma, dBeta]. */
+  layerNormGrad: 'LayerNormalizationGrad',
 } as const;
 
 export type FusedKernelName = (typeof FUSED_KERNEL)[keyof typeof FUSED_KERNEL];
@@ -20,6 +26,30 @@ export function hasFusedKernel(name: FusedKernelName): boolean {
 }
 
 /** Runs a fused kernel on the active backend (check `hasFusedKernel` first). */
-export function runFusedKernel(name: FusedKernelName, inputs: Record<string, tf.Tensor>): tf.Tensor {
-  return tf.engine().runKernel(name, inputs as tf.NamedTensorMap, {}) as tf.Tensor;
+export function runFusedKernel(name: FusedKernelName, inputs: Record<string, tf.Tensor>, attrs: object = {}): tf.Tensor {
+  return tf.engine().runKernel(name, inputs as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as tf.Tensor;
+}
+
+/** Runs a fused kernel with several outputs. */
+export function runFusedKernelOutputs(name: FusedKernelName, inputs: Record<string, tf.Tensor>, attrs: object = {}): tf.Tensor[] {
+  return tf.engine().runKernel(name, inputs as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as tf.Tensor[];
+}
+
+export interface DropoutAttrs {
+  rate: number;
+  seed: number;
+  salt: number;
+}
+
+/**
+ * The seeded dropout mask as a counter-based stream: unit i is kept iff
+ * splitmix32(state0 + (i+1) * 0x9e3779b9) >= threshold (unsigned), and a kept unit is
+ * scaled by `keep`. Every implementation (tfjs ops, wasm SIMD) draws from this.
+ */
+export function dropoutStream({ rate, seed, salt }: DropoutAttrs): { state0: number; threshold: number; keep: number } {
+  return {
+    state0: (Math.imul(seed >>> 0, 0x9e3779b1) ^ salt) >>> 0,
+    threshold: Math.floor(rate * 4294967296),
+    keep: Math.fround(1 / (1 - rate)),
+  };
 }

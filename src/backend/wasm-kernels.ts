@@ -11,6 +11,10 @@
  *   operands through strides.
  * - GeluErf (GeluErfGrad): not a tfjs kernel; exact GELU and its gradient in
  *   one SIMD pass each instead of some twenty tfjs ops over [B,S,4H].
+ * - SeededDropout: not a tfjs kernel; our replayable dropout mask generated
+ *   and applied in one SIMD pass instead of a JS loop plus an upload.
+ * - LayerNorm (LayerNormalization, -Grad): not tfjs kernels; forward and
+ *   backward one row at a time instead of about ten ops each way.
  * - Identity: stock wasm copies the buffer, and the engine clones every tensor
  *   it saves for backprop through Identity, doubling activation memory. We
  *   share the data with a refcount, as tfjs-backend-cpu does.
@@ -23,13 +27,15 @@ import type { KernelConfig, KernelFunc } from '@tensorflow/tfjs-core';
 import { FUSED_KERNEL } from './fused-kernels.js';
 import { BACKEND } from './wasm/backend-types.js';
 import { makeGatherRows } from './wasm/gather.js';
+import { seededDropout } from './wasm/dropout.js';
 import { geluErf, geluErfGrad } from './wasm/gelu.js';
 import { identity } from './wasm/identity.js';
+import { layerNorm, layerNormGrad } from './wasm/layer-norm.js';
 import { batchMatMul } from './wasm/matmul.js';
 import { makeReduceSum } from './wasm/reduce-sum.js';
 import { unsortedSegmentSum } from './wasm/segment-sum.js';
 
-export type WasmKernelFix = 'UnsortedSegmentSum' | 'BatchMatMul' | 'Identity' | 'Sum' | 'GatherV2' | 'GeluErf';
+export type WasmKernelFix = 'UnsortedSegmentSum' | 'BatchMatMul' | 'Identity' | 'Sum' | 'GatherV2' | 'GeluErf' | 'SeededDropout' | 'LayerNorm';
 
 export const ALL_WASM_KERNEL_FIXES: readonly WasmKernelFix[] = Object.freeze([
   'UnsortedSegmentSum',
@@ -38,6 +44,8 @@ export const ALL_WASM_KERNEL_FIXES: readonly WasmKernelFix[] = Object.freeze([
   'Sum',
   'GatherV2',
   'GeluErf',
+  'SeededDropout',
+  'LayerNorm',
 ] as const);
 
 // ---------------------------------------------------------------------------
@@ -51,6 +59,8 @@ const OUR_KERNELS: Record<WasmKernelFix, Array<[string, KernelFunc]>> = {
   Sum: [[tf.Sum, makeReduceSum(() => displaced.get(tf.Sum)?.kernelFunc)]],
   GatherV2: [[tf.GatherV2, makeGatherRows(() => displaced.get(tf.GatherV2)?.kernelFunc)]],
   GeluErf: [[FUSED_KERNEL.geluErf, geluErf], [FUSED_KERNEL.geluErfGrad, geluErfGrad]],
+  SeededDropout: [[FUSED_KERNEL.seededDropout, seededDropout]],
+  LayerNorm: [[FUSED_KERNEL.layerNorm, layerNorm], [FUSED_KERNEL.layerNormGrad, layerNormGrad]],
 };
 
 /** kernel name -> stock config ours displaced (undefined when wasm had none). */

@@ -12,6 +12,11 @@ export interface SimdKernels {
       b: number, bInnerStride: number, bColStride: number, c: number): void;
   geluForward(x: number, out: number, size: number): void;
   geluBackward(dy: number, x: number, dx: number, size: number): void;
+  /** out = x * mask, the mask drawn from the counter stream (state0, threshold) of `dropoutStream`. */
+  dropout(x: number, out: number, size: number, state0: number, threshold: number, keep: number): void;
+  layerNormForward(x: number, gamma: number, beta: number, out: number, rows: number, width: number, epsilon: number): void;
+  layerNormBackward(dy: number, x: number, gamma: number, dx: number, dGamma: number, dBeta: number,
+      rows: number, width: number, epsilon: number): void;
 }
 
 interface KernelExports {
@@ -20,6 +25,10 @@ interface KernelExports {
   scratchBytes(): number;
   geluForward(x: number, out: number, n: number, scratch: number): void;
   geluBackward(dy: number, x: number, dx: number, n: number, scratch: number): void;
+  dropout(x: number, out: number, n: number, state0: number, threshold: number, keep: number, scratch: number): void;
+  layerNormForward(x: number, gamma: number, beta: number, out: number, rows: number, w: number, epsilon: number): void;
+  layerNormBackward(dy: number, x: number, gamma: number, dx: number, dGamma: number, dBeta: number,
+      rows: number, w: number, epsilon: number): void;
 }
 
 // Built next to this file's directory in dist/ by `npm run build:simd`.
@@ -55,6 +64,9 @@ export function simdKernels(backend: WasmBackendLike): SimdKernels {
       gemm: (m, n, k, a, sAi, sAk, b, sBk, sBj, c) => exports.gemm(m, n, k, a, sAi, sAk, b, sBk, sBj, c, n, scratch),
       geluForward: (x, out, size) => exports.geluForward(x, out, size, scratch),
       geluBackward: (dy, x, dx, size) => exports.geluBackward(dy, x, dx, size, scratch),
+      dropout: (x, out, size, state0, threshold, keep) => exports.dropout(x, out, size, state0, threshold, keep, scratch),
+      layerNormForward: (...args) => exports.layerNormForward(...args),
+      layerNormBackward: (...args) => exports.layerNormBackward(...args),
     };
     instances.set(backend.wasm, kernels);
   }

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
+import { type DropoutAttrs, FUSED_KERNEL, dropoutStream, hasFusedKernel, runFusedKernel } from '../../backend/fused-kernels.js';
 import { addTrailing, customOp, reshape } from './ops.js';
 
 export type LayerArgs = NonNullable<ConstructorParameters<typeof tfl.layers.Layer>[0]>;
@@ -71,12 +72,11 @@ export function hashString(text: string): number {
   return h >>> 0;
 }
 
-function dropoutMask(shape: number[], rate: number, seed: number, salt: number): tf.Tensor {
+function dropoutMask(shape: number[], attrs: DropoutAttrs): tf.Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
   const mask = new Float32Array(n);
-  const keep = 1 / (1 - rate);
-  const threshold = Math.floor(rate * 4294967296);
-  let state = (Math.imul(seed >>> 0, 0x9e3779b1) ^ salt) >>> 0;
+  const { state0, threshold, keep } = dropoutStream(attrs);
+  let state = state0;
   for (let i = 0; i < n; i++) {
     // splitmix32: cheap, well mixed, and fast enough to regenerate per call
     state = (state + 0x9e3779b9) >>> 0;
@@ -92,13 +92,21 @@ function dropoutMask(shape: number[], rate: number, seed: number, salt: number):
 /**
  * Inverted dropout whose mask depends only on (seed, salt, shape). tf.dropout draws from
  * a hidden global generator, which a recomputed block could not replay. The backward
- * pass regenerates the mask rather than keeping it.
+ * pass regenerates the mask rather than keeping it; a backend with the fused kernel
+ * generates and applies it in one pass.
  */
 export function seededDropout(x: tf.Tensor, rate: number, seed: number, salt: number): tf.Tensor {
   if (rate <= 0) return x;
+  const attrs: DropoutAttrs = { rate, seed, salt };
+  if (hasFusedKernel(FUSED_KERNEL.seededDropout) && x.dtype === 'float32') {
+    return customOp(([input]) => ({
+      value: runFusedKernel(FUSED_KERNEL.seededDropout, { x: input! }, attrs),
+      gradFunc: (dy: tf.Tensor) => runFusedKernel(FUSED_KERNEL.seededDropout, { x: dy }, attrs),
+    }))(x);
+  }
   return customOp(([input]) => ({
-    value: tf.mul(input!, dropoutMask(input!.shape, rate, seed, salt)),
-    gradFunc: (dy: tf.Tensor) => tf.mul(dy, dropoutMask(dy.shape, rate, seed, salt)),
+    value: tf.mul(input!, dropoutMask(input!.shape, attrs)),
+    gradFunc: (dy: tf.Tensor) => tf.mul(dy, dropoutMask(dy.shape, attrs)),
   }))(x);
 }
 

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { type ConfigDict, type LayerArgs, type Shape, single, singleShape } from './base.js';
+import { FUSED_KERNEL, hasFusedKernel, runFusedKernel, runFusedKernelOutputs } from '../../backend/fused-kernels.js';
 import { customOp } from './ops.js';
 
 export interface LayerNormArgs extends LayerArgs {
@@ -13,6 +14,24 @@ export interface LayerNormArgs extends LayerArgs {
  * slice), which made a whole training step 4x slower.
  */
 function layerNormOp(epsilon: number): (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => tf.Tensor {
+  const fused = fusedLayerNormOp(epsilon);
+  const ops = layerNormOpsOp(epsilon);
+  return (x, gamma, beta) => (hasFusedKernel(FUSED_KERNEL.layerNorm) && x.dtype === 'float32' ? fused : ops)(x, gamma, beta);
+}
+
+/** On a backend's fused kernels: x and gamma are kept, and the backward recomputes the row statistics. */
+function fusedLayerNormOp(epsilon: number): (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => tf.Tensor {
+  return customOp(([x, gamma, beta], save) => {
+    save([x!, gamma!]);
+    return {
+      value: runFusedKernel(FUSED_KERNEL.layerNorm, { x: x!, gamma: gamma!, beta: beta! }, { epsilon }),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        runFusedKernelOutputs(FUSED_KERNEL.layerNormGrad, { dy, x: saved[0]!, gamma: saved[1]! }, { epsilon }),
+    };
+  });
+}
+
+function layerNormOpsOp(epsilon: number): (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => tf.Tensor {
   return customOp(([x, gamma, beta], save) => {
     const mean = tf.mean(x!, -1, true);
     const centered = tf.sub(x!, mean);
