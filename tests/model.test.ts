@@ -204,6 +204,23 @@ describe('gradients', () => {
     });
   }
 
+  it('recompute runs every matmul of a recomputed block again except the output projection of its feed-forward', async () => {
+    const layers = 3;
+    const model = buildTransformer(tinyConfig({ num_hidden_layers: layers }));
+    const objective = new PretrainingObjective(model);
+    const batch = mlmBatch(6, 2, 8, 40);
+    const matmuls = async (recompute: boolean): Promise<number> => {
+      const info = await tf.profile(() => tf.dispose(objective.compute(batch, { dropoutSeed: 1, recompute }).grads));
+      return info.kernels.filter((k) => k.name === 'BatchMatMul').length;
+    };
+    const plain = await matmuls(false);
+    const recomputed = await matmuls(true);
+    // a block's forward pass has 8 (query, key, value, scores, context, output, and the
+    // feed-forward's two); the last block is never recomputed
+    assert.equal(recomputed - plain, (layers - 1) * 7);
+    disposeTransformer(model);
+  });
+
   it('micro-batch accumulation equals the whole batch', () => {
     const model = buildTransformer(tinyConfig());
     const objective = new PretrainingObjective(model);

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
+import type { DropsUnusedOutput, ValueFreeGradient } from '../model/layers/base.js';
 import type { CallKwargs } from '../model/layers/index.js';
 import { customOp } from '../model/layers/ops.js';
 import { leanGradients } from './lean-gradients.js';
@@ -30,6 +31,22 @@ interface BlockStep {
   readonly variables: tf.Variable[];
   /** Readers of each value among the block's own nodes. */
   readonly readers: Map<number, number>;
+  /** How the backward pass splits the block, when its last node has one input from inside it. */
+  readonly split: BlockSplit | undefined;
+}
+
+/**
+ * The block as body + tail, the tail being its last node (a post-LN block's final norm).
+ * The forward pass also keeps the tail's input; the backward pass differentiates the
+ * tail from it, then recomputes the body without the values that only fed that input.
+ */
+interface BlockSplit {
+  readonly body: GraphNode[];
+  readonly tail: GraphNode;
+  /** The tail's input: the body's output. */
+  readonly tailInputId: number;
+  readonly bodyValueUnused: Set<GraphNode>;
+  readonly tailVariables: tf.Variable[];
 }
 
 type Step = NodeStep | BlockStep;
@@ -96,14 +113,49 @@ function countReaders(nodes: readonly GraphNode[]): Map<number, number> {
   return readers;
 }
 
-/** Runs nodes in order, each call in its own tidy scope. */
-function runNodes(nodes: readonly GraphNode[], values: Values, readers: ReadonlyMap<number, number>, kwargs: CallKwargs): void {
+/** Runs nodes in order, each call in its own tidy scope; `valueUnused` nodes are told their value is not needed. */
+function runNodes(nodes: readonly GraphNode[], values: Values, readers: ReadonlyMap<number, number>, kwargs: CallKwargs,
+    valueUnused: ReadonlySet<GraphNode> = new Set()): void {
+  const gradientOnly: CallKwargs = { ...kwargs, outputValueUnused: true };
   for (const node of nodes) {
     const inputs = node.inputTensors.map((t) => values.get(t.id, node.outboundLayer.name));
     const id = node.outputTensors[0]!.id;
-    values.set(id, tf.tidy(() => callNode(node, inputs, kwargs)), readers.get(id) ?? 0);
+    const nodeKwargs = valueUnused.has(node) ? gradientOnly : kwargs;
+    values.set(id, tf.tidy(() => callNode(node, inputs, nodeKwargs)), readers.get(id) ?? 0);
     for (const t of node.inputTensors) values.release(t.id);
   }
+}
+
+function ignoresInputValues(layer: Layer): boolean {
+  return (layer as Partial<ValueFreeGradient>).gradientIgnoresInputValues === true;
+}
+
+function dropsUnusedOutput(layer: Layer): boolean {
+  return (layer as Partial<DropsUnusedOutput>).dropsUnusedOutput === true;
+}
+
+/**
+ * The nodes among `nodes` whose value reaches nothing but `outputId`, and only through
+ * layers whose gradient ignores input values: when only gradients are wanted, nothing
+ * needs these values.
+ */
+function nodesWithUnusedValues(nodes: readonly GraphNode[], outputId: number, readers: ReadonlyMap<number, number>): Set<GraphNode> {
+  const producer = new Map<number, GraphNode>();
+  for (const node of nodes) producer.set(node.outputTensors[0]!.id, node);
+  const unused = new Set<GraphNode>();
+  const visit = (id: number): void => {
+    const node = producer.get(id);
+    if (!node) return;
+    const layer = node.outboundLayer;
+    if (ignoresInputValues(layer)) {
+      unused.add(node);
+      for (const t of node.inputTensors) if (readers.get(t.id) === 1) visit(t.id);
+    } else if (dropsUnusedOutput(layer)) {
+      unused.add(node);
+    }
+  };
+  visit(outputId);
+  return unused;
 }
 
 /**
@@ -167,28 +219,55 @@ export class GraphExecutor {
   }
 
   /**
-   * The block as one op whose forward keeps only its inputs, and whose backward runs the
-   * block again under its own tape. Dropout masks are a function of the call's seed, so
-   * the second run sees the same masks as the first.
+   * The block as one op whose forward keeps only its inputs (and its tail's input), and
+   * whose backward runs the block again under its own tape. Dropout masks are a function
+   * of the call's seed, so the second run sees the same masks as the first.
    */
   private runRecomputed(step: BlockStep, inputs: tf.Tensor[], kwargs: CallKwargs): tf.Tensor {
-    const forward = (blockInputs: tf.Tensor[]): tf.Tensor => {
-      const local = new Values(new Set([...step.inputIds, step.outputId]));
+    const { split } = step;
+    const inputCount = step.inputIds.length;
+    const run = (nodes: GraphNode[], blockInputs: tf.Tensor[], outputId: number, keep: number[],
+        valueUnused?: Set<GraphNode>): Map<number, tf.Tensor> => {
+      const local = new Values(new Set([...step.inputIds, outputId, ...keep]));
       step.inputIds.forEach((id, i) => local.set(id, blockInputs[i]!, step.readers.get(id) ?? 0));
-      runNodes(step.nodes, local, step.readers, kwargs);
-      return local.get(step.outputId, step.name);
+      runNodes(nodes, local, step.readers, kwargs, valueUnused);
+      return new Map([outputId, ...keep].map((id) => [id, local.get(id, step.name)]));
     };
     return customOp((args, save) => {
-      const blockInputs = args.slice(0, step.inputIds.length);
-      save(blockInputs);
+      const blockInputs = args.slice(0, inputCount);
+      const kept = split ? [split.tailInputId] : [];
+      const values = run(step.nodes, blockInputs, step.outputId, kept);
+      save([...blockInputs, ...kept.map((id) => values.get(id)!)]);
       return {
-        value: forward(blockInputs),
+        value: values.get(step.outputId)!,
         gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-          // a fresh tape for the block; leanGradients puts the outer backward pass's tape back
-          const xs = [...saved, ...step.variables];
-          const { value, grads } = leanGradients(() => forward(saved), xs, dy);
-          value.dispose();
-          return grads.map((g, i) => g ?? tf.zerosLike(xs[i]!));
+          const savedInputs = saved.slice(0, inputCount);
+          if (!split) {
+            // a fresh tape for the block; leanGradients puts the outer backward pass's tape back
+            const xs = [...savedInputs, ...step.variables];
+            const { value, grads } = leanGradients(() => run(step.nodes, savedInputs, step.outputId, []).get(step.outputId)!, xs, dy);
+            value.dispose();
+            return grads.map((g, i) => g ?? tf.zerosLike(xs[i]!));
+          }
+          const tailInput = saved[inputCount]!;
+          const tailXs = [tailInput, ...split.tailVariables];
+          const tail = leanGradients(() => callNode(split.tail, [tailInput], kwargs), tailXs, dy);
+          tail.value.dispose();
+          const dTailInput = tail.grads[0] ?? tf.zerosLike(tailInput);
+          const bodyVariables = step.variables.filter((v) => !split.tailVariables.includes(v));
+          const bodyXs = [...savedInputs, ...bodyVariables];
+          const body = leanGradients(
+            () => run(split.body, savedInputs, split.tailInputId, [], split.bodyValueUnused).get(split.tailInputId)!,
+            bodyXs, dTailInput);
+          body.value.dispose();
+          dTailInput.dispose();
+          const byVariable = new Map<tf.Variable, tf.Tensor>();
+          bodyVariables.forEach((v, i) => { const g = body.grads[inputCount + i]; if (g) byVariable.set(v, g); });
+          split.tailVariables.forEach((v, i) => { const g = tail.grads[1 + i]; if (g) byVariable.set(v, g); });
+          return [
+            ...savedInputs.map((x, i) => body.grads[i] ?? tf.zerosLike(x)),
+            ...step.variables.map((v) => byVariable.get(v) ?? tf.zerosLike(v)),
+          ];
         },
       };
     })(...inputs, ...step.variables);
@@ -260,5 +339,19 @@ function blockStep(name: string, nodes: GraphNode[], consumers: Map<number, Grap
       if (!variables.includes(v)) variables.push(v);
     }
   }
-  return { kind: 'block', name, nodes, inputIds, outputId: outputs[0]!, variables, readers: countReaders(nodes) };
+  const readers = countReaders(nodes);
+  return { kind: 'block', name, nodes, inputIds, outputId: outputs[0]!, variables, readers, split: splitBlock(nodes, readers) };
+}
+
+function splitBlock(nodes: GraphNode[], readers: ReadonlyMap<number, number>): BlockSplit | undefined {
+  const tail = nodes.at(-1);
+  const body = nodes.slice(0, -1);
+  if (!tail || tail.inputTensors.length !== 1 || body.length === 0) return undefined;
+  const tailInputId = tail.inputTensors[0]!.id;
+  if (!body.some((n) => n.outputTensors[0]!.id === tailInputId)) return undefined;
+  const tailVariables = tail.outboundLayer.trainableWeights.map((w) => w.read() as tf.Variable);
+  // a weight shared between tail and body would need its two gradients summed
+  const bodyWeights = new Set(body.flatMap((n) => n.outboundLayer.trainableWeights.map((w) => w.read())));
+  if (tailVariables.some((v) => bodyWeights.has(v))) return undefined;
+  return { body, tail, tailInputId, tailVariables, bodyValueUnused: nodesWithUnusedValues(body, tailInputId, readers) };
 }

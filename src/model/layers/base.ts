@@ -15,6 +15,26 @@ export type ConfigDict = tf.serialization.ConfigDict;
 export interface CallKwargs {
   training?: boolean;
   dropoutSeed?: number;
+  /**
+   * Only this call's gradients will be used, not its value: the recomputed backward pass
+   * of a block, whose output value is already known. A layer that declares
+   * `dropsUnusedOutput` may then skip the work that only its value needs, returning a
+   * placeholder of the right shape.
+   */
+  outputValueUnused?: boolean;
+}
+
+/**
+ * Declared by layers whose gradient does not read their inputs' values (sums, dropout),
+ * so a value that reaches the output only through them is needed by no gradient.
+ */
+export interface ValueFreeGradient {
+  readonly gradientIgnoresInputValues: true;
+}
+
+/** Declared by layers that honour `outputValueUnused`. */
+export interface DropsUnusedOutput {
+  readonly dropsUnusedOutput: true;
 }
 
 export function callKwargs(kwargs: unknown): CallKwargs {
@@ -60,6 +80,28 @@ export function denseLastAxis(x: tf.Tensor, kernel: tf.Tensor, bias?: tf.Tensor)
   let y: tf.Tensor = tf.matMul(flat as tf.Tensor2D, kernel as tf.Tensor2D);
   if (bias) y = addTrailing(y, bias);
   return x.rank === 2 ? y : reshape(y, [...x.shape.slice(0, -1), outDim]);
+}
+
+/**
+ * denseLastAxis for a caller that needs only the gradients: the product is not computed
+ * (zeros stand in for it), while the gradients are those of the real projection, which
+ * read x and the kernel, not the product.
+ */
+export function denseGradientOnly(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor): tf.Tensor {
+  return customOp(([input, k, b], save) => {
+    save([input!, k!]);
+    const inDim = k!.shape[0]!;
+    const outDim = k!.shape[1]!;
+    return {
+      value: tf.zeros([...input!.shape.slice(0, -1), outDim]),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, ks] = saved as [tf.Tensor, tf.Tensor];
+        const dy2 = tf.reshape(dy, [-1, outDim]) as tf.Tensor2D;
+        const x2 = tf.reshape(xs, [-1, inDim]) as tf.Tensor2D;
+        return [tf.reshape(tf.matMul(dy2, ks as tf.Tensor2D, false, true), xs.shape), tf.matMul(x2, dy2, true, false), tf.sum(dy2, 0)];
+      },
+    };
+  })(x, kernel, bias);
 }
 
 /** FNV-1a of a string: a stable per-layer salt for dropout seeds. */

@@ -1,15 +1,18 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { addSameShape, addTrailing } from './ops.js';
-import { type ConfigDict, type LayerArgs, type Shape, callKwargs, dropoutIfTraining, hashString, single, singleShape } from './base.js';
+import {
+  type ConfigDict, type LayerArgs, type Shape, type ValueFreeGradient, callKwargs, dropoutIfTraining, hashString, single, singleShape,
+} from './base.js';
 
 export interface SeededDropoutArgs extends LayerArgs {
   rate: number;
 }
 
 /** Dropout whose mask is a function of the call's `dropoutSeed` and this layer's name. */
-export class SeededDropout extends tfl.layers.Layer {
+export class SeededDropout extends tfl.layers.Layer implements ValueFreeGradient {
   static className = 'SeededDropout';
+  readonly gradientIgnoresInputValues = true;
   readonly rate: number;
   private readonly salt: number;
 
@@ -56,8 +59,9 @@ export class BiasAdd extends tfl.layers.Layer {
 tf.serialization.registerClass(BiasAdd);
 
 /** The sum of same-shape inputs (residual connections), keeping nothing for backprop. */
-export class Residual extends tfl.layers.Layer {
+export class Residual extends tfl.layers.Layer implements ValueFreeGradient {
   static className = 'Residual';
+  readonly gradientIgnoresInputValues = true;
 
   override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     const [first, ...rest] = inputs as tf.Tensor[];

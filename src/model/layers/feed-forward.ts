@@ -2,7 +2,10 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { ACTIVATIONS, type ActivationName } from '../config.js';
 import { activation } from './activations.js';
-import { type ConfigDict, type LayerArgs, type Shape, denseLastAxis, initializerConfig, single, singleShape, truncatedNormal } from './base.js';
+import {
+  type ConfigDict, type DropsUnusedOutput, type LayerArgs, type Shape, callKwargs, denseGradientOnly, denseLastAxis, initializerConfig, single,
+  singleShape, truncatedNormal,
+} from './base.js';
 
 export interface DenseArgs extends LayerArgs {
   units: number;
@@ -73,8 +76,9 @@ export interface FeedForwardArgs extends LayerArgs {
 }
 
 /** Position-wise feed-forward: dense(units, activation) then dense back to the input width. */
-export class FeedForward extends tfl.layers.Layer {
+export class FeedForward extends tfl.layers.Layer implements DropsUnusedOutput {
   static className = 'FeedForward';
+  readonly dropsUnusedOutput = true;
   readonly units: number;
   readonly activationName: ActivationName;
   readonly initializerRange: number;
@@ -102,10 +106,11 @@ export class FeedForward extends tfl.layers.Layer {
     this.built = true;
   }
 
-  override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+  override call(inputs: tf.Tensor | tf.Tensor[], kwargs?: object): tf.Tensor {
     const [k1, b1, k2, b2] = this.kernels.map((w) => w.read()) as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
     const hidden = activation(this.activationName)(denseLastAxis(single(inputs), k1, b1));
-    return denseLastAxis(hidden, k2, b2);
+    // the output projection is a third of the layer's work, and a recomputed block never reads its value
+    return callKwargs(kwargs).outputValueUnused ? denseGradientOnly(hidden, k2, b2) : denseLastAxis(hidden, k2, b2);
   }
 
   override computeOutputShape(inputShape: Shape | Shape[]): Shape {

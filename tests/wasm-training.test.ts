@@ -1,0 +1,58 @@
+import assert from 'node:assert/strict';
+import { before, describe, it } from 'node:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { selectBackend } from '../src/backend/index.js';
+import { buildTransformer, disposeTransformer } from '../src/model/build.js';
+import { PretrainingObjective } from '../src/train/step.js';
+import { mlmBatch, tinyConfig } from './helpers.js';
+
+// The whole training step on wasm, through every kernel of ours (matmul, GELU, dropout,
+// layer norm, ...), against the cpu backend's tfjs ops: the dropout masks are the same
+// on both, so with dropout on the gradients must agree too.
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+interface StepValues {
+  loss: number;
+  grads: Float32Array[];
+}
+
+function step(backend: 'cpu' | 'wasm', recompute: boolean): Promise<StepValues> {
+  return selectBackend(backend).then(() => {
+    const config = tinyConfig({ hidden_dropout_prob: 0.1, attention_probs_dropout_prob: 0.1, num_hidden_layers: 3, hidden_size: 24, intermediate_size: 37 });
+    const model = buildTransformer(config, { seed: 7 });
+    const objective = new PretrainingObjective(model);
+    const result = objective.compute(mlmBatch(11, 3, 12, 40), { dropoutSeed: 5, recompute });
+    const values = { loss: result.loss, grads: result.grads.map((g) => g.dataSync() as Float32Array) };
+    tf.dispose(result.grads);
+    disposeTransformer(model);
+    return values;
+  });
+}
+
+describe('a training step on wasm', () => {
+  let cpu: StepValues;
+  before(async () => {
+    cpu = await step('cpu', false);
+  });
+
+  for (const recompute of [false, true]) {
+    it(`matches cpu, loss and every gradient, dropout on${recompute ? ', with recompute' : ''}`, async () => {
+      const wasm = await step('wasm', recompute);
+      assert.ok(Math.abs(wasm.loss - cpu.loss) < 1e-5, `loss ${wasm.loss} vs ${cpu.loss}`);
+      let worst = 0;
+      let largest = 0;
+      cpu.grads.forEach((g, i) => {
+        worst = Math.max(worst, maxAbsDiff(wasm.grads[i]!, g));
+        largest = Math.max(largest, maxAbsDiff(g, new Float32Array(g.length)));
+      });
+      assert.ok(largest > 1e-3, 'the gradients are not all ~0');
+      assert.ok(worst <= 2e-5, `max abs gradient difference ${worst}`);
+    });
+  }
+});
