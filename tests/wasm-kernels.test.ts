@@ -17,6 +17,7 @@ import { FUSED_KERNEL, hasFusedKernel } from '../src/backend/fused-kernels.js';
 import { activation } from '../src/model/layers/activations.js';
 import { seededDropout } from '../src/model/layers/base.js';
 import { LayerNorm } from '../src/model/layers/layer-norm.js';
+import { sparseSoftmaxCrossEntropy } from '../src/train/loss.js';
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -349,6 +350,40 @@ describe('LayerNormalization (fused, wasm) against the tfjs-ops layer norm (cpu)
       }, `layer norm ${rows}x${width}`);
     });
   }
+});
+
+describe('SoftmaxCrossEntropy (fused, wasm) against the tfjs-ops loss (cpu)', () => {
+  for (const vocab of [1027, 40]) {
+    test(`loss, accuracy and the logits' gradient match, vocab ${vocab}`, async () => {
+      const rows = 9;
+      const logits = Float32Array.from(randomValues(rows * vocab, 150), (v) => v * 8);
+      // a row whose label's probability underflows: the reported loss is clamped, the gradient is not
+      logits[3 * vocab + 5] = 200;
+      const labels = Int32Array.from({ length: rows }, (_, i) => (i * 37) % vocab);
+      const weights = randomValues(rows, 151);
+      await assertSameOnBoth(() => {
+        const x = tf.tensor2d(logits, [rows, vocab]);
+        const l = tf.tensor1d(labels, 'int32');
+        const w = tf.tensor1d(weights);
+        const { lossSum, correct } = sparseSoftmaxCrossEntropy(x, l);
+        // per-row weights reach the gradient through a weighted sum of per-row losses
+        const dx = tf.grad((t: tf.Tensor) => {
+          const perRow = tf.stack(Array.from({ length: rows }, (_, r) =>
+            sparseSoftmaxCrossEntropy(tf.slice(t, [r, 0], [1, vocab]), tf.slice(l, [r], [1])).lossSum));
+          return tf.sum(tf.mul(perRow, w));
+        })(x);
+        return [lossSum, correct, dx];
+      }, `cross-entropy vocab ${vocab}`);
+    });
+  }
+
+  test('a label outside the vocabulary is an error naming it', async () => {
+    await tf.setBackend('wasm');
+    const x = tf.zeros([2, 5]);
+    const l = tf.tensor1d([1, 5], 'int32');
+    assert.throws(() => sparseSoftmaxCrossEntropy(x, l), /label 5 at row 1 is outside the vocabulary \[0, 5\)/);
+    tf.dispose([x, l]);
+  });
 });
 
 describe('Identity', () => {

@@ -16,6 +16,10 @@ export const FUSED_KERNEL = {
   layerNorm: 'LayerNormalization',
   /** inputs {dy, x, gamma}, attrs {epsilon}: outputs [dx, dGamma, dBeta]. */
   layerNormGrad: 'LayerNormalizationGrad',
+  /** inputs {logits [T,V], labels [T] int32}: outputs [loss [T], softmax probabilities [T,V]]. */
+  softmaxCrossEntropy: 'SoftmaxCrossEntropy',
+  /** inputs {probs, labels, dy [T]}: (probs - onehot(labels)) * dy per row. */
+  softmaxCrossEntropyGrad: 'SoftmaxCrossEntropyGrad',
 } as const;
 
 export type FusedKernelName = (typeof FUSED_KERNEL)[keyof typeof FUSED_KERNEL];

@@ -15,6 +15,8 @@
  *   and applied in one SIMD pass instead of a JS loop plus an upload.
  * - LayerNorm (LayerNormalization, -Grad): not tfjs kernels; forward and
  *   backward one row at a time instead of about ten ops each way.
+ * - SoftmaxCrossEntropy (-Grad): not tfjs kernels; the MLM loss over the
+ *   vocabulary in one pass per row each way, one [T,V] tensor kept between.
  * - Identity: stock wasm copies the buffer, and the engine clones every tensor
  *   it saves for backprop through Identity, doubling activation memory. We
  *   share the data with a refcount, as tfjs-backend-cpu does.
@@ -34,8 +36,9 @@ import { layerNorm, layerNormGrad } from './wasm/layer-norm.js';
 import { batchMatMul } from './wasm/matmul.js';
 import { makeReduceSum } from './wasm/reduce-sum.js';
 import { unsortedSegmentSum } from './wasm/segment-sum.js';
+import { softmaxCrossEntropy, softmaxCrossEntropyGrad } from './wasm/softmax-cross-entropy.js';
 
-export type WasmKernelFix = 'UnsortedSegmentSum' | 'BatchMatMul' | 'Identity' | 'Sum' | 'GatherV2' | 'GeluErf' | 'SeededDropout' | 'LayerNorm';
+export type WasmKernelFix = 'UnsortedSegmentSum' | 'BatchMatMul' | 'Identity' | 'Sum' | 'GatherV2' | 'GeluErf' | 'SeededDropout' | 'LayerNorm' | 'SoftmaxCrossEntropy';
 
 export const ALL_WASM_KERNEL_FIXES: readonly WasmKernelFix[] = Object.freeze([
   'UnsortedSegmentSum',
@@ -46,6 +49,7 @@ export const ALL_WASM_KERNEL_FIXES: readonly WasmKernelFix[] = Object.freeze([
   'GeluErf',
   'SeededDropout',
   'LayerNorm',
+  'SoftmaxCrossEntropy',
 ] as const);
 
 // ---------------------------------------------------------------------------
@@ -61,6 +65,10 @@ const OUR_KERNELS: Record<WasmKernelFix, Array<[string, KernelFunc]>> = {
   GeluErf: [[FUSED_KERNEL.geluErf, geluErf], [FUSED_KERNEL.geluErfGrad, geluErfGrad]],
   SeededDropout: [[FUSED_KERNEL.seededDropout, seededDropout]],
   LayerNorm: [[FUSED_KERNEL.layerNorm, layerNorm], [FUSED_KERNEL.layerNormGrad, layerNormGrad]],
+  SoftmaxCrossEntropy: [
+    [FUSED_KERNEL.softmaxCrossEntropy, softmaxCrossEntropy],
+    [FUSED_KERNEL.softmaxCrossEntropyGrad, softmaxCrossEntropyGrad],
+  ],
 };
 
 /** kernel name -> stock config ours displaced (undefined when wasm had none). */

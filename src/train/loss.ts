@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { FUSED_KERNEL, hasFusedKernel, runFusedKernel, runFusedKernelOutputs } from '../backend/fused-kernels.js';
 import { customOp } from '../model/layers/ops.js';
 
 /** Reported losses stop at -log(1e-30) ~ 69 where a probability underflows; gradients are exact. */
@@ -10,7 +11,7 @@ const SMALLEST_PROBABILITY = 1e-30;
  * which is XNNPACK on wasm (8x faster than exp over [T,V]): with a 21k vocabulary this
  * op is a large share of an MLM step.
  */
-const rowCrossEntropy = customOp(([logits, labels], save) => {
+const rowCrossEntropyOps = customOp(([logits, labels], save) => {
   const [rows, vocab] = logits!.shape as [number, number];
   const probs = tf.softmax(logits!, -1);
   save([probs, labels!]);
@@ -26,6 +27,25 @@ const rowCrossEntropy = customOp(([logits, labels], save) => {
     },
   };
 });
+
+/** The same on a backend's fused kernels: the gradient is one pass over the kept probabilities. */
+const rowCrossEntropyFused = customOp(([logits, labels], save) => {
+  const [loss, probs] = runFusedKernelOutputs(FUSED_KERNEL.softmaxCrossEntropy, { logits: logits!, labels: labels! }) as [tf.Tensor, tf.Tensor];
+  save([probs, labels!]);
+  probs.dispose();
+  return {
+    value: loss,
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [p, l] = saved as [tf.Tensor, tf.Tensor];
+      return [runFusedKernel(FUSED_KERNEL.softmaxCrossEntropyGrad, { probs: p, labels: l, dy }), tf.zerosLike(l)];
+    },
+  };
+});
+
+function rowCrossEntropy(logits: tf.Tensor, labels: tf.Tensor): tf.Tensor {
+  const fused = hasFusedKernel(FUSED_KERNEL.softmaxCrossEntropy) && logits.dtype === 'float32' && logits.rank === 2;
+  return (fused ? rowCrossEntropyFused : rowCrossEntropyOps)(logits, labels);
+}
 
 export interface CrossEntropy {
   /** Sum over rows of -log softmax(logits)[label]. */

@@ -7,9 +7,8 @@
 // composite path it replaces); exp is a range-reduced polynomial (relative error
 // about 2e-7 on the range used here).
 
-const LN2_HI: f32 = 0.693359375;
-const LN2_LO: f32 = -2.12194440e-4;
-const LOG2E: f32 = 1.44269504;
+import { expNonPositive } from './lib/math';
+
 const ERF_P: f32 = 0.3275911;
 const A1: f32 = 0.254829592;
 const A2: f32 = -0.284496736;
@@ -18,26 +17,6 @@ const A4: f32 = -1.453152027;
 const A5: f32 = 1.061405429;
 const SQRT1_2: f32 = 0.70710678;
 const INV_SQRT_2PI: f32 = 0.39894228;
-
-/** exp(y) for y <= 0; 0 below -87 (where float32 underflows anyway). */
-@inline function expNonPositive(y: v128): v128 {
-  const clamped = f32x4.max(y, f32x4.splat(-87.0));
-  const n = f32x4.nearest(f32x4.mul(clamped, f32x4.splat(LOG2E)));
-  let r = f32x4.sub(clamped, f32x4.mul(n, f32x4.splat(LN2_HI)));
-  r = f32x4.sub(r, f32x4.mul(n, f32x4.splat(LN2_LO)));
-  // Cephes expf polynomial on |r| <= ln2/2
-  let p = f32x4.splat(1.9875691500e-4);
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.3981999507e-3));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(8.3334519073e-3));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(4.1665795894e-2));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.6666665459e-1));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(5.0000001201e-1));
-  const r2 = f32x4.mul(r, r);
-  p = f32x4.add(f32x4.add(f32x4.mul(p, r2), r), f32x4.splat(1.0));
-  const scale = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
-  const value = f32x4.mul(p, scale);
-  return v128.and(value, f32x4.gt(y, f32x4.splat(-87.0)));
-}
 
 /** exp(-x^2/2), which Phi and the GELU gradient share. */
 @inline function gaussian(x: v128): v128 {

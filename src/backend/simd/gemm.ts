@@ -1,5 +1,6 @@
-// AssemblyScript, compiled with gelu.ts to dist/src/backend/simd/kernels.wasm by
-// `npm run build` (package.json "build:simd"); not part of the TypeScript program.
+// AssemblyScript, compiled with the other kernels in this folder into
+// dist/src/backend/simd/kernels.wasm by scripts/build-simd.mjs (part of `npm run build`);
+// not part of the TypeScript program.
 //
 // Single-precision GEMM on wasm SIMD over the tfjs wasm backend's own memory:
 // the module imports that memory, so it reads and writes tensors in place.

@@ -17,6 +17,8 @@ export interface SimdKernels {
   layerNormForward(x: number, gamma: number, beta: number, out: number, rows: number, width: number, epsilon: number): void;
   layerNormBackward(dy: number, x: number, gamma: number, dx: number, dGamma: number, dBeta: number,
       rows: number, width: number, epsilon: number): void;
+  softmaxCrossEntropy(logits: number, labels: number, loss: number, probs: number, rows: number, vocab: number): void;
+  softmaxCrossEntropyBackward(probs: number, labels: number, dLoss: number, dLogits: number, rows: number, vocab: number): void;
 }
 
 interface KernelExports {
@@ -29,6 +31,8 @@ interface KernelExports {
   layerNormForward(x: number, gamma: number, beta: number, out: number, rows: number, w: number, epsilon: number): void;
   layerNormBackward(dy: number, x: number, gamma: number, dx: number, dGamma: number, dBeta: number,
       rows: number, w: number, epsilon: number): void;
+  softmaxCrossEntropy(logits: number, labels: number, loss: number, probs: number, rows: number, v: number): void;
+  softmaxCrossEntropyBackward(probs: number, labels: number, dLoss: number, dLogits: number, rows: number, v: number): void;
 }
 
 // Built next to this file's directory in dist/ by `npm run build:simd`.
@@ -67,6 +71,8 @@ export function simdKernels(backend: WasmBackendLike): SimdKernels {
       dropout: (x, out, size, state0, threshold, keep) => exports.dropout(x, out, size, state0, threshold, keep, scratch),
       layerNormForward: (...args) => exports.layerNormForward(...args),
       layerNormBackward: (...args) => exports.layerNormBackward(...args),
+      softmaxCrossEntropy: (...args) => exports.softmaxCrossEntropy(...args),
+      softmaxCrossEntropyBackward: (...args) => exports.softmaxCrossEntropyBackward(...args),
     };
     instances.set(backend.wasm, kernels);
   }
