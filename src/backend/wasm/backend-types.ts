@@ -24,7 +24,7 @@ export interface WasmModule {
       (...args: Array<number | boolean | Uint8Array>) => unknown;
   HEAPU8: Uint8Array;
   /** The emscripten module's wasm exports; `memory` is the heap every tensor lives in. */
-  asm: { memory: WebAssembly.Memory };
+  asm?: { memory?: WebAssembly.Memory };
   _malloc(bytes: number): number;
 }
 

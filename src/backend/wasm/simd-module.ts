@@ -48,7 +48,11 @@ function kernelModule(): WebAssembly.Module {
     } catch (e) {
       throw new Error(`wasm-kernels: cannot read ${KERNELS_WASM.pathname} (${(e as Error).message}); run \`npm run build\``);
     }
-    compiled = new WebAssembly.Module(bytes);
+    try {
+      compiled = new WebAssembly.Module(bytes);
+    } catch (e) {
+      throw new Error(`wasm-kernels: cannot compile ${KERNELS_WASM.pathname}: ${(e as Error).message} (it needs WebAssembly SIMD, in Node since 16.4)`);
+    }
   }
   return compiled;
 }
@@ -59,7 +63,10 @@ const instances = new WeakMap<WasmModule, SimdKernels>();
 export function simdKernels(backend: WasmBackendLike): SimdKernels {
   let kernels = instances.get(backend.wasm);
   if (kernels === undefined) {
-    const memory = backend.wasm.asm.memory;
+    const memory = backend.wasm.asm?.memory;
+    if (!(memory instanceof WebAssembly.Memory)) {
+      throw new Error('wasm-kernels: this tfjs-backend-wasm build does not expose its memory (asm.memory); expected the non-threaded 4.22 build');
+    }
     const exports = new WebAssembly.Instance(kernelModule(), { env: { memory } }).exports as unknown as KernelExports;
     // Lent for the module's lifetime (kernels run one at a time): malloc never hands it out again.
     const scratch = backend.wasm._malloc(exports.scratchBytes());
