@@ -4,13 +4,15 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
 import { selectBackend } from '../src/backend/index.js';
 import { loadModel, saveModel } from '../src/checkpoint/layers-model-io.js';
 import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { ConfigError, parseBertConfig } from '../src/model/config.js';
-import { AttentionMask, MASKED_SCORE } from '../src/model/layers/index.js';
+import { AttentionMask, LayerNorm, MASKED_SCORE, SeededDropout } from '../src/model/layers/index.js';
 import { trainableWeights } from '../src/model/weights.js';
 import { GraphExecutor } from '../src/train/graph-executor.js';
+import { leanGradients } from '../src/train/lean-gradients.js';
 import { PretrainingObjective } from '../src/train/step.js';
 import { nextTokenTargets } from '../src/train/targets.js';
 import { mlmBatch, tinyConfig } from './helpers.js';
@@ -219,6 +221,37 @@ describe('gradients', () => {
     // feed-forward's two); the last block is never recomputed
     assert.equal(recomputed - plain, (layers - 1) * 7);
     disposeTransformer(model);
+  });
+
+  it('recompute of blocks whose layers hand back their input (dropout off) equals the plain pass, leaking nothing', () => {
+    const input = tfl.input({ shape: [4], name: 'in' });
+    let x = tfl.layers.dense({ units: 4, name: 'pre', kernelInitializer: tfl.initializers.glorotUniform({ seed: 1 }) }).apply(input) as tfl.SymbolicTensor;
+    for (let i = 0; i < 3; i++) {
+      // body: a dropout at rate 0 (returns its input); tail: the norm
+      x = new SeededDropout({ name: `Transformer-${i}-Dropout`, rate: 0 }).apply(x) as tfl.SymbolicTensor;
+      x = new LayerNorm({ name: `Transformer-${i}-Norm` }).apply(x) as tfl.SymbolicTensor;
+    }
+    const model = tfl.model({ inputs: input, outputs: x });
+    const executor = new GraphExecutor(model);
+    const feed = tf.tensor2d([0.3, -1, 2, 0.5, 1, 1, -2, 0, 0.1, 0.2, 0.3, -0.4], [3, 4]);
+    const weights = tf.tensor2d([1, -2, 0.5, 3, 0, 1, 1, -1, 2, 0.25, -0.5, 1], [3, 4]);
+    const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
+    const gradients = (recompute: boolean): number[][] => {
+      const { value, grads } = leanGradients(
+        () => tf.sum(tf.mul(executor.run([feed], ['Transformer-2-Norm'], { training: true, dropoutSeed: 3, recompute })[0]!, weights)),
+        variables);
+      const out = grads.map((g) => Array.from(g!.dataSync()));
+      tf.dispose([value, ...grads.filter((g): g is tf.Tensor => g !== undefined && g !== null)]);
+      return out;
+    };
+    const plain = gradients(false);
+    const before = tf.memory().numTensors;
+    const recomputed = gradients(true);
+    assert.equal(tf.memory().numTensors, before, 'the recomputed pass leaked tensors');
+    plain.forEach((g, i) => assert.ok(maxAbsDiff(g, recomputed[i]!) < 1e-6, `gradient ${i}`));
+    assert.ok(plain.some((g) => g.some((v) => Math.abs(v) > 1e-3)), 'the gradients are not all ~0');
+    tf.dispose([feed, weights]);
+    model.layers.forEach((l) => l.weights.forEach((w) => w.dispose()));
   });
 
   it('micro-batch accumulation equals the whole batch', () => {

@@ -206,6 +206,15 @@ describe('BatchMatMul', () => {
     ]), 'blocked');
   });
 
+  test('edge tiles only: M, N, K of 1 to 9, all transposes, match cpu', async () => {
+    const sizes = [1, 2, 3, 5, 8, 9];
+    await assertSameOnBoth(() => {
+      let seed = 200; // runs once per backend: both must draw the same operands
+      return sizes.flatMap((m) => sizes.flatMap((n) => [1, 4, 7].flatMap((k) =>
+        transposes.map(([ta, tb]) => matMulCase([], [], m, k, n, ta, tb, seed++)))));
+    }, 'edges');
+  });
+
   test('mixed broadcast [2,1] x [3] equals per-slice products', () => {
     // cpu broadcasts batches by index modulo, which is wrong for this shape,
     // so compare against explicit per-slice 2D products instead.

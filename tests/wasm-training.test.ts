@@ -8,7 +8,8 @@ import { mlmBatch, tinyConfig } from './helpers.js';
 
 // The whole training step on wasm, through every kernel of ours (matmul, GELU, dropout,
 // layer norm, ...), against the cpu backend's tfjs ops: the dropout masks are the same
-// on both, so with dropout on the gradients must agree too.
+// on both, so with dropout on the gradients must agree too. Each step is also checked
+// for leaked tensors and backend data.
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   assert.equal(a.length, b.length);
@@ -22,32 +23,37 @@ interface StepValues {
   grads: Float32Array[];
 }
 
-function step(backend: 'cpu' | 'wasm', recompute: boolean): Promise<StepValues> {
+function step(backend: 'cpu' | 'wasm', recompute: boolean, dropout: number): Promise<StepValues> {
   return selectBackend(backend).then(() => {
-    const config = tinyConfig({ hidden_dropout_prob: 0.1, attention_probs_dropout_prob: 0.1, num_hidden_layers: 3, hidden_size: 24, intermediate_size: 37 });
+    const config = tinyConfig({ hidden_dropout_prob: dropout, attention_probs_dropout_prob: dropout, num_hidden_layers: 3, hidden_size: 24, intermediate_size: 37 });
     const model = buildTransformer(config, { seed: 7 });
     const objective = new PretrainingObjective(model);
-    const result = objective.compute(mlmBatch(11, 3, 12, 40), { dropoutSeed: 5, recompute });
+    const batch = mlmBatch(11, 3, 12, 40);
+    objective.compute(batch, { dropoutSeed: 4, recompute }).grads.forEach((g) => g.dispose());
+    const before = { tensors: tf.memory().numTensors, dataIds: tf.backend().numDataIds() };
+    const result = objective.compute(batch, { dropoutSeed: 5, recompute });
     const values = { loss: result.loss, grads: result.grads.map((g) => g.dataSync() as Float32Array) };
     tf.dispose(result.grads);
+    assert.deepEqual({ tensors: tf.memory().numTensors, dataIds: tf.backend().numDataIds() }, before, `${backend}: the step leaked`);
     disposeTransformer(model);
     return values;
   });
 }
 
 describe('a training step on wasm', () => {
-  let cpu: StepValues;
+  const cpu = new Map<number, StepValues>();
   before(async () => {
-    cpu = await step('cpu', false);
+    for (const dropout of [0.1, 0]) cpu.set(dropout, await step('cpu', false, dropout));
   });
 
-  for (const recompute of [false, true]) {
-    it(`matches cpu, loss and every gradient, dropout on${recompute ? ', with recompute' : ''}`, async () => {
-      const wasm = await step('wasm', recompute);
-      assert.ok(Math.abs(wasm.loss - cpu.loss) < 1e-5, `loss ${wasm.loss} vs ${cpu.loss}`);
+  for (const [recompute, dropout] of [[false, 0.1], [true, 0.1], [true, 0]] as const) {
+    it(`matches cpu, loss and every gradient, dropout ${dropout}${recompute ? ', with recompute' : ''}, leaking nothing`, async () => {
+      const wasm = await step('wasm', recompute, dropout);
+      const reference = cpu.get(dropout)!;
+      assert.ok(Math.abs(wasm.loss - reference.loss) < 1e-5, `loss ${wasm.loss} vs ${reference.loss}`);
       let worst = 0;
       let largest = 0;
-      cpu.grads.forEach((g, i) => {
+      reference.grads.forEach((g, i) => {
         worst = Math.max(worst, maxAbsDiff(wasm.grads[i]!, g));
         largest = Math.max(largest, maxAbsDiff(g, new Float32Array(g.length)));
       });

@@ -246,21 +246,23 @@ export class GraphExecutor {
             // a fresh tape for the block; leanGradients puts the outer backward pass's tape back
             const xs = [...savedInputs, ...step.variables];
             const { value, grads } = leanGradients(() => run(step.nodes, savedInputs, step.outputId, []).get(step.outputId)!, xs, dy);
-            value.dispose();
+            if (!savedInputs.includes(value)) value.dispose();
             return grads.map((g, i) => g ?? tf.zerosLike(xs[i]!));
           }
           const tailInput = saved[inputCount]!;
           const tailXs = [tailInput, ...split.tailVariables];
           const tail = leanGradients(() => callNode(split.tail, [tailInput], kwargs), tailXs, dy);
-          tail.value.dispose();
+          // a layer may hand back its input (dropout off), and a gradient may be the seed itself:
+          // dispose only what this function made
+          if (tail.value !== tailInput) tail.value.dispose();
           const dTailInput = tail.grads[0] ?? tf.zerosLike(tailInput);
           const bodyVariables = step.variables.filter((v) => !split.tailVariables.includes(v));
           const bodyXs = [...savedInputs, ...bodyVariables];
           const body = leanGradients(
             () => run(split.body, savedInputs, split.tailInputId, [], split.bodyValueUnused).get(split.tailInputId)!,
             bodyXs, dTailInput);
-          body.value.dispose();
-          dTailInput.dispose();
+          if (!savedInputs.includes(body.value)) body.value.dispose();
+          if (dTailInput !== dy && !body.grads.includes(dTailInput)) dTailInput.dispose();
           const byVariable = new Map<tf.Variable, tf.Tensor>();
           bodyVariables.forEach((v, i) => { const g = body.grads[inputCount + i]; if (g) byVariable.set(v, g); });
           split.tailVariables.forEach((v, i) => { const g = tail.grads[1 + i]; if (g) byVariable.set(v, g); });
