@@ -47,6 +47,8 @@ interface BlockSplit {
   readonly tailInputId: number;
   readonly bodyValueUnused: Set<GraphNode>;
   readonly tailVariables: tf.Variable[];
+  /** The block's other variables, in the block's order. */
+  readonly bodyVariables: tf.Variable[];
 }
 
 type Step = NodeStep | BlockStep;
@@ -256,7 +258,7 @@ export class GraphExecutor {
           // dispose only what this function made
           if (tail.value !== tailInput) tail.value.dispose();
           const dTailInput = tail.grads[0] ?? tf.zerosLike(tailInput);
-          const bodyVariables = step.variables.filter((v) => !split.tailVariables.includes(v));
+          const { bodyVariables } = split;
           const bodyXs = [...savedInputs, ...bodyVariables];
           const body = leanGradients(
             () => run(split.body, savedInputs, split.tailInputId, [], split.bodyValueUnused).get(split.tailInputId)!,
@@ -342,10 +344,10 @@ function blockStep(name: string, nodes: GraphNode[], consumers: Map<number, Grap
     }
   }
   const readers = countReaders(nodes);
-  return { kind: 'block', name, nodes, inputIds, outputId: outputs[0]!, variables, readers, split: splitBlock(nodes, readers) };
+  return { kind: 'block', name, nodes, inputIds, outputId: outputs[0]!, variables, readers, split: splitBlock(nodes, readers, variables) };
 }
 
-function splitBlock(nodes: GraphNode[], readers: ReadonlyMap<number, number>): BlockSplit | undefined {
+function splitBlock(nodes: GraphNode[], readers: ReadonlyMap<number, number>, variables: tf.Variable[]): BlockSplit | undefined {
   const tail = nodes.at(-1);
   const body = nodes.slice(0, -1);
   if (!tail || tail.inputTensors.length !== 1 || body.length === 0) return undefined;
@@ -355,5 +357,6 @@ function splitBlock(nodes: GraphNode[], readers: ReadonlyMap<number, number>): B
   // a weight shared between tail and body would need its two gradients summed
   const bodyWeights = new Set(body.flatMap((n) => n.outboundLayer.trainableWeights.map((w) => w.read())));
   if (tailVariables.some((v) => bodyWeights.has(v))) return undefined;
-  return { body, tail, tailInputId, tailVariables, bodyValueUnused: nodesWithUnusedValues(body, tailInputId, readers) };
+  const bodyVariables = variables.filter((v) => !tailVariables.includes(v));
+  return { body, tail, tailInputId, tailVariables, bodyVariables, bodyValueUnused: nodesWithUnusedValues(body, tailInputId, readers) };
 }

@@ -13,15 +13,7 @@ export interface WasmTensorData {
   refCount: number;
 }
 
-export type CwrapArgType = 'number' | 'array' | 'string';
-
 export interface WasmModule {
-  tfjs: {
-    registerTensor(id: number, size: number, memoryOffset: number): void;
-    disposeData(id: number): void;
-  };
-  cwrap(name: string, returnType: null | 'number', argTypes: CwrapArgType[]):
-      (...args: Array<number | boolean | Uint8Array>) => unknown;
   HEAPU8: Uint8Array;
   /** The emscripten module's wasm exports; `memory` is the heap every tensor lives in. */
   asm?: { memory?: WebAssembly.Memory };
@@ -30,11 +22,9 @@ export interface WasmModule {
 
 export interface WasmBackendLike {
   wasm: WasmModule;
-  dataIdNextNumber: number;
   dataIdMap: { get(dataId: object): WasmTensorData | undefined };
   makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
   typedArrayFromHeap(t: TensorInfo): Float32Array | Int32Array | Uint8Array;
-  disposeData(dataId: object, force?: boolean): boolean;
   incRef(dataId: object): void;
 }
 
