@@ -33,3 +33,14 @@ export function tensorData(backend: WasmBackendLike, t: TensorInfo): WasmTensorD
   if (d === undefined) throw new Error('wasm-kernels: tensor data not found on the wasm backend');
   return d;
 }
+
+/** The tensor's byte offset in the wasm heap, what our SIMD kernels take as a pointer. */
+export function heapOffset(backend: WasmBackendLike, t: TensorInfo): number {
+  return tensorData(backend, t).memoryOffset;
+}
+
+/** `t`, after checking it is float32 (`what` names the kernel input in the error). */
+export function requireFloat32(t: TensorInfo, what: string): TensorInfo {
+  if (t.dtype !== 'float32') throw new Error(`${what}: expected float32, got ${t.dtype}`);
+  return t;
+}

@@ -1,5 +1,6 @@
+import * as tf from '@tensorflow/tfjs-core';
 import type { KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
-import { type WasmBackendLike, tensorData } from './backend-types.js';
+import { type WasmBackendLike, heapOffset, requireFloat32 } from './backend-types.js';
 import { simdKernels } from './simd-module.js';
 
 interface LayerNormAttrs {
@@ -9,15 +10,13 @@ interface LayerNormAttrs {
 /** [rows, width] of x, checking that gamma (and beta) match its last axis. */
 function rowsAndWidth(kernel: string, x: TensorInfo, params: Array<[string, TensorInfo]>): [number, number] {
   const width = x.shape[x.shape.length - 1] ?? 1;
-  for (const [name, t] of [['x', x] as [string, TensorInfo], ...params]) {
-    if (t.dtype !== 'float32') throw new Error(`${kernel} ${name}: expected float32, got ${t.dtype}`);
-  }
+  for (const [name, t] of [['x', x] as [string, TensorInfo], ...params]) requireFloat32(t, `${kernel} ${name}`);
   for (const [name, p] of params) {
     if (p.shape.length !== 1 || p.shape[0] !== width) {
       throw new Error(`${kernel}: ${name} has shape [${p.shape}], expected [${width}] (the last axis of x [${x.shape}])`);
     }
   }
-  const size = x.shape.reduce((a, b) => a * b, 1);
+  const size = tf.util.sizeFromShape(x.shape);
   return [width === 0 ? 0 : size / width, width];
 }
 
@@ -32,7 +31,7 @@ export const layerNorm: KernelFunc = ({ inputs, backend: bk, attrs }) => {
   const kernels = simdKernels(backend);
   const out = backend.makeOutput([...x.shape], 'float32');
   if (rows * width > 0) {
-    const at = (t: TensorInfo): number => tensorData(backend, t).memoryOffset;
+    const at = (t: TensorInfo): number => heapOffset(backend, t);
     kernels.layerNormForward(at(x), at(gamma), at(beta), at(out), rows, width, epsilon);
   }
   return out;
@@ -45,14 +44,14 @@ export const layerNormGrad: KernelFunc = ({ inputs, backend: bk, attrs }) => {
   const x = inputs['x'] as TensorInfo;
   const gamma = inputs['gamma'] as TensorInfo;
   const { epsilon } = attrs as unknown as LayerNormAttrs;
-  if (dy.dtype !== 'float32') throw new Error(`LayerNormalizationGrad dy: expected float32, got ${dy.dtype}`);
+  requireFloat32(dy, 'LayerNormalizationGrad dy');
   if (dy.shape.join() !== x.shape.join()) throw new Error(`LayerNormalizationGrad: dy [${dy.shape}] and x [${x.shape}] differ in shape`);
   const [rows, width] = rowsAndWidth('LayerNormalizationGrad', x, [['gamma', gamma]]);
   const kernels = simdKernels(backend);
   const dx = backend.makeOutput([...x.shape], 'float32');
   const dGamma = backend.makeOutput([width], 'float32');
   const dBeta = backend.makeOutput([width], 'float32');
-  const at = (t: TensorInfo): number => tensorData(backend, t).memoryOffset;
+  const at = (t: TensorInfo): number => heapOffset(backend, t);
   if (width > 0) kernels.layerNormBackward(at(dy), at(x), at(gamma), at(dx), at(dGamma), at(dBeta), rows, width, epsilon);
   return [dx, dGamma, dBeta];
 };

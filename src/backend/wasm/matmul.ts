@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
-import { type WasmBackendLike, tensorData } from './backend-types.js';
+import { type WasmBackendLike, heapOffset } from './backend-types.js';
 import { simdKernels } from './simd-module.js';
 
 /** Index into each operand's batch for every output batch, numpy-broadcast. */
@@ -68,9 +68,9 @@ export const batchMatMul: KernelFunc = ({ inputs, backend: bk, attrs }) => {
     backend.typedArrayFromHeap(out).fill(0);
     return out;
   }
-  const aOffset = tensorData(backend, a).memoryOffset;
-  const bOffset = tensorData(backend, b).memoryOffset;
-  const outOffset = tensorData(backend, out).memoryOffset;
+  const aOffset = heapOffset(backend, a);
+  const bOffset = heapOffset(backend, b);
+  const outOffset = heapOffset(backend, out);
   // (row, inner) strides of op(A) and (inner, column) strides of op(B), in floats
   const [sAi, sAk] = transposeA ? [1, m] : [k, 1];
   const [sBk, sBj] = transposeB ? [1, k] : [n, 1];

@@ -76,10 +76,11 @@ export function simdKernels(backend: WasmBackendLike): SimdKernels {
       geluForward: (x, out, size) => exports.geluForward(x, out, size, scratch),
       geluBackward: (dy, x, dx, size) => exports.geluBackward(dy, x, dx, size, scratch),
       dropout: (x, out, size, state0, threshold, keep) => exports.dropout(x, out, size, state0, threshold, keep, scratch),
-      layerNormForward: (...args) => exports.layerNormForward(...args),
-      layerNormBackward: (...args) => exports.layerNormBackward(...args),
-      softmaxCrossEntropy: (...args) => exports.softmaxCrossEntropy(...args),
-      softmaxCrossEntropyBackward: (...args) => exports.softmaxCrossEntropyBackward(...args),
+      // these need no scratch: the exports themselves
+      layerNormForward: exports.layerNormForward,
+      layerNormBackward: exports.layerNormBackward,
+      softmaxCrossEntropy: exports.softmaxCrossEntropy,
+      softmaxCrossEntropyBackward: exports.softmaxCrossEntropyBackward,
     };
     instances.set(backend.wasm, kernels);
   }

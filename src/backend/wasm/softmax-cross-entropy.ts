@@ -1,5 +1,5 @@
 import type { KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
-import { type WasmBackendLike, tensorData } from './backend-types.js';
+import { type WasmBackendLike, heapOffset } from './backend-types.js';
 import { simdKernels } from './simd-module.js';
 
 /** [rows, vocab] of the logits, after checking the labels' dtype, shape and range. */
@@ -28,7 +28,7 @@ export const softmaxCrossEntropy: KernelFunc = ({ inputs, backend: bk }) => {
   const kernels = simdKernels(backend);
   const loss = backend.makeOutput([rows], 'float32');
   const probs = backend.makeOutput([rows, vocab], 'float32');
-  const at = (t: TensorInfo): number => tensorData(backend, t).memoryOffset;
+  const at = (t: TensorInfo): number => heapOffset(backend, t);
   if (rows * vocab > 0) kernels.softmaxCrossEntropy(at(logits), at(labels), at(loss), at(probs), rows, vocab);
   return [loss, probs];
 };
@@ -45,7 +45,7 @@ export const softmaxCrossEntropyGrad: KernelFunc = ({ inputs, backend: bk }) => 
   }
   const kernels = simdKernels(backend);
   const dLogits = backend.makeOutput([rows, vocab], 'float32');
-  const at = (t: TensorInfo): number => tensorData(backend, t).memoryOffset;
+  const at = (t: TensorInfo): number => heapOffset(backend, t);
   if (rows * vocab > 0) kernels.softmaxCrossEntropyBackward(at(probs), at(labels), at(dy), at(dLogits), rows, vocab);
   return dLogits;
 };
