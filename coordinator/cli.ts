@@ -4,37 +4,12 @@
  * the built-in corpus. The distributed coordinator (rendezvous, workers, gRPC all-reduce)
  * comes in later issues.
  */
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
+import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, runProgram } from '../src/cli/common.js';
 import { type Application, APPLICATIONS } from '../src/model/build.js';
-import { LOCAL_DEFAULTS, LocalRunError, runLocal } from '../src/train/local-run.js';
-
-/** Exit code for bad input: options, config files, an unavailable backend. */
-const EXIT_USAGE = 2;
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer.');
-  return n;
-}
-
-function nonNegativeInt(value: string): number {
-  const n = Number(value);
-  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n)) throw new InvalidArgumentError('expected a non-negative integer.');
-  return n;
-}
-
-function positiveNumber(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('expected a positive number.');
-  return n;
-}
-
-function nonNegativeNumber(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new InvalidArgumentError('expected a number >= 0.');
-  return n;
-}
+import { LOCAL_DEFAULTS, LocalRunError, runLocal, SaveFailedError } from '../src/train/local-run.js';
+import { TrainingError } from '../src/train/step.js';
 
 function preset(value: string): string {
   if (!/^L\d+-H\d+$/.test(value)) throw new InvalidArgumentError('expected the form L<layers>-H<hidden>, e.g. L2-H128.');
@@ -57,17 +32,27 @@ interface StartOptions {
   recompute?: boolean;
   microBatches: number;
   seed: number;
-  save: string | false;
+  save?: string | false;
+  overwrite?: boolean;
   logEvery: number;
 }
 
-const DEFAULT_SAVE_DIR = 'runs/local/model';
+/** A new folder per run, so that a run never replaces an earlier run's model unasked. */
+function defaultSaveDir(now = new Date()): string {
+  const two = (n: number) => String(n).padStart(2, '0');
+  const stamp = `${now.getFullYear()}${two(now.getMonth() + 1)}${two(now.getDate())}-${two(now.getHours())}${two(now.getMinutes())}${two(now.getSeconds())}`;
+  return `runs/local/${stamp}`;
+}
+
+/** Mean of the first and of the last `window` values. */
+function endMeans(values: readonly number[], window: number): [number, number] {
+  const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const n = Math.max(1, Math.min(window, values.length));
+  return [mean(values.slice(0, n)), mean(values.slice(-n))];
+}
 
 function buildProgram(): Command {
-  const program = new Command('coordinator')
-    .description('Coordinator of a multi-worker BERT/UniLM pretraining run (tfjs). For now only a single-process local run is built.')
-    .showSuggestionAfterError()
-    .exitOverride();
+  const program = createProgram('coordinator', 'Coordinator of a multi-worker BERT/UniLM pretraining run (tfjs). For now only a single-process local run is built.');
 
   program
     .command('start')
@@ -83,7 +68,7 @@ function buildProgram(): Command {
     .option('--steps <n>', 'training steps', positiveInt, LOCAL_DEFAULTS.steps)
     .option('--batch-size <n>', 'sequences per step', positiveInt, LOCAL_DEFAULTS.batchSize)
     .option('--data <dir>', 'train on shards made by `pretrain prepare` (mlm: --application encoder; seq2seq: unilm) instead of the built-in corpus')
-    .addOption(new Option('--seq-length <n>', 'tokens per sequence (truncated/padded); with --data, the data\'s max length').argParser(positiveInt).default(LOCAL_DEFAULTS.seqLength).conflicts('data'))
+    .addOption(new Option('--seq-length <n>', 'tokens per sequence of the built-in corpus (truncated/padded); not with --data, whose sequences keep the length prepare gave them').argParser(positiveInt).default(LOCAL_DEFAULTS.seqLength).conflicts('data'))
     .addOption(new Option('--lr <x>', 'learning rate of the default optimizer (Adam)').argParser(positiveNumber).default(LOCAL_DEFAULTS.learningRate).conflicts('optimizer'))
     .option(
       '--optimizer <json|file>',
@@ -91,15 +76,16 @@ function buildProgram(): Command {
     )
     .option('--clip-norm <x>', 'clip gradients to this global norm (0: off)', nonNegativeNumber, LOCAL_DEFAULTS.clipNorm)
     .option('--recompute', 'recompute each Transformer block in backprop instead of keeping its activations')
-    .option('--micro-batches <n>', 'split each batch into n micro-batches and accumulate their gradients', positiveInt, LOCAL_DEFAULTS.microBatches)
+    .option('--micro-batches <n>', 'split each batch into n micro-batches (at most the batch size) and accumulate their gradients: the same result with less memory', positiveInt, LOCAL_DEFAULTS.microBatches)
     .option('--seed <n>', 'seed of data order, masking and dropout', nonNegativeInt, LOCAL_DEFAULTS.seed)
-    .option('--save <dir>', 'save the trained model (tfjs LayersModel: model.json + weights.bin) to this folder', DEFAULT_SAVE_DIR)
+    .option('--save <dir>', 'save the trained model (tfjs LayersModel: model.json + weights.bin) and the optimizer state to this folder (default: a new folder runs/local/<date>-<time>); checked before training')
+    .option('--overwrite', 'replace a model already saved in the --save folder')
     .option('--no-save', 'do not save the model')
     .option('--log-every <n>', 'print a progress line every n steps', positiveInt, LOCAL_DEFAULTS.logEvery)
     .addHelpText(
       'after',
       '\nExamples:\n' +
-        '  $ coordinator start --local                                  # 120 steps of L2-H128 MLM on wasm (~25 s)\n' +
+        '  $ coordinator start --local                                  # 120 steps of L2-H128 MLM on wasm (~15 s)\n' +
         '  $ coordinator start --local --application unilm --steps 100\n' +
         '  $ coordinator start --local --config bert_config.json --backend tensorflow\n' +
         '  $ coordinator start --local --optimizer optimizer.yaml --recompute\n' +
@@ -129,34 +115,23 @@ function buildProgram(): Command {
         recompute: opts.recompute,
         microBatches: opts.microBatches,
         seed: opts.seed,
-        saveDir: opts.save === false ? undefined : opts.save,
+        saveDir: opts.save === false ? undefined : (opts.save ?? defaultSaveDir()),
+        overwrite: opts.overwrite,
         logEvery: opts.logEvery,
       });
+      const window = Math.min(opts.logEvery, summary.steps);
+      const [first, last] = endMeans(summary.losses, window);
       console.log(
         `done: ${summary.steps} steps in ${((performance.now() - started) / 1000).toFixed(1)} s, ` +
-          `train loss ${summary.firstLoss.toFixed(4)} -> ${summary.lastLoss.toFixed(4)} (first -> last step), ` +
+          `train loss ${first.toFixed(4)} -> ${last.toFixed(4)} (means of the first and the last ${window} steps), ` +
           `${Math.round(summary.tokensPerSecond)} tokens/s on ${summary.backend}`,
       );
     });
   return program;
 }
 
-async function main(argv: string[]): Promise<number> {
-  try {
-    await buildProgram().parseAsync(argv);
-    return 0;
-  } catch (err) {
-    if (err instanceof CommanderError) {
-      // commander has printed its message (or the help) already
-      return err.exitCode === 0 ? 0 : EXIT_USAGE;
-    }
-    if (err instanceof LocalRunError) {
-      process.stderr.write(`error: ${err.message}\n`);
-      return EXIT_USAGE;
-    }
-    process.stderr.write(`coordinator: ${(err as Error)?.stack ?? String(err)}\n`);
-    return 1;
-  }
-}
-
-process.exitCode = await main(process.argv);
+process.exitCode = await runProgram(buildProgram(), process.argv, [
+  [LocalRunError, EXIT_USAGE],
+  [TrainingError, EXIT_FAILURE],
+  [SaveFailedError, EXIT_FAILURE],
+]);

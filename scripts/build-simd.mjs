@@ -4,7 +4,7 @@
 // tfjs wasm backend's heap: it imports that memory and nothing else, and has no data
 // segments and no start function that would write into memory tfjs owns.
 import asc from 'assemblyscript/asc';
-import { readdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -12,6 +12,14 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const sourceDir = 'src/backend/simd';
 const output = 'dist/src/backend/simd/kernels.wasm';
 const sources = readdirSync(join(root, sourceDir)).filter((f) => f.endsWith('.ts')).sort().map((f) => `${sourceDir}/${f}`);
+
+// an unchanged tree is not rebuilt (npm start and npm test build first): the module is
+// current when it is newer than every kernel source, helper and this script
+const newest = (dir) => readdirSync(join(root, dir), { withFileTypes: true })
+  .map((e) => (e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(root, dir, e.name)).mtimeMs))
+  .reduce((a, b) => Math.max(a, b), 0);
+const built = existsSync(join(root, output)) ? statSync(join(root, output)).mtimeMs : 0;
+if (built > Math.max(newest(sourceDir), statSync(fileURLToPath(import.meta.url)).mtimeMs)) process.exit(0);
 
 const { error, stderr } = await asc.main([
   ...sources,

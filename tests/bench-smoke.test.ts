@@ -26,7 +26,7 @@ describe('bench:model', () => {
     assert.ok(figures.trainTokensPerSec['wasm']!['L1-H32']! > 0);
     assert.equal(figures.recompute.layers, 12);
     assert.ok(figures.recompute.batchRatio > 1, 'recompute fits a larger batch in the same budget');
-    assert.equal(typeof figures.recompute.timeOverhead, 'number');
+    assert.ok(Number.isFinite(figures.recompute.timeOverhead), `time overhead ${figures.recompute.timeOverhead}`);
     for (const depth of ['L4-H32', 'L8-H32', 'L12-H32']) {
       const p = figures.recompute.peakBytes[depth]!;
       assert.ok(p.recompute < p.plain, `${depth}: recompute peak ${p.recompute} >= plain ${p.plain}`);

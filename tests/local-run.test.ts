@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -11,7 +11,7 @@ import { CLS, corpusFromText, loadBuiltinCorpus, MASK, makeBatch, PAD, pretraini
 import { trainableWeights } from '../src/model/weights.js';
 import { disposeTransformer } from '../src/model/build.js';
 import { loadOptimizerState } from '../src/optim/index.js';
-import { OPTIMIZER_STATE_FILE, runLocal } from '../src/train/local-run.js';
+import { formatLearningRate, OPTIMIZER_STATE_FILE, runLocal, SaveFailedError } from '../src/train/local-run.js';
 import { prepare } from '../src/data/prepare.js';
 import { runScript, tinyConfig } from './helpers.js';
 
@@ -131,6 +131,37 @@ describe('runLocal', () => {
     assert.notDeepEqual(a.losses, c.losses);
   });
 
+  it('refuses to replace a saved model unless asked, and rescues a model whose save fails after training', async () => {
+    const { vocab_size: _, ...tiny } = tinyConfig({ num_hidden_layers: 1 });
+    const base = { backend: 'cpu' as const, bertConfig: tiny, steps: 2, batchSize: 2, seqLength: 16, onLog: () => {} };
+    const saveDir = path.join(dir, 'kept');
+    await runLocal({ ...base, saveDir });
+    await assert.rejects(runLocal({ ...base, saveDir }), /kept already holds a saved model; pass --overwrite to replace it/);
+    await runLocal({ ...base, saveDir, overwrite: true });
+
+    // the folder turns into a file during training: the model goes to a temporary folder instead
+    const doomed = path.join(dir, 'doomed');
+    const sabotage = (line: string) => {
+      if (line.startsWith('step 1/')) {
+        rmSync(doomed, { recursive: true });
+        writeFileSync(doomed, 'in the way');
+      }
+    };
+    const failure = await runLocal({ ...base, saveDir: doomed, onLog: sabotage }).then(() => undefined, (e: unknown) => e);
+    assert.ok(failure instanceof SaveFailedError, String(failure));
+    assert.match(failure.message, /could not save the model to .*doomed .*saved to .* instead/);
+    assert.ok(existsSync(path.join(failure.savedTo, 'model.json')) && existsSync(path.join(failure.savedTo, OPTIMIZER_STATE_FILE)));
+    await rm(failure.savedTo, { recursive: true });
+  });
+
+  it('formats learning rates readably at every scale', () => {
+    assert.equal(formatLearningRate(0), '0');
+    assert.equal(formatLearningRate(2.5e-6), '2.50e-6');
+    assert.equal(formatLearningRate(1e-3), '1.00e-3');
+    assert.equal(formatLearningRate(0.01), '0.0100');
+    assert.equal(formatLearningRate(0.5), '0.500');
+  });
+
   it('rejects a config whose vocabulary is smaller than the corpus', async () => {
     await assert.rejects(runLocal({ backend: 'cpu', bertConfig: tinyConfig(), steps: 1, onLog: () => {} }), /vocab_size 40 is smaller/);
   });
@@ -181,7 +212,7 @@ describe('coordinator CLI', () => {
     await writeFile(file, JSON.stringify(rest));
     const r = await runCli(['start', '--local', '--config', file], dir);
     assert.equal(r.code, 2);
-    assert.match(r.stderr, /bad_config\.json.*num_hidden_layers: missing/);
+    assert.match(r.stderr, /^coordinator: error: .*bad_config\.json.*num_hidden_layers: missing \(expected a positive integer\)/);
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
   });
 
@@ -202,10 +233,51 @@ describe('coordinator CLI', () => {
     const r = await runCli(['start', '--local', '--backend', 'cpu', '--steps', '6', '--preset', 'L1-H32', '--seq-length', '16', '--batch-size', '2', '--optimizer', file, '--save', saveDir], dir);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /optimizer: adafactor > weightDecay > gradientAccumulation/);
+    assert.doesNotMatch(r.stdout, /NaN/, 'accumulation micro-steps show the coming learning rate');
     const state = await loadOptimizerState(path.join(saveDir, OPTIMIZER_STATE_FILE));
     assert.equal(state.iterations, 2, 'six micro-batches of three are two optimizer steps');
     const names = state.slots.map((s) => s.name);
     assert.ok(names.includes('Embedding-Token/embeddings#adafactor/v') && names.includes('Embedding-Token/embeddings#gradientAccumulation/sum'), names.join(' '));
+  });
+
+  it('refuses more micro-batches than sequences before training, in one line', async () => {
+    const r = await runCli(['start', '--local', '--backend', 'cpu', '--micro-batches', '16', '--batch-size', '8'], dir);
+    assert.equal(r.code, 2);
+    assert.equal(r.stderr, 'coordinator: error: micro-batches (16) cannot exceed the batch size (8): each micro-batch needs at least one sequence\n');
+    assert.equal(r.stdout, '');
+  });
+
+  it('checks --save before training: a file there is refused at once, with nothing trained', async () => {
+    const file = path.join(dir, 'a-file');
+    await writeFile(file, 'not a folder');
+    for (const save of [file, path.join(file, 'model')]) {
+      const r = await runCli(['start', '--local', '--backend', 'cpu', '--preset', 'L1-H32', '--save', save], dir);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, new RegExp(`^coordinator: error: cannot save to ${save.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: .*pass .*--save`));
+      assert.doesNotMatch(r.stdout, /step/);
+    }
+  });
+
+  it('a run with no --save gets its own folder under runs/local, and shows the norm with clipping off', async () => {
+    const cwd = await mkdtemp(path.join(dir, 'default-save-'));
+    const r = await runCli(['start', '--local', '--backend', 'cpu', '--steps', '2', '--preset', 'L1-H32', '--seq-length', '16', '--batch-size', '2', '--clip-norm', '0'], cwd);
+    assert.equal(r.code, 0, r.stderr);
+    const saved = /saved model and optimizer state to (runs\/local\/\d{8}-\d{6}) /.exec(r.stdout);
+    assert.ok(saved, r.stdout);
+    assert.ok(existsSync(path.join(cwd, saved[1]!, 'model.json')));
+    assert.match(r.stdout, /step 2\/2 .*grad-norm \d+\.\d{3} /);
+    assert.match(r.stdout, /^columns: /m);
+    assert.match(r.stdout, /train loss [\d.]+ -> [\d.]+ \(means of the first and the last 2 steps\)/);
+  });
+
+  it('a diverged loss is one line and exit code 1; --debug adds the stack trace', async () => {
+    const args = ['start', '--local', '--backend', 'cpu', '--steps', '6', '--preset', 'L1-H32', '--seq-length', '16', '--batch-size', '2', '--clip-norm', '0', '--no-save', '--optimizer', '{"type":"sgd","learningRate":1e30}'];
+    const r = await runCli(args, dir);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^coordinator: error: the loss became (NaN|Infinity) at step \d \(the weights were not updated\): lower the learning rate or clip the gradients \(--clip-norm\)\n$/);
+    const debug = await runCli([...args, '--debug'], dir);
+    assert.equal(debug.code, 1);
+    assert.match(debug.stderr, /\n\s+at /);
   });
 
   it('names the bad field of an --optimizer and refuses --lr beside it, exit code 2', async () => {
@@ -226,16 +298,19 @@ describe('coordinator CLI', () => {
 describe('runLocal on prepared data', () => {
   const SAMPLE = fileURLToPath(new URL('../../data/sample/corpus.txt', import.meta.url));
   const VOCAB = fileURLToPath(new URL('../../data/sample/vocab.txt', import.meta.url));
-  const prepared = async (name: string, task: 'mlm' | 'seq2seq') => {
-    const out = path.join(dir, name);
-    await prepare({ corpus: [SAMPLE], vocab: VOCAB, out, task, maxLength: 24, seed: 1, masking: 'dynamic', copies: 1, recordsPerShard: 5000, documents: task === 'mlm' ? 'blank-line' : 'line', lowerCase: true, force: false, workers: 1 });
-    return out;
-  };
+  // each test reads these; none depends on another test having made them
+  const data = { mlm: '', seq2seq: '' };
+  before(async () => {
+    for (const task of ['mlm', 'seq2seq'] as const) {
+      data[task] = path.join(dir, `data-${task}`);
+      await prepare({ corpus: [SAMPLE], vocab: VOCAB, out: data[task], task, maxLength: 24, seed: 1, masking: 'dynamic', copies: 1, recordsPerShard: 5000, documents: task === 'mlm' ? 'blank-line' : 'line', lowerCase: true, force: false, workers: 1 });
+    }
+  });
 
   it('trains MLM (dynamic masking) and UniLM from shards: the loss falls', async () => {
     const { vocab_size: _, ...tiny } = tinyConfig({ num_hidden_layers: 1, max_position_embeddings: 24 });
     for (const [task, application] of [['mlm', 'encoder'], ['seq2seq', 'unilm']] as const) {
-      const dataDir = await prepared(`data-${task}`, task);
+      const dataDir = data[task];
       const lines: string[] = [];
       const summary = await runLocal({ backend: 'cpu', bertConfig: tiny, application, dataDir, steps: 30, batchSize: 8, learningRate: 1e-2, seed: 2, onLog: (l) => lines.push(l) });
       assert.ok(lines.some((l) => l.startsWith(`data: ${dataDir} (${task}`)), lines.join('\n'));
@@ -245,8 +320,14 @@ describe('runLocal on prepared data', () => {
   });
 
   it('names data made for another task, and a folder without a manifest', async () => {
-    const dataDir = path.join(dir, 'data-seq2seq');
-    await assert.rejects(runLocal({ backend: 'cpu', dataDir, application: 'encoder', steps: 1, onLog: () => {} }), /the data in .*data-seq2seq is for the seq2seq task; use --application unilm/);
+    await assert.rejects(runLocal({ backend: 'cpu', dataDir: data.seq2seq, application: 'encoder', steps: 1, onLog: () => {} }), /the data in .*data-seq2seq is for the seq2seq task; use --application unilm/);
     await assert.rejects(runLocal({ backend: 'cpu', dataDir: dir, steps: 1, onLog: () => {} }), /has no manifest\.json: make it with `pretrain prepare/);
+  });
+
+  it('blames a too-small vocab_size on the data\'s vocabulary, not the built-in corpus', async () => {
+    await assert.rejects(
+      runLocal({ backend: 'cpu', bertConfig: tinyConfig({ vocab_size: 100, max_position_embeddings: 24 }), dataDir: data.mlm, steps: 1, onLog: () => {} }),
+      (e: Error) => /vocab_size 100 is smaller than the vocabulary of the data in .*data-mlm \(3275 tokens\)/.test(e.message) && !/built-in/.test(e.message),
+    );
   });
 });

@@ -14,7 +14,7 @@ import { trainableWeights } from '../src/model/weights.js';
 import { GraphExecutor } from '../src/train/graph-executor.js';
 import { leanGradients } from '../src/train/lean-gradients.js';
 import { PretrainingObjective } from '../src/train/step.js';
-import { nextTokenTargets } from '../src/train/targets.js';
+import { nextTokenTargets, sliceBatch } from '../src/train/targets.js';
 import { mlmBatch, tinyConfig } from './helpers.js';
 
 before(async () => {
@@ -36,11 +36,29 @@ describe('bert_config validation', () => {
     const { vocab_size: _, ...rest } = tinyConfig();
     assert.throws(() => parseBertConfig(rest, 'bert_config.json'), (e: Error) => e instanceof ConfigError && /bert_config\.json/.test(e.message) && /vocab_size: missing/.test(e.message));
   });
+  it('says what is wrong with a value, not that it is missing', () => {
+    const problem = (overrides: Record<string, unknown>): string => {
+      try {
+        parseBertConfig({ ...tinyConfig(), ...overrides }, 'c.json');
+      } catch (e) {
+        assert.ok(e instanceof ConfigError);
+        return e.message.split('\n')[1]!.trim();
+      }
+      assert.fail('accepted');
+    };
+    assert.equal(problem({ hidden_size: '16' }), 'hidden_size: expected a positive integer, got the string "16"');
+    assert.equal(problem({ hidden_size: 16.5 }), 'hidden_size: expected a positive integer, got 16.5');
+    assert.equal(problem({ hidden_act: undefined }), 'hidden_act: missing (expected one of gelu, gelu_new, relu, swish, silu, tanh, linear)');
+    assert.equal(problem({ hidden_act: 'gelu2' }), 'hidden_act: expected one of gelu, gelu_new, relu, swish, silu, tanh, linear, got the string "gelu2"');
+    assert.equal(problem({ hidden_dropout_prob: 1 }), 'hidden_dropout_prob: expected a probability in [0, 1), got 1');
+    assert.equal(problem({ num_hidden_layers: null }), 'num_hidden_layers: expected a positive integer, got null');
+    assert.throws(() => parseBertConfig([1], 'c.json'), /expected a JSON object with the fields of bert_config\.json, got an array/);
+  });
   it('rejects heads that do not divide the hidden size', () => {
     assert.throws(() => parseBertConfig(tinyConfig({ num_attention_heads: 3 })), /num_attention_heads must divide hidden_size/);
   });
   it('rejects an unknown activation', () => {
-    assert.throws(() => parseBertConfig({ ...tinyConfig(), hidden_act: 'mish' }), /unknown activation "mish"/);
+    assert.throws(() => parseBertConfig({ ...tinyConfig(), hidden_act: 'mish' }), /hidden_act: expected one of gelu, .*, got the string "mish"/);
   });
   it('rejects a dropout rate of 1', () => {
     assert.throws(() => parseBertConfig(tinyConfig({ hidden_dropout_prob: 1 })), /hidden_dropout_prob/);
@@ -262,6 +280,41 @@ describe('gradients', () => {
     const split = objective.compute(batch, { microBatches: 3 });
     assert.ok(Math.abs(whole.loss - split.loss) < 1e-5);
     whole.grads.forEach((g, i) => assert.ok(maxAbsDiff(g.dataSync(), split.grads[i]!.dataSync()) < 1e-5));
+  });
+
+  it('micro-batches with dropout on equal the whole batch: masks are keyed by the sample, with and without recompute', () => {
+    const model = buildTransformer(tinyConfig({ hidden_dropout_prob: 0.3, attention_probs_dropout_prob: 0.3 }));
+    const objective = new PretrainingObjective(model);
+    const batch = mlmBatch(9, 5, 8, 40);
+    const whole = objective.compute(batch, { dropoutSeed: 77 });
+    const noDropout = objective.compute(batch);
+    assert.ok(Math.abs(whole.loss - noDropout.loss) > 1e-3, 'dropout is on');
+    for (const options of [{ microBatches: 2 }, { microBatches: 5 }, { microBatches: 3, recompute: true }]) {
+      const split = objective.compute(batch, { dropoutSeed: 77, ...options });
+      assert.ok(Math.abs(whole.loss - split.loss) < 1e-5, `${JSON.stringify(options)}: loss ${split.loss} vs ${whole.loss}`);
+      whole.grads.forEach((g, i) => assert.ok(maxAbsDiff(g.dataSync(), split.grads[i]!.dataSync()) < 1e-5, `${JSON.stringify(options)}: gradient ${i}`));
+      tf.dispose(split.grads);
+    }
+    // a worker's share of the global batch: firstSample places it, the target-weighted sum is the whole
+    const head = objective.compute(sliceBatch(batch, 0, 2), { dropoutSeed: 77 });
+    const tail = objective.compute(sliceBatch(batch, 2, 5), { dropoutSeed: 77, firstSample: 2 });
+    assert.equal(head.targets + tail.targets, whole.targets);
+    const combinedLoss = (head.loss * head.targets + tail.loss * tail.targets) / whole.targets;
+    assert.ok(Math.abs(combinedLoss - whole.loss) < 1e-5, `shares: loss ${combinedLoss} vs ${whole.loss}`);
+    whole.grads.forEach((g, i) => {
+      const combined = tf.tidy(() => tf.div(tf.add(tf.mul(head.grads[i]!, head.targets), tf.mul(tail.grads[i]!, tail.targets)), whole.targets));
+      assert.ok(maxAbsDiff(g.dataSync(), combined.dataSync()) < 1e-5, `shares: gradient ${i}`);
+      combined.dispose();
+    });
+    tf.dispose([...whole.grads, ...noDropout.grads, ...head.grads, ...tail.grads]);
+    disposeTransformer(model);
+  });
+
+  it('refuses more micro-batches than samples', () => {
+    const model = buildTransformer(tinyConfig());
+    const objective = new PretrainingObjective(model);
+    assert.throws(() => objective.compute(mlmBatch(9, 4, 8, 40), { microBatches: 5 }), /micro-batches must be an integer from 1 to the batch size \(4\), got 5/);
+    disposeTransformer(model);
   });
 });
 

@@ -2,10 +2,7 @@ import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../src/backend/index.js';
-import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { clipByGlobalNorm, flattenTensors, unflattenTensors } from '../src/train/gradients.js';
-import { PretrainingObjective } from '../src/train/step.js';
-import { mlmBatch, tinyConfig } from './helpers.js';
 
 describe('gradient utilities', () => {
   before(async () => {
@@ -36,9 +33,11 @@ describe('gradient utilities', () => {
 });
 
 describe('backends', () => {
-  it('auto picks a working backend and says which', async () => {
+  it('auto picks native tensorflow when tfjs-node is installed, else wasm, and says which', async () => {
+    const installed = (name: string) => import(name).then(() => true, () => false);
+    const nativeInstalled = (await installed('@tensorflow/tfjs-node-gpu')) || (await installed('@tensorflow/tfjs-node'));
     const chosen = await selectBackend('auto');
-    assert.ok(['tensorflow', 'wasm', 'cpu'].includes(chosen.name));
+    assert.equal(chosen.name, nativeInstalled ? 'tensorflow' : 'wasm');
     assert.equal(tf.getBackend(), chosen.name);
     assert.match(chosen.description, new RegExp(`^${chosen.name}`));
   });
@@ -56,35 +55,5 @@ describe('backends', () => {
     }
     if (installed) return t.skip('tfjs-node is installed here');
     await assert.rejects(selectBackend('tensorflow'), /needs @tensorflow\/tfjs-node-gpu or @tensorflow\/tfjs-node .*--backend wasm/);
-  });
-
-  it('a training step on wasm equals the same step on cpu (loss, accuracy, every gradient)', async () => {
-    const config = tinyConfig({ hidden_dropout_prob: 0.1, attention_probs_dropout_prob: 0.1 });
-    const batch = mlmBatch(17, 3, 12, 40);
-    const run = async (backend: 'cpu' | 'wasm', recompute: boolean) => {
-      await selectBackend(backend);
-      const model = buildTransformer(config, { seed: 3, application: 'unilm' });
-      const objective = new PretrainingObjective(model);
-      const r = objective.compute(batch, { dropoutSeed: 9, recompute });
-      const grads = r.grads.map((g) => g.dataSync().slice());
-      tf.dispose(r.grads);
-      disposeTransformer(model);
-      return { loss: r.loss, accuracy: r.accuracy, grads };
-    };
-    const cpu = await run('cpu', false);
-    for (const recompute of [false, true]) {
-      const wasm = await run('wasm', recompute);
-      assert.ok(Math.abs(cpu.loss - wasm.loss) < 1e-4, `loss ${cpu.loss} vs ${wasm.loss}`);
-      assert.equal(cpu.accuracy, wasm.accuracy);
-      cpu.grads.forEach((g, i) => {
-        let worst = 0;
-        let scale = 0;
-        g.forEach((v, j) => {
-          worst = Math.max(worst, Math.abs(v - wasm.grads[i]![j]!));
-          scale = Math.max(scale, Math.abs(v));
-        });
-        assert.ok(worst <= 1e-4 * Math.max(1, scale), `gradient ${i}: max difference ${worst} (scale ${scale})`);
-      });
-    }
   });
 });

@@ -327,6 +327,23 @@ describe('SeededDropout (fused, wasm) against the tfjs-ops dropout (cpu)', () =>
     assert.ok(Math.abs(dropped - 0.1) < 0.02, `rate 0.1 dropped ${dropped}`);
   });
 
+  test('an offset continues the stream: two halves with offsets draw the mask of the whole', async () => {
+    const n = 1029;
+    const halves = (): tf.Tensor[] => {
+      const ones = tf.ones([2, n]);
+      const whole = seededDropout(ones, 0.4, 5, 0x1234);
+      const first = seededDropout(tf.ones([1, n]), 0.4, 5, 0x1234, 0);
+      const second = seededDropout(tf.ones([1, n]), 0.4, 5, 0x1234, n);
+      const shifted = seededDropout(tf.ones([1, n]), 0.4, 5, 0x1234, 1);
+      return [whole, tf.concat([first, second], 0), shifted];
+    };
+    const { cpu, wasm } = await onCpuAndWasm(halves);
+    assert.deepEqual(cpu[1]!.values, cpu[0]!.values, 'cpu: halves = whole');
+    assert.deepEqual(wasm[1]!.values, wasm[0]!.values, 'wasm: halves = whole');
+    assert.deepEqual(wasm[0]!.values, cpu[0]!.values, 'wasm = cpu');
+    assert.notDeepEqual(cpu[2]!.values, cpu[0]!.values.slice(0, n), 'an offset of one draws another mask');
+  });
+
   test('another seed or salt draws another mask', async () => {
     await tf.setBackend('wasm');
     const ones = tf.ones([4096]);

@@ -43,16 +43,25 @@ export interface DropoutAttrs {
   rate: number;
   seed: number;
   salt: number;
+  /**
+   * Units of the stream before this tensor's first unit: a micro-batch (or a worker's
+   * share of a global batch) starting at sample s passes s times the units per sample,
+   * so it draws exactly the mask the whole batch draws for those samples.
+   */
+  offset: number;
 }
 
 /**
  * The seeded dropout mask as a counter-based stream: unit i is kept iff
  * splitmix32(state0 + (i+1) * 0x9e3779b9) >= threshold (unsigned), and a kept unit is
- * scaled by `keep`. Every implementation (tfjs ops, wasm SIMD) draws from this.
+ * scaled by `keep`. Every implementation (tfjs ops, wasm SIMD) draws from this; the
+ * offset only moves state0, since the counter is linear in the unit index.
  */
-export function dropoutStream({ rate, seed, salt }: DropoutAttrs): { state0: number; threshold: number; keep: number } {
+export function dropoutStream({ rate, seed, salt, offset }: DropoutAttrs): { state0: number; threshold: number; keep: number } {
+  // Math.imul wraps its operands mod 2^32, which is the arithmetic the counter lives in
+  const skipped = Math.imul(offset % 4294967296, 0x9e3779b9);
   return {
-    state0: (Math.imul(seed >>> 0, 0x9e3779b1) ^ salt) >>> 0,
+    state0: (((Math.imul(seed >>> 0, 0x9e3779b1) ^ salt) >>> 0) + skipped) >>> 0,
     threshold: Math.floor(rate * 4294967296),
     keep: Math.fround(1 / (1 - rate)),
   };

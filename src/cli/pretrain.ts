@@ -5,7 +5,8 @@
  * `prepare` and `vocab` come with the rest of the data pipeline.
  */
 import { createInterface } from 'node:readline';
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { type Command, Option } from 'commander';
+import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, positiveInt, runProgram } from './common.js';
 import { decodeExample, ExampleError, exampleToJson } from '../data/example.js';
 import { constants, existsSync } from 'node:fs';
 import { access } from 'node:fs/promises';
@@ -18,16 +19,6 @@ import { SingleBar } from 'cli-progress';
 import { prepare, PrepareError, type PrepareOptions } from '../data/prepare.js';
 import { BertTokenizer } from '../data/tokenizer.js';
 import { Vocab, VocabError } from '../data/vocab.js';
-
-const EXIT_USAGE = 2;
-/** A file that is not what it claims (corrupt, truncated, not a tf.train.Example). */
-const EXIT_BAD_DATA = 1;
-
-function nonNegativeInt(value: string): number {
-  const n = Number(value);
-  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n)) throw new InvalidArgumentError('expected a non-negative integer.');
-  return n;
-}
 
 /** Writes a line, waiting when stdout is full (a pipe into a slow reader). */
 function emit(line: string): Promise<void> | void {
@@ -66,12 +57,6 @@ async function inspect(files: string[], opts: InspectOptions): Promise<void> {
       }
     }
   }
-}
-
-function positiveInt(value: string): number {
-  const n = nonNegativeInt(value);
-  if (n === 0) throw new InvalidArgumentError('expected a positive integer.');
-  return n;
 }
 
 interface TokenizeOptions {
@@ -158,7 +143,7 @@ async function prepareCommand(opts: PrepareCliOptions): Promise<void> {
 }
 
 function buildProgram(): Command {
-  const program = new Command('pretrain').description('Data tools for pretraining: build a vocabulary, prepare TFRecord shards, tokenize text, inspect records').showSuggestionAfterError().exitOverride();
+  const program = createProgram('pretrain', 'Data tools for pretraining: build a vocabulary, prepare TFRecord shards, tokenize text, inspect records');
   program
     .command('tokenize')
     .description('Tokenize text with a BERT vocab.txt: one JSON line {text, tokens, ids, offsets} per input line; offsets are [start, end) in UTF-16 code units of the line.')
@@ -212,32 +197,17 @@ function buildProgram(): Command {
   return program;
 }
 
-async function main(): Promise<void> {
-  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code === 'EPIPE') process.exit(0); // the reader went away (e.g. `| head`)
-    throw err;
-  });
-  try {
-    await buildProgram().parseAsync(process.argv);
-  } catch (err) {
-    if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
-    if (err instanceof VocabError || err instanceof VocabSizeError || err instanceof CorpusError || err instanceof UsageError || err instanceof PrepareError) {
-      console.error(`pretrain: ${err.message}`);
-      process.exit(EXIT_USAGE);
-    }
-    const code = (err as NodeJS.ErrnoException).code;
-    if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) {
-      // a file system refusal (ENOENT, ENOTDIR, EISDIR, EACCES, ENOSPC...): one line naming the path
-      const { path: where, syscall } = err as NodeJS.ErrnoException;
-      console.error(`pretrain: cannot ${syscall ?? 'use'} ${where ?? 'a file'}: ${code}${code === 'ENOSPC' ? ' (disk full; nothing half-written is listed in a manifest)' : ''}`);
-      process.exit(EXIT_USAGE);
-    }
-    if (err instanceof TFRecordError || err instanceof RangeError) {
-      console.error(`pretrain: ${err.message}`);
-      process.exit(EXIT_BAD_DATA);
-    }
-    throw err;
-  }
-}
-
-await main();
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0); // the reader went away (e.g. `| head`)
+  throw err;
+});
+// a corrupt or truncated file (TFRecordError, RangeError from a bad length) exits 1; bad input exits 2
+process.exitCode = await runProgram(buildProgram(), process.argv, [
+  [VocabError, EXIT_USAGE],
+  [VocabSizeError, EXIT_USAGE],
+  [CorpusError, EXIT_USAGE],
+  [UsageError, EXIT_USAGE],
+  [PrepareError, EXIT_USAGE],
+  [TFRecordError, EXIT_FAILURE],
+  [RangeError, EXIT_FAILURE],
+]);

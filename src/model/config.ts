@@ -15,9 +15,7 @@ const bertConfigSchema = z
     num_hidden_layers: positiveInt,
     num_attention_heads: positiveInt,
     intermediate_size: positiveInt,
-    hidden_act: z.enum(ACTIVATIONS, {
-      error: (issue) => `unknown activation ${JSON.stringify(issue.input)}; use one of ${ACTIVATIONS.join(', ')}`,
-    }),
+    hidden_act: z.enum(ACTIVATIONS),
     max_position_embeddings: positiveInt,
     type_vocab_size: positiveInt,
     hidden_dropout_prob: probability,
@@ -35,17 +33,46 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
+/** What each field must hold, in the words an error message uses. */
+const EXPECTED: Record<keyof BertConfig, string> = {
+  vocab_size: 'a positive integer',
+  hidden_size: 'a positive integer',
+  num_hidden_layers: 'a positive integer',
+  num_attention_heads: 'a positive integer',
+  intermediate_size: 'a positive integer',
+  hidden_act: `one of ${ACTIVATIONS.join(', ')}`,
+  max_position_embeddings: 'a positive integer',
+  type_vocab_size: 'a positive integer',
+  hidden_dropout_prob: 'a probability in [0, 1)',
+  attention_probs_dropout_prob: 'a probability in [0, 1)',
+  initializer_range: 'a number > 0',
+};
+
+function describeValue(value: unknown): string {
+  if (typeof value === 'string') return `the string ${JSON.stringify(value)}`;
+  if (Array.isArray(value)) return 'an array';
+  if (value !== null && typeof value === 'object') return 'an object';
+  return String(value);
+}
+
 /**
  * Validates a parsed `bert_config.json`; `source` names where it came from so the
- * message points the user at the right file.
+ * message points the user at the right file. Each problem names the field, what it
+ * must hold and what it holds (zod does not report the value by default).
  */
 export function parseBertConfig(raw: unknown, source = 'bert_config'): BertConfig {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new ConfigError(`invalid model config in ${source}:\n  expected a JSON object with the fields of bert_config.json, got ${describeValue(raw)}`);
+  }
   const result = bertConfigSchema.safeParse(raw);
   if (result.success) return result.data;
+  const fields = raw as Record<string, unknown>;
   const problems = result.error.issues.map((issue) => {
-    const field = issue.path.join('.') || '(root)';
-    const missing = issue.code === 'invalid_type' && issue.input === undefined;
-    return missing ? `${field}: missing` : `${field}: ${issue.message}`;
+    const field = String(issue.path[0] ?? '');
+    const expected = EXPECTED[field as keyof BertConfig];
+    if (issue.code === 'custom' || expected === undefined) return `${field || '(root)'}: ${issue.message}`;
+    const value = fields[field];
+    return value === undefined ? `${field}: missing (expected ${expected})` : `${field}: expected ${expected}, got ${describeValue(value)}`;
   });
   throw new ConfigError(`invalid model config in ${source}:\n  ${problems.join('\n  ')}`);
 }

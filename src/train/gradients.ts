@@ -1,10 +1,17 @@
 import * as tf from '@tensorflow/tfjs-core';
 
-/** Scales all gradients by min(1, maxNorm / globalNorm); returns new tensors and the norm before clipping. */
-export function clipByGlobalNorm(grads: tf.Tensor[], maxNorm: number): { grads: tf.Tensor[]; norm: number } {
+/** The L2 norm of all gradients together. */
+export function globalNorm(grads: tf.Tensor[]): number {
+  if (grads.length === 0) return 0;
   const normTensor = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))));
   const norm = normTensor.dataSync()[0]!;
   normTensor.dispose();
+  return norm;
+}
+
+/** Scales all gradients by min(1, maxNorm / globalNorm); returns new tensors and the norm before clipping. */
+export function clipByGlobalNorm(grads: tf.Tensor[], maxNorm: number): { grads: tf.Tensor[]; norm: number } {
+  const norm = globalNorm(grads);
   const scale = norm > maxNorm && norm > 0 ? maxNorm / norm : 1;
   return { grads: grads.map((g) => tf.mul(g, scale)), norm };
 }

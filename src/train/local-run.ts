@@ -5,6 +5,7 @@
  * No coordinator, no workers: this is what `coordinator start --local` runs.
  */
 import { promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
@@ -17,9 +18,9 @@ import { createOptimizer, type OptimizerConfig, OptimizerConfigError, readOptimi
 import type { Optimizer } from '../optim/optimizer.js';
 import { batchOf, checkApplication, DatasetError, datasetBatches, loadDataset, type PreparedDataset, splitRecords } from '../data/dataset.js';
 import { TFRecordError } from '../data/tfrecord.js';
-import { clipByGlobalNorm } from './gradients.js';
+import { clipByGlobalNorm, globalNorm } from './gradients.js';
 import type { Batch } from './targets.js';
-import { PretrainingObjective } from './step.js';
+import { PretrainingObjective, TrainingError } from './step.js';
 
 /** A problem with what the user asked for (options, config file, backend): reported in one line, no stack. */
 export class LocalRunError extends Error {
@@ -49,8 +50,10 @@ export interface LocalRunOptions {
   recompute?: boolean;
   microBatches?: number;
   seed?: number;
-  /** Folder to save the trained model to (model.json + weights.bin); not saved when absent. */
+  /** Folder to save the trained model to (model.json + weights.bin); not saved when absent. Checked before training. */
   saveDir?: string;
+  /** Replace a model already saved in `saveDir` (refused otherwise, before training). */
+  overwrite?: boolean;
   /** Print a progress line every this many steps (and at the first and last step). */
   logEvery?: number;
   /** Where progress lines go; default stdout. */
@@ -86,6 +89,21 @@ export interface LocalRunSummary {
   tensorsAfterLastStep: number;
   savedTo?: string;
   model?: tfl.LayersModel;
+}
+
+/**
+ * Saving the trained model failed; it was saved to `savedTo`, a fresh temporary folder,
+ * instead, so the training is not lost.
+ */
+export class SaveFailedError extends Error {
+  override name = 'SaveFailedError';
+  constructor(
+    readonly wanted: string,
+    readonly savedTo: string,
+    reason: string,
+  ) {
+    super(`could not save the model to ${wanted} (${reason}); the trained model and optimizer state were saved to ${savedTo} instead`);
+  }
 }
 
 /** The optimizer state's file name inside a saved model's folder. */
@@ -125,7 +143,8 @@ function checkPositiveInt(name: string, value: number): void {
   if (!Number.isInteger(value) || value <= 0) throw new LocalRunError(`${name} must be a positive integer, got ${value}`);
 }
 
-async function resolveConfig(options: LocalRunOptions, vocabSize: number, seqLength: number, application: Application): Promise<BertConfig> {
+async function resolveConfig(options: LocalRunOptions, vocab: { size: number; source: string }, seqLength: number, application: Application): Promise<BertConfig> {
+  const vocabSize = vocab.size;
   let config: BertConfig;
   let source: string;
   try {
@@ -145,7 +164,7 @@ async function resolveConfig(options: LocalRunOptions, vocabSize: number, seqLen
     throw err;
   }
   if (config.vocab_size < vocabSize) {
-    throw new LocalRunError(`${source}: vocab_size ${config.vocab_size} is smaller than the built-in corpus's vocabulary (${vocabSize} tokens)`);
+    throw new LocalRunError(`${source}: vocab_size ${config.vocab_size} is smaller than ${vocab.source} (${vocabSize} tokens)`);
   }
   if (config.max_position_embeddings < seqLength) {
     throw new LocalRunError(`${source}: max_position_embeddings ${config.max_position_embeddings} is shorter than the sequence length ${seqLength}`);
@@ -160,14 +179,62 @@ function fmt(x: number, digits = 4): string {
   return Number.isFinite(x) ? x.toFixed(digits) : String(x);
 }
 
+/** A learning rate readable at any scale: 0.00100 would hide a warm-up's 2.5e-6 as 0.00. */
+export function formatLearningRate(lr: number): string {
+  if (lr === 0 || !Number.isFinite(lr)) return String(lr);
+  return Math.abs(lr) < 0.01 ? lr.toExponential(2) : lr.toPrecision(3);
+}
+
+const MODEL_JSON = 'model.json';
+
+/**
+ * Checks before training that the model can be saved to `dir`: a folder (made if
+ * missing) that is writable and holds no saved model, unless `overwrite`. A bad path
+ * found after an hour of training would cost the hour.
+ */
+async function checkSaveDir(dir: string, overwrite: boolean): Promise<void> {
+  const stat = await fs.stat(dir).catch(() => undefined);
+  if (stat && !stat.isDirectory()) throw new LocalRunError(`cannot save to ${dir}: it is a file, not a folder; pass --save <folder>`);
+  if (stat && !overwrite && (await fs.stat(path.join(dir, MODEL_JSON)).catch(() => undefined))) {
+    throw new LocalRunError(`${dir} already holds a saved model; pass --overwrite to replace it, or another --save folder`);
+  }
+  const probe = path.join(dir, `.write-test-${process.pid}`);
+  try {
+    await fs.mkdir(dir, { recursive: true });
+    await fs.writeFile(probe, '');
+    await fs.rm(probe);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new LocalRunError(`cannot save to ${dir}: ${e.code === 'ENOTDIR' || e.code === 'EEXIST' ? 'a part of the path is a file' : (e.code ?? e.message)}; pass another --save folder`);
+  }
+}
+
+async function saveAll(model: tfl.LayersModel, optimizer: Optimizer, dir: string): Promise<void> {
+  await saveModel(model, dir);
+  await saveOptimizerState(path.join(dir, OPTIMIZER_STATE_FILE), optimizer.getState());
+}
+
+/** Saves to `dir`, or, when that fails after all, to a new temporary folder (SaveFailedError says which). */
+async function saveOrRescue(model: tfl.LayersModel, optimizer: Optimizer, dir: string): Promise<void> {
+  try {
+    await saveAll(model, optimizer, dir);
+  } catch (err) {
+    const rescue = await fs.mkdtemp(path.join(tmpdir(), 'tfjs-pretrain-model-'));
+    await saveAll(model, optimizer, rescue);
+    const e = err as NodeJS.ErrnoException;
+    throw new SaveFailedError(dir, rescue, e.code ? `${e.code} at ${e.path ?? dir}` : e.message);
+  }
+}
+
 export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunSummary> {
   const o = { ...LOCAL_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as typeof LOCAL_DEFAULTS & LocalRunOptions;
   const log = o.onLog ?? ((line: string) => console.log(line));
   if (!BACKEND_CHOICES.includes(o.backend)) throw new LocalRunError(`unknown backend "${String(o.backend)}"; use one of ${BACKEND_CHOICES.join(', ')}`);
   if (!APPLICATIONS.includes(o.application)) throw new LocalRunError(`unknown application "${String(o.application)}"; use one of ${APPLICATIONS.join(', ')}`);
-  for (const [name, value] of [['steps', o.steps], ['batch size', o.batchSize], ['sequence length', o.seqLength], ['micro-batches', o.microBatches], ['logEvery', o.logEvery]] as const) {
+  for (const [name, value] of [['steps', o.steps], ['batch size', o.batchSize], ['sequence length', o.seqLength], ['micro-batches', o.microBatches], ['log every', o.logEvery]] as const) {
     checkPositiveInt(name, value);
   }
+  if (o.microBatches > o.batchSize) throw new LocalRunError(`micro-batches (${o.microBatches}) cannot exceed the batch size (${o.batchSize}): each micro-batch needs at least one sequence`);
   if (o.seqLength < 4) throw new LocalRunError(`sequence length must be at least 4, got ${o.seqLength}`);
   if (!(o.learningRate > 0) || !Number.isFinite(o.learningRate)) throw new LocalRunError(`learning rate must be a positive number, got ${o.learningRate}`);
   if (!(o.clipNorm >= 0) || !Number.isFinite(o.clipNorm)) throw new LocalRunError(`clip norm must be a number >= 0, got ${o.clipNorm}`);
@@ -185,7 +252,9 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
   }
   const corpus = data ? undefined : loadBuiltinCorpus();
   const seqLength = data ? data.manifest.maxLength : o.seqLength;
-  const config = await resolveConfig(o, data ? data.manifest.vocab.size : corpus!.vocab.size, seqLength, o.application);
+  const vocab = data ? { size: data.manifest.vocab.size, source: `the vocabulary of the data in ${o.dataDir}` } : { size: corpus!.vocab.size, source: "the built-in corpus's vocabulary" };
+  const config = await resolveConfig(o, vocab, seqLength, o.application);
+  if (o.saveDir) await checkSaveDir(o.saveDir, o.overwrite ?? false);
 
   let backend;
   try {
@@ -235,7 +304,11 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       `${o.steps} steps, clip ${o.clipNorm || 'off'}${o.recompute ? ', recompute' : ''}${o.microBatches > 1 ? `, ${o.microBatches} micro-batches` : ''}, seed ${o.seed}`,
   );
 
-  log(`optimizer: ${optimizer.description}, learning rate ${optimizer.currentLearningRate} at step 0`);
+  log(`optimizer: ${optimizer.description}, learning rate ${formatLearningRate(optimizer.currentLearningRate)} at step 0`);
+  log(
+    `columns: loss, acc, tokens/s: over the steps since the previous line; grad-norm: global norm of the last step's gradients before clipping; ` +
+      `lr: of the last update; tensors: live tfjs tensors (unchanged from line to line unless something leaks)`,
+  );
   const params = new VariableParameters(objective.weights);
   const initial = objective.evaluate(evalBatch);
   const losses: number[] = [];
@@ -252,22 +325,25 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       const t0 = performance.now();
       const result = objective.compute(batch, { recompute: o.recompute, dropoutSeed: o.seed * 1_000_003 + step, microBatches: o.microBatches });
       let grads = result.grads;
-      let norm = NaN;
+      let norm: number;
       if (o.clipNorm > 0) {
         const clipped = clipByGlobalNorm(grads, o.clipNorm);
         tf.dispose(grads);
         grads = clipped.grads;
         norm = clipped.norm;
+      } else {
+        norm = globalNorm(grads);
       }
       if (!Number.isFinite(result.loss)) {
         tf.dispose(grads);
-        throw new Error(`the loss became ${result.loss} at step ${step} (the weights were not updated); lower the learning rate`);
+        throw new TrainingError(`the loss became ${result.loss} at step ${step} (the weights were not updated): lower the learning rate${o.clipNorm > 0 ? '' : ' or clip the gradients (--clip-norm)'}`);
       }
       const report = optimizer.apply(
         params,
         grads.map((g) => g.dataSync() as Float32Array),
       );
-      if (report.applied) lastLr = report.lr;
+      // an accumulation micro-step applies nothing: show the rate the coming update uses
+      lastLr = report.applied ? report.lr : optimizer.currentLearningRate;
       tf.dispose(grads);
       const seconds = (performance.now() - t0) / 1000;
       const tokens = batch.batchSize * batch.length;
@@ -283,7 +359,7 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       if (step === 1 || step % o.logEvery === 0 || step === o.steps) {
         log(
           `step ${String(step).padStart(String(o.steps).length)}/${o.steps}  loss ${fmt(window.loss / window.steps)}  acc ${fmt(window.accuracy / window.steps, 3)}  ` +
-            `grad-norm ${fmt(norm, 3)}  lr ${lastLr.toPrecision(3)}  tokens/s ${Math.round(window.tokens / window.seconds)}  tensors ${numTensors}`,
+            `grad-norm ${fmt(norm, 3)}  lr ${formatLearningRate(lastLr)}  tokens/s ${Math.round(window.tokens / window.seconds)}  tensors ${numTensors}`,
         );
         window = { loss: 0, accuracy: 0, steps: 0, seconds: 0, tokens: 0 };
       }
@@ -322,9 +398,8 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       log(`warning: tf.memory().numTensors went from ${tensorsAfterFirstStep} after step 1 to ${tensorsAfterLastStep}: tensors leak`);
     }
     if (o.saveDir) {
-      await saveModel(model, o.saveDir);
+      await saveOrRescue(model, optimizer, o.saveDir);
       summary.savedTo = o.saveDir;
-      await saveOptimizerState(path.join(o.saveDir, OPTIMIZER_STATE_FILE), optimizer.getState());
       log(`saved model and optimizer state to ${o.saveDir} (model.json + weights.bin, ${OPTIMIZER_STATE_FILE})`);
     }
     if (o.keepModel) summary.model = model;

@@ -8,13 +8,27 @@ import { leanGradients } from './lean-gradients.js';
 import { sparseSoftmaxCrossEntropy } from './loss.js';
 import { type Batch, countTargets, sliceBatch } from './targets.js';
 
+/** A training run that cannot go on (no targets, a diverged loss): reported in one line, not as a defect. */
+export class TrainingError extends Error {
+  override name = 'TrainingError';
+}
+
 export interface StepOptions {
   /** Per-block gradient checkpointing. */
   recompute?: boolean;
   /** Seed of this step's dropout masks (dropout is on whenever a seed is given and the config has a rate). */
   dropoutSeed?: number;
-  /** Split the batch into this many micro-batches and accumulate; the result equals the whole batch's. */
+  /**
+   * Split the batch into this many micro-batches (at most the batch size) and accumulate;
+   * the result equals the whole batch's, dropout included.
+   */
   microBatches?: number;
+  /**
+   * Index of this batch's first sample in the global batch (a worker's share of it).
+   * Dropout masks are keyed by the sample's index in the global batch, so how the global
+   * batch is split, among micro-batches or workers, does not change them.
+   */
+  firstSample?: number;
 }
 
 export interface StepResult {
@@ -30,12 +44,6 @@ export interface Evaluation {
   loss: number;
   accuracy: number;
   targets: number;
-}
-
-function mixSeed(seed: number, index: number): number {
-  let h = Math.imul((seed ^ 0x5bd1e995) >>> 0, 0x01000193) ^ index;
-  h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d);
-  return (h ^ (h >>> 12)) >>> 0;
 }
 
 /**
@@ -62,19 +70,24 @@ export class PretrainingObjective {
 
   compute(batch: Batch, options: StepOptions = {}): StepResult {
     const total = countTargets(batch);
-    if (total === 0) throw new Error('the batch has no target positions (all targets are 0): nothing to learn from');
-    const parts = Math.max(1, Math.min(options.microBatches ?? 1, batch.batchSize));
+    if (total === 0) throw new TrainingError('a batch has no target positions (all its targets are 0), so there is nothing to learn from: check that the data has masked or target tokens');
+    const parts = options.microBatches ?? 1;
+    if (!Number.isInteger(parts) || parts < 1 || parts > batch.batchSize) {
+      throw new RangeError(`micro-batches must be an integer from 1 to the batch size (${batch.batchSize}), got ${parts}`);
+    }
     const variables = this.weights.map((w) => w.variable);
     let grads: tf.Tensor[] | undefined;
     let lossSum = 0;
     let correct = 0;
     for (let p = 0; p < parts; p++) {
-      const micro = sliceBatch(batch, Math.floor((p * batch.batchSize) / parts), Math.floor(((p + 1) * batch.batchSize) / parts));
+      const start = Math.floor((p * batch.batchSize) / parts);
+      const micro = sliceBatch(batch, start, Math.floor(((p + 1) * batch.batchSize) / parts));
       if (countTargets(micro) === 0) continue;
       let hits: tf.Tensor | undefined;
-      const seed = options.dropoutSeed === undefined ? undefined : mixSeed(options.dropoutSeed, p);
+      const seed = options.dropoutSeed;
+      const firstSample = (options.firstSample ?? 0) + start;
       const { value, grads: microGrads } = leanGradients(() => {
-        const { loss, correct: c } = this.lossOf(micro, total, { training: seed !== undefined, dropoutSeed: seed, recompute: options.recompute });
+        const { loss, correct: c } = this.lossOf(micro, total, { training: seed !== undefined, dropoutSeed: seed, firstSample, recompute: options.recompute });
         hits = tf.keep(c);
         return loss;
       }, variables);
@@ -110,7 +123,7 @@ export class PretrainingObjective {
   private lossOf(
     batch: Batch,
     normalizer: number,
-    run: { training: boolean; dropoutSeed?: number; recompute?: boolean },
+    run: { training: boolean; dropoutSeed?: number; firstSample?: number; recompute?: boolean },
   ): { loss: tf.Tensor; correct: tf.Tensor } {
     const shape: [number, number] = [batch.batchSize, batch.length];
     const tokens = tf.tensor2d(batch.tokenIds, shape, 'int32');

@@ -16,6 +16,13 @@ export interface CallKwargs {
   training?: boolean;
   dropoutSeed?: number;
   /**
+   * Index of this call's first sample in the whole batch (0 when absent). Dropout counts
+   * its units from there, so splitting a batch into micro-batches, or among workers,
+   * drops exactly the units the whole batch would. Every dropout input has the batch as
+   * its leading axis, which is what makes the count per sample well defined.
+   */
+  firstSample?: number;
+  /**
    * Only this call's gradients will be used, not its value: the recomputed backward pass
    * of a block, whose output value is already known. A layer that declares
    * `dropsUnusedOutput` may then skip the work that only its value needs, returning a
@@ -132,14 +139,14 @@ function dropoutMask(shape: number[], attrs: DropoutAttrs): tf.Tensor {
 }
 
 /**
- * Inverted dropout whose mask depends only on (seed, salt, shape). tf.dropout draws from
- * a hidden global generator, which a recomputed block could not replay. The backward
- * pass regenerates the mask rather than keeping it; a backend with the fused kernel
- * generates and applies it in one pass.
+ * Inverted dropout whose mask depends only on (seed, salt, offset, shape). tf.dropout
+ * draws from a hidden global generator, which a recomputed block could not replay. The
+ * backward pass regenerates the mask rather than keeping it; a backend with the fused
+ * kernel generates and applies it in one pass. `offset`: see DropoutAttrs.
  */
-export function seededDropout(x: tf.Tensor, rate: number, seed: number, salt: number): tf.Tensor {
+export function seededDropout(x: tf.Tensor, rate: number, seed: number, salt: number, offset = 0): tf.Tensor {
   if (rate <= 0) return x;
-  const attrs: DropoutAttrs = { rate, seed, salt };
+  const attrs: DropoutAttrs = { rate, seed, salt, offset };
   if (hasFusedKernel(FUSED_KERNEL.seededDropout) && x.dtype === 'float32') {
     return customOp(([input]) => ({
       value: runFusedKernel(FUSED_KERNEL.seededDropout, { x: input! }, attrs),
@@ -157,5 +164,6 @@ export function dropoutIfTraining(x: tf.Tensor, rate: number, kwargs: CallKwargs
   if (kwargs.dropoutSeed === undefined) {
     throw new Error('dropout in training needs a dropoutSeed kwarg; run the model through the training executor');
   }
-  return seededDropout(x, rate, kwargs.dropoutSeed, salt);
+  const unitsPerSample = x.rank === 0 || x.shape[0] === 0 ? 0 : x.size / x.shape[0]!;
+  return seededDropout(x, rate, kwargs.dropoutSeed, salt, (kwargs.firstSample ?? 0) * unitsPerSample);
 }
