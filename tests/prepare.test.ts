@@ -64,7 +64,8 @@ describe('prepare (mlm)', () => {
     const vocab = await Vocab.load(VOCAB);
     assert.equal(manifest.task, 'mlm');
     assert.equal(manifest.vocab.hash, vocab.hash);
-    assert.deepEqual(Object.keys(manifest.features), ['token_ids', 'word_ids']);
+    assert.deepEqual(Object.keys(manifest.features), ['token_ids', 'word_ids', 'document']);
+    assert.equal(manifest.documents, 40);
     assert.ok(manifest.shards.length >= 2, `${manifest.shards.length} shards`);
     for (const s of manifest.shards) {
       const bytes = await readFile(path.join(o.out, s.file));
@@ -75,13 +76,18 @@ describe('prepare (mlm)', () => {
     assert.equal(all.length, manifest.records);
     assert.equal(manifest.shards.reduce((n, s) => n + s.records, 0), manifest.records);
     let filled = 0;
-    for (const { token_ids: ids, word_ids: words } of all) {
-      assert.equal(ids!.length, 64);
+    let lastDocument = 0;
+    for (const { token_ids: ids, word_ids: words, document } of all) {
+      assert.ok(ids!.length <= 64);
+      assert.equal(words!.length, ids!.length);
       assert.equal(ids![0], vocab.cls);
       const sep = ids!.indexOf(vocab.sep);
-      assert.ok(sep > 1 && ids!.slice(sep + 1).every((t) => t === vocab.pad), 'one [SEP], then padding');
+      assert.equal(sep, ids!.length - 1, 'one [SEP], last: stored unpadded');
       assert.equal(words![0], 0);
-      assert.ok(words!.slice(sep).every((w) => w === 0));
+      assert.equal(words![sep], 0);
+      assert.equal(document!.length, 1);
+      assert.ok(document![0] === lastDocument || document![0] === lastDocument + 1, 'documents numbered in corpus order');
+      lastDocument = document![0]!;
       const inner = words!.slice(1, sep);
       assert.equal(inner[0], 1);
       inner.forEach((w, i) => i > 0 && assert.ok(w === inner[i - 1] || w === inner[i - 1]! + 1, 'words numbered in order'));
@@ -112,10 +118,12 @@ describe('prepare (mlm)', () => {
   it('static masking writes bert4keras features; whole words at 15%, their tokens 80/10/10', async () => {
     const o = options('static', { masking: 'static', copies: 2 });
     const manifest = await prepare(o);
-    assert.deepEqual(Object.keys(manifest.features), ['token_ids', 'mask_ids']);
+    assert.deepEqual(Object.keys(manifest.features), ['token_ids', 'mask_ids', 'document']);
     const dynamic = await prepare(options('static-src'));
     assert.equal(manifest.records, 2 * dynamic.records, 'two masked copies');
     const all = await instances(o.out, manifest);
+    const half = all.length / 2;
+    assert.deepEqual(all.slice(half).map((r) => r.document![0]), all.slice(0, half).map((r) => r.document![0]), 'a document keeps its index in every copy');
     for (const { token_ids: ids, mask_ids: masks } of all) {
       ids!.forEach((t, i) => {
         if (masks![i] === 0) return;
@@ -174,14 +182,14 @@ describe('prepare (mlm)', () => {
     const sentence = { ids: [10, 11, 12, 13, 14, 15, 16, 17, 18], wordLengths: [2, 3, 1, 3] };
     const out = [...packDocument([sentence], 6, special)].map((i) => ({ ids: [...i.tokenIds], words: [...i.wordIds] }));
     assert.deepEqual(out, [
-      { ids: [2, 10, 11, 3, 0, 0], words: [0, 1, 1, 0, 0, 0] },
+      { ids: [2, 10, 11, 3], words: [0, 1, 1, 0] },
       { ids: [2, 12, 13, 14, 15, 3], words: [0, 1, 1, 1, 2, 0] },
-      { ids: [2, 16, 17, 18, 3, 0], words: [0, 1, 1, 1, 0, 0] },
+      { ids: [2, 16, 17, 18, 3], words: [0, 1, 1, 1, 0] },
     ]);
     const long = [...packDocument([{ ids: [20, 21, 22, 23, 24, 25, 26], wordLengths: [1, 6] }], 6, special)].map((i) => ({ ids: [...i.tokenIds], words: [...i.wordIds] }));
     assert.deepEqual(long, [
       { ids: [2, 20, 21, 22, 23, 3], words: [0, 1, 2, 2, 2, 0] },
-      { ids: [2, 24, 25, 26, 3, 0], words: [0, 1, 1, 1, 0, 0] },
+      { ids: [2, 24, 25, 26, 3], words: [0, 1, 1, 1, 0] },
     ], 'a word longer than an instance is cut where the instance is full');
   });
 });
@@ -199,13 +207,17 @@ describe('prepare (seq2seq)', () => {
     const all = await instances(o.out, manifest);
     const first = all[0]!;
     const text = (ids: number[]) => ids.map((id) => vocab.tokens[id]).join('');
-    assert.equal(text(first.token_ids!.slice(0, 13)), '[CLS]学而时习之[SEP]不亦说乎[SEP][PAD]');
-    assert.deepEqual(first.segment_ids!.slice(0, 13), [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0]);
-    assert.equal(text(all[2]!.token_ids!.slice(0, 14)), '[CLS]人不知而不愠[SEP]不亦君子乎[SEP]');
+    assert.equal(text(first.token_ids!), '[CLS]学而时习之[SEP]不亦说乎[SEP]');
+    assert.deepEqual(first.segment_ids, [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
+    assert.equal(text(all[2]!.token_ids!), '[CLS]人不知而不愠[SEP]不亦君子乎[SEP]');
+    // each pair is a document, then the plain text's documents follow in corpus order
+    assert.deepEqual(all.slice(0, 4).map((r) => r.document![0]), [0, 1, 2, 3]);
+    assert.equal(manifest.documents, 3 + 40);
     for (const inst of all.slice(3)) {
       const ids = inst.token_ids!;
       const seps = ids.flatMap((t, i) => (t === vocab.sep ? [i] : []));
       assert.equal(seps.length, 2);
+      assert.equal(seps[1], ids.length - 1, 'unpadded');
       assert.ok(seps[0]! >= 2 && seps[1]! > seps[0]! + 1, 'both parts non-empty');
       assert.ok(inst.segment_ids!.every((s, i) => s === (i > seps[0]! && i <= seps[1]! ? 1 : 0)));
     }
@@ -267,7 +279,8 @@ describe('pretrain prepare (CLI)', () => {
     const args = ['prepare', '--corpus', small, '--vocab', VOCAB, '--out', out, '--max-length', '64', '--workers', '2'];
     const r = await run(args);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, /wrote \d+ mlm instances \(max length 64, dynamic masking\) in 1 shard\(s\)/);
+    assert.match(r.stdout, /wrote \d+ mlm instances \(max length 64, dynamic masking\) in 1 shard\(s\)/, 'the result on stdout');
+    assert.equal(r.stderr, '', 'stderr is for progress and warnings (none here: not a terminal, and quick)');
     const manifest = JSON.parse(await readFile(path.join(out, 'manifest.json'), 'utf8')) as Manifest;
     assert.equal(manifest.shards[0]!.records, manifest.records);
     const again = await run(args);
