@@ -291,4 +291,45 @@ describe('pretrain prepare (CLI)', () => {
     assert.equal(badTask.code, 2);
     assert.match(badTask.stderr, /Allowed choices are mlm, seq2seq/);
   });
+
+  it('refuses options that would do nothing: --copies without static masking, --masking with seq2seq (exit 2)', async () => {
+    const base = ['prepare', '--corpus', small, '--vocab', VOCAB, '--max-length', '32', '--no-progress'];
+    const cases: [string[], RegExp][] = [
+      [['--copies', '3'], /--copies 3 needs --masking static .*; drop --copies or add --masking static/],
+      [['--copies', '1', '--masking', 'dynamic'], /--copies 1 needs --masking static/],
+      [['--task', 'seq2seq', '--masking', 'static'], /--masking static applies to --task mlm only .*; drop --masking/],
+      [['--task', 'seq2seq', '--copies', '2'], /--copies 2 needs --masking static \(seq2seq instances are not masked\); drop --copies$/m],
+    ];
+    for (const [extra, expected] of cases) {
+      const out = path.join(dir, 'refused');
+      const r = await run([...base, '--out', out, ...extra]);
+      assert.equal(r.code, 2, `${extra.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, expected);
+      assert.equal(r.stderr.trim().split('\n').length, 1, 'one line');
+      assert.equal(existsSync(out), false, 'refused before writing anything');
+    }
+    const help = await run(['prepare', '--help']);
+    assert.match(help.stdout, /--masking <mode>[\s\S]*\(default: dynamic\)/);
+    assert.match(help.stdout, /--copies <n>[\s\S]*\(default: 1\)/);
+    // the library refuses the same combinations for its callers
+    await assert.rejects(prepare(options('api-copies', { copies: 3 })), /--copies 3 needs --masking static/);
+    await assert.rejects(prepare(options('api-s2s', { task: 'seq2seq', masking: 'static' })), /--masking static applies to --task mlm only/);
+    const ok = await run([...base, '--out', path.join(dir, 'static-copies'), '--masking', 'static', '--copies', '2']);
+    assert.equal(ok.code, 0, ok.stderr);
+    const manifest = JSON.parse(await readFile(path.join(dir, 'static-copies', 'manifest.json'), 'utf8')) as Manifest;
+    assert.equal(manifest.masking?.copies, 2);
+  });
+
+  it('warns once about repeated vocabulary lines, naming the count and an example with its lines, and goes on', async () => {
+    const vocabText = (await readFile(VOCAB, 'utf8')).split('\n');
+    const repeated = path.join(dir, 'repeated-vocab.txt');
+    // line 11 repeats line 7's token, line 12 repeats line 8's
+    await writeFile(repeated, [...vocabText.slice(0, 10), vocabText[6], vocabText[7], ...vocabText.slice(10)].join('\n'));
+    const r = await run(['prepare', '--corpus', small, '--vocab', repeated, '--out', path.join(dir, 'repeated-out'), '--max-length', '32', '--workers', '2']);
+    assert.equal(r.code, 0, r.stderr);
+    const warnings = r.stderr.trim().split('\n');
+    assert.equal(warnings.length, 1, r.stderr);
+    assert.match(warnings[0]!, new RegExp(`warning: vocabulary file .*repeated-vocab\\.txt has 2 repeated line\\(s\\), e\\.g\\. "${vocabText[6]}" on lines 7, 11; .*takes the id of its last line`));
+    assert.match(r.stdout, /wrote \d+ mlm instances/);
+  });
 });

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -105,5 +106,16 @@ describe('pretrain vocab', () => {
     const missing = await run(['vocab', '--corpus', path.join(dir, 'nope.txt'), '--size', '100', '--out', path.join(dir, 'v3.txt')]);
     assert.equal(missing.code, 2);
     assert.match(missing.stderr, /nope\.txt does not exist/);
+  });
+
+  it('refuses a corpus with no text (exit 2, one line, nothing written)', async () => {
+    const empty = path.join(dir, 'empty.txt');
+    await writeFile(empty, '\n  \n\t\n');
+    const out = path.join(dir, 'empty-vocab.txt');
+    const r = await run(['vocab', '--corpus', empty, '--size', '100', '--out', out]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /the corpus \(.*empty\.txt\) has no text to build a vocabulary from/);
+    assert.equal(r.stderr.trim().split('\n').length, 1);
+    assert.equal(existsSync(out), false);
   });
 });
