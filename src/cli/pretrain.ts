@@ -41,7 +41,7 @@ interface InspectOptions {
 
 async function inspect(files: string[], opts: InspectOptions): Promise<void> {
   for (const file of files) {
-    // a path that is not a file is the user's mistake, not corrupt data (exit 1)
+    // a path that is not a file is the user's mistake (exit 2), not a corrupt file (exit 1)
     const stats = await stat(file).catch(() => undefined);
     if (!stats) throw new UsageError(`${file} does not exist`);
     if (!stats.isFile()) throw new UsageError(`${file} is ${stats.isDirectory() ? 'a directory' : 'not a regular file'}; give TFRecord files`);
