@@ -89,8 +89,8 @@ function buildProgram(): Command {
         '  $ coordinator start --local --application unilm --steps 100\n' +
         '  $ coordinator start --local --config bert_config.json --backend tensorflow\n' +
         '  $ coordinator start --local --optimizer optimizer.yaml --recompute\n' +
-        '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out data/mlm --max-length 128 \\\n' +
-        '      && coordinator start --local --data data/mlm\n',
+        '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out runs/mlm --max-length 128 \\\n' +
+        '      && coordinator start --local --data runs/mlm\n',
     )
     .action(async (opts: StartOptions) => {
       if (!opts.local) {

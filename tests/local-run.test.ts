@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -322,6 +322,18 @@ describe('runLocal on prepared data', () => {
   it('names data made for another task, and a folder without a manifest', async () => {
     await assert.rejects(runLocal({ backend: 'cpu', dataDir: data.seq2seq, application: 'encoder', steps: 1, onLog: () => {} }), /the data in .*data-seq2seq is for the seq2seq task; use --application unilm/);
     await assert.rejects(runLocal({ backend: 'cpu', dataDir: dir, steps: 1, onLog: () => {} }), /has no manifest\.json: make it with `pretrain prepare/);
+  });
+
+  it('refuses data whose [PAD] is not token id 0, which the model reads as padding', async () => {
+    const lines = (await readFile(VOCAB, 'utf8')).split('\n');
+    [lines[0], lines[5]] = [lines[5]!, lines[0]!];
+    const vocab = path.join(dir, 'pad-moved-vocab.txt');
+    await writeFile(vocab, lines.join('\n'));
+    const corpus = path.join(dir, 'pad-moved-corpus.txt');
+    await writeFile(corpus, '学而时习之，不亦说乎。\n\n有朋自远方来，不亦乐乎。\n');
+    const out = path.join(dir, 'data-pad-moved');
+    await prepare({ corpus: [corpus], vocab, out, task: 'mlm', maxLength: 24, seed: 1, recordsPerShard: 100, documents: 'blank-line', lowerCase: true, force: false, workers: 1 });
+    await assert.rejects(runLocal({ backend: 'cpu', dataDir: out, steps: 1, onLog: () => {} }), /pads with token id 5, but the model reads id 0 as padding: put \[PAD\] on the first line of vocab\.txt/);
   });
 
   it('blames a too-small vocab_size on the data\'s vocabulary, not the built-in corpus', async () => {

@@ -64,7 +64,8 @@ describe('prepare (mlm)', () => {
     const vocab = await Vocab.load(VOCAB);
     assert.equal(manifest.task, 'mlm');
     assert.equal(manifest.vocab.hash, vocab.hash);
-    assert.deepEqual(Object.keys(manifest.features), ['token_ids', 'word_ids']);
+    assert.deepEqual(Object.keys(manifest.features), ['token_ids', 'word_ids', 'document']);
+    assert.equal(manifest.documents, 40);
     assert.ok(manifest.shards.length >= 2, `${manifest.shards.length} shards`);
     for (const s of manifest.shards) {
       const bytes = await readFile(path.join(o.out, s.file));
@@ -75,13 +76,18 @@ describe('prepare (mlm)', () => {
     assert.equal(all.length, manifest.records);
     assert.equal(manifest.shards.reduce((n, s) => n + s.records, 0), manifest.records);
     let filled = 0;
-    for (const { token_ids: ids, word_ids: words } of all) {
-      assert.equal(ids!.length, 64);
+    let lastDocument = 0;
+    for (const { token_ids: ids, word_ids: words, document } of all) {
+      assert.ok(ids!.length <= 64);
+      assert.equal(words!.length, ids!.length);
       assert.equal(ids![0], vocab.cls);
       const sep = ids!.indexOf(vocab.sep);
-      assert.ok(sep > 1 && ids!.slice(sep + 1).every((t) => t === vocab.pad), 'one [SEP], then padding');
+      assert.equal(sep, ids!.length - 1, 'one [SEP], last: stored unpadded');
       assert.equal(words![0], 0);
-      assert.ok(words!.slice(sep).every((w) => w === 0));
+      assert.equal(words![sep], 0);
+      assert.equal(document!.length, 1);
+      assert.ok(document![0] === lastDocument || document![0] === lastDocument + 1, 'documents numbered in corpus order');
+      lastDocument = document![0]!;
       const inner = words!.slice(1, sep);
       assert.equal(inner[0], 1);
       inner.forEach((w, i) => i > 0 && assert.ok(w === inner[i - 1] || w === inner[i - 1]! + 1, 'words numbered in order'));
@@ -112,10 +118,12 @@ describe('prepare (mlm)', () => {
   it('static masking writes bert4keras features; whole words at 15%, their tokens 80/10/10', async () => {
     const o = options('static', { masking: 'static', copies: 2 });
     const manifest = await prepare(o);
-    assert.deepEqual(Object.keys(manifest.features), ['token_ids', 'mask_ids']);
+    assert.deepEqual(Object.keys(manifest.features), ['token_ids', 'mask_ids', 'document']);
     const dynamic = await prepare(options('static-src'));
     assert.equal(manifest.records, 2 * dynamic.records, 'two masked copies');
     const all = await instances(o.out, manifest);
+    const half = all.length / 2;
+    assert.deepEqual(all.slice(half).map((r) => r.document![0]), all.slice(0, half).map((r) => r.document![0]), 'a document keeps its index in every copy');
     for (const { token_ids: ids, mask_ids: masks } of all) {
       ids!.forEach((t, i) => {
         if (masks![i] === 0) return;
@@ -174,14 +182,14 @@ describe('prepare (mlm)', () => {
     const sentence = { ids: [10, 11, 12, 13, 14, 15, 16, 17, 18], wordLengths: [2, 3, 1, 3] };
     const out = [...packDocument([sentence], 6, special)].map((i) => ({ ids: [...i.tokenIds], words: [...i.wordIds] }));
     assert.deepEqual(out, [
-      { ids: [2, 10, 11, 3, 0, 0], words: [0, 1, 1, 0, 0, 0] },
+      { ids: [2, 10, 11, 3], words: [0, 1, 1, 0] },
       { ids: [2, 12, 13, 14, 15, 3], words: [0, 1, 1, 1, 2, 0] },
-      { ids: [2, 16, 17, 18, 3, 0], words: [0, 1, 1, 1, 0, 0] },
+      { ids: [2, 16, 17, 18, 3], words: [0, 1, 1, 1, 0] },
     ]);
     const long = [...packDocument([{ ids: [20, 21, 22, 23, 24, 25, 26], wordLengths: [1, 6] }], 6, special)].map((i) => ({ ids: [...i.tokenIds], words: [...i.wordIds] }));
     assert.deepEqual(long, [
       { ids: [2, 20, 21, 22, 23, 3], words: [0, 1, 2, 2, 2, 0] },
-      { ids: [2, 24, 25, 26, 3, 0], words: [0, 1, 1, 1, 0, 0] },
+      { ids: [2, 24, 25, 26, 3], words: [0, 1, 1, 1, 0] },
     ], 'a word longer than an instance is cut where the instance is full');
   });
 });
@@ -199,13 +207,17 @@ describe('prepare (seq2seq)', () => {
     const all = await instances(o.out, manifest);
     const first = all[0]!;
     const text = (ids: number[]) => ids.map((id) => vocab.tokens[id]).join('');
-    assert.equal(text(first.token_ids!.slice(0, 13)), '[CLS]学而时习之[SEP]不亦说乎[SEP][PAD]');
-    assert.deepEqual(first.segment_ids!.slice(0, 13), [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0]);
-    assert.equal(text(all[2]!.token_ids!.slice(0, 14)), '[CLS]人不知而不愠[SEP]不亦君子乎[SEP]');
+    assert.equal(text(first.token_ids!), '[CLS]学而时习之[SEP]不亦说乎[SEP]');
+    assert.deepEqual(first.segment_ids, [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
+    assert.equal(text(all[2]!.token_ids!), '[CLS]人不知而不愠[SEP]不亦君子乎[SEP]');
+    // each pair is a document, then the plain text's documents follow in corpus order
+    assert.deepEqual(all.slice(0, 4).map((r) => r.document![0]), [0, 1, 2, 3]);
+    assert.equal(manifest.documents, 3 + 40);
     for (const inst of all.slice(3)) {
       const ids = inst.token_ids!;
       const seps = ids.flatMap((t, i) => (t === vocab.sep ? [i] : []));
       assert.equal(seps.length, 2);
+      assert.equal(seps[1], ids.length - 1, 'unpadded');
       assert.ok(seps[0]! >= 2 && seps[1]! > seps[0]! + 1, 'both parts non-empty');
       assert.ok(inst.segment_ids!.every((s, i) => s === (i > seps[0]! && i <= seps[1]! ? 1 : 0)));
     }
@@ -267,7 +279,8 @@ describe('pretrain prepare (CLI)', () => {
     const args = ['prepare', '--corpus', small, '--vocab', VOCAB, '--out', out, '--max-length', '64', '--workers', '2'];
     const r = await run(args);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, /wrote \d+ mlm instances \(max length 64, dynamic masking\) in 1 shard\(s\)/);
+    assert.match(r.stdout, /wrote \d+ mlm instances \(max length 64, dynamic masking\) in 1 shard\(s\)/, 'the result on stdout');
+    assert.equal(r.stderr, '', 'stderr is for progress and warnings (none here: not a terminal, and quick)');
     const manifest = JSON.parse(await readFile(path.join(out, 'manifest.json'), 'utf8')) as Manifest;
     assert.equal(manifest.shards[0]!.records, manifest.records);
     const again = await run(args);
@@ -277,5 +290,46 @@ describe('pretrain prepare (CLI)', () => {
     const badTask = await run(['prepare', '--corpus', small, '--vocab', VOCAB, '--out', path.join(dir, 'x'), '--task', 'nsp']);
     assert.equal(badTask.code, 2);
     assert.match(badTask.stderr, /Allowed choices are mlm, seq2seq/);
+  });
+
+  it('refuses options that would do nothing: --copies without static masking, --masking with seq2seq (exit 2)', async () => {
+    const base = ['prepare', '--corpus', small, '--vocab', VOCAB, '--max-length', '32', '--no-progress'];
+    const cases: [string[], RegExp][] = [
+      [['--copies', '3'], /--copies 3 needs --masking static .*; drop --copies or add --masking static/],
+      [['--copies', '1', '--masking', 'dynamic'], /--copies 1 needs --masking static/],
+      [['--task', 'seq2seq', '--masking', 'static'], /--masking static applies to --task mlm only .*; drop --masking/],
+      [['--task', 'seq2seq', '--copies', '2'], /--copies 2 needs --masking static \(seq2seq instances are not masked\); drop --copies$/m],
+    ];
+    for (const [extra, expected] of cases) {
+      const out = path.join(dir, 'refused');
+      const r = await run([...base, '--out', out, ...extra]);
+      assert.equal(r.code, 2, `${extra.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, expected);
+      assert.equal(r.stderr.trim().split('\n').length, 1, 'one line');
+      assert.equal(existsSync(out), false, 'refused before writing anything');
+    }
+    const help = await run(['prepare', '--help']);
+    assert.match(help.stdout, /--masking <mode>[\s\S]*\(default: dynamic\)/);
+    assert.match(help.stdout, /--copies <n>[\s\S]*\(default: 1\)/);
+    // the library refuses the same combinations for its callers
+    await assert.rejects(prepare(options('api-copies', { copies: 3 })), /--copies 3 needs --masking static/);
+    await assert.rejects(prepare(options('api-s2s', { task: 'seq2seq', masking: 'static' })), /--masking static applies to --task mlm only/);
+    const ok = await run([...base, '--out', path.join(dir, 'static-copies'), '--masking', 'static', '--copies', '2']);
+    assert.equal(ok.code, 0, ok.stderr);
+    const manifest = JSON.parse(await readFile(path.join(dir, 'static-copies', 'manifest.json'), 'utf8')) as Manifest;
+    assert.equal(manifest.masking?.copies, 2);
+  });
+
+  it('warns once about repeated vocabulary lines, naming the count and an example with its lines, and goes on', async () => {
+    const vocabText = (await readFile(VOCAB, 'utf8')).split('\n');
+    const repeated = path.join(dir, 'repeated-vocab.txt');
+    // line 11 repeats line 7's token, line 12 repeats line 8's
+    await writeFile(repeated, [...vocabText.slice(0, 10), vocabText[6], vocabText[7], ...vocabText.slice(10)].join('\n'));
+    const r = await run(['prepare', '--corpus', small, '--vocab', repeated, '--out', path.join(dir, 'repeated-out'), '--max-length', '32', '--workers', '2']);
+    assert.equal(r.code, 0, r.stderr);
+    const warnings = r.stderr.trim().split('\n');
+    assert.equal(warnings.length, 1, r.stderr);
+    assert.match(warnings[0]!, new RegExp(`warning: vocabulary file .*repeated-vocab\\.txt has 2 repeated line\\(s\\), e\\.g\\. "${vocabText[6]}" on lines 7, 11; .*takes the id of its last line`));
+    assert.match(r.stdout, /wrote \d+ mlm instances/);
   });
 });

@@ -174,6 +174,20 @@ describe('TFRecord files', () => {
 });
 
 describe('pretrain inspect', () => {
+  it('--help describes the JSON it prints: features by name, and the wrapper with --offsets or several files', async () => {
+    const { file } = await writeShard('help.tfrecord', [encodeExample({ token_ids: int64Feature([2, 3]), w: floatFeature([0.5]) })]);
+    const help = (await runCli(['inspect', '--help'])).stdout.replace(/\s+/g, ' ');
+    const plain = JSON.parse((await runCli(['inspect', file])).stdout) as Record<string, unknown>;
+    // the help's shape: {"<feature name>": {"int64"|"float"|"bytes": [values]}, ...}
+    assert.match(help, /\{"<feature name>": \{"int64"\|"float"\|"bytes": \[values\]\}, \.\.\.\}/);
+    assert.deepEqual(plain, { token_ids: { int64: [2, 3] }, w: { float: [0.5] } });
+    const wrapperKeys = [...help.matchAll(/with --offsets or several files: \{([^{]*)/g)].flatMap((m) => [...m[1]!.matchAll(/"(\w+)"/g)].map((k) => k[1]));
+    const wrapped = JSON.parse((await runCli(['inspect', file, '--offsets'])).stdout.split('\n')[0]!) as Record<string, unknown>;
+    const several = JSON.parse((await runCli(['inspect', file, file])).stdout.split('\n')[0]!) as Record<string, unknown>;
+    assert.deepEqual(wrapperKeys, Object.keys(wrapped));
+    assert.deepEqual(Object.keys(several), Object.keys(wrapped));
+  });
+
   it('prints each record as one JSON line, from any record with --start, and names a corrupt file and offset (exit 1)', async () => {
     const records = [encodeExample({ token_ids: int64Feature([2, 5, 3]), mask_ids: int64Feature([0, 9, 0]) }), encodeExample({ x: floatFeature([0.25]) }), encodeExample({ s: bytesFeature(['hi']) })];
     const { file } = await writeShard('inspect.tfrecord', records);
@@ -187,6 +201,12 @@ describe('pretrain inspect', () => {
     const one = await runCli(['inspect', file, '--start', '2', '--limit', '1', '--offsets']);
     assert.equal(one.code, 0, one.stderr);
     assert.deepEqual(JSON.parse(one.stdout), { file, record: 2, offset: records[0]!.length + records[1]!.length + 32, features: { s: { bytes: ['aGk='] } } });
+    for (const start of ['3', '10']) {
+      const past = await runCli(['inspect', file, '--start', start]);
+      assert.equal(past.code, 2, past.stderr);
+      assert.match(past.stderr, new RegExp(`--start ${start} is past the end of .*inspect\\.tfrecord: it has 3 record\\(s\\), numbered 0 to 2`));
+      assert.equal(past.stdout, '');
+    }
 
     const bytes = await readFile(file);
     bytes[bytes.length - 2] ^= 1;
@@ -197,12 +217,14 @@ describe('pretrain inspect', () => {
     assert.match(bad.stderr, new RegExp(`inspect\\.tfrecord: corrupt record data \\(data CRC mismatch\\) at byte ${records[0]!.length + records[1]!.length + 32}`));
     assert.doesNotMatch(bad.stderr, /\n\s+at /);
 
+    // the user's mistakes, not corrupt data: exit 2, saying what is wrong
     const folder = await runCli(['inspect', dir]);
-    assert.equal(folder.code, 1);
-    assert.match(folder.stderr, /: not a file at byte 0/);
+    assert.equal(folder.code, 2);
+    assert.match(folder.stderr, /tfrecord-\w+ is a directory; give TFRecord files/);
     const missing = await runCli(['inspect', path.join(dir, 'nope.tfrecord')]);
-    assert.equal(missing.code, 1);
-    assert.match(missing.stderr, /nope\.tfrecord: no such file/);
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /nope\.tfrecord does not exist/);
+    assert.doesNotMatch(missing.stderr, /at byte/);
     const notExample = path.join(dir, 'not-example.tfrecord');
     await writeFile(notExample, frameRecord(Uint8Array.of(0xff, 0xff, 0xff)));
     const garbage = await runCli(['inspect', notExample]);

@@ -105,7 +105,7 @@ describe('vocabulary', () => {
 });
 
 describe('pretrain tokenize', () => {
-  const run = (args: string[], input?: string) => runScript(PRETRAIN_CLI, args, { input });
+  const run = (args: string[], input?: string | Uint8Array) => runScript(PRETRAIN_CLI, args, { input });
 
   it('prints tokens, ids and offsets as JSON lines, from an argument or line by line from stdin; a bad vocab exits 2', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'tokenize-'));
@@ -122,6 +122,39 @@ describe('pretrain tokenize', () => {
       const bad = await run(['tokenize', '--vocab', path.join(dir, 'none.txt'), 'x']);
       assert.equal(bad.code, 2);
       assert.match(bad.stderr, /none\.txt does not exist/);
+      assert.equal(lines.stderr, '');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('rejects invalid UTF-8 on stdin as prepare does, naming stdin and the line (exit 2); CRLF and a BOM are not text', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'tokenize-'));
+    try {
+      const file = path.join(dir, 'vocab.txt');
+      await writeFile(file, VOCAB.join('\n'));
+      const ok = await run(['tokenize', '--vocab', file], Buffer.from('\ufeffhello\r\n人\r\n'));
+      assert.deepEqual(ok.stdout.trim().split('\n').map((l) => JSON.parse(l).text), ['hello', '人']);
+      const r = await run(['tokenize', '--vocab', file], Buffer.concat([Buffer.from('hello\n'), Buffer.from([0x61, 0xff, 0x0a]), Buffer.from('人\n')]));
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /stdin is not valid UTF-8 at line 2 /);
+      assert.equal(r.stderr.trim().split('\n').length, 1);
+      assert.doesNotMatch(r.stdout, /\ufffd/, 'nothing replaced');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('warns once on stderr about repeated vocabulary lines; the later id wins', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'tokenize-'));
+    try {
+      const file = path.join(dir, 'vocab.txt');
+      await writeFile(file, [...VOCAB, 'hello', 'world'].join('\n'));
+      const r = await run(['tokenize', '--vocab', file, 'hello world']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(JSON.parse(r.stdout).ids, [VOCAB.length, VOCAB.length + 1]);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(r.stderr, /warning: vocabulary file .*vocab\.txt has 2 repeated line\(s\), e\.g\. "hello" on lines 17, 33; a repeated token takes the id of its last line/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

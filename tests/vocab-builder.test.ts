@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -77,7 +78,7 @@ describe('corpus reading', () => {
     await writeFile(bad, Buffer.concat([Buffer.from('好\n'), Buffer.from([0xe4, 0x41])]));
     await assert.rejects(async () => {
       for await (const _ of readLines(bad)) void _;
-    }, /bad\.txt is not valid UTF-8 \(in the bytes from offset 0 to 6\)/);
+    }, /bad\.txt is not valid UTF-8 at line 2 \(bytes 4 to 6\)/);
     await assert.rejects(async () => {
       for await (const _ of readLines(path.join(dir, 'none.txt'))) void _;
     }, /corpus file .*none\.txt does not exist/);
@@ -89,7 +90,8 @@ describe('pretrain vocab', () => {
     const out = path.join(dir, 'vocab.txt');
     const r = await run(['vocab', '--corpus', SAMPLE, '--size', '4000', '--out', out]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, /wrote .*vocab\.txt: 3275 tokens/);
+    assert.match(r.stdout, /wrote .*vocab\.txt: 3275 tokens/, 'the result on stdout');
+    assert.equal(r.stderr, '', 'stderr is for progress and warnings');
     const shipped = await readFile(fileURLToPath(new URL('../../data/sample/vocab.txt', import.meta.url)), 'utf8');
     assert.equal(await readFile(out, 'utf8'), shipped, 'data/sample/vocab.txt is what the command builds');
     const again = await run(['vocab', '--corpus', SAMPLE, '--size', '4000', '--out', out]);
@@ -104,5 +106,16 @@ describe('pretrain vocab', () => {
     const missing = await run(['vocab', '--corpus', path.join(dir, 'nope.txt'), '--size', '100', '--out', path.join(dir, 'v3.txt')]);
     assert.equal(missing.code, 2);
     assert.match(missing.stderr, /nope\.txt does not exist/);
+  });
+
+  it('refuses a corpus with no text (exit 2, one line, nothing written)', async () => {
+    const empty = path.join(dir, 'empty.txt');
+    await writeFile(empty, '\n  \n\t\n');
+    const out = path.join(dir, 'empty-vocab.txt');
+    const r = await run(['vocab', '--corpus', empty, '--size', '100', '--out', out]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /the corpus \(.*empty\.txt\) has no text to build a vocabulary from/);
+    assert.equal(r.stderr.trim().split('\n').length, 1);
+    assert.equal(existsSync(out), false);
   });
 });

@@ -4,19 +4,18 @@
  * `inspect` (the records of any TFRecord file of tf.train.Example) print JSON lines;
  * `prepare` and `vocab` come with the rest of the data pipeline.
  */
-import { createInterface } from 'node:readline';
 import { type Command, Option } from 'commander';
-import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, positiveInt, runProgram } from './common.js';
+import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, positiveInt, runProgram, UserError } from './common.js';
 import { decodeExample, ExampleError, exampleToJson } from '../data/example.js';
 import { constants, existsSync } from 'node:fs';
-import { access } from 'node:fs/promises';
+import { access, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import { writeFileAtomically } from '../checkpoint/atomic-write.js';
-import { CorpusError, readLines } from '../data/corpus.js';
+import { CorpusError, decodeLines, readLines } from '../data/corpus.js';
 import { readRecords, TFRecordError, TFRecordIndex } from '../data/tfrecord.js';
-import { VocabBuilder, VocabSizeError } from '../data/vocab-builder.js';
-import { SingleBar } from 'cli-progress';
+import { SPECIAL_TOKENS, VocabBuilder, VocabSizeError } from '../data/vocab-builder.js';
 import { prepare, PrepareError, type PrepareOptions } from '../data/prepare.js';
+import { prepareProgress } from '../data/progress.js';
 import { BertTokenizer } from '../data/tokenizer.js';
 import { Vocab, VocabError } from '../data/vocab.js';
 
@@ -33,6 +32,10 @@ interface InspectOptions {
 
 async function inspect(files: string[], opts: InspectOptions): Promise<void> {
   for (const file of files) {
+    // a path that is not a file is the user's mistake (exit 2), not a corrupt file (exit 1)
+    const stats = await stat(file).catch(() => undefined);
+    if (!stats) throw new UserError(`${file} does not exist`);
+    if (!stats.isFile()) throw new UserError(`${file} is ${stats.isDirectory() ? 'a directory' : 'not a regular file'}; give TFRecord files`);
     let printed = 0;
     const print = async (index: number, offset: number, data: Uint8Array): Promise<void> => {
       let json: string;
@@ -48,6 +51,7 @@ async function inspect(files: string[], opts: InspectOptions): Promise<void> {
     if (opts.start > 0) {
       // random access: one verifying pass builds (or reuses) the shard's index
       const index = await TFRecordIndex.open(file);
+      if (opts.start >= index.count) throw new UserError(`--start ${opts.start} is past the end of ${file}: it has ${index.count} record(s)${index.count > 0 ? `, numbered 0 to ${index.count - 1}` : ''}`);
       const end = Math.min(index.count, opts.limit === undefined ? index.count : opts.start + opts.limit);
       for (let i = opts.start; i < end; i++) await print(i, index.offsets[i]!, await index.read(i));
     } else {
@@ -65,15 +69,22 @@ interface TokenizeOptions {
   maxCharsPerWord: number;
 }
 
+function warn(message: string): void {
+  console.error(`pretrain: warning: ${message}`);
+}
+
 async function tokenize(text: string | undefined, opts: TokenizeOptions): Promise<void> {
-  const tokenizer = new BertTokenizer(await Vocab.load(opts.vocab), { lowerCase: opts.lowerCase, maxCharsPerWord: opts.maxCharsPerWord });
+  const vocabulary = await Vocab.load(opts.vocab);
+  const repeated = vocabulary.repeatedTokensWarning();
+  if (repeated) warn(repeated);
+  const tokenizer = new BertTokenizer(vocabulary, { lowerCase: opts.lowerCase, maxCharsPerWord: opts.maxCharsPerWord });
   const print = (line: string) => {
     const { ids, offsets } = tokenizer.tokenize(line);
     return emit(JSON.stringify({ text: line, tokens: ids.map((id) => tokenizer.vocab.tokens[id]), ids, offsets }));
   };
   if (text !== undefined && text !== '-') return print(text);
-  // one JSON line per input line, streamed: works on whole corpora
-  for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) await print(line);
+  // one JSON line per input line, streamed: works on whole corpora; invalid UTF-8 stops as it does for prepare
+  for await (const line of decodeLines(process.stdin, 'stdin')) await print(line);
 }
 
 interface VocabOptions {
@@ -84,14 +95,12 @@ interface VocabOptions {
   lowerCase: boolean;
 }
 
-/** Bad input the user can fix (paths, sizes): one line on stderr, exit code 2. */
-class UsageError extends Error {}
 
 async function vocab(opts: VocabOptions): Promise<void> {
-  if (existsSync(opts.out) && !opts.force) throw new UsageError(`${opts.out} exists; pass --force to overwrite it`);
+  if (existsSync(opts.out) && !opts.force) throw new UserError(`${opts.out} exists; pass --force to overwrite it`);
   // fail now rather than after counting a whole corpus
   await access(path.dirname(path.resolve(opts.out)), constants.W_OK).catch(() => {
-    throw new UsageError(`cannot write ${opts.out}: its folder does not exist or is not writable`);
+    throw new UserError(`cannot write ${opts.out}: its folder does not exist or is not writable`);
   });
   const builder = new VocabBuilder({ lowerCase: opts.lowerCase });
   let lines = 0;
@@ -106,37 +115,32 @@ async function vocab(opts: VocabOptions): Promise<void> {
     }
   }
   if (lines >= 200_000) process.stderr.write('\n');
+  if (builder.empty) throw new UserError(`the corpus (${opts.corpus.join(', ')}) has no text to build a vocabulary from: it is empty or only whitespace and control characters`);
   const built = builder.build(opts.size);
   await writeFileAtomically(opts.out, (h) => h.writeFile(`${built.tokens.join('\n')}\n`));
-  console.error(
-    `wrote ${opts.out}: ${built.tokens.length} tokens (5 special, ${built.singleChars} CJK characters and punctuation, ${built.tokens.length - 5 - built.singleChars} word pieces from ${built.words} distinct words, ${built.merges} merges) from ${lines} lines`,
+  console.log(
+    `wrote ${opts.out}: ${built.tokens.length} tokens (${SPECIAL_TOKENS.length} special, ${built.singleChars} CJK characters and punctuation, ${built.tokens.length - SPECIAL_TOKENS.length - built.singleChars} word pieces from ${built.words} distinct words, ${built.merges} merges) from ${lines} lines`,
   );
 }
 
 type PrepareCliOptions = Omit<PrepareOptions, 'force' | 'onProgress'> & { force?: boolean; progress: boolean };
 
 async function prepareCommand(opts: PrepareCliOptions): Promise<void> {
-  const bar = opts.progress && process.stderr.isTTY ? new SingleBar({ format: 'prepare [{bar}] {percentage}% | {value}/{total} MB | {instances} instances | {rate} MB/s | ETA {eta_formatted}', hideCursor: true }) : undefined;
+  // no commander defaults for these two, so that an option given where it does nothing is refused, not ignored
+  if (opts.task === 'seq2seq' && opts.masking !== undefined) throw new UserError(`--masking ${opts.masking} applies to --task mlm only (seq2seq instances are not masked); drop --masking`);
+  if (opts.copies !== undefined && opts.masking !== 'static') {
+    throw new UserError(`--copies ${opts.copies} needs --masking static (${opts.task === 'seq2seq' ? 'seq2seq instances are not masked' : 'dynamic masking, the default, writes the corpus once and masks it afresh every epoch'}); drop --copies${opts.task === 'mlm' ? ' or add --masking static' : ''}`);
+  }
   const started = performance.now();
-  let lastLog = 0;
-  bar?.start(0, 0, { instances: 0, rate: '0.0' });
+  const progress = opts.progress ? prepareProgress(process.stderr) : undefined;
   const manifest = await prepare({
     ...opts,
     force: opts.force ?? false,
-    onProgress: (read, total, instances) => {
-      const seconds = (performance.now() - started) / 1000;
-      const rate = (read / 1e6 / Math.max(seconds, 1e-3)).toFixed(1);
-      if (bar) {
-        bar.setTotal(Math.round(total / 1e4) / 100);
-        bar.update(Math.round(read / 1e4) / 100, { instances, rate });
-      } else if (opts.progress && seconds - lastLog >= 10) {
-        lastLog = seconds;
-        console.error(`prepare: ${(read / 1e6).toFixed(1)}/${(total / 1e6).toFixed(1)} MB, ${instances} instances, ${rate} MB/s`);
-      }
-    },
-  }).finally(() => bar?.stop());
+    onProgress: progress?.onProgress,
+    onWarning: warn,
+  }).finally(() => progress?.stop());
   const seconds = (performance.now() - started) / 1000;
-  console.error(
+  console.log(
     `wrote ${manifest.records} ${manifest.task} instances (max length ${manifest.maxLength}${manifest.masking ? `, ${manifest.masking.mode} masking` : ''}) in ${manifest.shards.length} shard(s) and ${opts.out}/manifest.json ` +
       `in ${seconds.toFixed(1)} s (${(manifest.records / seconds).toFixed(0)} instances/s)`,
   );
@@ -165,15 +169,15 @@ function buildProgram(): Command {
     .addOption(new Option('--task <task>', 'mlm (BERT/RoBERTa) or seq2seq (UniLM)').choices(['mlm', 'seq2seq']).default('mlm'))
     .option('--max-length <n>', 'tokens per instance, [CLS] and [SEP] included', positiveInt, 512)
     .option('--seed <n>', 'seed of masking and split points: the same corpus, vocab and seed give byte-identical shards', nonNegativeInt, 1)
-    .addOption(new Option('--masking <mode>', 'mlm: dynamic stores unmasked ids + word ids and masks afresh every epoch; static masks now (bert4keras files)').choices(['dynamic', 'static']).default('dynamic'))
-    .option('--copies <n>', 'static masking: differently masked copies of the corpus to write', positiveInt, 1)
+    .addOption(new Option('--masking <mode>', 'mlm only: dynamic stores unmasked ids + word ids and masks afresh every epoch; static masks now (bert4keras files) (default: dynamic)').choices(['dynamic', 'static']))
+    .option('--copies <n>', 'with --masking static only: differently masked copies of the corpus to write (default: 1)', positiveInt)
     .option('--records-per-shard <n>', 'instances per shard file', positiveInt, 10_000)
     .addOption(new Option('--documents <format>', 'blank-line: blank lines separate documents; line: one document per line').choices(['blank-line', 'line']).default('blank-line'))
     .option('--no-lower-case', 'keep case and accents (cased vocabularies)')
     .option('--workers <n>', 'threads that segment, tokenize and encode (default: the cores, up to 8; output is the same for any number)', positiveInt)
     .option('--force', 'replace an existing --out directory')
     .option('--no-progress', 'no progress output')
-    .addHelpText('after', '\nExamples:\n  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out data/sample-mlm --max-length 128\n  $ pretrain prepare --task seq2seq --corpus pairs.tsv --vocab vocab.txt --out data/s2s\n')
+    .addHelpText('after', '\nExamples:\n  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out runs/sample-mlm --max-length 128\n  $ pretrain prepare --task seq2seq --corpus pairs.tsv --vocab vocab.txt --out runs/s2s\n')
     .action(prepareCommand);
   program
     .command('vocab')
@@ -187,11 +191,14 @@ function buildProgram(): Command {
     .action(vocab);
   program
     .command('inspect')
-    .description('Print the records of TFRecord files of tf.train.Example as JSON lines: {"feature": {"int64"|"float"|"bytes": [...]}}; bytes in base64. Verifies both CRCs of every record.')
+    .description(
+      'Print the records of TFRecord files of tf.train.Example, one JSON line each: {"<feature name>": {"int64"|"float"|"bytes": [values]}, ...} (bytes in base64); ' +
+        'with --offsets or several files: {"file": ..., "record": ..., "offset": ..., "features": {...}}. Verifies both CRCs of every record.',
+    )
     .argument('<file...>', 'TFRecord files (ours or any TensorFlow writer\'s)')
     .option('--start <i>', 'first record to print (uses the shard index, built and saved as <file>.index on first use)', nonNegativeInt, 0)
     .option('--limit <n>', 'print at most n records per file', nonNegativeInt)
-    .option('--offsets', 'wrap each record with its file, record number and byte offset')
+    .option('--offsets', 'wrap each record with its file, record number and byte offset (always, with several files)')
     .addHelpText('after', '\nExamples:\n  $ pretrain inspect data/train-00000.tfrecord --limit 3\n  $ pretrain inspect shard.tfrecord --start 1000 --limit 1 --offsets\n')
     .action(inspect);
   return program;
@@ -206,7 +213,6 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [VocabError, EXIT_USAGE],
   [VocabSizeError, EXIT_USAGE],
   [CorpusError, EXIT_USAGE],
-  [UsageError, EXIT_USAGE],
   [PrepareError, EXIT_USAGE],
   [TFRecordError, EXIT_FAILURE],
   [RangeError, EXIT_FAILURE],

@@ -11,10 +11,11 @@ export class DatasetError extends Error {
   override name = 'DatasetError';
 }
 
-/** One record: its token ids and its second feature (word_ids, mask_ids or segment_ids, by the manifest). */
+/** One record: its token ids, its per-token feature (word_ids, mask_ids or segment_ids, by the manifest), unpadded, and its source document. */
 export interface DatasetRecord {
   readonly tokenIds: Int32Array;
   readonly second: Int32Array;
+  readonly document: number;
 }
 
 export interface PreparedDataset {
@@ -37,10 +38,15 @@ export async function loadDataset(dir: string): Promise<PreparedDataset> {
     const code = (err as NodeJS.ErrnoException).code;
     throw new DatasetError(code === 'ENOENT' ? `${dir} has no ${MANIFEST_FILE}: make it with \`pretrain prepare --out ${dir}\` (an interrupted prepare leaves none)` : `${file} is unreadable: ${(err as Error).message}`);
   }
-  if (manifest.format !== DATA_FORMAT) throw new DatasetError(`${file} has format ${String(manifest.format)}, expected ${DATA_FORMAT}`);
-  const names = Object.keys(manifest.features);
-  const secondName = names.find((n) => n !== 'token_ids');
-  if (!names.includes('token_ids') || !secondName) throw new DatasetError(`${file} lists features ${names.join(', ')}; expected token_ids and one more`);
+  if (manifest.format !== DATA_FORMAT) {
+    throw new DatasetError(`${file} has data format ${String(manifest.format)}, this version reads ${DATA_FORMAT}: run \`pretrain prepare\` again to remake ${dir}`);
+  }
+  const names = Object.keys(manifest.features ?? {});
+  const perToken = names.filter((n) => n !== 'token_ids' && n !== 'document');
+  const secondName = perToken[0];
+  if (!names.includes('token_ids') || !names.includes('document') || perToken.length !== 1 || !secondName) {
+    throw new DatasetError(`${file} lists features ${names.join(', ')}; expected token_ids, document and one per-token feature`);
+  }
   const records: DatasetRecord[] = [];
   for (const shard of manifest.shards) {
     const shardFile = path.join(dir, shard.file);
@@ -52,10 +58,14 @@ export async function loadDataset(dir: string): Promise<PreparedDataset> {
       const ex = decodeExample(r.data);
       const tokens = ex.token_ids;
       const second = ex[secondName];
-      if (tokens?.kind !== 'int64' || second?.kind !== 'int64' || tokens.values.length !== manifest.maxLength || second.values.length !== manifest.maxLength) {
-        throw new DatasetError(`${shardFile} record ${r.index} does not have int64 token_ids and ${secondName} of length ${manifest.maxLength}`);
+      const document = ex.document;
+      const length = tokens?.values.length ?? 0;
+      if (tokens?.kind !== 'int64' || second?.kind !== 'int64' || second.values.length !== length || length < 1 || length > manifest.maxLength) {
+        throw new DatasetError(`${shardFile} record ${r.index} does not have int64 token_ids and ${secondName} of one length from 1 to ${manifest.maxLength}`);
       }
-      records.push({ tokenIds: Int32Array.from(tokens.values, Number), second: Int32Array.from(second.values, Number) });
+      const doc = document?.kind === 'int64' && document.values.length === 1 ? Number(document.values[0]) : -1;
+      if (!Number.isSafeInteger(doc) || doc < 0) throw new DatasetError(`${shardFile} record ${r.index} does not have one non-negative int64 document index`);
+      records.push({ tokenIds: Int32Array.from(tokens.values, Number), second: Int32Array.from(second.values, Number), document: doc });
       n++;
     }
     if (n !== shard.records) throw new DatasetError(`${shardFile} has ${n} records, the manifest says ${shard.records}`);
@@ -73,18 +83,19 @@ export function checkApplication(manifest: Manifest, application: Application, d
 }
 
 /**
- * The batch of records `indices`: MLM with dynamic masking masks here, from
+ * The batch of records `indices`, padded to its longest record with the vocabulary's pad
+ * id (segment 0, no target): MLM with dynamic masking masks here, from
  * (seed, epoch, record), so every epoch sees new masks; static masks come from the file;
  * unilm and lm predict the next token.
  */
 export function batchOf(data: PreparedDataset, indices: readonly number[], application: Application, seed: number, epoch: number): Batch {
   const { manifest } = data;
-  const length = manifest.maxLength;
+  const length = indices.reduce((n, r) => Math.max(n, data.records[r]!.tokenIds.length), 1);
   const batchSize = indices.length;
-  const tokenIds = new Int32Array(batchSize * length);
+  const { specials, size } = manifest.vocab;
+  const tokenIds = new Int32Array(batchSize * length).fill(specials.pad);
   const segmentIds = new Int32Array(batchSize * length);
   let targets: Int32Array = new Int32Array(batchSize * length);
-  const { specials, size } = manifest.vocab;
   const special = new Set(Object.values(specials));
   indices.forEach((r, b) => {
     const rec = data.records[r]!;
@@ -103,16 +114,44 @@ export function batchOf(data: PreparedDataset, indices: readonly number[], appli
       masked.maskIds.forEach((m, i) => (targets[at + i] = m > 0 ? m - 1 : 0));
     }
   });
-  if (application !== 'encoder') targets = nextTokenTargets(application, batchSize, length, tokenIds, segmentIds);
+  if (application !== 'encoder') {
+    targets = nextTokenTargets(application, batchSize, length, tokenIds, segmentIds);
+    // nextTokenTargets knows padding as id 0 only: never predict the vocabulary's pad, whatever its id
+    indices.forEach((r, b) => targets.fill(0, b * length + data.records[r]!.tokenIds.length - 1, (b + 1) * length));
+  }
   return { batchSize, length, tokenIds, segmentIds, targets };
 }
 
-/** Every `heldOutEvery`-th record is held out for evaluation; the rest train. */
-export function splitRecords(count: number, heldOutEvery = 20): { train: number[]; heldOut: number[] } {
+/** Which records train and which are held out for evaluation, by source document. */
+export interface DatasetSplit {
+  readonly train: number[];
+  readonly heldOut: number[];
+  /** Distinct source documents among the records, and how many of them are held out. */
+  readonly documents: number;
+  readonly heldOutDocuments: number;
+}
+
+/**
+ * Holds out every `heldOutEvery`-th source document (index % heldOutEvery === heldOutEvery - 1),
+ * all its records: a document's records (its windows, its masked copies) share text, so
+ * splitting one between training and evaluation would leak. With too few documents for
+ * that, the last document is held out, as long as one is left to train on.
+ */
+export function splitByDocument(records: readonly { readonly document: number }[], heldOutEvery = 20): DatasetSplit {
+  const documents = new Set(records.map((r) => r.document));
+  let held = new Set([...documents].filter((d) => d % heldOutEvery === heldOutEvery - 1));
+  if (held.size === 0 && documents.size >= 2) held = new Set([[...documents].reduce((a, b) => Math.max(a, b))]);
   const train: number[] = [];
   const heldOut: number[] = [];
-  for (let i = 0; i < count; i++) (i % heldOutEvery === heldOutEvery - 1 ? heldOut : train).push(i);
-  return { train, heldOut };
+  records.forEach((r, i) => (held.has(r.document) ? heldOut : train).push(i));
+  return { train, heldOut, documents: documents.size, heldOutDocuments: held.size };
+}
+
+/** The split in words, for a run's data line. */
+export function describeSplit(split: DatasetSplit): string {
+  const docs = (n: number) => `${n} document${n === 1 ? '' : 's'}`;
+  if (split.heldOut.length === 0) return `${split.train.length} training records from ${docs(split.documents)}, none held out (evaluation uses training records)`;
+  return `${split.train.length} training / ${split.heldOut.length} held-out records (${docs(split.heldOutDocuments)} of ${split.documents} held out)`;
 }
 
 /** Endless batches over `train`, reshuffled every epoch from the seed. */

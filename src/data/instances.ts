@@ -48,7 +48,7 @@ export function segmentSentence(tokenizer: BertTokenizer, line: string): Segment
   return { ids, wordLengths };
 }
 
-/** An MLM instance before masking: `[CLS] tokens [SEP]` padded, and each token's 1-based word (0: special or padding). */
+/** An MLM instance before masking: `[CLS] tokens [SEP]`, unpadded, and each token's 1-based word (0: special). */
 export interface MlmInstance {
   readonly tokenIds: Int32Array;
   readonly wordIds: Int32Array;
@@ -59,15 +59,16 @@ export interface MlmInstance {
  * style (no next-sentence task, segment 0 throughout). A sentence longer than an instance
  * is cut at word boundaries (a single word longer than an instance is cut anywhere).
  */
-export function* packDocument(sentences: Iterable<SegmentedSentence>, maxLength: number, special: { cls: number; sep: number; pad: number }): Generator<MlmInstance> {
+export function* packDocument(sentences: Iterable<SegmentedSentence>, maxLength: number, special: { cls: number; sep: number }): Generator<MlmInstance> {
   const capacity = maxLength - 2;
   let ids: number[] = [];
   let words: number[] = []; // per token, its word number in this instance
   let wordCount = 0;
   const flush = function* (): Generator<MlmInstance> {
     if (ids.length === 0) return;
-    const tokenIds = new Int32Array(maxLength).fill(special.pad);
-    const wordIds = new Int32Array(maxLength);
+    // unpadded: padding is added per batch at training time, so the file holds no [PAD]s
+    const tokenIds = new Int32Array(ids.length + 2);
+    const wordIds = new Int32Array(ids.length + 2);
     tokenIds[0] = special.cls;
     tokenIds.set(ids, 1);
     wordIds.set(words, 1);
@@ -102,23 +103,21 @@ export function* packDocument(sentences: Iterable<SegmentedSentence>, maxLength:
   yield* flush();
 }
 
-/** A seq2seq instance: `[CLS] source [SEP] target [SEP]` padded, segment 0 then 1. */
+/** A seq2seq instance: `[CLS] source [SEP] target [SEP]`, unpadded, segment 0 then 1. */
 export interface Seq2SeqInstance {
   readonly tokenIds: Int32Array;
   readonly segmentIds: Int32Array;
 }
 
-export function seq2seqInstance(source: number[], target: number[], maxLength: number, special: { cls: number; sep: number; pad: number }): Seq2SeqInstance {
+export function seq2seqInstance(source: number[], target: number[], maxLength: number, special: { cls: number; sep: number }): Seq2SeqInstance {
   const a = source.slice();
   const b = target.slice();
   while (a.length + b.length + 3 > maxLength) {
     if (a.length > b.length) a.pop();
     else b.pop();
   }
-  const tokenIds = new Int32Array(maxLength).fill(special.pad);
-  const segmentIds = new Int32Array(maxLength);
-  const ids = [special.cls, ...a, special.sep, ...b, special.sep];
-  tokenIds.set(ids);
-  segmentIds.fill(1, a.length + 2, ids.length);
+  const tokenIds = Int32Array.from([special.cls, ...a, special.sep, ...b, special.sep]);
+  const segmentIds = new Int32Array(tokenIds.length);
+  segmentIds.fill(1, a.length + 2);
   return { tokenIds, segmentIds };
 }

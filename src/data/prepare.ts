@@ -12,7 +12,8 @@ import { type ShardSummary, TFRecordWriter } from './tfrecord.js';
 import { Vocab } from './vocab.js';
 
 export const MANIFEST_FILE = 'manifest.json';
-export const DATA_FORMAT = 'tfjs-pretrain-data/1';
+/** 2: sequences unpadded, and a `document` feature (1 had neither). */
+export const DATA_FORMAT = 'tfjs-pretrain-data/2';
 
 export type Task = 'mlm' | 'seq2seq';
 export type MaskingMode = 'dynamic' | 'static';
@@ -24,10 +25,10 @@ export interface PrepareOptions {
   task: Task;
   maxLength: number;
   seed: number;
-  /** mlm: dynamic stores unmasked ids and word ids (masked per epoch at training), static masks now. */
-  masking: MaskingMode;
-  /** mlm, static: how many differently masked copies of the corpus to write (bert4keras writes 10). */
-  copies: number;
+  /** mlm only: dynamic (the default) stores unmasked ids and word ids (masked per epoch at training), static masks now. */
+  masking?: MaskingMode;
+  /** mlm with static masking only: how many differently masked copies of the corpus to write (default 1; bert4keras writes 10). */
+  copies?: number;
   recordsPerShard: number;
   documents: DocumentFormat;
   lowerCase: boolean;
@@ -36,6 +37,8 @@ export interface PrepareOptions {
   workers?: number;
   /** Called with bytes of corpus read so far, of the total, and instances written. */
   onProgress?: (bytesRead: number, bytesTotal: number, instances: number) => void;
+  /** Called with what the run goes on despite (a vocabulary with repeated tokens). */
+  onWarning?: (message: string) => void;
 }
 
 export class PrepareError extends Error {
@@ -50,18 +53,21 @@ export interface Manifest {
   vocab: { hash: string; size: number; specials: { pad: number; unk: number; cls: number; sep: number; mask: number } };
   lowerCase: boolean;
   masking: null | { mode: MaskingMode; copies: number; rate: number; maskToken: number; randomToken: number; wholeWord: true; segmenter: string };
-  /** Feature name -> what it holds; every feature is an int64 list of maxLength values. */
+  /** Feature name -> what it holds; every feature is an int64 list (token_ids and the per-token feature: 1 to maxLength values, equally many). */
   features: Record<string, string>;
   records: number;
+  /** Documents read from the corpus (a .tsv/.jsonl pair is one); `document` features are below this. */
+  documents: number;
   shards: { file: string; records: number; bytes: number; sha256: string }[];
   corpus: { file: string; bytes: number }[];
 }
 
 const FEATURE_DOCS: Record<string, string> = {
-  token_ids: 'token ids, [CLS] ... [SEP], padded with [PAD]',
-  mask_ids: '0 where nothing is predicted, else the original id + 1 (bert4keras)',
-  word_ids: '1-based word of each token (whole-word masking at training time), 0 for specials and padding',
-  segment_ids: '0 for [CLS] source [SEP], 1 for target [SEP]',
+  token_ids: 'token ids, [CLS] ... [SEP], unpadded (training pads each batch to its longest sequence with vocab.specials.pad)',
+  mask_ids: 'per token: 0 where nothing is predicted, else the original id + 1 (bert4keras)',
+  word_ids: 'per token: 1-based word (whole-word masking at training time), 0 for specials',
+  segment_ids: 'per token: 0 for [CLS] source [SEP], 1 for target [SEP]',
+  document: 'one value: the 0-based index of the source document over all corpus files in order (a .tsv/.jsonl pair is one document), the same in every copy',
 };
 
 function segmenterVersion(): string {
@@ -160,6 +166,23 @@ class WorkerPool {
   }
 }
 
+/**
+ * The masking and copies a run uses (masking undefined for seq2seq). An option that would
+ * change nothing is refused rather than ignored: the user expected it to do something.
+ */
+function maskingOptions(o: PrepareOptions): { masking: MaskingMode | undefined; copies: number } {
+  if (o.task === 'seq2seq') {
+    if (o.masking === 'static') throw new PrepareError('--masking static applies to --task mlm only (seq2seq instances are not masked); drop --masking');
+    if (o.copies !== undefined && o.copies !== 1) throw new PrepareError(`--copies ${o.copies} applies to --task mlm --masking static only; drop --copies`);
+    return { masking: undefined, copies: 1 };
+  }
+  const masking = o.masking ?? 'dynamic';
+  if (masking !== 'static' && o.copies !== undefined && o.copies !== 1) {
+    throw new PrepareError(`--copies ${o.copies} needs --masking static (dynamic masking writes the corpus once and masks it afresh every epoch); add --masking static or drop --copies`);
+  }
+  return { masking, copies: o.copies ?? 1 };
+}
+
 /** Documents per message to a worker: large enough to amortise the messaging. */
 const BATCH_DOCUMENTS = 32;
 
@@ -171,9 +194,10 @@ const BATCH_DOCUMENTS = 32;
  */
 export async function prepare(options: PrepareOptions): Promise<Manifest> {
   const o = options;
+  const { masking, copies } = maskingOptions(o);
   if (!Number.isInteger(o.maxLength) || o.maxLength < 4) throw new PrepareError(`max length must be an integer >= 4, got ${o.maxLength}`);
   if (o.corpus.length === 0) throw new PrepareError('no corpus files given');
-  for (const [name, value] of [['records per shard', o.recordsPerShard], ['copies', o.copies], ['workers', o.workers ?? 1]] as const) {
+  for (const [name, value] of [['records per shard', o.recordsPerShard], ['copies', copies], ['workers', o.workers ?? 1]] as const) {
     if (!Number.isInteger(value) || value < 1) throw new PrepareError(`${name} must be a positive integer, got ${value}`);
   }
   const corpus: { file: string; bytes: number }[] = [];
@@ -184,6 +208,8 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
     corpus.push({ file, bytes: stat.size });
   }
   const vocab = await Vocab.load(o.vocab);
+  const repeated = vocab.repeatedTokensWarning();
+  if (repeated) o.onWarning?.(repeated);
 
   if (existsSync(o.out)) {
     if (!(await fs.stat(o.out)).isDirectory()) throw new PrepareError(`--out ${o.out} is a file, not a directory`);
@@ -210,8 +236,10 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
     records++;
   };
 
-  const total = corpus.reduce((n, c) => n + c.bytes, 0) * (o.task === 'mlm' && o.masking === 'static' ? o.copies : 1);
-  const job = { task: o.task, masking: o.masking, maxLength: o.maxLength, seed: o.seed, lowerCase: o.lowerCase };
+  const passes = masking === 'static' ? copies : 1;
+  const total = corpus.reduce((n, c) => n + c.bytes, 0) * passes;
+  o.onProgress?.(0, total, 0);
+  const job = { task: o.task, masking: masking ?? 'dynamic', maxLength: o.maxLength, seed: o.seed, lowerCase: o.lowerCase };
   const processor = new DocumentProcessor(vocab, job);
   const workers = Math.max(1, Math.floor(o.workers ?? Math.min(availableParallelism(), 8)));
   const pool = workers > 1 ? new WorkerPool(workers, { vocabTokens: [...vocab.tokens], vocabHash: vocab.hash, job }) : undefined;
@@ -219,6 +247,7 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
   const inFlight: Promise<BatchResult>[] = [];
   let batchNumber = 0;
   let read = 0;
+  let documents = 0;
   const drain = async (keep: number): Promise<void> => {
     while (inFlight.length > keep) {
       const result = await inFlight.shift()!;
@@ -227,8 +256,8 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
     }
   };
   try {
-    const passes = o.task === 'mlm' && o.masking === 'static' ? o.copies : 1;
     for (let copy = 0; copy < passes; copy++) {
+      // the same numbering in every copy: a document keeps its index (and held-out status) whatever its masks
       let docIndex = 0;
       let batch: [number, string[]][] = [];
       const submit = async (): Promise<void> => {
@@ -251,7 +280,7 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
           await drain(0);
           for await (const [source, target] of readPairs(file)) {
             read += Buffer.byteLength(source) + Buffer.byteLength(target) + 2;
-            await write(processor.pair(source, target));
+            await write(processor.pair(source, target, docIndex++));
             if (records % 1000 === 0) o.onProgress?.(read, total, records);
           }
           continue;
@@ -263,6 +292,7 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
         }
       }
       await submit();
+      documents = docIndex;
     }
     await drain(0);
     if (writer) shards.push(await writer.close());
@@ -276,7 +306,7 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
   }
   if (records === 0) throw new PrepareError(`the corpus (${o.corpus.join(', ')}) gave no instances: it is empty or has no tokens`);
 
-  const featureNames = o.task === 'seq2seq' ? ['token_ids', 'segment_ids'] : o.masking === 'dynamic' ? ['token_ids', 'word_ids'] : ['token_ids', 'mask_ids'];
+  const featureNames = ['token_ids', o.task === 'seq2seq' ? 'segment_ids' : masking === 'static' ? 'mask_ids' : 'word_ids', 'document'];
   const manifest: Manifest = {
     format: DATA_FORMAT,
     task: o.task,
@@ -284,9 +314,10 @@ export async function prepare(options: PrepareOptions): Promise<Manifest> {
     seed: o.seed,
     vocab: { hash: vocab.hash, size: vocab.size, specials: { pad: vocab.pad, unk: vocab.unk, cls: vocab.cls, sep: vocab.sep, mask: vocab.mask } },
     lowerCase: o.lowerCase,
-    masking: o.task === 'mlm' ? { mode: o.masking, copies: o.masking === 'static' ? o.copies : 0, ...BERT_MASKING, wholeWord: true, segmenter: segmenterVersion() } : null,
+    masking: masking ? { mode: masking, copies: masking === 'static' ? copies : 0, ...BERT_MASKING, wholeWord: true, segmenter: segmenterVersion() } : null,
     features: Object.fromEntries(featureNames.map((f) => [f, FEATURE_DOCS[f]!])),
     records,
+    documents,
     shards: shards.map((s) => ({ file: path.basename(s.file), records: s.records, bytes: s.bytes, sha256: s.sha256 })),
     corpus,
   };

@@ -88,6 +88,11 @@ export class VocabBuilder {
     }
   }
 
+  /** True until a token was added: such a vocabulary would hold the special tokens only. */
+  get empty(): boolean {
+    return this.singles.size === 0 && this.words.size === 0;
+  }
+
   build(size: number): BuiltVocab {
     const byCount = (a: [string, number], b: [string, number]) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
     const tokens: string[] = [...SPECIAL_TOKENS];

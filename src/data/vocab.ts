@@ -17,6 +17,8 @@ export class Vocab {
   readonly unk: number;
   /** [PAD] when present, else 0 (BERT's convention). */
   readonly pad: number;
+  /** Lines whose token an earlier line already has (their ids shadow the earlier ones). */
+  readonly repeated: number;
 
   /**
    * @param tokens one per id
@@ -32,6 +34,7 @@ export class Vocab {
     // a repeated line takes the later id, as Google's load_vocab does
     tokens.forEach((t, i) => ids.set(t, i));
     this.ids = ids;
+    this.repeated = ids.size === tokens.length ? 0 : tokens.length - ids.size;
     const missing = REQUIRED_SPECIALS.filter((s) => !ids.has(s));
     if (missing.length > 0) throw new VocabError(`${source} lacks ${missing.join(', ')}: a BERT vocabulary needs ${REQUIRED_SPECIALS.join(', ')} (one token per line)`);
     this.cls = ids.get('[CLS]')!;
@@ -68,6 +71,21 @@ export class Vocab {
       throw new VocabError(`vocabulary file ${file} is not valid UTF-8`);
     }
     return Vocab.fromText(text, `vocabulary file ${file}`);
+  }
+
+  /**
+   * What to tell the user when tokens repeat: the rule is kept (the later id wins, as in
+   * Google's BERT), but a repeated line is usually a mistake that silently leaves ids unused.
+   */
+  repeatedTokensWarning(): string | undefined {
+    if (this.repeated === 0) return undefined;
+    const first = this.tokens.findIndex((t, i) => this.ids.get(t) !== i);
+    const token = this.tokens[first]!;
+    const lines = this.tokens.flatMap((t, i) => (t === token ? [i + 1] : []));
+    return (
+      `${this.source} has ${this.repeated} repeated line(s), e.g. ${JSON.stringify(token)} on lines ${lines.join(', ')}; ` +
+      `a repeated token takes the id of its last line (as Google's BERT does) and the earlier ids go unused`
+    );
   }
 
   idOf(token: string): number {

@@ -16,7 +16,7 @@ import { type Application, APPLICATIONS, buildTransformer, disposeTransformer } 
 import { type BertConfig, ConfigError, parseBertConfig, presetConfig } from '../model/config.js';
 import { createOptimizer, type OptimizerConfig, OptimizerConfigError, readOptimizerConfig, saveOptimizerState, VariableParameters } from '../optim/index.js';
 import type { Optimizer } from '../optim/optimizer.js';
-import { batchOf, checkApplication, DatasetError, datasetBatches, loadDataset, type PreparedDataset, splitRecords } from '../data/dataset.js';
+import { batchOf, checkApplication, DatasetError, datasetBatches, describeSplit, loadDataset, type PreparedDataset, splitByDocument } from '../data/dataset.js';
 import { TFRecordError } from '../data/tfrecord.js';
 import { clipByGlobalNorm, globalNorm } from './gradients.js';
 import type { Batch } from './targets.js';
@@ -245,6 +245,9 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
     try {
       data = await loadDataset(o.dataDir);
       checkApplication(data.manifest, o.application, o.dataDir);
+      // the model's attention mask reads token id 0 as padding (Input-Token's contract)
+      const pad = data.manifest.vocab.specials.pad;
+      if (pad !== 0) throw new DatasetError(`the data in ${o.dataDir} pads with token id ${pad}, but the model reads id 0 as padding: put [PAD] on the first line of vocab.txt and run \`pretrain prepare\` again`);
     } catch (err) {
       if (err instanceof DatasetError || err instanceof TFRecordError) throw new LocalRunError(err.message);
       throw err;
@@ -268,12 +271,12 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
   let evalBatch: Batch;
   let dataLine: string;
   if (data) {
-    const { train, heldOut } = splitRecords(data.records.length);
-    batches = datasetBatches(data, train, o.application, o.batchSize, o.seed);
+    const split = splitByDocument(data.records);
+    batches = datasetBatches(data, split.train, o.application, o.batchSize, o.seed);
     // held-out records, MLM masked with a fixed seed: the same evaluation before and after
-    evalBatch = batchOf(data, (heldOut.length > 0 ? heldOut : train).slice(0, 64), o.application, o.seed ^ 0x5eed, 0);
+    evalBatch = batchOf(data, (split.heldOut.length > 0 ? split.heldOut : split.train).slice(0, 64), o.application, o.seed ^ 0x5eed, 0);
     const m = data.manifest;
-    dataLine = `data: ${o.dataDir} (${m.task}${m.masking ? `, ${m.masking.mode} masking` : ''}), ${train.length} training / ${heldOut.length} held-out records`;
+    dataLine = `data: ${o.dataDir} (${m.task}${m.masking ? `, ${m.masking.mode} masking` : ''}), ${describeSplit(split)}`;
   } else {
     const { train, heldOut } = splitCorpus(corpus!);
     batches = pretrainingBatches(corpus!.vocab, train, { application: o.application, batchSize: o.batchSize, length: o.seqLength, seed: o.seed });
@@ -300,7 +303,7 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       `vocab ${config.vocab_size}, ${(parameters / 1e6).toFixed(2)}M parameters`,
   );
   log(
-    `${dataLine}; batch ${o.batchSize} x ${seqLength}, ` +
+    `${dataLine}; batch ${o.batchSize} x ${data ? `up to ${seqLength} (each batch padded to its longest sequence)` : seqLength}, ` +
       `${o.steps} steps, clip ${o.clipNorm || 'off'}${o.recompute ? ', recompute' : ''}${o.microBatches > 1 ? `, ${o.microBatches} micro-batches` : ''}, seed ${o.seed}`,
   );
 
