@@ -3,7 +3,6 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { batchOf, type DatasetRecord, describeSplit, loadDataset, type PreparedDataset, splitByDocument } from '../src/data/dataset.js';
 import { encodeExample, int64Feature } from '../src/data/example.js';
@@ -11,36 +10,21 @@ import { type Manifest, prepare, type PrepareOptions } from '../src/data/prepare
 import { prepareProgress } from '../src/data/progress.js';
 import { frameRecord } from '../src/data/tfrecord.js';
 import { Vocab } from '../src/data/vocab.js';
+import { prepareOptions, SAMPLE_VOCAB, writeSampleSlice } from './helpers.js';
 
-const SAMPLE = fileURLToPath(new URL('../../data/sample/corpus.txt', import.meta.url));
-const VOCAB = fileURLToPath(new URL('../../data/sample/vocab.txt', import.meta.url));
+const VOCAB = SAMPLE_VOCAB;
 let dir: string;
 let small: string;
 before(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'dataset-'));
   // 60 documents: three held out, and records per copy that are not a multiple of 20
-  const docs = (await readFile(SAMPLE, 'utf8')).split('\n\n').slice(0, 60);
-  small = path.join(dir, 'small.txt');
-  await writeFile(small, docs.join('\n\n') + '\n');
+  small = await writeSampleSlice(dir, 60);
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const options = (out: string, extra: Partial<PrepareOptions> = {}): PrepareOptions => ({
-  corpus: [small],
-  vocab: VOCAB,
-  out: path.join(dir, out),
-  task: 'mlm',
-  maxLength: 64,
-  seed: 1,
-  recordsPerShard: 10_000,
-  documents: 'blank-line',
-  lowerCase: true,
-  force: false,
-  workers: 1,
-  ...extra,
-});
+const options = (out: string, extra: Partial<PrepareOptions> = {}): PrepareOptions => prepareOptions(small, path.join(dir, out), { ...extra });
 
 /** The text a static record was made from: masked positions carry the original id + 1. */
 const original = (r: DatasetRecord) => Array.from(r.tokenIds, (t, i) => (r.second[i]! > 0 ? r.second[i]! - 1 : t)).join(' ');

@@ -1,5 +1,8 @@
 import { execFile } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { PrepareOptions } from '../src/data/prepare.js';
 import type { BertConfig } from '../src/model/config.js';
 import type { Batch } from '../src/train/targets.js';
 
@@ -69,3 +72,20 @@ export function runScript(script: string, args: string[], options: { cwd?: strin
 
 /** The compiled `pretrain` CLI. */
 export const PRETRAIN_CLI = fileURLToPath(new URL('../src/cli/pretrain.js', import.meta.url));
+
+/** The sample corpus and its vocabulary, shipped in data/sample/. */
+export const SAMPLE_CORPUS = fileURLToPath(new URL('../../data/sample/corpus.txt', import.meta.url));
+export const SAMPLE_VOCAB = fileURLToPath(new URL('../../data/sample/vocab.txt', import.meta.url));
+
+/** Writes the first `documents` documents of the sample corpus into `dir`: fast to prepare, still real text. */
+export async function writeSampleSlice(dir: string, documents: number): Promise<string> {
+  const docs = (await readFile(SAMPLE_CORPUS, 'utf8')).split('\n\n').slice(0, documents);
+  const file = path.join(dir, `sample-${documents}.txt`);
+  await writeFile(file, docs.join('\n\n') + '\n');
+  return file;
+}
+
+/** prepare() options for mlm on one corpus file with the sample vocab, single-threaded; `extra` overrides. */
+export function prepareOptions(corpus: string, out: string, extra: Partial<PrepareOptions> = {}): PrepareOptions {
+  return { corpus: [corpus], vocab: SAMPLE_VOCAB, out, task: 'mlm', maxLength: 64, seed: 1, recordsPerShard: 10_000, documents: 'blank-line', lowerCase: true, force: false, workers: 1, ...extra };
+}

@@ -4,7 +4,6 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { decodeExample } from '../src/data/example.js';
 import { packDocument } from '../src/data/instances.js';
@@ -12,39 +11,21 @@ import { maskWholeWords, seededRandom } from '../src/data/masking.js';
 import { type Manifest, prepare, type PrepareOptions } from '../src/data/prepare.js';
 import { readRecords } from '../src/data/tfrecord.js';
 import { Vocab } from '../src/data/vocab.js';
-import { PRETRAIN_CLI, runScript } from './helpers.js';
+import { PRETRAIN_CLI, runScript, prepareOptions, SAMPLE_VOCAB, writeSampleSlice } from './helpers.js';
 
-const SAMPLE = fileURLToPath(new URL('../../data/sample/corpus.txt', import.meta.url));
-const VOCAB = fileURLToPath(new URL('../../data/sample/vocab.txt', import.meta.url));
+const VOCAB = SAMPLE_VOCAB;
 let dir: string;
 let small: string;
 before(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'prepare-'));
   // the first 40 documents of the sample corpus: fast, and still several shards
-  const docs = (await readFile(SAMPLE, 'utf8')).split('\n\n').slice(0, 40);
-  small = path.join(dir, 'small.txt');
-  await writeFile(small, docs.join('\n\n') + '\n');
+  small = await writeSampleSlice(dir, 40);
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const options = (out: string, extra: Partial<PrepareOptions> = {}): PrepareOptions => ({
-  corpus: [small],
-  vocab: VOCAB,
-  out: path.join(dir, out),
-  task: 'mlm',
-  maxLength: 64,
-  seed: 1,
-  masking: 'dynamic',
-  copies: 1,
-  recordsPerShard: 50,
-  documents: 'blank-line',
-  lowerCase: true,
-  force: false,
-  workers: 1,
-  ...extra,
-});
+const options = (out: string, extra: Partial<PrepareOptions> = {}): PrepareOptions => prepareOptions(small, path.join(dir, out), { masking: 'dynamic', copies: 1, recordsPerShard: 50, ...extra });
 
 async function instances(out: string, manifest: Manifest) {
   const all: Record<string, number[]>[] = [];
