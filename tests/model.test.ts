@@ -13,7 +13,7 @@ import { AttentionMask, LayerNorm, MASKED_SCORE, SeededDropout } from '../src/mo
 import { trainableWeights } from '../src/model/weights.js';
 import { GraphExecutor } from '../src/train/graph-executor.js';
 import { leanGradients } from '../src/train/lean-gradients.js';
-import { PretrainingObjective } from '../src/train/step.js';
+import { PretrainingObjective, TrainingError } from '../src/train/step.js';
 import { nextTokenTargets, sliceBatch } from '../src/train/targets.js';
 import { mlmBatch, tinyConfig } from './helpers.js';
 
@@ -307,6 +307,14 @@ describe('gradients', () => {
       combined.dispose();
     });
     tf.dispose([...whole.grads, ...noDropout.grads, ...head.grads, ...tail.grads]);
+    disposeTransformer(model);
+  });
+
+  it('a batch without targets is a TrainingError that says what to check', () => {
+    const model = buildTransformer(tinyConfig());
+    const objective = new PretrainingObjective(model);
+    const batch = mlmBatch(9, 2, 8, 40);
+    assert.throws(() => objective.compute({ ...batch, targets: new Int32Array(batch.targets.length) }), (e: Error) => e instanceof TrainingError && /no target positions/.test(e.message));
     disposeTransformer(model);
   });
 
