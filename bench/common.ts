@@ -1,5 +1,5 @@
 /** What the benchmarks share: a pretraining-like batch, a median, and a readable table. */
-import type { Batch } from '../src/train/targets.js';
+import type { Batch } from '../src/batch.js';
 
 const [CLS, SEP, MASK, FIRST_WORD_ID] = [2, 3, 4, 5];
 

@@ -8,7 +8,6 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as tf from '@tensorflow/tfjs-core';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Command, Option } from 'commander';
 import { selectBackend } from '../src/backend/index.js';
@@ -18,8 +17,9 @@ import { Vocab } from '../src/data/vocab.js';
 import { SPECIAL_TOKENS } from '../src/data/vocab-builder.js';
 import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { presetConfig } from '../src/model/config.js';
-import { clipByGlobalNorm } from '../src/train/gradients.js';
+import { createOptimizer, VariableParameters } from '../src/optim/index.js';
 import { PretrainingObjective } from '../src/train/step.js';
+import { Trainer } from '../src/train/trainer.js';
 import { median, mlmBatch, table } from './common.js';
 
 interface Options {
@@ -134,12 +134,11 @@ async function main(): Promise<void> {
   await selectBackend('wasm');
   const model = buildTransformer(presetConfig(opts.trainModel, opts.trainVocab), { seed: 1 });
   const objective = new PretrainingObjective(model);
+  const trainer = new Trainer({ objective, optimizer: createOptimizer({ type: 'adafactor' }), params: new VariableParameters(objective.weights), clipNorm: 1 });
   const times: number[] = [];
   for (let s = 0; s <= opts.trainSteps; s++) {
     const t = performance.now();
-    const { grads } = objective.compute(mlmBatch(s, opts.batch, opts.seq, opts.trainVocab), { dropoutSeed: s + 1 });
-    const clipped = clipByGlobalNorm(grads, 1);
-    tf.dispose([...grads, ...clipped.grads]);
+    await trainer.step(mlmBatch(s, opts.batch, opts.seq, opts.trainVocab), { dropoutSeed: s + 1 });
     if (s > 0) times.push(performance.now() - t);
   }
   disposeTransformer(model);

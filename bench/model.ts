@@ -11,7 +11,7 @@ import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { presetConfig } from '../src/model/config.js';
 import { clipByGlobalNorm } from '../src/train/gradients.js';
 import { PretrainingObjective } from '../src/train/step.js';
-import type { Batch } from '../src/train/targets.js';
+import type { Batch } from '../src/batch.js';
 import { median, mib, mlmBatch, table } from './common.js';
 
 type BackendName = 'tensorflow' | 'wasm' | 'cpu';

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { PrepareOptions } from '../src/data/prepare.js';
 import type { BertConfig } from '../src/model/config.js';
-import type { Batch } from '../src/train/targets.js';
+import type { Batch } from '../src/batch.js';
 
 export function tinyConfig(overrides: Partial<BertConfig> = {}): BertConfig {
   return {

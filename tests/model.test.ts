@@ -14,7 +14,7 @@ import { trainableWeights } from '../src/model/weights.js';
 import { GraphExecutor } from '../src/train/graph-executor.js';
 import { leanGradients } from '../src/train/lean-gradients.js';
 import { PretrainingObjective, TrainingError } from '../src/train/step.js';
-import { nextTokenTargets, sliceBatch } from '../src/train/targets.js';
+import { nextTokenTargets, sliceBatch } from '../src/batch.js';
 import { mlmBatch, tinyConfig } from './helpers.js';
 
 before(async () => {

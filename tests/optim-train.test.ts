@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
-import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../src/backend/index.js';
 import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { createOptimizer, type OptimizerConfig, VariableParameters } from '../src/optim/index.js';
-import { clipByGlobalNorm } from '../src/train/gradients.js';
 import { PretrainingObjective } from '../src/train/step.js';
+import { Trainer } from '../src/train/trainer.js';
 import { mlmBatch, tinyConfig } from './helpers.js';
 
 before(async () => {
@@ -23,21 +22,16 @@ const CONFIGS: OptimizerConfig[] = [
 
 describe('training the model with each optimizer', () => {
   for (const config of CONFIGS) {
-    it(`the loss falls: ${JSON.stringify(config)}`, () => {
+    it(`the loss falls: ${JSON.stringify(config)}`, async () => {
       const cfg = tinyConfig();
       const model = buildTransformer(cfg, { application: 'encoder', withMlm: true, seed: 4 });
       const objective = new PretrainingObjective(model);
       const params = new VariableParameters(objective.weights);
       const optimizer = createOptimizer(config);
       const batch = mlmBatch(5, 4, 12, cfg.vocab_size);
+      const trainer = new Trainer({ objective, optimizer, params, clipNorm: 1 });
       const losses: number[] = [];
-      for (let step = 0; step < 24; step++) {
-        const { loss, grads } = objective.compute(batch);
-        const clipped = clipByGlobalNorm(grads, 1);
-        optimizer.apply(params, clipped.grads.map((g) => g.dataSync() as Float32Array));
-        tf.dispose([...grads, ...clipped.grads]);
-        losses.push(loss);
-      }
+      for (let step = 0; step < 24; step++) losses.push((await trainer.step(batch)).loss);
       assert.ok(losses[losses.length - 1]! < losses[0]! - 0.3, `loss ${losses[0]} -> ${losses[losses.length - 1]} (${losses.map((l) => l.toFixed(2)).join(' ')})`);
       disposeTransformer(model);
     });

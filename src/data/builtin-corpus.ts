@@ -13,7 +13,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Application } from '../model/build.js';
-import { type Batch, nextTokenTargets } from '../train/targets.js';
+import { type Batch, nextTokenTargets } from '../batch.js';
 
 export const PAD = 0;
 export const UNK = 1;

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Application } from '../model/build.js';
-import { type Batch, nextTokenTargets } from '../train/targets.js';
+import { type Batch, nextTokenTargets } from '../batch.js';
 import { decodeExample } from './example.js';
 import { maskWholeWords, seededRandom } from './masking.js';
 import { DATA_FORMAT, type Manifest, MANIFEST_FILE } from './prepare.js';

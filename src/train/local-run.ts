@@ -18,9 +18,9 @@ import { createOptimizer, type OptimizerConfig, OptimizerConfigError, readOptimi
 import type { Optimizer } from '../optim/optimizer.js';
 import { batchOf, checkApplication, DatasetError, datasetBatches, describeSplit, loadDataset, type PreparedDataset, splitByDocument } from '../data/dataset.js';
 import { TFRecordError } from '../data/tfrecord.js';
-import { clipByGlobalNorm, globalNorm } from './gradients.js';
-import type { Batch } from './targets.js';
-import { PretrainingObjective, TrainingError } from './step.js';
+import type { Batch } from '../batch.js';
+import { PretrainingObjective } from './step.js';
+import { Trainer } from './trainer.js';
 
 /** A problem with what the user asked for (options, config file, backend): reported in one line, no stack. */
 export class LocalRunError extends Error {
@@ -313,11 +313,11 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       `lr: of the last update; tensors: live tfjs tensors (unchanged from line to line unless something leaks)`,
   );
   const params = new VariableParameters(objective.weights);
+  const trainer = new Trainer({ objective, optimizer, params, clipNorm: o.clipNorm, recompute: o.recompute, microBatches: o.microBatches });
   const initial = objective.evaluate(evalBatch);
   const losses: number[] = [];
   let tensorsAfterFirstStep = 0;
   let tensorsAfterLastStep = 0;
-  let lastLr = NaN;
   let timedSeconds = 0;
   let timedTokens = 0;
   let window = { loss: 0, accuracy: 0, steps: 0, seconds: 0, tokens: 0 };
@@ -326,28 +326,7 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
     for (let step = 1; step <= o.steps; step++) {
       const batch = batches.next().value;
       const t0 = performance.now();
-      const result = objective.compute(batch, { recompute: o.recompute, dropoutSeed: o.seed * 1_000_003 + step, microBatches: o.microBatches });
-      let grads = result.grads;
-      let norm: number;
-      if (o.clipNorm > 0) {
-        const clipped = clipByGlobalNorm(grads, o.clipNorm);
-        tf.dispose(grads);
-        grads = clipped.grads;
-        norm = clipped.norm;
-      } else {
-        norm = globalNorm(grads);
-      }
-      if (!Number.isFinite(result.loss)) {
-        tf.dispose(grads);
-        throw new TrainingError(`the loss became ${result.loss} at step ${step} (the weights were not updated): lower the learning rate${o.clipNorm > 0 ? '' : ' or clip the gradients (--clip-norm)'}`);
-      }
-      const report = optimizer.apply(
-        params,
-        grads.map((g) => g.dataSync() as Float32Array),
-      );
-      // an accumulation micro-step applies nothing: show the rate the coming update uses
-      lastLr = report.applied ? report.lr : optimizer.currentLearningRate;
-      tf.dispose(grads);
+      const result = await trainer.step(batch, { step, dropoutSeed: o.seed * 1_000_003 + step });
       const seconds = (performance.now() - t0) / 1000;
       const tokens = batch.batchSize * batch.length;
       if (step > 1 || o.steps === 1) {
@@ -362,7 +341,7 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
       if (step === 1 || step % o.logEvery === 0 || step === o.steps) {
         log(
           `step ${String(step).padStart(String(o.steps).length)}/${o.steps}  loss ${fmt(window.loss / window.steps)}  acc ${fmt(window.accuracy / window.steps, 3)}  ` +
-            `grad-norm ${fmt(norm, 3)}  lr ${formatLearningRate(lastLr)}  tokens/s ${Math.round(window.tokens / window.seconds)}  tensors ${numTensors}`,
+            `grad-norm ${fmt(result.gradNorm, 3)}  lr ${formatLearningRate(result.lr)}  tokens/s ${Math.round(window.tokens / window.seconds)}  tensors ${numTensors}`,
         );
         window = { loss: 0, accuracy: 0, steps: 0, seconds: 0, tokens: 0 };
       }

@@ -6,7 +6,7 @@ import { trainableWeights, type NamedWeight } from '../model/weights.js';
 import { GraphExecutor } from './graph-executor.js';
 import { leanGradients } from './lean-gradients.js';
 import { sparseSoftmaxCrossEntropy } from './loss.js';
-import { type Batch, countTargets, sliceBatch } from './targets.js';
+import { type Batch, countTargets, sliceBatch } from '../batch.js';
 
 /** A training run that cannot go on (no targets, a diverged loss): reported in one line, not as a defect. */
 export class TrainingError extends Error {
@@ -29,14 +29,23 @@ export interface StepOptions {
    * batch is split, among micro-batches or workers, does not change them.
    */
   firstSample?: number;
+  /**
+   * What the loss sum is divided by before differentiating: by default this batch's target
+   * count (the gradients of the mean loss). A worker passes 1 to get gradients of the sum,
+   * which add up across workers and are divided by the global count after the all-reduce.
+   */
+  normalizer?: number;
 }
 
 export interface StepResult {
   /** Mean cross-entropy over all target positions of the batch. */
   loss: number;
+  /** Cross-entropy summed over the target positions, and how many argmaxes were right. */
+  lossSum: number;
+  correct: number;
   accuracy: number;
   targets: number;
-  /** One gradient per trainable weight, in `weights` order; the caller disposes them. */
+  /** One gradient per trainable weight (of the loss sum over `normalizer`), in `weights` order; the caller disposes them. */
   grads: tf.Tensor[];
 }
 
@@ -75,6 +84,7 @@ export class PretrainingObjective {
     if (!Number.isInteger(parts) || parts < 1 || parts > batch.batchSize) {
       throw new RangeError(`micro-batches must be an integer from 1 to the batch size (${batch.batchSize}), got ${parts}`);
     }
+    const normalizer = options.normalizer ?? total;
     const variables = this.weights.map((w) => w.variable);
     let grads: tf.Tensor[] | undefined;
     let lossSum = 0;
@@ -87,11 +97,11 @@ export class PretrainingObjective {
       const seed = options.dropoutSeed;
       const firstSample = (options.firstSample ?? 0) + start;
       const { value, grads: microGrads } = leanGradients(() => {
-        const { loss, correct: c } = this.lossOf(micro, total, { training: seed !== undefined, dropoutSeed: seed, firstSample, recompute: options.recompute });
+        const { loss, correct: c } = this.lossOf(micro, normalizer, { training: seed !== undefined, dropoutSeed: seed, firstSample, recompute: options.recompute });
         hits = tf.keep(c);
         return loss;
       }, variables);
-      lossSum += value.dataSync()[0]! * total;
+      lossSum += value.dataSync()[0]! * normalizer;
       correct += hits!.dataSync()[0]!;
       value.dispose();
       hits!.dispose();
@@ -103,7 +113,7 @@ export class PretrainingObjective {
         grads = summed;
       }
     }
-    return { loss: lossSum / total, accuracy: correct / total, targets: total, grads: grads! };
+    return { loss: lossSum / total, lossSum, correct, accuracy: correct / total, targets: total, grads: grads! };
   }
 
   /** Loss and accuracy with dropout off and no gradients. */

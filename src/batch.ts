@@ -1,4 +1,4 @@
-import type { Application } from '../model/build.js';
+import type { Application } from './model/build.js';
 
 /**
  * A batch in host memory, row-major [batch, length]. `targets[b,i]` is the token id the

@@ -1,0 +1,111 @@
+/**
+ * The one training step every entry point runs (the local run, the worker, the
+ * benchmarks, the tests): gradients of a batch, an optional all-reduce across replicas,
+ * global-norm clipping, the optimizer update. The pieces are handed in, so a worker differs
+ * from the single-process run only by its `reducer`.
+ *
+ * The order binds, and is written here once:
+ * 1. the objective differentiates the loss SUM when there is a reducer (so gradients add
+ *    up across replicas), the local mean otherwise;
+ * 2. the reducer sums gradients and the statistics (loss sum, targets, hits) in one
+ *    collective, and every replica divides by the global target count: the update of N
+ *    replicas equals one process on the whole batch;
+ * 3. clipping reads the global gradient, after the reduction;
+ * 4. a non-finite loss stops the run before anything is applied.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { Batch } from '../batch.js';
+import type { Optimizer } from '../optim/optimizer.js';
+import type { ParameterAccess } from '../optim/parameters.js';
+import { type PretrainingObjective, TrainingError } from './step.js';
+
+/** Sums flat buffers across the replicas of a run, in place (a communicator's all-reduce). */
+export interface GradientReducer {
+  allReduce(buffers: Float32Array[], options: { op: 'sum' }): Promise<void>;
+}
+
+export interface TrainerOptions {
+  objective: PretrainingObjective;
+  optimizer: Optimizer;
+  params: ParameterAccess;
+  /** Global-norm clipping threshold; 0 turns clipping off (the norm is still reported). */
+  clipNorm: number;
+  recompute?: boolean;
+  microBatches?: number;
+  /** Absent in a single process. */
+  reducer?: GradientReducer;
+}
+
+export interface StepPlacement {
+  /** The step's number, for messages. */
+  step?: number;
+  /** Seed of this step's dropout masks; no dropout without it. */
+  dropoutSeed?: number;
+  /** Index of the batch's first sample in the global batch (a worker's share). */
+  firstSample?: number;
+}
+
+export interface TrainStepReport {
+  /** Mean loss and accuracy over the global batch's targets. */
+  loss: number;
+  accuracy: number;
+  targets: number;
+  /** Global norm of the gradients before clipping. */
+  gradNorm: number;
+  /** Whether the optimizer stepped (not during gradient accumulation), and the learning rate it used or will use. */
+  applied: boolean;
+  lr: number;
+}
+
+/** The L2 norm of all buffers together, accumulated in float64. */
+export function hostGlobalNorm(buffers: readonly Float32Array[]): number {
+  let sum = 0;
+  for (const b of buffers) for (let i = 0; i < b.length; i++) sum += b[i]! * b[i]!;
+  return Math.sqrt(sum);
+}
+
+function scaleInPlace(buffers: readonly Float32Array[], factor: number): void {
+  if (factor === 1) return;
+  for (const b of buffers) for (let i = 0; i < b.length; i++) b[i]! *= factor;
+}
+
+export class Trainer {
+  constructor(readonly options: TrainerOptions) {}
+
+  async step(batch: Batch, placement: StepPlacement = {}): Promise<TrainStepReport> {
+    const { objective, optimizer, params, clipNorm, reducer } = this.options;
+    const result = objective.compute(batch, {
+      recompute: this.options.recompute,
+      microBatches: this.options.microBatches,
+      dropoutSeed: placement.dropoutSeed,
+      firstSample: placement.firstSample,
+      normalizer: reducer ? 1 : undefined,
+    });
+    // host copies: the reducer and the clipping write into them, never into a tensor's memory
+    const grads = result.grads.map((g) => new Float32Array(g.dataSync() as Float32Array));
+    tf.dispose(result.grads);
+    let { lossSum, targets, correct } = result;
+    if (reducer) {
+      const stats = new Float32Array([lossSum, targets, correct]);
+      await reducer.allReduce([...grads, stats], { op: 'sum' });
+      [lossSum, targets, correct] = [stats[0]!, stats[1]!, stats[2]!];
+      scaleInPlace(grads, 1 / targets);
+    }
+    const loss = lossSum / targets;
+    if (!Number.isFinite(loss)) {
+      throw new TrainingError(`the loss became ${loss}${placement.step === undefined ? '' : ` at step ${placement.step}`} (the weights were not updated): lower the learning rate${clipNorm > 0 ? '' : ' or clip the gradients (--clip-norm)'}`);
+    }
+    const gradNorm = hostGlobalNorm(grads);
+    if (clipNorm > 0 && gradNorm > clipNorm) scaleInPlace(grads, clipNorm / gradNorm);
+    const report = optimizer.apply(params, grads);
+    return {
+      loss,
+      accuracy: correct / targets,
+      targets,
+      gradNorm,
+      applied: report.applied,
+      // an accumulation micro-step applies nothing: the rate the coming update uses
+      lr: report.applied ? report.lr : optimizer.currentLearningRate,
+    };
+  }
+}

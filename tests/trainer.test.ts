@@ -1,0 +1,93 @@
+import assert from 'node:assert/strict';
+import { before, describe, it } from 'node:test';
+import { selectBackend } from '../src/backend/index.js';
+import { sliceBatch } from '../src/batch.js';
+import { buildTransformer, disposeTransformer } from '../src/model/build.js';
+import { createOptimizer, type OptimizerConfig, VariableParameters } from '../src/optim/index.js';
+import { PretrainingObjective } from '../src/train/step.js';
+import { type GradientReducer, hostGlobalNorm, Trainer } from '../src/train/trainer.js';
+import { mlmBatch, tinyConfig } from './helpers.js';
+
+before(async () => {
+  await selectBackend('cpu');
+});
+
+/**
+ * Replicas in one process: each allReduce call waits until every replica has called it,
+ * then hands each the element-wise sum. The order of the additions is fixed (replica 0
+ * first), so every replica gets the same bytes.
+ */
+class InProcessGroup {
+  private pending: { buffers: Float32Array[]; done: () => void }[] = [];
+  constructor(private readonly size: number) {}
+
+  member(): GradientReducer {
+    return {
+      allReduce: (buffers) =>
+        new Promise<void>((done) => {
+          this.pending.push({ buffers, done });
+          if (this.pending.length < this.size) return;
+          const calls = this.pending;
+          this.pending = [];
+          calls[0]!.buffers.forEach((_, b) => {
+            const sum = new Float32Array(calls[0]!.buffers[b]!);
+            for (const c of calls.slice(1)) c.buffers[b]!.forEach((v, i) => (sum[i]! += v));
+            for (const c of calls) c.buffers[b]!.set(sum);
+          });
+          calls.forEach((c) => c.done());
+        }),
+    };
+  }
+}
+
+function replica(optimizer: OptimizerConfig, reducer?: GradientReducer) {
+  const model = buildTransformer(tinyConfig({ hidden_dropout_prob: 0.2, attention_probs_dropout_prob: 0.2 }), { seed: 11 });
+  const objective = new PretrainingObjective(model);
+  const trainer = new Trainer({ objective, optimizer: createOptimizer(optimizer), params: new VariableParameters(objective.weights), clipNorm: 0.5, reducer });
+  const weights = () => objective.weights.map((w) => Array.from(w.variable.dataSync()));
+  return { trainer, weights, dispose: () => disposeTransformer(model) };
+}
+
+describe('Trainer', () => {
+  it('replicas that all-reduce their shares of a batch end with the parameters of one process on the whole batch (dropout, clipping, Adam)', async () => {
+    const optimizer: OptimizerConfig = { type: 'adam', learningRate: 1e-2 };
+    const whole = replica(optimizer);
+    const group = new InProcessGroup(2);
+    const shares = [replica(optimizer, group.member()), replica(optimizer, group.member())];
+    for (let step = 1; step <= 3; step++) {
+      const batch = mlmBatch(step, 5, 8, 40);
+      const expected = await whole.trainer.step(batch, { dropoutSeed: step });
+      const [a, b] = await Promise.all([
+        shares[0]!.trainer.step(sliceBatch(batch, 0, 2), { dropoutSeed: step }),
+        shares[1]!.trainer.step(sliceBatch(batch, 2, 5), { dropoutSeed: step, firstSample: 2 }),
+      ]);
+      assert.ok(expected.gradNorm > 0.5, 'clipping is active');
+      for (const r of [a!, b!]) {
+        assert.equal(r.targets, expected.targets);
+        assert.ok(Math.abs(r.loss - expected.loss) < 1e-5, `step ${step}: loss ${r.loss} vs ${expected.loss}`);
+        assert.ok(Math.abs(r.gradNorm - expected.gradNorm) < 1e-4 * expected.gradNorm, `step ${step}: norm ${r.gradNorm} vs ${expected.gradNorm}`);
+      }
+    }
+    const reference = whole.weights();
+    const [first, second] = shares.map((s) => s.weights());
+    assert.deepEqual(first, second, 'the replicas are identical');
+    reference.forEach((w, i) => w.forEach((v, j) => assert.ok(Math.abs(v - first![i]![j]!) < 1e-5, `weight ${i}[${j}]: ${first![i]![j]} vs ${v}`)));
+    [whole, ...shares].forEach((r) => r.dispose());
+  });
+
+  it('reports the norm before clipping and stops on a non-finite loss before updating', async () => {
+    assert.equal(hostGlobalNorm([new Float32Array([3, 0]), new Float32Array([4])]), 5);
+    const r = replica({ type: 'sgd', learningRate: 1e30 });
+    const before = r.weights();
+    await r.trainer.step(mlmBatch(1, 2, 8, 40), { step: 1 });
+    assert.notDeepEqual(r.weights(), before);
+    let failure: unknown;
+    for (let step = 2; step <= 6 && !failure; step++) {
+      const weights = r.weights();
+      failure = await r.trainer.step(mlmBatch(step, 2, 8, 40), { step }).then(() => undefined, (e: unknown) => e);
+      if (failure) assert.deepEqual(r.weights(), weights, 'nothing applied');
+    }
+    assert.match(String(failure), /TrainingError: the loss became (NaN|Infinity|-Infinity) at step \d/);
+    r.dispose();
+  });
+});
