@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
+import { syncDirectory } from '../checkpoint/atomic-write.js';
 import { frameRecord, maskedCrc32c, readRecords, TFRecordError } from '../data/tfrecord.js';
 
 /**
@@ -119,15 +120,6 @@ async function exists(file: string): Promise<boolean> {
     () => true,
     () => false,
   );
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 export interface JournalStats {
