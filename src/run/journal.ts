@@ -26,7 +26,7 @@ const entrySchema = z.discriminatedUnion('type', [
   /** The first entry of a run: what the audit needs to know about its epochs. */
   z.object({ type: z.literal('start'), format: z.literal(JOURNAL_FORMAT), epochSize: count.min(1), globalBatch: count.min(1), seed: count }).strict(),
   /** A step committed: its records, as positions of the epoch's permutation. */
-  z.object({ type: z.literal('commit'), step: count, epoch: count, positions: z.array(z.tuple([count, count])).min(1) }).strict(),
+  z.object({ type: z.literal('commit'), step: count, epoch: count, positions: z.array(z.tuple([count, count]).readonly()).min(1).readonly() }).strict(),
   /** A checkpoint of the state after `step` is complete under the run directory. */
   z.object({ type: z.literal('checkpoint'), step: count, dir: checkpointName }).strict(),
   /**

@@ -81,14 +81,3 @@ export function subtractContained(a: Ranges, b: Ranges): Range[] | undefined {
   }
   return j === b.length ? out : undefined;
 }
-
-/** The sorted integers as ranges (they must be distinct). */
-export function rangesFromSorted(values: Iterable<number>): Range[] {
-  const out: [number, number][] = [];
-  for (const v of values) {
-    const last = out[out.length - 1];
-    if (last && v === last[1]) last[1] = v + 1;
-    else out.push([v, v + 1]);
-  }
-  return out;
-}
