@@ -6,9 +6,11 @@
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
-import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, runProgram } from '../src/cli/common.js';
+import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, runProgram, UserError } from '../src/cli/common.js';
 import { type Application, APPLICATIONS } from '../src/model/build.js';
 import { LOCAL_DEFAULTS, LocalRunError, runLocal, SaveFailedError } from '../src/train/local-run.js';
+import { AuditError, auditRun, formatAudit } from '../src/run/audit.js';
+import { JournalError } from '../src/run/journal.js';
 import { TrainingError } from '../src/train/step.js';
 
 function preset(value: string): string {
@@ -127,6 +129,19 @@ function buildProgram(): Command {
           `${Math.round(summary.tokensPerSecond)} tokens/s on ${summary.backend}`,
       );
     });
+  program
+    .command('audit')
+    .description('Report, per epoch of a run, the records consumed exactly once, missing and repeated, from its journal (exit 1 if any is missing or repeated)')
+    .argument('<run-dir>', 'the run directory (runs/<id>), holding journal.tfrecord and the checkpoints')
+    .option('--json', 'print the report as JSON')
+    .action(async (runDir: string, opts: { json?: boolean }) => {
+      const audit = await auditRun(runDir).catch((err: unknown) => {
+        // no journal at that path is a mistake in the command; a damaged one is a failure
+        throw err instanceof JournalError && err.offset === undefined ? new UserError(err.message) : err;
+      });
+      console.log(opts.json ? JSON.stringify(audit, null, 2) : formatAudit(audit));
+      if (!audit.ok) throw new AuditError(`the audit of ${runDir} found records missing or repeated, or a journal at odds with its checkpoint (see above)`);
+    });
   return program;
 }
 
@@ -134,4 +149,6 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [LocalRunError, EXIT_USAGE],
   [TrainingError, EXIT_FAILURE],
   [SaveFailedError, EXIT_FAILURE],
+  [JournalError, EXIT_FAILURE],
+  [AuditError, EXIT_FAILURE],
 ]);

@@ -23,10 +23,15 @@ export async function writeFileAtomically(file: string, write: (handle: fs.FileH
     await fs.rm(temp, { force: true });
     throw err;
   }
-  const dir = await fs.open(path.dirname(file), 'r');
+  await syncDirectory(path.dirname(file));
+}
+
+/** Fsyncs a folder, so that the names created, renamed or removed in it survive a crash. */
+export async function syncDirectory(dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
   try {
-    await dir.sync();
+    await handle.sync();
   } finally {
-    await dir.close();
+    await handle.close();
   }
 }
