@@ -75,6 +75,17 @@ describe('Trainer', () => {
     [whole, ...shares].forEach((r) => r.dispose());
   });
 
+  it('reduce changes nothing until apply, and a step applies once', async () => {
+    const r = replica({ type: 'adam', learningRate: 1e-2 });
+    const before = r.weights();
+    const reduced = await r.trainer.reduce(mlmBatch(3, 2, 8, 40), { dropoutSeed: 1 });
+    assert.deepEqual(r.weights(), before, 'a reduced step that is not committed leaves the weights alone');
+    assert.deepEqual(reduced.apply(), { applied: true, lr: 1e-2 });
+    assert.notDeepEqual(r.weights(), before);
+    assert.throws(() => reduced.apply(), /applied already/);
+    r.dispose();
+  });
+
   it('reports the norm before clipping and stops on a non-finite loss before updating', async () => {
     assert.equal(hostGlobalNorm([new Float32Array([3, 0]), new Float32Array([4])]), 5);
     const r = replica({ type: 'sgd', learningRate: 1e30 });

@@ -45,12 +45,24 @@ export interface StepPlacement {
   firstSample?: number;
 }
 
-export interface TrainStepReport {
+export interface ReducedStep {
   /** Mean loss and accuracy over the global batch's targets. */
+  readonly loss: number;
+  readonly accuracy: number;
+  readonly targets: number;
+  /** Global norm of the gradients before clipping. */
+  readonly gradNorm: number;
+  /**
+   * Applies the (reduced, clipped) gradients with the optimizer. A worker calls it only
+   * when the coordinator commits the step; a step never applied is simply dropped.
+   */
+  apply(): { applied: boolean; lr: number };
+}
+
+export interface TrainStepReport {
   loss: number;
   accuracy: number;
   targets: number;
-  /** Global norm of the gradients before clipping. */
   gradNorm: number;
   /** Whether the optimizer stepped (not during gradient accumulation), and the learning rate it used or will use. */
   applied: boolean;
@@ -72,7 +84,8 @@ function scaleInPlace(buffers: readonly Float32Array[], factor: number): void {
 export class Trainer {
   constructor(readonly options: TrainerOptions) {}
 
-  async step(batch: Batch, placement: StepPlacement = {}): Promise<TrainStepReport> {
+  /** Gradients of the batch, all-reduced and clipped, ready to apply; nothing is changed yet. */
+  async reduce(batch: Batch, placement: StepPlacement = {}): Promise<ReducedStep> {
     const { objective, optimizer, params, clipNorm, reducer } = this.options;
     const result = objective.compute(batch, {
       recompute: this.options.recompute,
@@ -97,15 +110,26 @@ export class Trainer {
     }
     const gradNorm = hostGlobalNorm(grads);
     if (clipNorm > 0 && gradNorm > clipNorm) scaleInPlace(grads, clipNorm / gradNorm);
-    const report = optimizer.apply(params, grads);
+    let applied = false;
     return {
       loss,
       accuracy: correct / targets,
       targets,
       gradNorm,
-      applied: report.applied,
-      // an accumulation micro-step applies nothing: the rate the coming update uses
-      lr: report.applied ? report.lr : optimizer.currentLearningRate,
+      apply: () => {
+        if (applied) throw new Error('this step was applied already');
+        applied = true;
+        const report = optimizer.apply(params, grads);
+        // an accumulation micro-step applies nothing: the rate the coming update uses
+        return { applied: report.applied, lr: report.applied ? report.lr : optimizer.currentLearningRate };
+      },
     };
+  }
+
+  /** reduce, then apply at once: the single-process step. */
+  async step(batch: Batch, placement: StepPlacement = {}): Promise<TrainStepReport> {
+    const reduced = await this.reduce(batch, placement);
+    const { applied, lr } = reduced.apply();
+    return { loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, applied, lr };
   }
 }
