@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { batchOf, type DatasetRecord, describeSplit, loadDataset, type PreparedDataset, splitByDocument } from '../src/data/dataset.js';
+import { batchFromRecords, batchOf, type DatasetRecord, describeSplit, loadDataset, type PreparedDataset, splitByDocument } from '../src/data/dataset.js';
 import { encodeExample, int64Feature } from '../src/data/example.js';
 import { type Manifest, prepare, type PrepareOptions } from '../src/data/prepare.js';
 import { prepareProgress } from '../src/data/progress.js';
@@ -111,6 +111,24 @@ describe('loadDataset and batches', () => {
       });
       assert.ok(batch.targets.some((t) => t !== 0), `${name}: targets`);
     }
+  });
+
+  it('batchOf is batchFromRecords with the record index as id; masks follow the id, not the batch row', async () => {
+    const data = await loadDataset(path.join(dir, 'b-dynamic'));
+    const ids = [4, 0, 9];
+    const withIds = (order: number[]) => order.map((id) => ({ id, record: data.records[id]! }));
+    const batch = batchFromRecords(data.manifest, withIds(ids), 'encoder', 3, 2);
+    assert.deepEqual(batchOf(data, ids, 'encoder', 3, 2), batch);
+    // the same records in another order: each row moves with its record, masks and all
+    const swapped = batchFromRecords(data.manifest, withIds([9, 4, 0]), 'encoder', 3, 2);
+    const row = (a: Int32Array, b: number) => Array.from(a.subarray(b * batch.length, (b + 1) * batch.length));
+    for (const [from, to] of [[0, 1], [1, 2], [2, 0]] as const) {
+      assert.deepEqual(row(swapped.tokenIds, to), row(batch.tokenIds, from));
+      assert.deepEqual(row(swapped.targets, to), row(batch.targets, from));
+    }
+    // a record sent under another id (another position in the corpus) is masked differently
+    const relabelled = batchFromRecords(data.manifest, ids.map((id) => ({ id: id + 1000, record: data.records[id]! })), 'encoder', 3, 2);
+    assert.notDeepEqual(relabelled.targets, batch.targets);
   });
 
   it('never predicts padding when the pad id is not 0', () => {

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Application } from '../model/build.js';
 import { type Batch, nextTokenTargets } from '../batch.js';
-import { decodeExample } from './example.js';
+import { decodeExample, type Example, ExampleError } from './example.js';
 import { maskWholeWords, seededRandom } from './masking.js';
 import { DATA_FORMAT, type Manifest, MANIFEST_FILE } from './prepare.js';
 import { readRecords } from './tfrecord.js';
@@ -25,11 +25,10 @@ export interface PreparedDataset {
 }
 
 /**
- * Reads a `pretrain prepare` output folder whole: the manifest, then every shard it lists,
- * checking sizes and record counts against it (the CRCs of every record are checked as it
- * is read). For local runs on small data; the coordinator streams shards instead.
+ * Reads and checks a `pretrain prepare` folder's manifest: its data format, and that it
+ * lists token_ids, document and exactly one per-token feature (whose name it returns).
  */
-export async function loadDataset(dir: string): Promise<PreparedDataset> {
+export async function readManifest(dir: string): Promise<{ manifest: Manifest; perTokenFeature: string }> {
   const file = path.join(dir, MANIFEST_FILE);
   let manifest: Manifest;
   try {
@@ -43,32 +42,68 @@ export async function loadDataset(dir: string): Promise<PreparedDataset> {
   }
   const names = Object.keys(manifest.features ?? {});
   const perToken = names.filter((n) => n !== 'token_ids' && n !== 'document');
-  const secondName = perToken[0];
-  if (!names.includes('token_ids') || !names.includes('document') || perToken.length !== 1 || !secondName) {
+  const perTokenFeature = perToken[0];
+  if (!names.includes('token_ids') || !names.includes('document') || perToken.length !== 1 || !perTokenFeature) {
     throw new DatasetError(`${file} lists features ${names.join(', ')}; expected token_ids, document and one per-token feature`);
   }
+  return { manifest, perTokenFeature };
+}
+
+/** A shard listed in the manifest, checked to exist with the size the manifest gives. */
+export async function checkShardSize(dir: string, shard: Manifest['shards'][number]): Promise<string> {
+  const shardFile = path.join(dir, shard.file);
+  const stat = await fs.stat(shardFile).catch(() => undefined);
+  if (!stat) throw new DatasetError(`${shardFile}, listed in the manifest, is missing`);
+  if (stat.size !== shard.bytes) throw new DatasetError(`${shardFile} has ${stat.size} bytes, the manifest says ${shard.bytes}: the data changed after prepare`);
+  return shardFile;
+}
+
+/** The error for a shard whose record count disagrees with the manifest. */
+export function recordCountError(shardFile: string, records: number, shard: Manifest['shards'][number]): DatasetError {
+  return new DatasetError(`${shardFile} has ${records} records, the manifest says ${shard.records}`);
+}
+
+/**
+ * One record's tf.train.Example bytes as a DatasetRecord, checked against the manifest;
+ * `where` names the record in errors (shard file and record number).
+ */
+export function decodeRecord(bytes: Uint8Array, manifest: Manifest, perTokenFeature: string, where: string): DatasetRecord {
+  let ex: Example;
+  try {
+    ex = decodeExample(bytes);
+  } catch (err) {
+    // workers decode bytes sent over the network: say which record they were
+    if (err instanceof ExampleError) throw new DatasetError(`${where} is ${err.message}`);
+    throw err;
+  }
+  const tokens = ex.token_ids;
+  const second = ex[perTokenFeature];
+  const document = ex.document;
+  const length = tokens?.values.length ?? 0;
+  if (tokens?.kind !== 'int64' || second?.kind !== 'int64' || second.values.length !== length || length < 1 || length > manifest.maxLength) {
+    throw new DatasetError(`${where} does not have int64 token_ids and ${perTokenFeature} of one length from 1 to ${manifest.maxLength}`);
+  }
+  const doc = document?.kind === 'int64' && document.values.length === 1 ? Number(document.values[0]) : -1;
+  if (!Number.isSafeInteger(doc) || doc < 0) throw new DatasetError(`${where} does not have one non-negative int64 document index`);
+  return { tokenIds: Int32Array.from(tokens.values, Number), second: Int32Array.from(second.values, Number), document: doc };
+}
+
+/**
+ * Reads a `pretrain prepare` output folder whole: the manifest, then every shard it lists,
+ * checking sizes and record counts against it (the CRCs of every record are checked as it
+ * is read). For tests and small local runs; training at scale reads through RecordStore.
+ */
+export async function loadDataset(dir: string): Promise<PreparedDataset> {
+  const { manifest, perTokenFeature } = await readManifest(dir);
   const records: DatasetRecord[] = [];
   for (const shard of manifest.shards) {
-    const shardFile = path.join(dir, shard.file);
-    const stat = await fs.stat(shardFile).catch(() => undefined);
-    if (!stat) throw new DatasetError(`${shardFile}, listed in the manifest, is missing`);
-    if (stat.size !== shard.bytes) throw new DatasetError(`${shardFile} has ${stat.size} bytes, the manifest says ${shard.bytes}: the data changed after prepare`);
+    const shardFile = await checkShardSize(dir, shard);
     let n = 0;
     for await (const r of readRecords(shardFile)) {
-      const ex = decodeExample(r.data);
-      const tokens = ex.token_ids;
-      const second = ex[secondName];
-      const document = ex.document;
-      const length = tokens?.values.length ?? 0;
-      if (tokens?.kind !== 'int64' || second?.kind !== 'int64' || second.values.length !== length || length < 1 || length > manifest.maxLength) {
-        throw new DatasetError(`${shardFile} record ${r.index} does not have int64 token_ids and ${secondName} of one length from 1 to ${manifest.maxLength}`);
-      }
-      const doc = document?.kind === 'int64' && document.values.length === 1 ? Number(document.values[0]) : -1;
-      if (!Number.isSafeInteger(doc) || doc < 0) throw new DatasetError(`${shardFile} record ${r.index} does not have one non-negative int64 document index`);
-      records.push({ tokenIds: Int32Array.from(tokens.values, Number), second: Int32Array.from(second.values, Number), document: doc });
+      records.push(decodeRecord(r.data, manifest, perTokenFeature, `${shardFile} record ${r.index}`));
       n++;
     }
-    if (n !== shard.records) throw new DatasetError(`${shardFile} has ${n} records, the manifest says ${shard.records}`);
+    if (n !== shard.records) throw recordCountError(shardFile, n, shard);
   }
   return { dir, manifest, records };
 }
@@ -82,23 +117,27 @@ export function checkApplication(manifest: Manifest, application: Application, d
   }
 }
 
-/**
- * The batch of records `indices`, padded to its longest record with the vocabulary's pad
- * id (segment 0, no target): MLM with dynamic masking masks here, from
- * (seed, epoch, record), so every epoch sees new masks; static masks come from the file;
- * unilm and lm predict the next token.
- */
+/** The batch of records `indices` of a loaded dataset: batchFromRecords with the record's index as its id. */
 export function batchOf(data: PreparedDataset, indices: readonly number[], application: Application, seed: number, epoch: number): Batch {
-  const { manifest } = data;
-  const length = indices.reduce((n, r) => Math.max(n, data.records[r]!.tokenIds.length), 1);
-  const batchSize = indices.length;
+  return batchFromRecords(data.manifest, indices.map((id) => ({ id, record: data.records[id]! })), application, seed, epoch);
+}
+
+/**
+ * The batch of `records`, padded to its longest record with the vocabulary's pad id
+ * (segment 0, no target): MLM with dynamic masking masks here, from (seed, epoch, id) with
+ * the record's global id, so every epoch sees new masks and a record is masked the same
+ * whichever worker or batch row gets it; static masks come from the file; unilm and lm
+ * predict the next token.
+ */
+export function batchFromRecords(manifest: Manifest, records: readonly { id: number; record: DatasetRecord }[], application: Application, seed: number, epoch: number): Batch {
+  const length = records.reduce((n, r) => Math.max(n, r.record.tokenIds.length), 1);
+  const batchSize = records.length;
   const { specials, size } = manifest.vocab;
   const tokenIds = new Int32Array(batchSize * length).fill(specials.pad);
   const segmentIds = new Int32Array(batchSize * length);
   let targets: Int32Array = new Int32Array(batchSize * length);
   const special = new Set(Object.values(specials));
-  indices.forEach((r, b) => {
-    const rec = data.records[r]!;
+  records.forEach(({ id, record: rec }, b) => {
     const at = b * length;
     if (manifest.task === 'seq2seq') {
       tokenIds.set(rec.tokenIds, at);
@@ -109,7 +148,7 @@ export function batchOf(data: PreparedDataset, indices: readonly number[], appli
       tokenIds.set(rec.tokenIds, at);
       rec.second.forEach((m, i) => (targets[at + i] = m > 0 ? m - 1 : 0));
     } else {
-      const masked = maskWholeWords(rec.tokenIds, rec.second, seededRandom(seed, epoch, r), { mask: specials.mask, size, specials: special });
+      const masked = maskWholeWords(rec.tokenIds, rec.second, seededRandom(seed, epoch, id), { mask: specials.mask, size, specials: special });
       tokenIds.set(masked.tokenIds, at);
       masked.maskIds.forEach((m, i) => (targets[at + i] = m > 0 ? m - 1 : 0));
     }
@@ -117,7 +156,7 @@ export function batchOf(data: PreparedDataset, indices: readonly number[], appli
   if (application !== 'encoder') {
     targets = nextTokenTargets(application, batchSize, length, tokenIds, segmentIds);
     // nextTokenTargets knows padding as id 0 only: never predict the vocabulary's pad, whatever its id
-    indices.forEach((r, b) => targets.fill(0, b * length + data.records[r]!.tokenIds.length - 1, (b + 1) * length));
+    records.forEach(({ record }, b) => targets.fill(0, b * length + record.tokenIds.length - 1, (b + 1) * length));
   }
   return { batchSize, length, tokenIds, segmentIds, targets };
 }
@@ -137,13 +176,15 @@ export interface DatasetSplit {
  * splitting one between training and evaluation would leak. With too few documents for
  * that, the last document is held out, as long as one is left to train on.
  */
-export function splitByDocument(records: readonly { readonly document: number }[], heldOutEvery = 20): DatasetSplit {
-  const documents = new Set(records.map((r) => r.document));
+export function splitByDocument(records: readonly { readonly document: number }[] | Int32Array, heldOutEvery = 20): DatasetSplit {
+  // a RecordStore gives the documents alone, one Int32Array for the whole corpus
+  const byRecord: ArrayLike<number> & Iterable<number> = records instanceof Int32Array ? records : records.map((r) => r.document);
+  const documents = new Set(byRecord);
   let held = new Set([...documents].filter((d) => d % heldOutEvery === heldOutEvery - 1));
   if (held.size === 0 && documents.size >= 2) held = new Set([[...documents].reduce((a, b) => Math.max(a, b))]);
   const train: number[] = [];
   const heldOut: number[] = [];
-  records.forEach((r, i) => (held.has(r.document) ? heldOut : train).push(i));
+  for (let i = 0; i < byRecord.length; i++) (held.has(byRecord[i]!) ? heldOut : train).push(i);
   return { train, heldOut, documents: documents.size, heldOutDocuments: held.size };
 }
 

@@ -107,7 +107,8 @@ export async function* readRecords(file: string, options: { verifyData?: boolean
   }
 }
 
-async function openForReading(file: string): Promise<fs.FileHandle> {
+/** Opens a file to read records from; a missing or unopenable file is a TFRecordError naming it. */
+export async function openForReading(file: string): Promise<fs.FileHandle> {
   try {
     const handle = await fs.open(file, 'r');
     if (!(await handle.stat()).isFile()) {
@@ -223,8 +224,12 @@ export class TFRecordIndex {
     return new TFRecordIndex(file, Float64Array.from(offsets), size);
   }
 
-  /** Loads `<file>.index`, or builds and saves it when absent or stale. */
-  static async open(file: string): Promise<TFRecordIndex> {
+  /**
+   * Loads `<file>.index`, or builds and saves it when absent or stale. A failed save throws,
+   * unless `onSaveError` is given: then it gets the error and the index is used from memory
+   * (data mounted read-only can still be read; the next open scans the shard again).
+   */
+  static async open(file: string, options: { onSaveError?: (err: NodeJS.ErrnoException) => void } = {}): Promise<TFRecordIndex> {
     const indexFile = `${file}.index`;
     const size = (await fs.stat(file).catch(() => undefined))?.size;
     if (size === undefined) throw new TFRecordError(file, 0, 'no such file');
@@ -238,7 +243,12 @@ export class TFRecordIndex {
       }
     }
     const built = await TFRecordIndex.build(file);
-    await built.save(indexFile);
+    try {
+      await built.save(indexFile);
+    } catch (err) {
+      if (!options.onSaveError) throw err;
+      options.onSaveError(err as NodeJS.ErrnoException);
+    }
     return built;
   }
 
