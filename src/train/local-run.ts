@@ -20,7 +20,7 @@ import { batchOf, checkApplication, DatasetError, datasetBatches, describeSplit,
 import { TFRecordError } from '../data/tfrecord.js';
 import type { Batch } from '../batch.js';
 import { PretrainingObjective } from './step.js';
-import { Trainer } from './trainer.js';
+import { stepDropoutSeed, Trainer } from './trainer.js';
 
 /** A problem with what the user asked for (options, config file, backend): reported in one line, no stack. */
 export class LocalRunError extends Error {
@@ -326,7 +326,7 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRunS
     for (let step = 1; step <= o.steps; step++) {
       const batch = batches.next().value;
       const t0 = performance.now();
-      const result = await trainer.step(batch, { step, dropoutSeed: o.seed * 1_000_003 + step });
+      const result = await trainer.step(batch, { step, dropoutSeed: stepDropoutSeed(o.seed, step) });
       const seconds = (performance.now() - t0) / 1000;
       const tokens = batch.batchSize * batch.length;
       if (step > 1 || o.steps === 1) {

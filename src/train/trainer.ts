@@ -14,7 +14,7 @@
  * 4. a non-finite loss stops the run before anything is applied.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { Batch } from '../batch.js';
+import { type Batch, countTargets } from '../batch.js';
 import type { Optimizer } from '../optim/optimizer.js';
 import type { ParameterAccess } from '../optim/parameters.js';
 import { type PretrainingObjective, TrainingError } from './step.js';
@@ -81,28 +81,46 @@ function scaleInPlace(buffers: readonly Float32Array[], factor: number): void {
   for (const b of buffers) for (let i = 0; i < b.length; i++) b[i]! *= factor;
 }
 
+/** Seed of step `step`'s dropout masks: one function, so every process of a run draws the same masks. */
+export function stepDropoutSeed(runSeed: number, step: number): number {
+  return (Math.imul(runSeed >>> 0, 1_000_003) + step) >>> 0;
+}
+
 export class Trainer {
   constructor(readonly options: TrainerOptions) {}
 
   /** Gradients of the batch, all-reduced and clipped, ready to apply; nothing is changed yet. */
   async reduce(batch: Batch, placement: StepPlacement = {}): Promise<ReducedStep> {
     const { objective, optimizer, params, clipNorm, reducer } = this.options;
-    const result = objective.compute(batch, {
-      recompute: this.options.recompute,
-      microBatches: this.options.microBatches,
-      dropoutSeed: placement.dropoutSeed,
-      firstSample: placement.firstSample,
-      normalizer: reducer ? 1 : undefined,
-    });
-    // host copies: the reducer and the clipping write into them, never into a tensor's memory
-    const grads = result.grads.map((g) => new Float32Array(g.dataSync() as Float32Array));
-    tf.dispose(result.grads);
-    let { lossSum, targets, correct } = result;
+    let grads: Float32Array[];
+    let lossSum = 0;
+    let targets = 0;
+    let correct = 0;
+    if (reducer && (batch.batchSize === 0 || countTargets(batch) === 0)) {
+      // a replica whose share has no targets still takes part in the sum, with zeros
+      grads = objective.weights.map((w) => new Float32Array(w.variable.size));
+    } else {
+      const microBatches = Math.min(this.options.microBatches ?? 1, batch.batchSize);
+      const result = objective.compute(batch, {
+        recompute: this.options.recompute,
+        microBatches,
+        dropoutSeed: placement.dropoutSeed,
+        firstSample: placement.firstSample,
+        normalizer: reducer ? 1 : undefined,
+      });
+      // host copies: the reducer and the clipping write into them, never into a tensor's memory
+      grads = result.grads.map((g) => new Float32Array(g.dataSync() as Float32Array));
+      tf.dispose(result.grads);
+      ({ lossSum, targets, correct } = result);
+    }
     if (reducer) {
       const stats = new Float32Array([lossSum, targets, correct]);
       await reducer.allReduce([...grads, stats], { op: 'sum' });
       [lossSum, targets, correct] = [stats[0]!, stats[1]!, stats[2]!];
       scaleInPlace(grads, 1 / targets);
+    }
+    if (targets === 0) {
+      throw new TrainingError(`${placement.step === undefined ? 'a step' : `step ${placement.step}`} has no target positions in the whole batch: check that the data has masked or target tokens`);
     }
     const loss = lossSum / targets;
     if (!Number.isFinite(loss)) {
