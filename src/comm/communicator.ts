@@ -86,6 +86,8 @@ class ProtocolViolation extends Error {}
 
 const CHUNK_OVERHEAD = 256;
 const MAX_GATHER = 1 << 16;
+/** How many collectives ahead a right neighbour's pull may be held for. */
+const MAX_AHEAD = 64;
 
 export class Communicator implements PullTarget {
   readonly runId: string;
@@ -105,8 +107,11 @@ export class Communicator implements PullTarget {
   readonly #probeMs: number;
   #sequence = 0;
   #op: Op | undefined;
-  /** The right neighbour's pull for the next collective, arrived before this rank started it. */
-  #early: { request: PullRequest; call: ServerCall } | undefined;
+  /**
+   * The right neighbour's pulls for collectives this rank has not started yet. A rank can be
+   * several collectives ahead of its left neighbour: a broadcast root needs nothing from it.
+   */
+  readonly #early = new Map<number, { request: PullRequest; call: ServerCall }>();
   #leftSession: http2.ClientHttp2Session | undefined;
   #broken: CollectiveError | undefined;
   #closed = false;
@@ -270,8 +275,8 @@ export class Communicator implements PullTarget {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#op && this.#op.state === 'running') this.#settle(this.#op, this.#error(this.#op, { rank: undefined, reason: 'closed', detail: 'this communicator was closed' }));
-    this.#early?.call.finish(Status.UNAVAILABLE, `rank ${this.rank} closed generation ${this.generation}`);
-    this.#early = undefined;
+    for (const { call } of this.#early.values()) call.finish(Status.UNAVAILABLE, `rank ${this.rank} closed generation ${this.generation}`);
+    this.#early.clear();
     this.#leftSession?.close();
     this.#server.detach(this);
   }
@@ -287,9 +292,9 @@ export class Communicator implements PullTarget {
     if (request.fromRank !== this.#right) return call.finish(Status.PERMISSION_DENIED, `rank ${request.fromRank} is not this rank's right ring neighbour (rank ${this.#right}) in generation ${this.generation}`);
     const op = this.#op;
     if (op && request.sequence === op.sequence) return this.#attachPull(op, request, call);
-    if (request.sequence === this.#sequence + 1 && !this.#broken && !this.#closed) {
-      if (this.#early?.call.open) return call.finish(Status.FAILED_PRECONDITION, `collective #${request.sequence} is already being pulled`);
-      this.#early = { request, call };
+    if (request.sequence > this.#sequence && request.sequence <= this.#sequence + MAX_AHEAD && !this.#broken && !this.#closed) {
+      if (this.#early.get(request.sequence)?.call.open) return call.finish(Status.FAILED_PRECONDITION, `collective #${request.sequence} is already being pulled`);
+      this.#early.set(request.sequence, { request, call });
       return;
     }
     if (this.#broken) return call.finish(Status.ABORTED, this.#broken.message, culpritTrailer(this.#broken.peer?.rank));
@@ -421,8 +426,8 @@ export class Communicator implements PullTarget {
       const stallAt = Math.max(0, this.#deadlineMs - this.#probeMs - 50);
       op.timers.push(setTimeout(() => this.#fail(op, this.#stallHint(op)), stallAt));
       op.timers.push(setTimeout(() => this.#settle(op, this.#error(op, this.#stallHint(op))), this.#deadlineMs));
-      const early = this.#early;
-      this.#early = undefined;
+      const early = this.#early.get(sequence);
+      this.#early.delete(sequence);
       if (plan.pulls) this.#pull(op);
       if (early) this.#attachPull(op, early.request, early.call);
       this.#maybeDone(op);
@@ -465,6 +470,8 @@ export class Communicator implements PullTarget {
     }
     // a failed ring cannot be trusted again: the coordinator forms a new generation
     this.#broken ??= error;
+    for (const { call } of this.#early.values()) call.finish(Status.ABORTED, error.message, culpritTrailer(error.peer?.rank));
+    this.#early.clear();
     this.#leftSession?.destroy();
     this.#leftSession = undefined;
     op.reject(error);
