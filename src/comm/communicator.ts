@@ -478,6 +478,7 @@ export class Communicator implements PullTarget {
   }
 
   #error(op: Op, hint: Hint): CollectiveError {
+    if (hint.reason === 'unreachable' && this.#server.tls) hint = { ...hint, detail: `${hint.detail}; with mutual TLS, check that both ranks' certificates are signed by the run's CA` };
     const peer: PeerRef | undefined = hint.rank === undefined ? undefined : { rank: hint.rank, address: this.#peers[hint.rank] ?? '?' };
     return new CollectiveError(op.name, this.generation, op.sequence, peer, hint.reason, hint.detail);
   }
@@ -511,7 +512,7 @@ export class Communicator implements PullTarget {
     } catch (e) {
       if (e instanceof RpcError && e.code === Status.CANCELLED) return { kind: 'unresponsive' };
       if (e instanceof RpcError && e.code !== Status.UNAVAILABLE) return { kind: 'rejected', detail: e.message };
-      return { kind: 'unreachable', detail: e instanceof RpcError ? e.details : (e as NodeJS.ErrnoException).code ?? (e as Error).message };
+      return { kind: 'unreachable', detail: e instanceof RpcError ? e.details : describeError(e as Error) };
     } finally {
       session.destroy();
     }
@@ -529,8 +530,14 @@ function hintFromCallError(left: number, error: Error): Hint {
     if (error.code === Status.RESOURCE_EXHAUSTED || error.code === Status.INTERNAL) return { rank: left, reason: 'protocol', detail: error.details };
     return { rank: left, reason: 'rejected', detail: error.message };
   }
+  return { rank: left, reason: 'unreachable', detail: describeError(error) };
+}
+
+/** A transport error in one line, with its cause (Node puts the TLS verdict there). */
+function describeError(error: Error): string {
   const code = (error as NodeJS.ErrnoException).code;
-  return { rank: left, reason: 'unreachable', detail: code ? `${code}: ${error.message}` : error.message };
+  const cause = error.cause instanceof Error ? error.cause.message : undefined;
+  return `${code ? `${code}: ` : ''}${error.message}${cause && !error.message.includes(cause) ? ` (${cause})` : ''}`;
 }
 
 function culpritTrailer(rank: number | undefined): Record<string, string> {
