@@ -30,33 +30,40 @@ async function main(): Promise<void> {
   const all = await joinLocalGroup({ grpc: server.address, tcp: tcp.address });
   const comm = new Communicator(server, { generation: 1, rank, peers: all.map((a) => String(a.grpc)), chunkElements: config.chunkElements, deadlineMs: 600_000 });
   await tcp.connect(String(all[(rank + 1) % n]!.tcp));
-  for (const transport of config.transports) {
-    for (const [k, bytes] of config.sizes.entries()) {
-      const elements = bytes / 4;
-      const pristine = new Float32Array(elements);
-      const expected = new Float32Array(elements);
-      for (let i = 0; i < elements; i++) {
-        pristine[i] = pattern(rank, i);
-        let sum = 0;
-        for (let r = 0; r < n; r++) sum += pattern(r, i);
-        expected[i] = sum;
-      }
-      const buf = new Float32Array(elements);
-      const times: number[] = [];
-      let correct = true;
-      for (let it = 0; it < config.warmup + config.iters[k]!; it++) {
+  // the transports take turns iteration by iteration, so that both see the same machine
+  // (this one is shared: other work comes and goes)
+  for (const [k, bytes] of config.sizes.entries()) {
+    const elements = bytes / 4;
+    const pristine = new Float32Array(elements);
+    const expected = new Float32Array(elements);
+    for (let i = 0; i < elements; i++) {
+      pristine[i] = pattern(rank, i);
+      let sum = 0;
+      for (let r = 0; r < n; r++) sum += pattern(r, i);
+      expected[i] = sum;
+    }
+    const buf = new Float32Array(elements);
+    const stats = new Map(config.transports.map((t) => [t, { times: [] as number[], cpuMicros: 0, correct: true }]));
+    for (let it = 0; it < config.warmup + config.iters[k]!; it++) {
+      for (const transport of config.transports) {
+        const s = stats.get(transport)!;
         buf.set(pristine);
         await comm.allGather([it]); // barrier: the timing starts together on every rank
+        const cpu0 = process.cpuUsage();
         const t0 = process.hrtime.bigint();
         if (transport === 'grpc') await comm.allReduce(buf, { compression: config.compression });
         else await tcp.allReduce(buf, n, rank);
         const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-        if (it >= config.warmup) times.push(seconds);
+        const cpu = process.cpuUsage(cpu0);
+        if (it >= config.warmup) {
+          s.times.push(seconds);
+          s.cpuMicros += cpu.user + cpu.system;
+        }
         // exact also with fp16: the partial sums are integers below 2048 in magnitude
-        for (let i = 0; i < elements; i++) if (buf[i] !== expected[i]) correct = false;
+        for (let i = 0; i < elements; i++) if (buf[i] !== expected[i]) s.correct = false;
       }
-      report({ transport, bytes, times, correct });
     }
+    for (const [transport, s] of stats) report({ transport, bytes, times: s.times, cpuSeconds: s.cpuMicros / 1e6 / config.iters[k]!, correct: s.correct });
   }
   comm.close();
   tcp.close();

@@ -46,7 +46,7 @@ const program = new Command('bench:allreduce')
   .option('--compression <none|fp16>', 'compression of the gRPC all-reduce', 'none')
   .option('--no-tcp', 'skip the plain-TCP ring')
   .option('--profile <dir>', 'write a V8 CPU profile of every rank process into <dir> (node --cpu-prof)')
-  .addHelpText('after', '\nExample: npm run bench:allreduce -- --ranks 2,4 --sizes 64MiB\nbusbw = algbw * 2(n-1)/n (nccl-tests); time is the median over iterations of the slowest rank.');
+  .addHelpText('after', '\nExample: npm run bench:allreduce -- --ranks 2,4 --sizes 64MiB\nbusbw = algbw * 2(n-1)/n (nccl-tests); time is the median over iterations of the slowest rank;\ncpu ms is the CPU time (user + system) one rank spends per collective, mean over ranks.');
 
 interface Options {
   ranks: number[];
@@ -59,22 +59,30 @@ interface Options {
   profile?: string;
 }
 
-async function runRanks(n: number, o: Options): Promise<Map<string, { time: number; correct: boolean }>> {
+interface Figure {
+  time: number;
+  /** CPU seconds per collective, mean over ranks */
+  cpu: number;
+  correct: boolean;
+}
+
+async function runRanks(n: number, o: Options): Promise<Map<string, Figure>> {
   const iters = o.sizes.map((b) => o.iters ?? Math.max(5, Math.min(20, Math.floor((512 << 20) / b))));
   const transports: RankConfig['transports'] = o.tcp ? ['grpc', 'tcp'] : ['grpc'];
   const token = randomBytes(24).toString('hex');
   const config = (rank: number): RankConfig => ({ rank, n, sizes: o.sizes, transports, warmup: o.warmup, iters, chunkElements: o.chunk / 4, compression: o.compression as RankConfig['compression'] });
   const nodeArgs = o.profile ? ['--cpu-prof', `--cpu-prof-dir=${o.profile}`] : [];
   const group = await RankGroup.start(RANK_SCRIPT, n, { nodeArgs, env: (rank) => ({ ...process.env, BENCH_RANK: JSON.stringify(config(rank)), COMM_TOKEN: token }) });
-  const results = new Map<string, { time: number; correct: boolean }>();
+  const results = new Map<string, Figure>();
   try {
-    for (const transport of transports) {
-      for (const bytes of o.sizes) {
+    for (const bytes of o.sizes) {
+      for (const transport of transports) {
         const reports = await Promise.all([...Array(n).keys()].map((r) => group.next(r, 900_000)));
         const times = reports[0]!.times as number[];
         // per iteration the slowest rank, then the median over iterations
         const slowest = times.map((_, it) => Math.max(...reports.map((m) => (m.times as number[])[it]!)));
-        results.set(`${transport}:${bytes}`, { time: median(slowest), correct: reports.every((m) => m.correct === true) });
+        const cpu = reports.reduce((sum, m) => sum + (m.cpuSeconds as number), 0) / n;
+        results.set(`${transport}:${bytes}`, { time: median(slowest), cpu, correct: reports.every((m) => m.correct === true) });
       }
     }
     await Promise.all([...Array(n).keys()].map((r) => group.exit(r)));
@@ -101,12 +109,12 @@ async function main(): Promise<void> {
       figures.busbw[n]![bytes] = round(gb(bytes, g.time) * factor);
       if (t) figures.tcpBusbw[n]![bytes] = round(gb(bytes, t.time) * factor);
       figures.correct &&= g.correct && (t?.correct ?? true);
-      const row: (string | number)[] = [formatSize(bytes), bytes / 4, (g.time * 1e6).toFixed(0), gb(bytes, g.time).toFixed(3), (gb(bytes, g.time) * factor).toFixed(3), g.correct ? 'ok' : 'WRONG'];
-      if (t) row.push((t.time * 1e6).toFixed(0), gb(bytes, t.time).toFixed(3), (gb(bytes, t.time) * factor).toFixed(3), t.correct ? 'ok' : 'WRONG', `${((100 * t.time) / g.time).toFixed(0)}%`);
+      const row: (string | number)[] = [formatSize(bytes), bytes / 4, (g.time * 1e6).toFixed(0), gb(bytes, g.time).toFixed(3), (gb(bytes, g.time) * factor).toFixed(3), (g.cpu * 1e3).toFixed(1), g.correct ? 'ok' : 'WRONG'];
+      if (t) row.push((t.time * 1e6).toFixed(0), gb(bytes, t.time).toFixed(3), (gb(bytes, t.time) * factor).toFixed(3), (t.cpu * 1e3).toFixed(1), t.correct ? 'ok' : 'WRONG', `${((100 * t.time) / g.time).toFixed(0)}%`);
       rows.push(row);
     }
-    const header = ['size', 'count', 'grpc us', 'algbw GB/s', 'busbw GB/s', 'check'];
-    if (o.tcp) header.push('tcp us', 'algbw GB/s', 'busbw GB/s', 'check', 'grpc/tcp');
+    const header = ['size', 'count', 'grpc us', 'algbw GB/s', 'busbw GB/s', 'cpu ms', 'check'];
+    if (o.tcp) header.push('tcp us', 'algbw GB/s', 'busbw GB/s', 'cpu ms', 'check', 'grpc/tcp');
     table(`all-reduce, float32 sum, ${n} ranks on 127.0.0.1, chunk ${formatSize(o.chunk)}${o.compression === 'fp16' ? ', fp16 compression' : ''}`, header, rows);
   }
   const args = [`--ranks ${o.ranks.join(',')}`, `--sizes ${o.sizes.map(formatSize).join(',')}`, `--warmup ${o.warmup}`, ...(o.iters ? [`--iters ${o.iters}`] : []), `--chunk ${formatSize(o.chunk)}`, ...(o.compression !== 'none' ? [`--compression ${o.compression}`] : []), ...(o.tcp ? [] : ['--no-tcp'])];

@@ -1,11 +1,12 @@
 /**
  * The same chunked, pipelined ring all-reduce as src/comm, over plain TCP sockets (node:net):
  * the transport ceiling the benchmark compares the gRPC data plane with. Same schedule, same
- * gRPC length-prefix framing of raw float32 payloads, same zero-copy writes; no HTTP/2, no
+ * gRPC length-prefix framing of raw float32 payloads, same zero-copy writes and SIMD adds; no HTTP/2, no
  * protobuf, no authentication, no fault handling (a benchmark only).
  */
 import net from 'node:net';
 import { allReduceSchedule } from '../src/comm/flat.js';
+import { ChunkAdder } from '../src/comm/simd-add.js';
 import { MessageReader } from '../src/comm/wire.js';
 
 export class TcpRing {
@@ -14,6 +15,7 @@ export class TcpRing {
   #toRight: net.Socket | undefined;
   /** One reader for the connection's life: a message of the next collective may share a read with this one's last. */
   readonly #reader: MessageReader;
+  readonly #adder: ChunkAdder;
   readonly #early: Buffer[] = [];
   #onMessage: ((m: Buffer) => void) | undefined;
   #error: Error | undefined;
@@ -23,7 +25,8 @@ export class TcpRing {
     readonly chunkElements: number,
   ) {
     this.#server = server;
-    this.#reader = new MessageReader(chunkElements * 4, (m) => (this.#onMessage ? this.#onMessage(m) : this.#early.push(Buffer.from(m))));
+    this.#adder = new ChunkAdder(chunkElements * 4, chunkElements);
+    this.#reader = new MessageReader(chunkElements * 4, (m) => (this.#onMessage ? this.#onMessage(m) : this.#early.push(Buffer.from(m))), this.#adder.assembly);
     this.#fromLeft = new Promise((resolve) =>
       server.once('connection', (s: net.Socket) => {
         s.on('data', (chunk: Buffer) => {
@@ -97,7 +100,7 @@ export class TcpRing {
         const t = receives[received++]!;
         const src = new Float32Array(m.buffer, m.byteOffset, t.length);
         const dst = buf.subarray(t.offset, t.offset + t.length);
-        if (t.step < n - 1) for (let i = 0; i < dst.length; i++) dst[i] += src[i]!;
+        if (t.step < n - 1) this.#adder.add(dst, src);
         else dst.set(src);
         pump();
         done();

@@ -9,6 +9,7 @@
 import type http2 from 'node:http2';
 import { CollectiveError, RpcError, Status, type FailureReason, type PeerRef } from './errors.js';
 import { addHalf, copyHalf, encodeHalf, roundHalfInPlace } from './fp16.js';
+import { ChunkAdder } from './simd-add.js';
 import { allReduceSchedule, chunks, FlatBuffers, type Transfer } from './flat.js';
 import { chunkPrefix, decodeChunk, decodeStatusReply, encodePullRequest, encodeStatusRequest, Encoding, Kind, PULL_PATH, STATUS_PATH, type PullRequest, type StatusReply } from './proto.js';
 import type { CommServer, PullTarget } from './server.js';
@@ -113,6 +114,8 @@ export class Communicator implements PullTarget {
    */
   readonly #early = new Map<number, { request: PullRequest; call: ServerCall }>();
   #leftSession: http2.ClientHttp2Session | undefined;
+  /** Received chunks are assembled in its memory and added from there with SIMD. */
+  readonly #adder: ChunkAdder;
   #broken: CollectiveError | undefined;
   #closed = false;
 
@@ -139,6 +142,7 @@ export class Communicator implements PullTarget {
     this.#compression = options.compression ?? 'none';
     this.#maxInFlight = options.maxInFlightBytes ?? 32 << 20;
     this.#probeMs = options.probeMs ?? Math.min(2000, this.#deadlineMs / 4);
+    this.#adder = new ChunkAdder(CHUNK_OVERHEAD + this.#chunkElements * 4, this.#chunkElements);
     server.attach(this);
   }
 
@@ -200,7 +204,7 @@ export class Communicator implements PullTarget {
         }
         const src = view(data, Float32Array, 4);
         for (const p of flat.pieces(t.offset, t.length)) {
-          if (reduce) addInto(p, src, at);
+          if (reduce) this.#adder.add(p, src.subarray(at, at + p.length));
           else p.set(src.subarray(at, at + p.length));
           at += p.length;
         }
@@ -376,13 +380,13 @@ export class Communicator implements PullTarget {
     op.recvCall = startCall(this.#leftSession, PULL_PATH, encodePullRequest(request), { authorization: this.#server.token.header() }, messageLimit, op.deadline - Date.now(), {
       onMessage: (m) => this.#onChunk(op, m),
       onEnd: (error) => {
-        if (op.state !== 'running') return;
+        if (op.state !== 'running' || op.recvEnded) return;
         if (error) return this.#fail(op, hintFromCallError(this.#left, error));
         if (op.received < plan.receives.length) return this.#fail(op, { rank: this.#left, reason: 'protocol', detail: `it ended the stream after ${op.received} of ${plan.receives.length} chunks` });
         op.recvEnded = true;
         this.#maybeDone(op);
       },
-    });
+    }, messageLimit <= this.#adder.assembly.length ? this.#adder.assembly : undefined);
   }
 
   #onChunk(op: Op, message: Buffer): void {
@@ -411,6 +415,12 @@ export class Communicator implements PullTarget {
     plan.apply(i, c.data);
     op.received++;
     this.#pump(op);
+    // done with the last chunk: waiting for the status trailers would wait on the sender's
+    // event loop, which may be busy with its own caller's work by then
+    if (op.received === plan.receives.length) {
+      op.recvEnded = true;
+      this.#maybeDone(op);
+    }
   }
 
   // ---- running a collective ----
@@ -563,8 +573,4 @@ function view<T extends Float32Array | Uint16Array>(data: Uint8Array, Ctor: { ne
   const copy = new Ctor(data.byteLength / size);
   new Uint8Array(copy.buffer).set(data);
   return copy;
-}
-
-function addInto(dst: Float32Array, src: Float32Array, at: number): void {
-  for (let i = 0; i < dst.length; i++) dst[i] += src[at + i]!;
 }

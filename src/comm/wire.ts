@@ -60,7 +60,14 @@ export class MessageReader {
   constructor(
     readonly maxMessageBytes: number,
     readonly onMessage: (message: Buffer) => void,
-  ) {}
+    /** A fixed buffer of at least maxMessageBytes to assemble in (ChunkAdder's memory); else one that grows. */
+    assembly?: Buffer,
+  ) {
+    if (assembly) {
+      if (assembly.length < maxMessageBytes) throw new Error('the assembly buffer is smaller than the message limit');
+      this.#message = assembly;
+    }
+  }
 
   /** Bytes of a message started but not finished (a stream that ends here was cut short). */
   get partial(): boolean {
@@ -140,6 +147,7 @@ export function startCall(
   maxMessageBytes: number,
   timeoutMs: number,
   handlers: CallHandlers,
+  assembly?: Buffer,
 ): Call {
   let ended = false;
   const end = (error: RpcError | Error | null, partial = false): void => {
@@ -157,7 +165,7 @@ export function startCall(
     end(e as Error);
     return { cancel: () => {} };
   }
-  const reader = new MessageReader(maxMessageBytes, handlers.onMessage);
+  const reader = new MessageReader(maxMessageBytes, handlers.onMessage, assembly);
   let statusHeaders: http2.IncomingHttpHeaders | undefined;
   const finishWith = (h: http2.IncomingHttpHeaders): void => {
     const code = Number(h['grpc-status']);
