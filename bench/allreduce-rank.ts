@@ -16,6 +16,7 @@ export interface RankConfig {
   iters: number[]; // timed iterations per size
   chunkElements: number;
   compression: 'none' | 'fp16';
+  maxInFlightBytes: number;
 }
 
 /** Small integers: every partial sum is exact in float32, so the check is exact whatever the order. */
@@ -28,7 +29,7 @@ async function main(): Promise<void> {
   const server = await CommServer.listen({ runId: 'bench-allreduce', token });
   const tcp = await TcpRing.listen('127.0.0.1', config.chunkElements);
   const all = await joinLocalGroup({ grpc: server.address, tcp: tcp.address });
-  const comm = new Communicator(server, { generation: 1, rank, peers: all.map((a) => String(a.grpc)), chunkElements: config.chunkElements, deadlineMs: 600_000 });
+  const comm = new Communicator(server, { generation: 1, rank, peers: all.map((a) => String(a.grpc)), chunkElements: config.chunkElements, deadlineMs: 600_000, maxInFlightBytes: config.maxInFlightBytes });
   await tcp.connect(String(all[(rank + 1) % n]!.tcp));
   // the transports take turns iteration by iteration, so that both see the same machine
   // (this one is shared: other work comes and goes)
@@ -52,7 +53,7 @@ async function main(): Promise<void> {
         const cpu0 = process.cpuUsage();
         const t0 = process.hrtime.bigint();
         if (transport === 'grpc') await comm.allReduce(buf, { compression: config.compression });
-        else await tcp.allReduce(buf, n, rank);
+        else await tcp.allReduce(buf, n, rank, config.maxInFlightBytes);
         const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
         const cpu = process.cpuUsage(cpu0);
         if (it >= config.warmup) {

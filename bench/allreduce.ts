@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { RankGroup } from '../src/comm/local-launch.js';
 import { median, table } from './common.js';
 import type { RankConfig } from './allreduce-rank.js';
@@ -28,21 +28,25 @@ function formatSize(bytes: number): string {
 }
 
 const list = <T>(parse: (s: string) => T) => (text: string): T[] => text.split(',').map((s) => parse(s));
-const positive = (s: string): number => {
+const integer = (min: number) => (s: string): number => {
   const v = Number(s);
-  if (!Number.isInteger(v) || v < 1) throw new InvalidArgumentError(`'${s}' is not a positive integer`);
+  if (!Number.isInteger(v) || v < min) throw new InvalidArgumentError(`'${s}' is not an integer >= ${min}`);
   return v;
 };
+const positive = integer(1);
+const nonNegative = integer(0);
+const atLeastTwo = integer(2);
 
 const DEFAULT_SIZES = Array.from({ length: 19 }, (_, i) => 1024 * 2 ** i); // 1 KiB .. 256 MiB
 
 const program = new Command('bench:allreduce')
   .description('Ring all-reduce of float32 buffers between rank processes on 127.0.0.1: the gRPC data plane (src/comm) and the same ring over plain TCP')
-  .option('--ranks <list>', 'rank counts, comma-separated', list(positive), [2, 4])
-  .option('--sizes <list>', 'buffer sizes in bytes, comma-separated (4096, 64KiB, 64MiB); default 1KiB to 256MiB doubling', list(parseSize), DEFAULT_SIZES)
-  .option('--warmup <n>', 'untimed iterations per size', positive, 2)
+  .option('--ranks <list>', 'rank counts (2 or more), comma-separated', list(atLeastTwo), [2, 4])
+  .addOption(new Option('--sizes <list>', 'buffer sizes in bytes, comma-separated (4096, 64KiB, 64MiB)').argParser(list(parseSize)).default(DEFAULT_SIZES, '1KiB to 256MiB, doubling'))
+  .option('--warmup <n>', 'untimed iterations per size', nonNegative, 2)
   .option('--iters <n>', 'timed iterations per size (default: 5 to 20, fewer for large sizes)', positive)
   .option('--chunk <bytes>', 'chunk size, the unit of pipelining', parseSize, 1 << 20)
+  .option('--in-flight <bytes>', 'bytes written but not yet flushed, at most, per rank', parseSize, 32 << 20)
   .option('--compression <none|fp16>', 'compression of the gRPC all-reduce', 'none')
   .option('--no-tcp', 'skip the plain-TCP ring')
   .option('--profile <dir>', 'write a V8 CPU profile of every rank process into <dir> (node --cpu-prof)')
@@ -54,6 +58,7 @@ interface Options {
   warmup: number;
   iters?: number;
   chunk: number;
+  inFlight: number;
   compression: string;
   tcp: boolean;
   profile?: string;
@@ -70,7 +75,7 @@ async function runRanks(n: number, o: Options): Promise<Map<string, Figure>> {
   const iters = o.sizes.map((b) => o.iters ?? Math.max(5, Math.min(20, Math.floor((512 << 20) / b))));
   const transports: RankConfig['transports'] = o.tcp ? ['grpc', 'tcp'] : ['grpc'];
   const token = randomBytes(24).toString('hex');
-  const config = (rank: number): RankConfig => ({ rank, n, sizes: o.sizes, transports, warmup: o.warmup, iters, chunkElements: o.chunk / 4, compression: o.compression as RankConfig['compression'] });
+  const config = (rank: number): RankConfig => ({ rank, n, sizes: o.sizes, transports, warmup: o.warmup, iters, chunkElements: o.chunk / 4, compression: o.compression as RankConfig['compression'], maxInFlightBytes: o.inFlight });
   const nodeArgs = o.profile ? ['--cpu-prof', `--cpu-prof-dir=${o.profile}`] : [];
   const group = await RankGroup.start(RANK_SCRIPT, n, { nodeArgs, env: (rank) => ({ ...process.env, BENCH_RANK: JSON.stringify(config(rank)), COMM_TOKEN: token }) });
   const results = new Map<string, Figure>();
@@ -117,13 +122,14 @@ async function main(): Promise<void> {
     if (o.tcp) header.push('tcp us', 'algbw GB/s', 'busbw GB/s', 'cpu ms', 'check', 'grpc/tcp');
     table(`all-reduce, float32 sum, ${n} ranks on 127.0.0.1, chunk ${formatSize(o.chunk)}${o.compression === 'fp16' ? ', fp16 compression' : ''}`, header, rows);
   }
-  const args = [`--ranks ${o.ranks.join(',')}`, `--sizes ${o.sizes.map(formatSize).join(',')}`, `--warmup ${o.warmup}`, ...(o.iters ? [`--iters ${o.iters}`] : []), `--chunk ${formatSize(o.chunk)}`, ...(o.compression !== 'none' ? [`--compression ${o.compression}`] : []), ...(o.tcp ? [] : ['--no-tcp'])];
+  const args = [`--ranks ${o.ranks.join(',')}`, `--sizes ${o.sizes.map(formatSize).join(',')}`, `--warmup ${o.warmup}`, ...(o.iters ? [`--iters ${o.iters}`] : []), `--chunk ${formatSize(o.chunk)}`, `--in-flight ${formatSize(o.inFlight)}`, ...(o.compression !== 'none' ? [`--compression ${o.compression}`] : []), ...(o.tcp ? [] : ['--no-tcp'])];
   console.log(`\nreproduce: npm run bench:allreduce -- ${args.join(' ')}`);
   console.log(JSON.stringify(figures));
   if (!figures.correct) process.exitCode = 1;
 }
 
-const round = (x: number): number => Math.round(x * 1000) / 1000;
+/** Four significant digits: small sizes move a few MB/s, which three decimals of GB/s would round to 0. */
+const round = (x: number): number => Number(x.toPrecision(4));
 
 main().catch((e: Error) => {
   console.error(`bench:allreduce: ${e.message}`);
