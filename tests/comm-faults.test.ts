@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import type { RankGroup, Message } from '../src/comm/local-launch.js';
+import { CollectiveError, Communicator } from '../src/comm/index.js';
+import { commServers } from './fixtures/comm-inprocess.js';
 import { startRanks } from './fixtures/comm-launch.js';
 
 const DEADLINE_MS = 4000;
@@ -64,5 +66,26 @@ describe('a peer that dies or stops mid-collective', () => {
       assert.ok((e.elapsedMs as number) <= DEADLINE_MS + SLACK_MS, `rank ${r} took ${e.elapsedMs} ms`);
     }
     group.signal(2, 'SIGCONT');
+  });
+});
+
+describe('a peer that closes mid-collective', () => {
+  it('its neighbour gets CollectiveError naming it at once, not at the deadline', async (t) => {
+    const servers = await commServers(t, 2, 'close-run');
+    const peers = servers.map((s) => s.address);
+    const comms = servers.map((s, rank) => new Communicator(s, { generation: 1, rank, peers, chunkElements: 16, deadlineMs: 30_000, probeMs: 500 }));
+    t.after(() => comms.forEach((c) => c.close()));
+    const started = Date.now();
+    const pending = comms[0]!.allReduce(new Float32Array(100)); // rank 1 never joins this collective
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    comms[1]!.close();
+    await servers[1]!.close();
+    await assert.rejects(pending, (e: unknown) => {
+      assert.ok(e instanceof CollectiveError, String(e));
+      assert.equal(e.peer?.rank, 1, e.message);
+      assert.match(e.message, /closed generation 1|unreachable/);
+      return true;
+    });
+    assert.ok(Date.now() - started < 10_000, 'it waited for the deadline');
   });
 });

@@ -503,13 +503,13 @@ export class Communicator implements PullTarget {
     };
     const at = (r: number): ProbeResult => answers[others.indexOf(r)]!;
     const unreachable = find((a) => a.kind === 'unreachable');
-    if (unreachable !== undefined) return this.#error(op, { rank: unreachable, reason: 'unreachable', detail: `${(at(unreachable) as { detail: string }).detail} (${hint.detail})` });
+    if (unreachable !== undefined) return this.#error(op, { rank: unreachable, reason: 'unreachable', detail: withHint((at(unreachable) as { detail: string }).detail, hint.detail) });
     const unresponsive = find((a) => a.kind === 'unresponsive');
-    if (unresponsive !== undefined) return this.#error(op, { rank: unresponsive, reason: 'unresponsive', detail: `no answer to a status probe within ${budgetMs} ms; it may be stopped or overloaded (${hint.detail})` });
+    if (unresponsive !== undefined) return this.#error(op, { rank: unresponsive, reason: 'unresponsive', detail: withHint(`no answer to a status probe within ${budgetMs} ms; it may be stopped or overloaded`, hint.detail) });
     const behind = find((a) => a.kind === 'reply' && (a.reply.generation < this.generation || (a.reply.generation === this.generation && a.reply.sequence < op.sequence)));
     if (behind !== undefined) {
       const s = (at(behind) as { reply: StatusReply }).reply;
-      return this.#error(op, { rank: behind, reason: 'behind', detail: `it is at generation ${s.generation}, collective #${s.sequence} (${hint.detail})` });
+      return this.#error(op, { rank: behind, reason: 'behind', detail: withHint(`it is at generation ${s.generation}, collective #${s.sequence}`, hint.detail) });
     }
     return this.#error(op, hint);
   }
@@ -548,6 +548,11 @@ function describeError(error: Error): string {
   const code = (error as NodeJS.ErrnoException).code;
   const cause = error.cause instanceof Error ? error.cause.message : undefined;
   return `${code ? `${code}: ` : ''}${error.message}${cause && !error.message.includes(cause) ? ` (${cause})` : ''}`;
+}
+
+/** What the probe found, then what this rank saw first (unless it says the same). */
+function withHint(found: string, seen: string): string {
+  return found === seen ? found : `${found} (first seen: ${seen})`;
 }
 
 function culpritTrailer(rank: number | undefined): Record<string, string> {
