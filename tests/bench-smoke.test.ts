@@ -77,3 +77,26 @@ describe('bench:data', () => {
     assert.ok(figures.prepare.instancesPerSec > 0 && figures.trainingInstancesPerSec > 0);
   });
 });
+
+const ALLREDUCE_BENCH = fileURLToPath(new URL('../bench/allreduce.js', import.meta.url));
+
+describe('bench:allreduce', () => {
+  it('prints a table per rank count and ends with one JSON line of gRPC and TCP busbw, every result checked (tiny sizes)', async () => {
+    const args = ['--ranks', '2,3', '--sizes', '4KiB,64KiB', '--warmup', '1', '--iters', '2', '--chunk', '16KiB'];
+    const stdout = await runBench(ALLREDUCE_BENCH, args, 120_000);
+    const lines = stdout.trimEnd().split('\n');
+    assert.match(stdout, /all-reduce, float32 sum, 2 ranks on 127\.0\.0\.1, chunk 16KiB/);
+    assert.match(stdout, /all-reduce, float32 sum, 3 ranks/);
+    assert.match(lines.at(-2)!, /^reproduce: npm run bench:allreduce -- --ranks 2,3 --sizes 4KiB,64KiB --warmup 1 --iters 2 --chunk 16KiB/);
+    const figures = JSON.parse(lines.at(-1)!) as { busbw: Record<string, Record<string, number>>; tcpBusbw: Record<string, Record<string, number>>; correct: boolean };
+    assert.equal(figures.correct, true);
+    for (const n of ['2', '3']) {
+      for (const size of ['4096', '65536']) {
+        for (const [what, table] of [['gRPC', figures.busbw], ['TCP', figures.tcpBusbw]] as const) {
+          const v = table[n]?.[size];
+          assert.ok(typeof v === 'number' && Number.isFinite(v) && v > 0, `${what} busbw at ${n} ranks, ${size} bytes: ${v}`);
+        }
+      }
+    }
+  });
+});
