@@ -5,6 +5,7 @@
  * comes in later issues.
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
+import type { BertConfig } from '../src/model/config.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
 import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, runProgram, UserError } from '../src/cli/common.js';
 import { type Application, APPLICATIONS } from '../src/model/build.js';
@@ -12,6 +13,16 @@ import { LOCAL_DEFAULTS, LocalRunError, runLocal, SaveFailedError } from '../src
 import { AuditError, auditRun, formatAudit } from '../src/run/audit.js';
 import { JournalError } from '../src/run/journal.js';
 import { TrainingError } from '../src/train/step.js';
+import { readFile } from 'node:fs/promises';
+import { AuthConfigError, loadTls } from '../src/comm/auth.js';
+import { CoordinatorError } from '../src/coordinator/coordinator.js';
+import { startRun } from '../src/coordinator/start.js';
+import { ConfigError, parseBertConfig } from '../src/model/config.js';
+import { OptimizerConfigError, readOptimizerConfig } from '../src/optim/index.js';
+import { DatasetError } from '../src/data/dataset.js';
+import { TFRecordError } from '../src/data/tfrecord.js';
+import { CheckpointError } from '../src/checkpoint/run-checkpoint.js';
+import { LedgerError } from '../src/run/ledger.js';
 
 function preset(value: string): string {
   if (!/^L\d+-H\d+$/.test(value)) throw new InvalidArgumentError('expected the form L<layers>-H<hidden>, e.g. L2-H128.');
@@ -24,7 +35,7 @@ interface StartOptions {
   preset?: string;
   config?: string;
   application: Application;
-  steps: number;
+  steps?: number;
   batchSize: number;
   seqLength: number;
   lr: number;
@@ -34,6 +45,22 @@ interface StartOptions {
   recompute?: boolean;
   microBatches: number;
   seed: number;
+  globalBatch: number;
+  microBatch: number;
+  localWorkers?: number;
+  workers?: number;
+  runDir?: string;
+  resume?: string;
+  checkpointEvery: number;
+  keep: number;
+  listen: string;
+  tokenFile?: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  joinTimeout: number;
+  stepTimeout: number;
+  heartbeatTimeout: number;
   save?: string | false;
   overwrite?: boolean;
   logEvery: number;
@@ -53,53 +80,147 @@ function endMeans(values: readonly number[], window: number): [number, number] {
   return [mean(values.slice(0, n)), mean(values.slice(-n))];
 }
 
-function buildProgram(): Command {
-  const program = createProgram('coordinator', 'Coordinator of a multi-worker BERT/UniLM pretraining run (tfjs). For now only a single-process local run is built.');
+const DISTRIBUTED_DEFAULTS = { steps: 200, globalBatch: 16, checkpointEvery: 50, optimizer: { type: 'adafactor' as const } };
 
-  program
+/** Options of the distributed run that --local refuses, and the --local options the distributed run refuses. */
+const DISTRIBUTED_ONLY = ['globalBatch', 'microBatch', 'localWorkers', 'workers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout'];
+const LOCAL_ONLY = ['batchSize', 'seqLength', 'lr', 'microBatches', 'save', 'overwrite'];
+
+const optionName = (key: string) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+
+async function startDistributed(opts: StartOptions, command: Command): Promise<void> {
+  for (const name of LOCAL_ONLY) {
+    if (command.getOptionValueSource(name) === 'cli') throw new LocalRunError(`${optionName(name)} applies to --local runs; the distributed run takes --global-batch, --micro-batch and checkpoints under --run-dir`);
+  }
+  if (opts.save === false) throw new LocalRunError('--no-save applies to --local runs; the distributed run always checkpoints under --run-dir');
+  if (opts.resume && opts.runDir) throw new LocalRunError('--resume names the run directory already; drop --run-dir');
+  const listen = /^(.+):(\d{1,5})$/.exec(opts.listen);
+  if (!listen) throw new LocalRunError(`--listen ${opts.listen} is not host:port`);
+  let model: string | BertConfig = opts.preset ?? LOCAL_DEFAULTS.preset;
+  if (opts.config) {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(await readFile(opts.config, 'utf8'));
+    } catch (e) {
+      throw new LocalRunError(`cannot read the model config ${opts.config}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    model = parseBertConfig(raw, opts.config);
+  }
+  const optimizer = opts.optimizer ? await readOptimizerConfig(opts.optimizer) : DISTRIBUTED_DEFAULTS.optimizer;
+  let stopAsked = false;
+  const onSignal = (signal: string) => {
+    if (stopAsked) return;
+    stopAsked = true;
+    console.log(`coordinator: ${signal}: checkpointing after the current step, then stopping`);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  const started = performance.now();
+  const result = await startRun(
+    {
+      runDir: opts.runDir,
+      resume: opts.resume,
+      data: opts.data,
+      model,
+      application: opts.application,
+      optimizer,
+      steps: opts.steps ?? DISTRIBUTED_DEFAULTS.steps,
+      globalBatch: opts.globalBatch,
+      microBatch: opts.microBatch,
+      seed: opts.seed,
+      clipNorm: opts.clipNorm,
+      recompute: opts.recompute ?? true,
+      checkpointEvery: opts.checkpointEvery,
+      keep: opts.keep,
+      localWorkers: opts.localWorkers,
+      workers: opts.workers,
+      backend: opts.backend,
+      host: listen[1]!,
+      port: Number(listen[2]),
+      tokenFile: opts.tokenFile,
+      tls: loadTls({ ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey }),
+      joinTimeoutMs: opts.joinTimeout * 1000,
+      stepTimeoutMs: opts.stepTimeout * 1000,
+      heartbeatTimeoutMs: opts.heartbeatTimeout * 1000,
+      logEvery: opts.logEvery,
+      log: (line) => console.log(line),
+    },
+    () => stopAsked,
+  );
+  const window = Math.min(opts.logEvery, result.losses.length);
+  const [first, last] = result.losses.length > 0 ? endMeans(result.losses, window) : [NaN, NaN];
+  console.log(
+    `done: steps ${result.firstStep}-${result.lastStep} in ${((performance.now() - started) / 1000).toFixed(1)} s, ` +
+      `train loss ${first.toFixed(4)} -> ${last.toFixed(4)} (means of the first and the last ${window} steps), ${Math.round(result.tokensPerSecond)} tokens/s; ` +
+      `run directory ${result.runDir} (journal, ${result.checkpoints.length} checkpoint(s)${result.stoppedEarly ? '; stopped early: continue with --resume' : ''})`,
+  );
+}
+
+function buildProgram(): Command {
+  const program = createProgram('coordinator', 'Coordinator of a multi-worker BERT/UniLM pretraining run (tfjs): it owns the data, hands each step\'s records to the workers, commits steps and writes checkpoints.');
+
+  const start = program
     .command('start')
     .description(
-      'Start a training run. With --local: train in this process on the built-in corpus (a stand-in of Tang poems) ' +
-        'and save the model. The distributed coordinator (without --local) is not built yet.',
+      'Start a training run: prepare the sample corpus if no --data, start one local worker per core (--local-workers), ' +
+        'train synchronously (workers all-reduce their gradients), checkpoint under runs/<run-id>/. ' +
+        'With --local: train in this process on the built-in corpus (a stand-in of Tang poems) instead.',
     )
-    .option('--local', 'run a single-process training run (no coordinator, no workers)')
-    .addOption(new Option('--backend <name>', 'tfjs backend: auto takes native tensorflow if installed, else wasm, else cpu').choices(BACKEND_CHOICES).default(LOCAL_DEFAULTS.backend))
+    .option('--local', 'a single-process training run on the built-in corpus (no coordinator, no workers)')
+    .addOption(new Option('--backend <name>', 'tfjs backend (of the local workers): auto takes native tensorflow if installed, else wasm, else cpu').choices(BACKEND_CHOICES).default(LOCAL_DEFAULTS.backend))
     .addOption(new Option('--preset <L..-H..>', `model size preset: layers and hidden size (default ${LOCAL_DEFAULTS.preset})`).argParser(preset).conflicts('config'))
     .option('--config <bert_config.json>', 'model from a Google bert_config.json (instead of --preset)')
-    .addOption(new Option('--application <name>', 'encoder: BERT MLM; unilm: seq2seq (first half of a poem -> second); lm: left-to-right').choices(APPLICATIONS).default(LOCAL_DEFAULTS.application))
-    .option('--steps <n>', 'training steps', positiveInt, LOCAL_DEFAULTS.steps)
-    .option('--batch-size <n>', 'sequences per step', positiveInt, LOCAL_DEFAULTS.batchSize)
-    .option('--data <dir>', 'train on shards made by `pretrain prepare` (mlm: --application encoder; seq2seq: unilm) instead of the built-in corpus')
-    .addOption(new Option('--seq-length <n>', 'tokens per sequence of the built-in corpus (truncated/padded); not with --data, whose sequences keep the length prepare gave them').argParser(positiveInt).default(LOCAL_DEFAULTS.seqLength).conflicts('data'))
-    .addOption(new Option('--lr <x>', 'learning rate of the default optimizer (Adam)').argParser(positiveNumber).default(LOCAL_DEFAULTS.learningRate).conflicts('optimizer'))
+    .addOption(new Option('--application <name>', 'encoder: BERT MLM; unilm: seq2seq; lm: left-to-right').choices(APPLICATIONS).default(LOCAL_DEFAULTS.application))
+    .option('--steps <n>', `training steps (default ${DISTRIBUTED_DEFAULTS.steps}; --local: ${LOCAL_DEFAULTS.steps})`, positiveInt)
+    .option('--data <dir>', 'train on shards made by `pretrain prepare` (mlm: --application encoder; seq2seq: unilm) instead of the sample corpus')
     .option(
       '--optimizer <json|file>',
-      'optimizer as inline JSON or a JSON/YAML file, e.g. \'{"type":"adafactor","wrappers":[{"type":"piecewiseLinear","schedule":{"20":1}}]}\' (types: adafactor, adam, adamw, lamb, sgd)',
+      'optimizer as inline JSON or a JSON/YAML file, e.g. \'{"type":"adafactor","wrappers":[{"type":"piecewiseLinear","schedule":{"20":1}}]}\' (types: adafactor, adam, adamw, lamb, sgd; default adafactor; --local: adam)',
     )
     .option('--clip-norm <x>', 'clip gradients to this global norm (0: off)', nonNegativeNumber, LOCAL_DEFAULTS.clipNorm)
-    .option('--recompute', 'recompute each Transformer block in backprop instead of keeping its activations')
-    .option('--micro-batches <n>', 'split each batch into n micro-batches (at most the batch size) and accumulate their gradients: the same result with less memory', positiveInt, LOCAL_DEFAULTS.microBatches)
-    .option('--seed <n>', 'seed of data order, masking and dropout', nonNegativeInt, LOCAL_DEFAULTS.seed)
-    .option('--save <dir>', 'save the trained model (tfjs LayersModel: model.json + weights.bin) and the optimizer state to this folder (default: a new folder runs/local/<date>-<time>); checked before training')
-    .option('--overwrite', 'replace a model already saved in the --save folder')
-    .option('--no-save', 'do not save the model')
+    .option('--recompute', 'recompute each Transformer block in backprop instead of keeping its activations (default on, --local off)')
+    .option('--no-recompute', 'keep every activation')
+    .option('--seed <n>', 'seed of initial weights, data order, masking and dropout', nonNegativeInt, LOCAL_DEFAULTS.seed)
     .option('--log-every <n>', 'print a progress line every n steps', positiveInt, LOCAL_DEFAULTS.logEvery)
+    .option('--global-batch <n>', 'sequences per step, split across the workers', positiveInt, DISTRIBUTED_DEFAULTS.globalBatch)
+    .option('--micro-batch <n>', 'sequences per micro-batch on a worker (gradients accumulated over its share; 0: the whole share at once)', nonNegativeInt, 0)
+    .option('--local-workers <n>', 'worker processes to start on this machine (default: one per core; 0: only workers started elsewhere)', nonNegativeInt)
+    .option('--workers <n>', 'workers the run needs before it starts (default: --local-workers)', positiveInt)
+    .option('--run-dir <dir>', 'where the journal, checkpoints and prepared sample data go (default runs/run-<date>-<time>)')
+    .option('--resume <run-dir>', 'continue the run in this directory from its newest complete checkpoint')
+    .option('--checkpoint-every <n>', 'checkpoint every n steps (and at the end, and on SIGTERM/SIGINT)', positiveInt, DISTRIBUTED_DEFAULTS.checkpointEvery)
+    .option('--keep <n>', 'checkpoints to keep', positiveInt, 3)
+    .option('--listen <host:port>', 'control address for the workers (127.0.0.1 unless told otherwise; port 0: any free port)', '127.0.0.1:0')
+    .option('--token-file <file>', `the run's join token (default: the file in ${'$'}PRETRAIN_TOKEN_FILE, $PRETRAIN_TOKEN, else a new token in <run-dir>/join-token)`)
+    .option('--tls-ca <file>', 'mutual TLS: the run\'s CA certificate')
+    .option('--tls-cert <file>', 'mutual TLS: the coordinator\'s certificate')
+    .option('--tls-key <file>', 'mutual TLS: the coordinator\'s key')
+    .option('--join-timeout <s>', 'seconds to wait for the workers to join', positiveNumber, 120)
+    .option('--step-timeout <s>', 'seconds a step (and each collective) may take before it is aborted', positiveNumber, 600)
+    .option('--heartbeat-timeout <s>', 'seconds without a heartbeat before a worker counts as lost', positiveNumber, 10)
+    // the single-process run's own options
+    .option('--batch-size <n>', '--local: sequences per step', positiveInt, LOCAL_DEFAULTS.batchSize)
+    .addOption(new Option('--seq-length <n>', '--local: tokens per sequence of the built-in corpus (truncated/padded); not with --data').argParser(positiveInt).default(LOCAL_DEFAULTS.seqLength).conflicts('data'))
+    .addOption(new Option('--lr <x>', '--local: learning rate of the default optimizer (Adam)').argParser(positiveNumber).default(LOCAL_DEFAULTS.learningRate).conflicts('optimizer'))
+    .option('--micro-batches <n>', '--local: split each batch into n micro-batches (at most the batch size) and accumulate their gradients', positiveInt, LOCAL_DEFAULTS.microBatches)
+    .option('--save <dir>', '--local: save the trained model (tfjs LayersModel) and the optimizer state to this folder (default: a new folder runs/local/<date>-<time>); checked before training')
+    .option('--overwrite', '--local: replace a model already saved in the --save folder')
+    .option('--no-save', '--local: do not save the model')
     .addHelpText(
       'after',
       '\nExamples:\n' +
-        '  $ coordinator start --local                                  # 120 steps of L2-H128 MLM on wasm (~15 s)\n' +
+        '  $ coordinator start                                          # sample corpus, one worker per core, L2-H128 MLM, AdaFactor + recompute\n' +
+        '  $ coordinator start --data runs/mlm --preset L4-H256 --global-batch 32 --steps 1000\n' +
+        '  $ coordinator start --resume runs/run-20261201-120000        # continue from the newest checkpoint\n' +
+        '  $ coordinator start --local-workers 0 --workers 4 --listen 0.0.0.0:7070 --token-file token   # workers from other machines\n' +
+        '  $ coordinator start --local                                  # 120 steps of L2-H128 MLM in this process (~15 s)\n' +
         '  $ coordinator start --local --application unilm --steps 100\n' +
-        '  $ coordinator start --local --config bert_config.json --backend tensorflow\n' +
-        '  $ coordinator start --local --optimizer optimizer.yaml --recompute\n' +
-        '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out runs/mlm --max-length 128 \\\n' +
-        '      && coordinator start --local --data runs/mlm\n',
+        '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out runs/mlm --max-length 128\n',
     )
     .action(async (opts: StartOptions) => {
-      if (!opts.local) {
-        throw new LocalRunError(
-          'the distributed coordinator (rendezvous, workers, all-reduce) is not built yet; ' +
-            '`coordinator start --local` runs a single-process training run on the built-in corpus',
-        );
+      if (!opts.local) return startDistributed(opts, start);
+      for (const name of DISTRIBUTED_ONLY) {
+        if (start.getOptionValueSource(name) === 'cli') throw new LocalRunError(`${optionName(name)} applies to the distributed run, not to --local`);
       }
       const started = performance.now();
       const summary = await runLocal({
@@ -107,14 +228,14 @@ function buildProgram(): Command {
         preset: opts.preset,
         bertConfigPath: opts.config,
         application: opts.application,
-        steps: opts.steps,
+        steps: opts.steps ?? LOCAL_DEFAULTS.steps,
         batchSize: opts.batchSize,
         seqLength: opts.seqLength,
         learningRate: opts.lr,
         optimizer: opts.optimizer,
         dataDir: opts.data,
         clipNorm: opts.clipNorm,
-        recompute: opts.recompute,
+        recompute: start.getOptionValueSource('recompute') === 'cli' ? opts.recompute : LOCAL_DEFAULTS.recompute,
         microBatches: opts.microBatches,
         seed: opts.seed,
         saveDir: opts.save === false ? undefined : (opts.save ?? defaultSaveDir()),
@@ -151,4 +272,14 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [SaveFailedError, EXIT_FAILURE],
   [JournalError, EXIT_FAILURE],
   [AuditError, EXIT_FAILURE],
+  [CoordinatorError, EXIT_FAILURE],
+  [AuthConfigError, EXIT_USAGE],
+  [ConfigError, EXIT_USAGE],
+  [OptimizerConfigError, EXIT_USAGE],
+  [DatasetError, EXIT_USAGE],
+  [TFRecordError, EXIT_FAILURE],
+  [CheckpointError, EXIT_FAILURE],
+  [LedgerError, EXIT_FAILURE],
 ]);
+// the control server's and the workers' handles are closed; a finished run has nothing left to wait for
+process.exit();

@@ -178,11 +178,13 @@ describe('coordinator CLI', () => {
     assert.match(start.stdout, /--backend/);
   });
 
-  it('start without --local says the distributed coordinator is not built yet', async () => {
-    const r = await runCli(['start'], dir);
-    assert.notEqual(r.code, 0);
-    assert.match(r.stderr, /not built yet/);
-    assert.match(r.stderr, /--local/);
+  it('options of the other kind of run are refused by name: --local takes no --global-batch, the distributed run no --batch-size', async () => {
+    const local = await runCli(['start', '--local', '--global-batch', '4'], dir);
+    assert.equal(local.code, 2);
+    assert.equal(local.stderr, 'coordinator: error: --global-batch applies to the distributed run, not to --local\n');
+    const distributed = await runCli(['start', '--batch-size', '4'], dir);
+    assert.equal(distributed.code, 2);
+    assert.match(distributed.stderr, /^coordinator: error: --batch-size applies to --local runs; the distributed run takes --global-batch/);
   });
 
   it('rejects an unknown backend with exit code 2 and one clear line', async () => {

@@ -129,8 +129,20 @@ export function batchOf(data: PreparedDataset, indices: readonly number[], appli
  * whichever worker or batch row gets it; static masks come from the file; unilm and lm
  * predict the next token.
  */
-export function batchFromRecords(manifest: Manifest, records: readonly { id: number; record: DatasetRecord }[], application: Application, seed: number, epoch: number): Batch {
-  const length = records.reduce((n, r) => Math.max(n, r.record.tokenIds.length), 1);
+export function batchFromRecords(
+  manifest: Manifest,
+  records: readonly { id: number; record: DatasetRecord }[],
+  application: Application,
+  seed: number,
+  epoch: number,
+  /**
+   * Pad to at least this length. A worker's share of a global batch is padded to the
+   * global batch's longest record: dropout counts its units per sample over the padded
+   * length, so every share must have the length the whole batch has.
+   */
+  padTo = 1,
+): Batch {
+  const length = records.reduce((n, r) => Math.max(n, r.record.tokenIds.length), padTo);
   const batchSize = records.length;
   const { specials, size } = manifest.vocab;
   const tokenIds = new Int32Array(batchSize * length).fill(specials.pad);

@@ -1,0 +1,76 @@
+/** The worker's side of the control plane: every call carries the token and has a deadline. */
+import * as grpc from '@grpc/grpc-js';
+import { CHANNEL_OPTIONS, controlClient, type HeartbeatRequest, type Instruction, type JoinReply, type JoinRequest, type StateChunk, type StepReport } from './messages.js';
+import type { Credential, TlsFiles } from './server.js';
+
+const UNARY_DEADLINE_MS = 15_000;
+
+interface UntypedClient extends grpc.Client {
+  [method: string]: unknown;
+}
+
+export class ControlClient {
+  private readonly client: UntypedClient;
+
+  constructor(
+    readonly address: string,
+    private readonly token: Credential,
+    tls?: TlsFiles,
+  ) {
+    const credentials = tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert) : grpc.credentials.createInsecure();
+    const Client = controlClient();
+    this.client = new Client(address, credentials, CHANNEL_OPTIONS) as UntypedClient;
+  }
+
+  private metadata(): grpc.Metadata {
+    const m = new grpc.Metadata();
+    m.set('authorization', this.token.header());
+    return m;
+  }
+
+  private unary<Req, Res>(method: string, request: Req, deadlineMs = UNARY_DEADLINE_MS): Promise<Res> {
+    return new Promise((resolve, reject) => {
+      const fn = this.client[method] as (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, v: Res) => void) => void;
+      fn.call(this.client, request, this.metadata(), { deadline: Date.now() + deadlineMs }, (err, value) => (err ? reject(err) : resolve(value)));
+    });
+  }
+
+  /** Joins the run; `waitMs`: how long to keep trying while the coordinator is not up yet. */
+  join(request: JoinRequest, waitMs = 30_000): Promise<JoinReply> {
+    return this.unary('Join', request, waitMs);
+  }
+
+  instructions(workerId: number, dataAddress: string): grpc.ClientReadableStream<Instruction> {
+    const fn = this.client['Instructions'] as (r: { workerId: number; dataAddress: string }, m: grpc.Metadata) => grpc.ClientReadableStream<Instruction>;
+    return fn.call(this.client, { workerId, dataAddress }, this.metadata());
+  }
+
+  async heartbeat(request: HeartbeatRequest): Promise<void> {
+    await this.unary('Heartbeat', request, 5_000);
+  }
+
+  async report(report: StepReport): Promise<void> {
+    await this.unary('Report', report);
+  }
+
+  /** Streams the chunks, honouring back-pressure. */
+  putState(chunks: Iterable<StateChunk>): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const fn = this.client['PutState'] as (m: grpc.Metadata, cb: (e: grpc.ServiceError | null) => void) => grpc.ClientWritableStream<StateChunk>;
+      const call = fn.call(this.client, this.metadata(), (err) => (err ? reject(err) : resolve()));
+      const iterator = chunks[Symbol.iterator]();
+      const pump = (): void => {
+        for (;;) {
+          const next = iterator.next();
+          if (next.done) return void call.end();
+          if (!call.write(next.value)) return void call.once('drain', pump);
+        }
+      };
+      pump();
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

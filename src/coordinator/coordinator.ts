@@ -1,0 +1,353 @@
+/**
+ * The coordinator of a synchronous data-parallel run: it owns the data (a RecordStore),
+ * the exactly-once ledger and its journal, and the checkpoints; workers own the replicas.
+ *
+ * A step, as it binds (see also src/train/trainer.ts):
+ * 1. the ledger hands out the step's records; rank r gets the contiguous share
+ *    [r*B/W, (r+1)*B/W) of the global batch, with its position (`firstSample`), so masks
+ *    and dropout do not depend on which worker has which sample;
+ * 2. every worker reduces its gradients with the others and reports;
+ * 3. when every report is in and good, the commit is journaled (fsynced), then sent:
+ *    workers apply the step only now. A failed or late step is aborted: nothing was
+ *    applied, and its records go back to the ledger.
+ *
+ * This version keeps the membership it started with: a worker lost mid-run stops the run
+ * after checkpointing the last committed step from a live replica (resume with
+ * `--resume`); growing and shrinking the ring in place is the next step of this design.
+ */
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { JoinToken, TlsMaterial } from '../comm/auth.js';
+import { checkpointName, type LoadedRunCheckpoint, loadLatestCheckpoint, saveRunCheckpoint } from '../checkpoint/run-checkpoint.js';
+import type { JsonValue } from '../checkpoint/run-checkpoint.js';
+import type { StateChunk, StepReport } from '../control/messages.js';
+import type { RunSpec } from '../control/run-spec.js';
+import { ControlServer, type WorkerSession } from '../control/server.js';
+import { type ReplicaState, StateAssembler, stateChunks } from '../control/state-transfer.js';
+import { checkApplication, decodeRecord, splitByDocument } from '../data/dataset.js';
+import { RecordStore } from '../data/record-store.js';
+import { DataLedger } from '../run/ledger.js';
+import { Journal, JOURNAL_FILE, JOURNAL_FORMAT } from '../run/journal.js';
+
+export class CoordinatorError extends Error {
+  override name = 'CoordinatorError';
+}
+
+export interface CoordinatorOptions {
+  readonly runDir: string;
+  readonly runId: string;
+  readonly dataDir: string;
+  /** Everything of the run spec but what the coordinator fills in from the data and the run. */
+  readonly spec: Omit<RunSpec, 'runId' | 'manifest' | 'perTokenFeature'>;
+  readonly globalBatch: number;
+  /** Train until this many steps have committed. */
+  readonly steps: number;
+  readonly checkpointEvery: number;
+  readonly keepCheckpoints: number;
+  readonly workers: number;
+  readonly token: JoinToken;
+  readonly tls?: TlsMaterial | undefined;
+  readonly host?: string;
+  readonly port?: number;
+  readonly joinTimeoutMs: number;
+  readonly heartbeatTimeoutMs: number;
+  readonly stepTimeoutMs: number;
+  /** Continue the run in `runDir` from its newest complete checkpoint. */
+  readonly resume: boolean;
+  readonly log: (line: string) => void;
+  readonly logEvery: number;
+  /** Called once the control server listens (start local workers here). */
+  readonly onListening?: (address: string) => void;
+  /** Asked after every committed step: true ends the run (checkpointed) as if its steps were done. */
+  readonly stopRequested?: () => boolean;
+}
+
+export interface CoordinatorSummary {
+  readonly runDir: string;
+  readonly firstStep: number;
+  readonly lastStep: number;
+  /** Loss of the global batch at each step run here. */
+  readonly losses: number[];
+  readonly tokensPerSecond: number;
+  readonly checkpoints: string[];
+  readonly stoppedEarly: boolean;
+}
+
+interface Waiter {
+  readonly reports: Map<number, StepReport>;
+  resolve(): void;
+  reject(e: Error): void;
+}
+
+export class Coordinator {
+  private server: ControlServer | undefined;
+  private readonly ready: WorkerSession[] = [];
+  private waiter: Waiter | undefined;
+  /** The step whose reports are awaited, and from whom. */
+  private expected: { step: number; workers: readonly WorkerSession[] } | undefined;
+  private joinWaiter: (() => void) | undefined;
+  private lost: WorkerSession | undefined;
+  private state: { assembler: StateAssembler; resolve(s: ReplicaState): void; reject(e: Error): void } | undefined;
+  private generation = 0;
+  private step = 0;
+
+  constructor(private readonly o: CoordinatorOptions) {}
+
+  async run(): Promise<CoordinatorSummary> {
+    const o = this.o;
+    const store = await RecordStore.open(o.dataDir);
+    let journal: Journal | undefined;
+    let monitor: NodeJS.Timeout | undefined;
+    try {
+      checkApplication(store.manifest, o.spec.application, o.dataDir);
+      const split = splitByDocument(await store.documents());
+      if (split.train.length === 0) throw new CoordinatorError(`${o.dataDir} has no training records`);
+      await fs.mkdir(o.runDir, { recursive: true });
+      const journalFile = path.join(o.runDir, JOURNAL_FILE);
+      const hasJournal = await fs.stat(journalFile).then(() => true, () => false);
+      if (hasJournal && !o.resume) throw new CoordinatorError(`${o.runDir} already holds a run; continue it with --resume ${o.runDir}, or choose another run directory`);
+      if (!hasJournal && o.resume) throw new CoordinatorError(`${o.runDir} holds no run to resume (no ${JOURNAL_FILE})`);
+      let checkpoint: LoadedRunCheckpoint | undefined;
+      if (o.resume) {
+        const latest = await loadLatestCheckpoint(o.runDir, { onSkip: (s) => o.log(`warning: skipping checkpoint ${s.name}: ${s.reason}`) });
+        checkpoint = latest.checkpoint;
+        if (!checkpoint) o.log(`no usable checkpoint in ${o.runDir} (${'reason' in latest ? latest.reason : ''}): starting again from step 0`);
+      }
+      ({ journal } = await Journal.open(journalFile));
+      const ledger = checkpoint
+        ? DataLedger.fromState(checkpoint.state.ledger, split.train)
+        : new DataLedger({ recordIds: split.train, seed: o.spec.seed, globalBatch: o.globalBatch });
+      if (!hasJournal) await journal.append({ type: 'start', format: JOURNAL_FORMAT, epochSize: split.train.length, globalBatch: o.globalBatch, seed: o.spec.seed });
+      this.step = checkpoint?.step ?? 0;
+      if (o.resume) await journal.append(checkpoint ? { type: 'resume', fromStep: this.step, checkpoint: checkpoint.name } : { type: 'resume', fromStep: 0 });
+      const firstStep = this.step + 1;
+      const spec: RunSpec = { ...o.spec, runId: o.runId, manifest: store.manifest, perTokenFeature: store.perTokenFeature };
+      const config: JsonValue = JSON.parse(JSON.stringify({ spec: { ...spec, manifest: undefined }, globalBatch: o.globalBatch })) as JsonValue;
+
+      this.server = await ControlServer.start({
+        runId: o.runId,
+        token: o.token,
+        tls: o.tls,
+        host: o.host,
+        port: o.port,
+        handlers: {
+          onReady: (s) => {
+            this.ready.push(s);
+            o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined: ${this.ready.length} of ${o.workers}`);
+            this.joinWaiter?.();
+          },
+          onGone: (s) => this.onGone(s),
+          onReport: (r) => this.onReport(r),
+          onStateChunk: (chunk: StateChunk) => this.state?.assembler.add(chunk),
+          onStateEnd: (_s, error) => {
+            if (!this.state) return;
+            if (error) this.state.reject(error);
+            else if (this.state.assembler.complete) this.state.resolve(this.state.assembler.state());
+            else this.state.reject(new CoordinatorError('the state upload ended before every array arrived'));
+          },
+        },
+      });
+      o.log(`coordinator: run ${o.runId} in ${o.runDir}, listening on ${this.server.address} for ${o.workers} worker(s)`);
+      o.onListening?.(this.server.address);
+      await this.waitForWorkers();
+      monitor = setInterval(() => this.checkHeartbeats(), Math.min(1000, o.heartbeatTimeoutMs / 3));
+
+      // generation 1: ranks in join order; a resumed run sends every worker the checkpoint
+      const workers = this.ready.slice(0, o.workers);
+      this.generation = 1;
+      const peers = workers.map((w) => w.dataAddress);
+      const runJson = JSON.stringify(spec);
+      workers.forEach((w, rank) => {
+        this.send(w, { kind: 'assign', assign: { generation: this.generation, rank, peers, runJson, restoreStep: checkpoint ? this.step : 0 } });
+        if (checkpoint) for (const chunk of stateChunks(checkpoint, { workerId: w.id, generation: this.generation, step: this.step })) this.send(w, { kind: 'state', state: chunk });
+      });
+
+      const losses: number[] = [];
+      const checkpoints: string[] = [];
+      let tokens = 0;
+      let seconds = 0;
+      let window = { loss: 0, steps: 0, seconds: 0, tokens: 0 };
+      let lastCheckpointStep = this.step;
+      let stoppedEarly = false;
+      const saveCheckpoint = async (): Promise<void> => {
+        const replica = await this.requestState(workers[0]!);
+        const saved = await saveRunCheckpoint(
+          o.runDir,
+          { state: { step: this.step, generation: this.generation, ledger: ledger.state(), rng: { seed: o.spec.seed }, config }, params: replica.params, optimizer: replica.optimizer },
+          { keep: o.keepCheckpoints },
+        );
+        await journal!.append({ type: 'checkpoint', step: this.step, dir: checkpointName(this.step) });
+        checkpoints.push(saved.dir);
+        lastCheckpointStep = this.step;
+        o.log(`checkpoint: step ${this.step} -> ${saved.dir} (${(saved.bytes / 2 ** 20).toFixed(1)} MiB)`);
+      };
+
+      for (let step = firstStep; step <= o.steps; step++) {
+        const t0 = performance.now();
+        const handed = ledger.next(step);
+        if (!handed) throw new CoordinatorError(`the ledger has no records for step ${step}`);
+        const n = handed.records.length;
+        const examples = await Promise.all(handed.records.map((id) => store.read(id)));
+        // every share is padded to the global batch's longest record (see batchFromRecords)
+        const length = examples.reduce((longest, e, i) => Math.max(longest, decodeRecord(e, store.manifest, store.perTokenFeature, `record ${handed.records[i]}`).tokenIds.length), 1);
+        const reports = this.expectReports(step, workers);
+        for (let rank = 0; rank < workers.length; rank++) {
+          const from = Math.floor((rank * n) / workers.length);
+          const to = Math.floor(((rank + 1) * n) / workers.length);
+          const records = handed.records.slice(from, to).map((id, i) => ({ id, example: Buffer.from(examples[from + i]!) }));
+          this.send(workers[rank]!, { kind: 'work', work: { generation: this.generation, step, epoch: handed.epoch, firstSample: from, globalBatch: n, records, length } });
+        }
+        let results: Map<number, StepReport>;
+        try {
+          results = await reports;
+        } catch (e) {
+          ledger.abort(step);
+          for (const w of workers) if (!w.gone) this.send(w, { kind: 'abort', abort: { generation: this.generation, step, reason: (e as Error).message } });
+          const live = workers.find((w) => !w.gone);
+          let saved = '';
+          if (live && this.step > lastCheckpointStep) {
+            try {
+              workers[0] = live;
+              await saveCheckpoint();
+              saved = `; the last committed step (${this.step}) is checkpointed`;
+            } catch (ce) {
+              saved = `; checkpointing step ${this.step} failed too (${(ce as Error).message})`;
+            }
+          }
+          throw new CoordinatorError(`step ${step} failed: ${(e as Error).message}${saved}; continue the run with \`coordinator start --resume ${o.runDir}\``);
+        }
+        const committed = ledger.commit(step);
+        await journal.append({ type: 'commit', step: committed.step, epoch: committed.epoch, positions: committed.positions.map((r) => [r[0], r[1]] as [number, number]) });
+        for (const w of workers) this.send(w, { kind: 'commit', commit: { generation: this.generation, step } });
+        this.step = step;
+        const report = results.get(workers[0]!.id)!;
+        const elapsed = (performance.now() - t0) / 1000;
+        losses.push(report.loss);
+        // real tokens (no padding), counted by the workers that decoded them
+        const stepTokens = [...results.values()].reduce((sum, r) => sum + r.tokens, 0);
+        if (step > firstStep || o.steps === firstStep) {
+          tokens += stepTokens;
+          seconds += elapsed;
+        }
+        window = { loss: window.loss + report.loss, steps: window.steps + 1, seconds: window.seconds + elapsed, tokens: window.tokens + stepTokens };
+        if (step === firstStep || step % o.logEvery === 0 || step === o.steps) {
+          const remaining = ((o.steps - step) * window.seconds) / window.steps;
+          o.log(
+            `step ${String(step).padStart(String(o.steps).length)}/${o.steps}  epoch ${handed.epoch}  loss ${(window.loss / window.steps).toFixed(4)}  grad-norm ${report.gradNorm.toFixed(3)}  ` +
+              `tokens/s ${Math.round(window.tokens / window.seconds)}  workers ${workers.length}  ETA ${Math.round(remaining)} s`,
+          );
+          window = { loss: 0, steps: 0, seconds: 0, tokens: 0 };
+        }
+        const stop = o.stopRequested?.() ?? false;
+        if (step % o.checkpointEvery === 0 || step === o.steps || stop) await saveCheckpoint();
+        if (stop && step < o.steps) {
+          stoppedEarly = true;
+          o.log(`stopping at step ${step} as asked; continue with \`coordinator start --resume ${o.runDir}\``);
+          break;
+        }
+      }
+      for (const w of workers) this.send(w, { kind: 'stop', stop: { reason: stoppedEarly ? 'the coordinator was asked to stop' : 'the run is complete' } });
+      return { runDir: o.runDir, firstStep, lastStep: this.step, losses, tokensPerSecond: seconds > 0 ? tokens / seconds : 0, checkpoints, stoppedEarly };
+    } finally {
+      clearInterval(monitor);
+      this.waiter?.reject(new CoordinatorError('the coordinator is stopping'));
+      await this.server?.close();
+      await journal?.close();
+      await store.close();
+    }
+  }
+
+  private send(w: WorkerSession, instruction: Parameters<ControlServer['send']>[1]): void {
+    this.server!.send(w.id, instruction);
+  }
+
+  private waitForWorkers(): Promise<void> {
+    const o = this.o;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.joinWaiter = undefined;
+        reject(new CoordinatorError(`only ${this.ready.length} of ${o.workers} worker(s) joined within ${Math.round(o.joinTimeoutMs / 1000)} s: check that they can reach the coordinator and hold the run's token`));
+      }, o.joinTimeoutMs);
+      this.joinWaiter = () => {
+        if (this.ready.filter((w) => !w.gone).length < o.workers) return;
+        clearTimeout(timer);
+        this.joinWaiter = undefined;
+        resolve();
+      };
+      this.joinWaiter();
+    });
+  }
+
+  private expectReports(step: number, workers: readonly WorkerSession[]): Promise<Map<number, StepReport>> {
+    return new Promise((resolve, reject) => {
+      const reports = new Map<number, StepReport>();
+      const timer = setTimeout(() => {
+        const missing = workers.filter((w) => !reports.has(w.id)).map((w) => `worker ${w.id} (${w.name})`);
+        waiter.reject(new CoordinatorError(`${missing.join(', ')} did not report step ${step} within ${Math.round(this.o.stepTimeoutMs / 1000)} s`));
+      }, this.o.stepTimeoutMs);
+      const waiter: Waiter = {
+        reports,
+        resolve: () => {
+          clearTimeout(timer);
+          this.waiter = undefined;
+          resolve(reports);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          this.waiter = undefined;
+          reject(e);
+        },
+      };
+      this.waiter = waiter;
+      this.expected = { step, workers };
+      if (this.lost) waiter.reject(new CoordinatorError(`worker ${this.lost.id} (${this.lost.name}) is gone: ${this.lost.gone}`));
+    });
+  }
+
+  private onReport(r: StepReport): void {
+    const expected = this.expected;
+    // a report of another generation or step is late or stray: fenced, never counted
+    if (!this.waiter || !expected || r.generation !== this.generation || r.step !== expected.step) return;
+    const worker = expected.workers.find((w) => w.id === r.workerId);
+    if (!worker) return;
+    if (!r.ok) return this.waiter.reject(new CoordinatorError(`worker ${worker.id} (${worker.name}) failed step ${r.step}: ${r.error}`));
+    this.waiter.reports.set(r.workerId, r);
+    if (this.waiter.reports.size === expected.workers.length) this.waiter.resolve();
+  }
+
+  private onGone(s: WorkerSession): void {
+    if (this.generation === 0) {
+      this.o.log(`worker ${s.id} (${s.name}) left before the run started: ${s.gone}`);
+      const i = this.ready.indexOf(s);
+      if (i >= 0) this.ready.splice(i, 1);
+      return;
+    }
+    this.lost ??= s;
+    this.waiter?.reject(new CoordinatorError(`worker ${s.id} (${s.name}) is gone: ${s.gone}`));
+    this.state?.reject(new CoordinatorError(`worker ${s.id} (${s.name}) is gone: ${s.gone}`));
+  }
+
+  private checkHeartbeats(): void {
+    const now = Date.now();
+    for (const s of this.server?.sessions.values() ?? []) {
+      if (!s.gone && now - s.lastHeartbeat > this.o.heartbeatTimeoutMs) {
+        this.server!.markGone(s, `no heartbeat for ${Math.round((now - s.lastHeartbeat) / 1000)} s (stopped, hung or cut off)`);
+      }
+    }
+  }
+
+  private requestState(worker: WorkerSession): Promise<ReplicaState> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => done(new CoordinatorError(`worker ${worker.id} (${worker.name}) did not send its state within ${Math.round(this.o.stepTimeoutMs / 1000)} s`)), this.o.stepTimeoutMs);
+      const done = (e: Error | undefined, s?: ReplicaState) => {
+        clearTimeout(timer);
+        this.state = undefined;
+        if (e) reject(e);
+        else resolve(s!);
+      };
+      this.state = { assembler: new StateAssembler(`worker ${worker.id} (${worker.name})`), resolve: (s) => done(undefined, s), reject: (e) => done(e) };
+      if (worker.gone) return done(new CoordinatorError(`worker ${worker.id} (${worker.name}) is gone: ${worker.gone}`));
+      this.send(worker, { kind: 'stateRequest', stateRequest: { generation: this.generation, step: this.step } });
+    });
+  }
+}

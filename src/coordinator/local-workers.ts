@@ -1,0 +1,69 @@
+/**
+ * Worker processes on this machine, started by `coordinator start` (one per core by
+ * default: wasm gives a process one core). The join token reaches them through the
+ * environment, never the command line (which `ps` shows to every user).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+
+const WORKER_CLI = fileURLToPath(new URL('../../worker/cli.js', import.meta.url));
+
+export interface LocalWorkersOptions {
+  readonly count: number;
+  readonly coordinator: string;
+  /** The token's environment variable for the children. */
+  readonly tokenEnv: Record<string, string>;
+  readonly backend: string;
+  /** Each output line of worker i. */
+  readonly onLine: (worker: number, line: string) => void;
+  /** A worker exited (code or signal). */
+  readonly onExit: (worker: number, how: string) => void;
+}
+
+export class LocalWorkers {
+  private readonly children: ChildProcess[] = [];
+  private stopping = false;
+
+  constructor(private readonly options: LocalWorkersOptions) {}
+
+  start(): void {
+    for (let i = 0; i < this.options.count; i++) this.spawnOne(i);
+  }
+
+  private spawnOne(i: number): void {
+    const o = this.options;
+    const child = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', o.coordinator, '--backend', o.backend, '--name', `local-${i}`], {
+      env: { ...process.env, ...o.tokenEnv },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.children.push(child);
+    for (const stream of [child.stdout!, child.stderr!]) createInterface({ input: stream }).on('line', (line) => o.onLine(i, line));
+    child.on('exit', (code, signal) => {
+      if (!this.stopping) o.onExit(i, signal ? `killed by ${signal}` : `exited with code ${code}`);
+    });
+  }
+
+  get pids(): number[] {
+    return this.children.map((c) => c.pid ?? -1);
+  }
+
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves when every child is gone. */
+  async stop(graceMs = 5000): Promise<void> {
+    this.stopping = true;
+    await Promise.all(
+      this.children.map(
+        (child) =>
+          new Promise<void>((resolve) => {
+            if (child.exitCode !== null || child.signalCode !== null) return resolve();
+            const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+            child.once('exit', () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            child.kill('SIGTERM');
+          }),
+      ),
+    );
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * `coordinator start`: from command-line settings to a running coordinator with its local
+ * workers. With no settings at all it is the README's main job: the shipped sample corpus
+ * prepared under the run directory, one local worker per core, a small MLM model trained
+ * with AdaFactor and recompute, checkpoints under runs/<run-id>/.
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync, promises as fs } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { JoinToken, type TlsMaterial } from '../comm/auth.js';
+import { writeFileAtomically } from '../checkpoint/atomic-write.js';
+import { MANIFEST_FILE, prepare } from '../data/prepare.js';
+import type { Application } from '../model/build.js';
+import { type BertConfig, presetConfig } from '../model/config.js';
+import { type OptimizerConfig } from '../optim/config.js';
+import { readManifest } from '../data/dataset.js';
+import { Coordinator, CoordinatorError, type CoordinatorSummary } from './coordinator.js';
+import { LocalWorkers } from './local-workers.js';
+
+export const TOKEN_FILE_ENV = 'PRETRAIN_TOKEN_FILE';
+export const TOKEN_ENV = 'PRETRAIN_TOKEN';
+
+const SAMPLE_DIR = fileURLToPath(new URL('../../../data/sample/', import.meta.url));
+
+export interface StartSettings {
+  runDir?: string;
+  resume?: string;
+  data?: string;
+  /** A bert_config.json already parsed, or a preset name. */
+  model: BertConfig | string;
+  application: Application;
+  optimizer: OptimizerConfig;
+  steps: number;
+  globalBatch: number;
+  microBatch: number;
+  seed: number;
+  clipNorm: number;
+  recompute: boolean;
+  checkpointEvery: number;
+  keep: number;
+  localWorkers?: number;
+  workers?: number;
+  backend: string;
+  host: string;
+  port: number;
+  tokenFile?: string;
+  tls?: TlsMaterial;
+  joinTimeoutMs: number;
+  stepTimeoutMs: number;
+  heartbeatTimeoutMs: number;
+  logEvery: number;
+  log: (line: string) => void;
+}
+
+export interface StartResult extends CoordinatorSummary {
+  readonly runId: string;
+}
+
+function newRunId(now = new Date()): string {
+  const two = (n: number) => String(n).padStart(2, '0');
+  return `run-${now.getFullYear()}${two(now.getMonth() + 1)}${two(now.getDate())}-${two(now.getHours())}${two(now.getMinutes())}${two(now.getSeconds())}`;
+}
+
+/** The run's join token: from a file or the environment, else a new one kept in the run directory (mode 0600) for workers started elsewhere. */
+async function joinToken(settings: StartSettings, runDir: string): Promise<{ token: JoinToken; file?: string }> {
+  const env = settings.tokenFile ? { ...process.env, [TOKEN_FILE_ENV]: settings.tokenFile } : process.env;
+  if (env[TOKEN_FILE_ENV] || env[TOKEN_ENV]) return { token: JoinToken.fromEnvironment(env, TOKEN_FILE_ENV, TOKEN_ENV), file: env[TOKEN_FILE_ENV] };
+  const file = path.join(runDir, 'join-token');
+  if (existsSync(file)) return { token: JoinToken.fromEnvironment({ [TOKEN_FILE_ENV]: file }, TOKEN_FILE_ENV, TOKEN_ENV), file };
+  const token = randomBytes(32).toString('hex');
+  await writeFileAtomically(file, async (h) => {
+    await h.chmod(0o600);
+    await h.writeFile(`${token}\n`);
+  });
+  return { token: new JoinToken(token), file };
+}
+
+/** The data: the given folder, or the sample corpus prepared once under the run directory. */
+async function dataFolder(settings: StartSettings, runDir: string): Promise<string> {
+  if (settings.data) return settings.data;
+  const out = path.join(runDir, 'data');
+  if (existsSync(path.join(out, MANIFEST_FILE))) return out;
+  settings.log(`data: preparing the sample corpus (${path.join(SAMPLE_DIR, 'corpus.txt')}) into ${out}`);
+  await prepare({
+    corpus: [path.join(SAMPLE_DIR, 'corpus.txt')],
+    vocab: path.join(SAMPLE_DIR, 'vocab.txt'),
+    out,
+    task: settings.application === 'unilm' ? 'seq2seq' : 'mlm',
+    maxLength: 64,
+    seed: settings.seed,
+    recordsPerShard: 2000,
+    documents: 'blank-line',
+    lowerCase: true,
+    force: true,
+  });
+  return out;
+}
+
+export async function startRun(settings: StartSettings, stopRequested: () => boolean): Promise<StartResult> {
+  const runDir = settings.resume ?? settings.runDir ?? path.join('runs', newRunId());
+  const runId = path.basename(path.resolve(runDir)).replace(/[^\w.-]/g, '_').slice(0, 100) || 'run';
+  await fs.mkdir(runDir, { recursive: true });
+  const dataDir = await dataFolder(settings, runDir);
+  const { manifest } = await readManifest(dataDir);
+  const model = typeof settings.model === 'string' ? presetConfig(settings.model, manifest.vocab.size, { max_position_embeddings: Math.max(512, manifest.maxLength) }) : settings.model;
+  if (model.vocab_size < manifest.vocab.size) throw new CoordinatorError(`the model's vocab_size ${model.vocab_size} is smaller than the vocabulary of the data in ${dataDir} (${manifest.vocab.size} tokens)`);
+  const localWorkers = settings.localWorkers ?? Math.max(1, availableParallelism());
+  const workers = settings.workers ?? localWorkers;
+  const { token, file: tokenFile } = await joinToken(settings, runDir);
+  if (workers > localWorkers) settings.log(`waiting for ${workers - localWorkers} worker(s) started elsewhere: \`worker start --coordinator <address>\` with ${TOKEN_FILE_ENV}=${tokenFile ?? '<the token file>'}`);
+  let local: LocalWorkers | undefined;
+  const coordinator = new Coordinator({
+    runDir,
+    runId,
+    dataDir,
+    spec: {
+      seed: settings.seed,
+      application: settings.application,
+      model,
+      optimizer: settings.optimizer,
+      clipNorm: settings.clipNorm,
+      recompute: settings.recompute,
+      microBatch: settings.microBatch,
+      collectiveDeadlineMs: settings.stepTimeoutMs,
+    },
+    globalBatch: settings.globalBatch,
+    steps: settings.steps,
+    checkpointEvery: settings.checkpointEvery,
+    keepCheckpoints: settings.keep,
+    workers,
+    token,
+    tls: settings.tls,
+    host: settings.host,
+    port: settings.port,
+    joinTimeoutMs: settings.joinTimeoutMs,
+    heartbeatTimeoutMs: settings.heartbeatTimeoutMs,
+    stepTimeoutMs: settings.stepTimeoutMs,
+    resume: settings.resume !== undefined,
+    logEvery: settings.logEvery,
+    log: settings.log,
+    stopRequested,
+    onListening: (address) => {
+      if (localWorkers === 0) return;
+      local = new LocalWorkers({
+        count: localWorkers,
+        coordinator: address,
+        // the header is the only way out of a JoinToken; children get the token by environment
+        tokenEnv: { [TOKEN_ENV]: token.header().slice('Bearer '.length) },
+        backend: settings.backend,
+        onLine: (i, line) => settings.log(`  [worker ${i}] ${line}`),
+        onExit: (i, how) => settings.log(`  [worker ${i}] ${how}`),
+      });
+      local.start();
+    },
+  });
+  try {
+    return { ...(await coordinator.run()), runId };
+  } finally {
+    await local?.stop();
+  }
+}

@@ -1,0 +1,228 @@
+/**
+ * A worker: one model replica in one process. It joins the coordinator, serves its ring
+ * neighbours' pulls, and carries out the coordinator's instructions in the order they
+ * arrive: take an assignment (rank, ring, generation; the run on the first one), restore
+ * state, reduce a step's gradients with its peers and report, apply a committed step,
+ * drop an aborted one, upload its state, stop.
+ */
+import { hostname } from 'node:os';
+import type * as tfl from '@tensorflow/tfjs-layers';
+import { type BackendChoice, selectBackend } from '../backend/index.js';
+import { Communicator } from '../comm/communicator.js';
+import type { JoinToken, TlsMaterial } from '../comm/auth.js';
+import { CommServer } from '../comm/server.js';
+import { ControlClient } from '../control/client.js';
+import type { Assignment, Instruction, StateChunk, Work } from '../control/messages.js';
+import { parseRunSpec, type RunSpec } from '../control/run-spec.js';
+import { type ReplicaState, StateAssembler, stateChunks } from '../control/state-transfer.js';
+import { batchFromRecords, decodeRecord } from '../data/dataset.js';
+import { buildTransformer, disposeTransformer } from '../model/build.js';
+import { createOptimizer, type Optimizer, VariableParameters } from '../optim/index.js';
+import { PretrainingObjective } from '../train/step.js';
+import { type ReducedStep, stepDropoutSeed, Trainer } from '../train/trainer.js';
+
+export interface WorkerOptions {
+  /** host:port of the coordinator's control server. */
+  readonly coordinator: string;
+  readonly token: JoinToken;
+  readonly tls?: TlsMaterial | undefined;
+  /** Where the data-plane server listens and what peers dial (default 127.0.0.1). */
+  readonly host?: string;
+  readonly backend: BackendChoice;
+  readonly name?: string;
+  readonly log: (line: string) => void;
+  readonly heartbeatMs?: number;
+}
+
+interface Replica {
+  readonly spec: RunSpec;
+  readonly model: tfl.LayersModel;
+  readonly objective: PretrainingObjective;
+  readonly optimizer: Optimizer;
+  readonly params: VariableParameters;
+}
+
+export class TrainingWorker {
+  private control: ControlClient | undefined;
+  private server: CommServer | undefined;
+  private communicator: Communicator | undefined;
+  private replica: Replica | undefined;
+  private trainer: Trainer | undefined;
+  private workerId = 0;
+  private generation = 0;
+  private step = 0;
+  private readonly pending = new Map<number, ReducedStep>();
+  private restoring: { step: number; assembler: StateAssembler } | undefined;
+  private queue: Promise<void> = Promise.resolve();
+  private heartbeat: NodeJS.Timeout | undefined;
+
+  constructor(private readonly options: WorkerOptions) {}
+
+  /** Runs until the coordinator says stop (resolves with its reason) or the control stream fails (rejects). */
+  async run(): Promise<string> {
+    const o = this.options;
+    const backend = await selectBackend(o.backend);
+    const control = new ControlClient(o.coordinator, o.token, o.tls);
+    this.control = control;
+    try {
+      const joined = await control.join({ name: o.name ?? `${hostname()}:${process.pid}`, backend: backend.name, freeMemoryBytes: 0 });
+      this.workerId = joined.workerId;
+      this.server = await CommServer.listen({ runId: joined.runId, token: o.token, tls: o.tls, host: o.host });
+      o.log(`worker ${this.workerId}: joined run ${joined.runId} at ${o.coordinator} (pid ${process.pid}, backend ${backend.name}, data plane ${this.server.address})`);
+      this.heartbeat = setInterval(() => {
+        control.heartbeat({ workerId: this.workerId, generation: this.generation, step: this.step }).catch(() => undefined);
+      }, o.heartbeatMs ?? 1000);
+      return await this.listen(control);
+    } finally {
+      clearInterval(this.heartbeat);
+      this.communicator?.close();
+      await this.server?.close();
+      control.close();
+      if (this.replica) disposeTransformer(this.replica.model);
+    }
+  }
+
+  private listen(control: ControlClient): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const stream = control.instructions(this.workerId, this.server!.address);
+      let stopped: string | undefined;
+      stream.on('data', (instruction: Instruction) => {
+        // one at a time, in order: a commit must follow its step, work must follow a restore
+        this.queue = this.queue
+          .then(() => this.handle(instruction))
+          .then((stop) => {
+            if (stop !== undefined) {
+              stopped = stop;
+              stream.cancel();
+            }
+          })
+          .catch((e: unknown) => {
+            stream.cancel();
+            reject(e);
+          });
+      });
+      stream.on('error', (e: Error & { code?: number }) => {
+        if (stopped === undefined) reject(new Error(`the coordinator's instruction stream failed: ${e.message}`));
+      });
+      stream.on('end', () => {
+        void this.queue.then(() => (stopped !== undefined ? resolve(stopped) : reject(new Error('the coordinator ended the instruction stream without a stop'))));
+      });
+      stream.on('close', () => {
+        void this.queue.then(() => {
+          if (stopped !== undefined) resolve(stopped);
+        });
+      });
+    });
+  }
+
+  /** Returns the stop reason on a stop instruction. */
+  private async handle(instruction: Instruction): Promise<string | undefined> {
+    switch (instruction.kind) {
+      case 'assign':
+        this.assign(instruction.assign);
+        return undefined;
+      case 'state':
+        this.restore(instruction.state);
+        return undefined;
+      case 'work':
+        await this.work(instruction.work);
+        return undefined;
+      case 'commit': {
+        const reduced = this.pending.get(instruction.commit.step);
+        if (!reduced || instruction.commit.generation !== this.generation) throw new Error(`commit of step ${instruction.commit.step} (generation ${instruction.commit.generation}), which this worker has not reduced`);
+        this.pending.delete(instruction.commit.step);
+        reduced.apply();
+        this.step = instruction.commit.step;
+        return undefined;
+      }
+      case 'abort':
+        this.pending.delete(instruction.abort.step);
+        return undefined;
+      case 'stateRequest':
+        await this.uploadState(instruction.stateRequest.generation, instruction.stateRequest.step);
+        return undefined;
+      case 'stop':
+        return instruction.stop.reason || 'stopped by the coordinator';
+      default:
+        throw new Error(`unknown instruction ${JSON.stringify((instruction as { kind?: unknown }).kind)}`);
+    }
+  }
+
+  private assign(a: Assignment): void {
+    if (a.generation <= this.generation) throw new Error(`assignment of generation ${a.generation}, not newer than ${this.generation}`);
+    if (!this.replica) this.replica = this.buildReplica(parseRunSpec(a.runJson));
+    const spec = this.replica.spec;
+    this.communicator?.close();
+    this.pending.clear();
+    this.generation = a.generation;
+    this.communicator = new Communicator(this.server!, { generation: a.generation, rank: a.rank, peers: a.peers, deadlineMs: spec.collectiveDeadlineMs });
+    const { objective, optimizer, params } = this.replica;
+    this.trainer = new Trainer({ objective, optimizer, params, clipNorm: spec.clipNorm, recompute: spec.recompute, reducer: this.communicator });
+    if (a.restoreStep > 0) this.restoring = { step: a.restoreStep, assembler: new StateAssembler(`the coordinator (step ${a.restoreStep})`) };
+    this.options.log(`worker ${this.workerId}: generation ${a.generation}, rank ${a.rank} of ${a.peers.length}${a.restoreStep > 0 ? `, restoring step ${a.restoreStep}` : ''}`);
+  }
+
+  private buildReplica(spec: RunSpec): Replica {
+    // the same seed on every worker: identical initial replicas without a transfer
+    const model = buildTransformer(spec.model, { application: spec.application, withMlm: true, seed: spec.seed });
+    const objective = new PretrainingObjective(model);
+    return { spec, model, objective, optimizer: createOptimizer(spec.optimizer), params: new VariableParameters(objective.weights) };
+  }
+
+  private restore(chunk: StateChunk): void {
+    if (!this.restoring || !this.replica) throw new Error(`state chunk ${chunk.name} without a restoring assignment`);
+    this.restoring.assembler.add(chunk);
+    if (!this.restoring.assembler.complete) return;
+    applyReplicaState(this.replica, this.restoring.assembler.state());
+    this.step = this.restoring.step;
+    this.restoring = undefined;
+  }
+
+  private async work(w: Work): Promise<void> {
+    const replica = this.replica;
+    if (!replica || !this.trainer || w.generation !== this.generation) throw new Error(`work for step ${w.step} of generation ${w.generation} before its assignment`);
+    if (this.restoring) throw new Error(`work for step ${w.step} before the state of step ${this.restoring.step} arrived`);
+    const { spec } = replica;
+    const started = performance.now();
+    const report = { workerId: this.workerId, generation: w.generation, step: w.step, ok: false, error: '', loss: 0, accuracy: 0, targets: 0, gradNorm: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 0 };
+    try {
+      const records = w.records.map((r) => ({ id: r.id, record: decodeRecord(r.example, spec.manifest, spec.perTokenFeature, `record ${r.id}`) }));
+      const batch = batchFromRecords(spec.manifest, records, spec.application, spec.seed, w.epoch, w.length);
+      const microBatches = spec.microBatch > 0 ? Math.max(1, Math.ceil(records.length / spec.microBatch)) : 1;
+      const trainer = microBatches === this.trainer.options.microBatches ? this.trainer : (this.trainer = new Trainer({ ...this.trainer.options, microBatches }));
+      const reduced = await trainer.reduce(batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample });
+      this.pending.set(w.step, reduced);
+      const tokens = records.reduce((sum, r) => sum + r.record.tokenIds.length, 0);
+      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens });
+    } catch (e) {
+      report.error = (e as Error).message;
+    }
+    report.computeSeconds = (performance.now() - started) / 1000;
+    await this.control!.report(report);
+  }
+
+  private async uploadState(generation: number, step: number): Promise<void> {
+    if (!this.replica) throw new Error('state requested before the run was assigned');
+    if (step !== this.step) throw new Error(`state of step ${step} requested, this worker holds step ${this.step}`);
+    await this.control!.putState(stateChunks(captureReplicaState(this.replica), { workerId: this.workerId, generation, step }));
+  }
+}
+
+export function captureReplicaState(replica: { objective: PretrainingObjective; optimizer: Optimizer }): ReplicaState {
+  return {
+    params: replica.objective.weights.map((w) => ({ name: w.name, shape: [...w.shape], data: new Float32Array(w.variable.dataSync() as Float32Array) })),
+    optimizer: replica.optimizer.getState(),
+  };
+}
+
+export function applyReplicaState(replica: { objective: PretrainingObjective; optimizer: Optimizer; params: VariableParameters }, state: ReplicaState): void {
+  const byName = new Map(state.params.map((p) => [p.name, p]));
+  replica.objective.weights.forEach((w, i) => {
+    const p = byName.get(w.name);
+    if (!p) throw new Error(`the state has no weight ${w.name}`);
+    if (p.data.length !== w.variable.size) throw new Error(`the state's ${w.name} has ${p.data.length} values, the model's ${w.variable.size}`);
+    replica.params.write(i, p.data);
+  });
+  if (byName.size !== replica.objective.weights.length) throw new Error(`the state has ${byName.size} weights, the model ${replica.objective.weights.length}`);
+  replica.optimizer.setState(state.optimizer);
+}

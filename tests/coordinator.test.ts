@@ -1,0 +1,154 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { loadLatestCheckpoint } from '../src/checkpoint/run-checkpoint.js';
+import { JoinToken } from '../src/comm/auth.js';
+import { ControlClient } from '../src/control/client.js';
+import { prepare } from '../src/data/prepare.js';
+import { prepareOptions, runScript, writeSampleSlice } from './helpers.js';
+
+const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
+
+let dir: string;
+const data = { mlm: '', seq2seq: '' };
+
+before(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'coordinator-'));
+  const corpus = await writeSampleSlice(dir, 30);
+  for (const task of ['mlm', 'seq2seq'] as const) {
+    data[task] = path.join(dir, `data-${task}`);
+    await prepare(prepareOptions(corpus, data[task], { task, maxLength: 32, recordsPerShard: 100 }));
+  }
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** A small run on cpu: L1-H32 (dropout 0.1), AdaFactor, recompute, 3 steps of 6 sequences. */
+function runArgs(runDir: string, workers: number, extra: string[] = []): string[] {
+  return ['start', '--run-dir', runDir, '--local-workers', String(workers), '--backend', 'cpu', '--preset', 'L1-H32', '--steps', '3', '--global-batch', '6', '--checkpoint-every', '3', '--log-every', '1', ...extra];
+}
+
+async function finalParams(runDir: string): Promise<Map<string, Float32Array>> {
+  const latest = await loadLatestCheckpoint(runDir);
+  assert.ok(latest.checkpoint, `no checkpoint in ${runDir}`);
+  return new Map(latest.checkpoint.params.map((p) => [p.name, p.data]));
+}
+
+function maxDifference(a: Map<string, Float32Array>, b: Map<string, Float32Array>): number {
+  assert.deepEqual([...a.keys()], [...b.keys()]);
+  let worst = 0;
+  for (const [name, values] of a) values.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - b.get(name)![i]!))));
+  return worst;
+}
+
+describe('coordinator and workers (real processes on 127.0.0.1)', () => {
+  for (const [task, application] of [['mlm', 'encoder'], ['seq2seq', 'unilm']] as const) {
+    it(`2 workers end with the parameters of 1 worker on the same global batch, dropout and masking on (${task})`, async () => {
+      const runs = [];
+      for (const workers of [1, 2]) {
+        const runDir = path.join(dir, `${task}-${workers}`);
+        const r = await runScript(CLI, runArgs(runDir, workers, ['--data', data[task], '--application', application]), { timeout: 120_000 });
+        assert.equal(r.code, 0, r.stderr + r.stdout);
+        assert.match(r.stdout, new RegExp(`step 3/3 .*workers ${workers}`));
+        runs.push(await finalParams(runDir));
+      }
+      const moved = maxDifference(runs[0]!, await initialParamsOf(application, task));
+      assert.ok(moved > 1e-4, `training changed the weights (${moved})`);
+      const difference = maxDifference(runs[0]!, runs[1]!);
+      assert.ok(difference < 1e-5, `1 vs 2 workers: max parameter difference ${difference}`);
+    });
+  }
+
+  it('a worker killed mid-run stops the run with a clear error and a checkpoint of the last committed step; --resume finishes it and the audit finds every record once', async () => {
+    const runDir = path.join(dir, 'killed');
+    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 2, ['--data', data.mlm, '--steps', '40', '--checkpoint-every', '100', '--global-batch', '4'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const output = collect(child);
+    try {
+      // kill one worker once a few steps have committed
+      await waitFor(() => /step +3\/40/.test(output.text), 60_000, () => output.text);
+      const pid = Number(/\[worker 1\] worker \d+: joined run .*\(pid (\d+)/.exec(output.text)?.[1] ?? NaN);
+      assert.ok(Number.isInteger(pid), output.text);
+      process.kill(pid, 'SIGKILL');
+      const code = await exitOf(child, 60_000);
+      assert.equal(code, 1, output.text);
+      assert.match(output.text, /coordinator: error: step \d+ failed: worker \d+ \(local-1\) .*the last committed step \(\d+\) is checkpointed; continue the run with `coordinator start --resume/);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    const resumed = await runScript(CLI, ['start', '--resume', runDir, '--local-workers', '2', '--backend', 'cpu', '--preset', 'L1-H32', '--data', data.mlm, '--steps', '12', '--global-batch', '4', '--checkpoint-every', '100'], { timeout: 120_000 });
+    assert.equal(resumed.code, 0, resumed.stderr + resumed.stdout);
+    assert.match(resumed.stdout, /step 12\/12/);
+    const audit = await runScript(CLI, ['audit', runDir, '--json']);
+    assert.equal(audit.code, 0, audit.stdout + audit.stderr);
+    const report = JSON.parse(audit.stdout) as { ok: boolean; commits: number; epochs: { exactlyOnce: number; repeated: number }[] };
+    assert.equal(report.ok, true);
+    assert.equal(report.epochs[0]!.exactlyOnce, 12 * 4);
+    assert.equal(report.epochs[0]!.repeated, 0);
+  });
+
+  it('refuses a worker without the run\'s token', async () => {
+    const runDir = path.join(dir, 'token');
+    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 0, ['--data', data.mlm, '--workers', '1', '--join-timeout', '20'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const output = collect(child);
+    try {
+      await waitFor(() => /listening on (\S+)/.test(output.text), 30_000, () => output.text);
+      const address = /listening on (\S+)/.exec(output.text)![1]!;
+      const intruder = new ControlClient(address, new JoinToken('not-the-token-of-this-run'));
+      const refused = await intruder.join({ name: 'intruder', backend: 'cpu', freeMemoryBytes: 0 }).then(() => undefined, (e: grpc.ServiceError) => e);
+      intruder.close();
+      assert.equal(refused?.code, grpc.status.UNAUTHENTICATED, String(refused));
+      assert.ok(existsSync(path.join(runDir, 'join-token')), 'the generated token is kept for workers started elsewhere');
+    } finally {
+      child.kill('SIGKILL');
+      await exitOf(child, 10_000);
+    }
+  });
+});
+
+/** The weights a run starts from: every worker builds the model from the run's seed (1 by default). */
+async function initialParamsOf(application: 'encoder' | 'unilm', task: 'mlm' | 'seq2seq'): Promise<Map<string, Float32Array>> {
+  const { buildTransformer, disposeTransformer } = await import('../src/model/build.js');
+  const { presetConfig } = await import('../src/model/config.js');
+  const { trainableWeights } = await import('../src/model/weights.js');
+  const { readManifest } = await import('../src/data/dataset.js');
+  const { selectBackend } = await import('../src/backend/index.js');
+  await selectBackend('cpu');
+  const { manifest } = await readManifest(data[task]);
+  const model = buildTransformer(presetConfig('L1-H32', manifest.vocab.size, { max_position_embeddings: 512 }), { application, withMlm: true, seed: 1 });
+  const params = new Map(trainableWeights(model).map((w) => [w.name, new Float32Array(w.variable.dataSync() as Float32Array)]));
+  disposeTransformer(model);
+  return params;
+}
+
+function collect(child: ChildProcess): { text: string } {
+  const output = { text: '' };
+  child.stdout!.on('data', (d: Buffer) => (output.text += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (output.text += d.toString()));
+  return output;
+}
+
+async function waitFor(condition: () => boolean, timeoutMs: number, describe: () => string): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error(`timed out; output so far:\n${describe()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function exitOf(child: ChildProcess, timeoutMs: number): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the process did not exit in time')), timeoutMs);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve(code);
+    });
+  });
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env node
+/**
+ * `worker start --coordinator host:port`: one model replica of a run. The join token comes
+ * from the file named by PRETRAIN_TOKEN_FILE (or --token-file), else the PRETRAIN_TOKEN
+ * variable: never from the command line.
+ */
+import { Option } from 'commander';
+import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
+import { AuthConfigError, JoinToken, loadTls } from '../src/comm/auth.js';
+import { createProgram, EXIT_FAILURE, EXIT_USAGE, runProgram } from '../src/cli/common.js';
+import { TrainingWorker } from '../src/worker/training-worker.js';
+import { TrainingError } from '../src/train/step.js';
+
+export const TOKEN_FILE_ENV = 'PRETRAIN_TOKEN_FILE';
+export const TOKEN_ENV = 'PRETRAIN_TOKEN';
+
+interface StartOptions {
+  coordinator: string;
+  backend: BackendChoice;
+  host: string;
+  name?: string;
+  tokenFile?: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+}
+
+function buildProgram() {
+  const program = createProgram('worker', 'A worker of a multi-worker BERT/UniLM pretraining run: one model replica, all-reducing its gradients with its peers.');
+  program
+    .command('start')
+    .description(`Join the coordinator's run and train until it says stop. The join token: the file in ${TOKEN_FILE_ENV} or --token-file, else ${TOKEN_ENV}.`)
+    .requiredOption('--coordinator <host:port>', "the coordinator's control address")
+    .addOption(new Option('--backend <name>', 'tfjs backend').choices(BACKEND_CHOICES).default('auto'))
+    .option('--host <address>', 'where this worker serves its ring neighbours (an address the other workers can reach)', '127.0.0.1')
+    .option('--name <name>', 'name in the coordinator\'s logs (default host:pid)')
+    .option('--token-file <file>', `file holding the run's join token (default: ${TOKEN_FILE_ENV})`)
+    .option('--tls-ca <file>', 'mutual TLS: the run\'s CA certificate')
+    .option('--tls-cert <file>', 'mutual TLS: this worker\'s certificate')
+    .option('--tls-key <file>', 'mutual TLS: this worker\'s key')
+    .action(async (opts: StartOptions) => {
+      const env = opts.tokenFile ? { ...process.env, [TOKEN_FILE_ENV]: opts.tokenFile } : process.env;
+      const token = JoinToken.fromEnvironment(env, TOKEN_FILE_ENV, TOKEN_ENV);
+      const tls = loadTls({ ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey });
+      const worker = new TrainingWorker({ coordinator: opts.coordinator, token, tls, host: opts.host, backend: opts.backend, name: opts.name, log: (line) => console.error(line) });
+      const reason = await worker.run();
+      console.error(`worker: stopped: ${reason}`);
+    });
+  return program;
+}
+
+process.exitCode = await runProgram(buildProgram(), process.argv, [
+  [AuthConfigError, EXIT_USAGE],
+  [TrainingError, EXIT_FAILURE],
+]);
+// a worker owns sockets and timers of libraries; once its run is over nothing is left to wait for
+process.exit();
