@@ -80,7 +80,7 @@ function endMeans(values: readonly number[], window: number): [number, number] {
   return [mean(values.slice(0, n)), mean(values.slice(-n))];
 }
 
-const DISTRIBUTED_DEFAULTS = { steps: 200, globalBatch: 16, checkpointEvery: 50, optimizer: { type: 'adafactor' as const } };
+const DISTRIBUTED_DEFAULTS = { steps: 200, globalBatch: 16, checkpointEvery: 50, optimizer: { type: 'adafactor' as const, learningRate: 0.01 } };
 
 /** Options of the distributed run that --local refuses, and the --local options the distributed run refuses. */
 const DISTRIBUTED_ONLY = ['globalBatch', 'microBatch', 'localWorkers', 'workers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout'];
@@ -175,7 +175,7 @@ function buildProgram(): Command {
     .option('--data <dir>', 'train on shards made by `pretrain prepare` (mlm: --application encoder; seq2seq: unilm) instead of the sample corpus')
     .option(
       '--optimizer <json|file>',
-      'optimizer as inline JSON or a JSON/YAML file, e.g. \'{"type":"adafactor","wrappers":[{"type":"piecewiseLinear","schedule":{"20":1}}]}\' (types: adafactor, adam, adamw, lamb, sgd; default adafactor; --local: adam)',
+      'optimizer as inline JSON or a JSON/YAML file, e.g. \'{"type":"adafactor","wrappers":[{"type":"piecewiseLinear","schedule":{"20":1}}]}\' (types: adafactor, adam, adamw, lamb, sgd; default adafactor at learning rate 0.01; --local: adam)',
     )
     .option('--clip-norm <x>', 'clip gradients to this global norm (0: off)', nonNegativeNumber, LOCAL_DEFAULTS.clipNorm)
     .option('--recompute', 'recompute each Transformer block in backprop instead of keeping its activations (default on, --local off)')
