@@ -34,7 +34,7 @@ async function ringInLoop(t: TestContext, n: number): Promise<RankGroup> {
     generation: 1,
     chunkElements: 4096,
     deadlineMs: DEADLINE_MS,
-    probeMs: 1000,
+    probeMs: 1500, // a loaded machine must not make a live rank look stopped
     steps: [{ op: 'loop', length: 1 << 17, iterations: 1_000_000 }],
   });
   for (let r = 0; r < n; r++) await waitIterations(group, r, 2);

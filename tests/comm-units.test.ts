@@ -7,6 +7,7 @@ import { AuthConfigError, JoinToken } from '../src/comm/auth.js';
 import { allReduceSchedule, FlatBuffers, segment } from '../src/comm/flat.js';
 import { addHalf, encodeHalf, fromHalf, roundHalfInPlace, toHalf } from '../src/comm/fp16.js';
 import { chunkPrefix, decodeChunk, Encoding } from '../src/comm/proto.js';
+import { ChunkAdder } from '../src/comm/simd-add.js';
 import { decodeGrpcMessage, encodeGrpcMessage, FramingError, MessageReader } from '../src/comm/wire.js';
 import { lcg } from './helpers.js';
 
@@ -109,6 +110,27 @@ describe('flat buffers and the ring schedule', () => {
           const received = s.receives.reduce((sum, t) => sum + t.length, 0);
           assert.equal(received, 2 * length - size(p) - size((p + 1) % n));
         }
+      }
+    }
+  });
+});
+
+describe('SIMD add', () => {
+  it('adds exactly as float32 scalar code does, for any length and 4-byte offset, from the assembly buffer or elsewhere', () => {
+    const adder = new ChunkAdder(4096 + 64, 1024);
+    const rand = lcg(9);
+    for (const length of [0, 1, 3, 4, 5, 8, 9, 255, 1000, 1024]) {
+      for (const byteOffset of [0, 4, 8, 12, 40]) {
+        const src = new Float32Array(adder.assembly.buffer, adder.assembly.byteOffset + byteOffset, length);
+        const elsewhere = new Float32Array(length);
+        for (let i = 0; i < length; i++) elsewhere[i] = src[i] = rand() * 2e3 - 1e3;
+        const dst = Float32Array.from({ length }, () => rand() * 2 - 1);
+        const want = dst.map((x, i) => Math.fround(x + src[i]!));
+        const other = dst.slice();
+        adder.add(dst, src);
+        adder.add(other, elsewhere);
+        assert.deepEqual(dst, want, `length ${length} at +${byteOffset}`);
+        assert.deepEqual(other, want, `length ${length}, source outside the module`);
       }
     }
   });

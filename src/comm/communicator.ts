@@ -13,7 +13,7 @@ import { ChunkAdder } from './simd-add.js';
 import { allReduceSchedule, chunks, FlatBuffers, type Transfer } from './flat.js';
 import { chunkPrefix, decodeChunk, decodeStatusReply, encodePullRequest, encodeStatusRequest, Encoding, Kind, PULL_PATH, STATUS_PATH, type PullRequest, type StatusReply } from './proto.js';
 import type { CommServer, PullTarget } from './server.js';
-import { connect, startCall, unaryCall, type Call, type ServerCall } from './wire.js';
+import { connect, parseAddress, startCall, unaryCall, type Call, type ServerCall } from './wire.js';
 
 export type Compression = 'none' | 'fp16';
 
@@ -126,6 +126,13 @@ export class Communicator implements PullTarget {
     if (!Number.isInteger(options.rank) || options.rank < 0 || options.rank >= n) throw new Error(`rank ${options.rank} is not in 0..${n - 1}`);
     if (ring.length !== n || new Set(ring).size !== n || ring.some((r) => !Number.isInteger(r) || r < 0 || r >= n)) throw new Error(`ring order [${ring.join(',')}] is not a permutation of the ${n} ranks`);
     if (!Number.isSafeInteger(options.generation) || options.generation < 0) throw new Error(`generation ${options.generation} is not a non-negative integer`);
+    options.peers.forEach((address, r) => {
+      try {
+        parseAddress(address);
+      } catch (e) {
+        throw new Error(`peer address of rank ${r}: ${(e as Error).message}`);
+      }
+    });
     this.runId = server.options.runId;
     this.generation = options.generation;
     this.rank = options.rank;

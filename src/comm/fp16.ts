@@ -7,20 +7,20 @@
  */
 
 const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
+const u32 = new Int32Array(f32.buffer);
 
-/** Rounds the float32 bit pattern `u` to a float16 bit pattern. */
+/** Rounds the float32 bit pattern `u` (as an int32) to a float16 bit pattern. */
 function bitsToHalf(u: number): number {
   const sign = (u >>> 16) & 0x8000;
   const a = u & 0x7fffffff;
   if (a >= 0x7f800000) return sign | (a > 0x7f800000 ? 0x7e00 : 0x7c00); // NaN, Infinity
   if (a >= 0x477ff000) return sign | 0x7c00; // >= 65520 rounds past the largest half
   if (a >= 0x38800000) {
-    // normal half: rebias the exponent (127 -> 15), keep 10 of 23 mantissa bits
-    let q = (a - 0x38000000) >>> 13;
-    const rem = a & 0x1fff;
-    if (rem > 0x1000 || (rem === 0x1000 && q & 1)) q++;
-    return sign | q;
+    // normal half: rebias the exponent (127 -> 15) and keep 10 of 23 mantissa bits; adding
+    // 0xfff plus the kept mantissa's lowest bit before the shift rounds to nearest even
+    // without a data-dependent branch (2-3x faster on random data), and a carry out of the
+    // mantissa correctly bumps the exponent (F. Giesen's float_to_half_fast3_rtne)
+    return sign | ((a - 0x38000000 + 0xfff + ((a >> 13) & 1)) >> 13);
   }
   const e = a >>> 23;
   if (e < 102) return sign; // below 2^-25: rounds to zero (2^-25 itself ties to even, zero)
@@ -61,7 +61,7 @@ export function fromHalf(h: number): number {
 
 /** out[i] = fl16(src[i]) as bits. */
 export function encodeHalf(src: Float32Array, out: Uint16Array): void {
-  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  const bits = new Int32Array(src.buffer, src.byteOffset, src.length); // int32: no boxing of values >= 2^31
   for (let i = 0; i < src.length; i++) out[i] = bitsToHalf(bits[i]!);
 }
 
@@ -80,7 +80,7 @@ export function copyHalf(dst: Float32Array, src: Uint16Array): void {
 /** x[i] = fl16(x[i]) in place: the owner of a reduced segment rounds it as every other rank receives it. */
 export function roundHalfInPlace(x: Float32Array): void {
   const t = halfTable();
-  const bits = new Uint32Array(x.buffer, x.byteOffset, x.length);
+  const bits = new Int32Array(x.buffer, x.byteOffset, x.length);
   for (let i = 0; i < x.length; i++) x[i] = t[bitsToHalf(bits[i]!)]!;
 }
 

@@ -2,7 +2,7 @@
  * dst += src for float32 chunks with WebAssembly SIMD (f32x4): the reduce-scatter's adds, about
  * three times the speed of a JavaScript loop here even with the copy of dst in and out.
  * Received messages are assembled straight into the module's memory, so the source needs no
- * copy. The module is 130 bytes, assembled below rather than built, so there is no build step.
+ * copy. The module is 112 bytes, assembled below rather than built, so there is no build step.
  */
 
 const leb = (n: number): number[] => {

@@ -212,16 +212,19 @@ export function startCall(
 export function unaryCall(session: http2.ClientHttp2Session, path: string, request: Uint8Array, metadata: Record<string, string>, timeoutMs: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     let reply: Buffer | undefined;
+    let timer: NodeJS.Timeout | undefined; // declared first: a call can end before startCall returns
+    let ended = false;
     const call = startCall(session, path, request, metadata, 1 << 16, timeoutMs, {
       onMessage: (m) => (reply = Buffer.from(m)),
       onEnd: (error) => {
+        ended = true;
         clearTimeout(timer);
         if (error) reject(error);
         else if (!reply) reject(new RpcError(Status.INTERNAL, 'the unary call returned no message'));
         else resolve(reply);
       },
     });
-    const timer = setTimeout(() => call.cancel(), timeoutMs);
+    if (!ended) timer = setTimeout(() => call.cancel(), timeoutMs);
   });
 }
 
