@@ -1,8 +1,7 @@
 #!/usr/bin/env node
 /**
- * `coordinator`: today only `coordinator start --local`, a single-process training run on
- * the built-in corpus. The distributed coordinator (rendezvous, workers, gRPC all-reduce)
- * comes in later issues.
+ * `coordinator`: `start` (a run with its workers: src/coordinator/start.ts), `start --local`
+ * (one process: src/train/local-run.ts) and `audit` (src/run/audit.ts).
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { BertConfig } from '../src/model/config.js';

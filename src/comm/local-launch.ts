@@ -2,7 +2,7 @@
  * Ranks as local processes, with a static rendezvous over their stdio: each rank announces
  * what it listens on as a JSON line, the parent answers with everyone's announcements, and
  * from then on each stdout line is one JSON message to the parent. The benchmark and the
- * tests launch ranks this way; the coordinator (next issue) does the rendezvous over the network.
+ * tests launch ranks this way; the coordinator does the rendezvous over the network (src/coordinator/).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
