@@ -93,6 +93,25 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
     assert.equal(report.epochs[0]!.repeated, 0);
   });
 
+  it('SIGTERM (or Ctrl-C) finishes the step, checkpoints and exits 0; --resume completes the run', async () => {
+    const runDir = path.join(dir, 'terminated');
+    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 2, ['--data', data.mlm, '--steps', '40', '--checkpoint-every', '100', '--global-batch', '4'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const output = collect(child);
+    try {
+      await waitFor(() => /step +2\/40/.test(output.text), 60_000, () => output.text);
+      child.kill('SIGINT');
+      assert.equal(await exitOf(child, 60_000), 0, output.text);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    const stoppedAt = Number(/stopping at step (\d+) as asked/.exec(output.text)?.[1]);
+    assert.ok(stoppedAt >= 2 && stoppedAt < 40, output.text);
+    assert.match(output.text, new RegExp(`checkpoint: step ${stoppedAt} ->`));
+    const resumed = await runScript(CLI, ['start', '--resume', runDir, '--local-workers', '2', '--backend', 'cpu', '--preset', 'L1-H32', '--data', data.mlm, '--steps', String(stoppedAt + 2), '--global-batch', '4'], { timeout: 120_000 });
+    assert.equal(resumed.code, 0, resumed.stderr + resumed.stdout);
+    assert.match(resumed.stdout, new RegExp(`done: steps ${stoppedAt + 1}-${stoppedAt + 2} `));
+  });
+
   it('refuses a worker without the run\'s token', async () => {
     const runDir = path.join(dir, 'token');
     const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 0, ['--data', data.mlm, '--workers', '1', '--join-timeout', '20'])], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -36,6 +36,9 @@ export class LocalWorkers {
     const child = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', o.coordinator, '--backend', o.backend, '--name', `local-${i}`], {
       env: { ...process.env, ...o.tokenEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
+      // their own process group: Ctrl-C in a terminal reaches the coordinator alone, which
+      // finishes the step, checkpoints and stops them (a worker whose coordinator is gone exits)
+      detached: true,
     });
     this.children.push(child);
     for (const stream of [child.stdout!, child.stderr!]) createInterface({ input: stream }).on('line', (line) => o.onLine(i, line));
