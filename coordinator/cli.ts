@@ -106,11 +106,14 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
     model = parseBertConfig(raw, opts.config);
   }
   const optimizer = opts.optimizer ? await readOptimizerConfig(opts.optimizer) : DISTRIBUTED_DEFAULTS.optimizer;
-  let stopAsked = false;
+  const stop = new AbortController();
   const onSignal = (signal: string) => {
-    if (stopAsked) return;
-    stopAsked = true;
-    console.log(`coordinator: ${signal}: checkpointing after the current step, then stopping`);
+    if (stop.signal.aborted) {
+      console.log(`coordinator: ${signal} again: exiting now, without a checkpoint of the step in progress`);
+      process.exit(130);
+    }
+    stop.abort();
+    console.log(`coordinator: ${signal}: checkpointing after the current step, then stopping (again to exit at once)`);
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
@@ -144,7 +147,7 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
       logEvery: opts.logEvery,
       log: (line) => console.log(line),
     },
-    () => stopAsked,
+    stop.signal,
   );
   const window = Math.min(opts.logEvery, result.losses.length);
   const [first, last] = result.losses.length > 0 ? endMeans(result.losses, window) : [NaN, NaN];

@@ -14,6 +14,7 @@ import { prepare } from '../src/data/prepare.js';
 import { prepareOptions, runScript, writeSampleSlice } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
+const WORKER_CLI = fileURLToPath(new URL('../worker/cli.js', import.meta.url));
 
 let dir: string;
 const data = { mlm: '', seq2seq: '' };
@@ -116,6 +117,50 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
     assert.match(resumed.stdout, new RegExp(`done: steps ${stoppedAt + 1}-${stoppedAt + 2} `));
   });
 
+  it('a resume with other settings, or with no steps left, is refused naming what differs', async () => {
+    const runDir = path.join(dir, 'settings');
+    const first = await runScript(CLI, runArgs(runDir, 1, ['--data', data.mlm]), { timeout: 120_000 });
+    assert.equal(first.code, 0, first.stderr + first.stdout);
+    const resume = (extra: string[]) => runScript(CLI, ['start', '--resume', runDir, '--local-workers', '1', '--backend', 'cpu', '--data', data.mlm, '--global-batch', '6', '--preset', 'L1-H32', ...extra], { timeout: 60_000 });
+    const other = await resume(['--steps', '5', '--seed', '7', '--global-batch', '8']);
+    assert.equal(other.code, 1, other.stdout);
+    assert.match(other.stderr, /is of a run with other settings: --seed \(the run has 1, now 7\); --global-batch \(the run has 6, now 8\)\. Resume with the run's settings/);
+    const done = await resume(['--steps', '3']);
+    assert.equal(done.code, 1, done.stdout);
+    assert.match(done.stderr, /has done 3 steps already; ask for more with --steps \(now 3\)/);
+  });
+
+  it('a worker joining a running run is sent away and the run goes on; SIGTERM while waiting for workers exits at once', async () => {
+    const runDir = path.join(dir, 'extra');
+    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 1, ['--data', data.mlm, '--steps', '8'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const output = collect(child);
+    try {
+      await waitFor(() => /step +2\/8/.test(output.text), 60_000, () => output.text);
+      const address = /listening on (\S+)/.exec(output.text)![1]!;
+      const token = (await import('node:fs')).readFileSync(path.join(runDir, 'join-token'), 'utf8').trim();
+      const extra = await runScript(WORKER_CLI, ['start', '--coordinator', address, '--backend', 'cpu', '--name', 'latecomer'], { timeout: 60_000, env: { PRETRAIN_TOKEN: token } });
+      assert.equal(extra.code, 0, extra.stderr);
+      assert.match(extra.stderr, /stopped: the run already has its workers/);
+      assert.equal(await exitOf(child, 60_000), 0, output.text);
+      assert.match(output.text, /latecomer\) joined after the run started; it is sent away/);
+      assert.match(output.text, /step 8\/8/);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    const waiting = spawn(process.execPath, [CLI, ...runArgs(path.join(dir, 'waiting'), 0, ['--data', data.mlm, '--workers', '1'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const waitingOutput = collect(waiting);
+    try {
+      await waitFor(() => /listening on/.test(waitingOutput.text), 30_000, () => waitingOutput.text);
+      const sent = Date.now();
+      waiting.kill('SIGTERM');
+      assert.equal(await exitOf(waiting, 10_000), 1);
+      assert.ok(Date.now() - sent < 5000, 'stopped promptly, not at the join timeout');
+      assert.match(waitingOutput.text, /stopped as asked before the run started/);
+    } finally {
+      waiting.kill('SIGKILL');
+    }
+  });
+
   it('refuses a worker without the run\'s token', async () => {
     const runDir = path.join(dir, 'token');
     const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 0, ['--data', data.mlm, '--workers', '1', '--join-timeout', '20'])], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -127,6 +172,7 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
       const refused = await intruder.join({ name: 'intruder', backend: 'cpu', freeMemoryBytes: 0 }).then(() => undefined, (e: grpc.ServiceError) => e);
       intruder.close();
       assert.equal(refused?.code, grpc.status.UNAUTHENTICATED, String(refused));
+      assert.match(String(refused), /refused this worker's join token/);
       assert.ok(existsSync(path.join(runDir, 'join-token')), 'the generated token is kept for workers started elsewhere');
     } finally {
       child.kill('SIGKILL');

@@ -61,9 +61,10 @@ export interface ScriptResult {
 }
 
 /** Runs a compiled script in a fresh node process (the real CLI, not a mock); `input` goes to its stdin. */
-export function runScript(script: string, args: string[], options: { cwd?: string; input?: string | Uint8Array; timeout?: number } = {}): Promise<ScriptResult> {
+export function runScript(script: string, args: string[], options: { cwd?: string; input?: string | Uint8Array; timeout?: number; env?: Record<string, string> } = {}): Promise<ScriptResult> {
   return new Promise((resolve) => {
-    const child = execFile(process.execPath, [script, ...args], { cwd: options.cwd, timeout: options.timeout ?? 60_000, maxBuffer: 1 << 26 }, (err, stdout, stderr) => {
+    const env = options.env ? { ...process.env, ...options.env } : undefined;
+    const child = execFile(process.execPath, [script, ...args], { cwd: options.cwd, env, timeout: options.timeout ?? 60_000, maxBuffer: 1 << 26 }, (err, stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
     });
     child.stdin!.end(options.input ?? '');

@@ -28,16 +28,28 @@ export class ControlClient {
     return m;
   }
 
-  private unary<Req, Res>(method: string, request: Req, deadlineMs = UNARY_DEADLINE_MS): Promise<Res> {
+  private unary<Req, Res>(method: string, request: Req, deadlineMs = UNARY_DEADLINE_MS, waitForReady = false): Promise<Res> {
     return new Promise((resolve, reject) => {
       const fn = this.client[method] as (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, v: Res) => void) => void;
-      fn.call(this.client, request, this.metadata(), { deadline: Date.now() + deadlineMs }, (err, value) => (err ? reject(err) : resolve(value)));
+      fn.call(this.client, request, this.metadata(), { deadline: Date.now() + deadlineMs, waitForReady }, (err, value) => (err ? reject(err) : resolve(value)));
     });
   }
 
   /** Joins the run; `waitMs`: how long to keep trying while the coordinator is not up yet. */
-  join(request: JoinRequest, waitMs = 30_000): Promise<JoinReply> {
-    return this.unary('Join', request, waitMs);
+  async join(request: JoinRequest, waitMs = 30_000): Promise<JoinReply> {
+    try {
+      return await this.unary<JoinRequest, JoinReply>('Join', request, waitMs, true);
+    } catch (e) {
+      const err = e as grpc.ServiceError;
+      // the status stays on the error for callers that act on it
+      if (err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED) {
+        throw Object.assign(new Error(`cannot reach the coordinator at ${this.address} within ${Math.round(waitMs / 1000)} s (${err.details || err.message})`), { code: err.code });
+      }
+      if (err.code === grpc.status.UNAUTHENTICATED) {
+        throw Object.assign(new Error(`the coordinator at ${this.address} refused this worker's join token: give the run's token (PRETRAIN_TOKEN_FILE)`), { code: err.code });
+      }
+      throw e;
+    }
   }
 
   instructions(workerId: number, dataAddress: string): grpc.ClientReadableStream<Instruction> {

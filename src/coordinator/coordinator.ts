@@ -58,8 +58,8 @@ export interface CoordinatorOptions {
   readonly logEvery: number;
   /** Called once the control server listens (start local workers here). */
   readonly onListening?: (address: string) => void;
-  /** Asked after every committed step: true ends the run (checkpointed) as if its steps were done. */
-  readonly stopRequested?: () => boolean;
+  /** Aborted: the run ends after the step in progress, checkpointed (before the run starts: at once). */
+  readonly stop?: AbortSignal;
 }
 
 export interface CoordinatorSummary {
@@ -82,12 +82,14 @@ interface Waiter {
 export class Coordinator {
   private server: ControlServer | undefined;
   private readonly ready: WorkerSession[] = [];
+  /** The workers of the current generation: only their loss matters to the run. */
+  private members: readonly WorkerSession[] = [];
   private waiter: Waiter | undefined;
   /** The step whose reports are awaited, and from whom. */
   private expected: { step: number; workers: readonly WorkerSession[] } | undefined;
   private joinWaiter: (() => void) | undefined;
   private lost: WorkerSession | undefined;
-  private state: { assembler: StateAssembler; resolve(s: ReplicaState): void; reject(e: Error): void } | undefined;
+  private state: { worker: WorkerSession; assembler: StateAssembler; resolve(s: ReplicaState): void; reject(e: Error): void } | undefined;
   private generation = 0;
   private step = 0;
 
@@ -119,6 +121,8 @@ export class Coordinator {
         : new DataLedger({ recordIds: split.train, seed: o.spec.seed, globalBatch: o.globalBatch });
       if (!hasJournal) await journal.append({ type: 'start', format: JOURNAL_FORMAT, epochSize: split.train.length, globalBatch: o.globalBatch, seed: o.spec.seed });
       this.step = checkpoint?.step ?? 0;
+      if (checkpoint) checkSameRun(checkpoint, o);
+      if (this.step >= o.steps) throw new CoordinatorError(`the run in ${o.runDir} has done ${this.step} steps already; ask for more with --steps (now ${o.steps})`);
       if (o.resume) await journal.append(checkpoint ? { type: 'resume', fromStep: this.step, checkpoint: checkpoint.name } : { type: 'resume', fromStep: 0 });
       const firstStep = this.step + 1;
       const spec: RunSpec = { ...o.spec, runId: o.runId, manifest: store.manifest, perTokenFeature: store.perTokenFeature };
@@ -132,15 +136,28 @@ export class Coordinator {
         port: o.port,
         handlers: {
           onReady: (s) => {
+            if (this.generation > 0) {
+              // this version keeps the membership it started with
+              o.log(`worker ${s.id} (${s.name}) joined after the run started; it is sent away`);
+              this.send(s, { kind: 'stop', stop: { reason: 'the run already has its workers (this version does not add workers to a running run)' } });
+              return;
+            }
             this.ready.push(s);
             o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined: ${this.ready.length} of ${o.workers}`);
             this.joinWaiter?.();
           },
           onGone: (s) => this.onGone(s),
           onReport: (r) => this.onReport(r),
-          onStateChunk: (chunk: StateChunk) => this.state?.assembler.add(chunk),
-          onStateEnd: (_s, error) => {
-            if (!this.state) return;
+          onStateChunk: (chunk: StateChunk, s) => {
+            const asked = this.state;
+            if (!asked) throw new CoordinatorError('state that was not asked for');
+            if (s.id !== asked.worker.id || chunk.generation !== this.generation || chunk.step !== this.step) {
+              throw new CoordinatorError(`state of worker ${s.id}, step ${chunk.step}, generation ${chunk.generation}; asked worker ${asked.worker.id} for step ${this.step} of generation ${this.generation}`);
+            }
+            asked.assembler.add(chunk);
+          },
+          onStateEnd: (s, error) => {
+            if (!this.state || s.id !== this.state.worker.id) return;
             if (error) this.state.reject(error);
             else if (this.state.assembler.complete) this.state.resolve(this.state.assembler.state());
             else this.state.reject(new CoordinatorError('the state upload ended before every array arrived'));
@@ -153,7 +170,9 @@ export class Coordinator {
       monitor = setInterval(() => this.checkHeartbeats(), Math.min(1000, o.heartbeatTimeoutMs / 3));
 
       // generation 1: ranks in join order; a resumed run sends every worker the checkpoint
-      const workers = this.ready.slice(0, o.workers);
+      const workers = this.ready.filter((w) => !w.gone).slice(0, o.workers);
+      for (const extra of this.ready.filter((w) => !w.gone).slice(o.workers)) this.send(extra, { kind: 'stop', stop: { reason: 'the run has its workers' } });
+      this.members = workers;
       this.generation = 1;
       const peers = workers.map((w) => w.dataAddress);
       const runJson = JSON.stringify(spec);
@@ -214,7 +233,9 @@ export class Coordinator {
               saved = `; checkpointing step ${this.step} failed too (${(ce as Error).message})`;
             }
           }
-          throw new CoordinatorError(`step ${step} failed: ${(e as Error).message}${saved}; continue the run with \`coordinator start --resume ${o.runDir}\``);
+          const failure = `step ${step} failed: ${(e as Error).message}${saved}`;
+          for (const w of workers) if (!w.gone) this.send(w, { kind: 'stop', stop: { reason: `the coordinator stops the run: ${failure}` } });
+          throw new CoordinatorError(`${failure}; continue the run with \`coordinator start --resume ${o.runDir}\``);
         }
         const committed = ledger.commit(step);
         await journal.append({ type: 'commit', step: committed.step, epoch: committed.epoch, positions: committed.positions.map((r) => [r[0], r[1]] as [number, number]) });
@@ -238,7 +259,7 @@ export class Coordinator {
           );
           window = { loss: 0, steps: 0, seconds: 0, tokens: 0 };
         }
-        const stop = o.stopRequested?.() ?? false;
+        const stop = o.stop?.aborted ?? false;
         if (step % o.checkpointEvery === 0 || step === o.steps || stop) await saveCheckpoint();
         if (stop && step < o.steps) {
           stoppedEarly = true;
@@ -248,6 +269,10 @@ export class Coordinator {
       }
       for (const w of workers) this.send(w, { kind: 'stop', stop: { reason: stoppedEarly ? 'the coordinator was asked to stop' : 'the run is complete' } });
       return { runDir: o.runDir, firstStep, lastStep: this.step, losses, tokensPerSecond: seconds > 0 ? tokens / seconds : 0, checkpoints, stoppedEarly };
+    } catch (e) {
+      // every worker still listening learns why, instead of seeing its stream end unexplained
+      for (const s of this.server?.sessions.values() ?? []) if (!s.gone && s.stream) this.send(s, { kind: 'stop', stop: { reason: `the coordinator stopped: ${(e as Error).message}` } });
+      throw e;
     } finally {
       clearInterval(monitor);
       this.waiter?.reject(new CoordinatorError('the coordinator is stopping'));
@@ -257,7 +282,11 @@ export class Coordinator {
     }
   }
 
+  private readonly stopped = new Set<number>();
+
   private send(w: WorkerSession, instruction: Parameters<ControlServer['send']>[1]): void {
+    if (this.stopped.has(w.id)) return;
+    if (instruction.kind === 'stop') this.stopped.add(w.id);
     this.server!.send(w.id, instruction);
   }
 
@@ -268,9 +297,17 @@ export class Coordinator {
         this.joinWaiter = undefined;
         reject(new CoordinatorError(`only ${this.ready.length} of ${o.workers} worker(s) joined within ${Math.round(o.joinTimeoutMs / 1000)} s: check that they can reach the coordinator and hold the run's token`));
       }, o.joinTimeoutMs);
+      const onStop = () => {
+        clearTimeout(timer);
+        this.joinWaiter = undefined;
+        reject(new CoordinatorError('stopped as asked before the run started (no step was run)'));
+      };
+      if (o.stop?.aborted) return onStop();
+      o.stop?.addEventListener('abort', onStop, { once: true });
       this.joinWaiter = () => {
         if (this.ready.filter((w) => !w.gone).length < o.workers) return;
         clearTimeout(timer);
+        o.stop?.removeEventListener('abort', onStop);
         this.joinWaiter = undefined;
         resolve();
       };
@@ -322,14 +359,18 @@ export class Coordinator {
       if (i >= 0) this.ready.splice(i, 1);
       return;
     }
+    if (!this.members.includes(s)) return;
     this.lost ??= s;
     this.waiter?.reject(new CoordinatorError(`worker ${s.id} (${s.name}) is gone: ${s.gone}`));
-    this.state?.reject(new CoordinatorError(`worker ${s.id} (${s.name}) is gone: ${s.gone}`));
+    if (this.state?.worker === s) this.state.reject(new CoordinatorError(`worker ${s.id} (${s.name}) is gone: ${s.gone}`));
   }
 
   private checkHeartbeats(): void {
     const now = Date.now();
-    for (const s of this.server?.sessions.values() ?? []) {
+    for (const s of this.generation === 0 ? this.ready : this.members) {
+      // a worker computing a step cannot beat (tfjs computes synchronously): the step
+      // deadline, its peers' collective deadline and its stream's end watch it meanwhile
+      if (this.waiter && !this.waiter.reports.has(s.id)) continue;
       if (!s.gone && now - s.lastHeartbeat > this.o.heartbeatTimeoutMs) {
         this.server!.markGone(s, `no heartbeat for ${Math.round((now - s.lastHeartbeat) / 1000)} s (stopped, hung or cut off)`);
       }
@@ -345,9 +386,31 @@ export class Coordinator {
         if (e) reject(e);
         else resolve(s!);
       };
-      this.state = { assembler: new StateAssembler(`worker ${worker.id} (${worker.name})`), resolve: (s) => done(undefined, s), reject: (e) => done(e) };
+      this.state = { worker, assembler: new StateAssembler(`worker ${worker.id} (${worker.name})`), resolve: (s) => done(undefined, s), reject: (e) => done(e) };
       if (worker.gone) return done(new CoordinatorError(`worker ${worker.id} (${worker.name}) is gone: ${worker.gone}`));
       this.send(worker, { kind: 'stateRequest', stateRequest: { generation: this.generation, step: this.step } });
     });
   }
+}
+
+/**
+ * A resumed run must be the same run: the model, application, seed, optimizer, global batch
+ * and clipping all change the result. Recompute, micro-batches and the number of workers do
+ * not, and may change.
+ */
+function checkSameRun(checkpoint: LoadedRunCheckpoint, o: CoordinatorOptions): void {
+  const saved = checkpoint.state.config as { spec?: Record<string, unknown>; globalBatch?: number } | null;
+  const now: Record<string, [string, unknown]> = {
+    model: ['--preset/--config', o.spec.model],
+    application: ['--application', o.spec.application],
+    seed: ['--seed', o.spec.seed],
+    optimizer: ['--optimizer', o.spec.optimizer],
+    clipNorm: ['--clip-norm', o.spec.clipNorm],
+  };
+  const differ: string[] = [];
+  for (const [key, [flag, value]] of Object.entries(now)) {
+    if (JSON.stringify(saved?.spec?.[key]) !== JSON.stringify(value)) differ.push(`${flag} (the run has ${JSON.stringify(saved?.spec?.[key])}, now ${JSON.stringify(value)})`);
+  }
+  if (saved?.globalBatch !== o.globalBatch) differ.push(`--global-batch (the run has ${saved?.globalBatch}, now ${o.globalBatch})`);
+  if (differ.length > 0) throw new CoordinatorError(`${checkpoint.dir} is of a run with other settings: ${differ.join('; ')}. Resume with the run's settings`);
 }

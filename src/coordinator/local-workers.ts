@@ -65,6 +65,8 @@ export class LocalWorkers {
               resolve();
             });
             child.kill('SIGTERM');
+            // a stopped (SIGSTOP) worker acts on SIGTERM only once it runs again
+            child.kill('SIGCONT');
           }),
       ),
     );

@@ -98,7 +98,7 @@ async function dataFolder(settings: StartSettings, runDir: string): Promise<stri
   return out;
 }
 
-export async function startRun(settings: StartSettings, stopRequested: () => boolean): Promise<StartResult> {
+export async function startRun(settings: StartSettings, stop?: AbortSignal): Promise<StartResult> {
   const runDir = settings.resume ?? settings.runDir ?? path.join('runs', newRunId());
   const runId = path.basename(path.resolve(runDir)).replace(/[^\w.-]/g, '_').slice(0, 100) || 'run';
   await fs.mkdir(runDir, { recursive: true });
@@ -140,7 +140,7 @@ export async function startRun(settings: StartSettings, stopRequested: () => boo
     resume: settings.resume !== undefined,
     logEvery: settings.logEvery,
     log: settings.log,
-    stopRequested,
+    stop,
     onListening: (address) => {
       if (localWorkers === 0) return;
       local = new LocalWorkers({

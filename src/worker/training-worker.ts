@@ -67,7 +67,9 @@ export class TrainingWorker {
     try {
       const joined = await control.join({ name: o.name ?? `${hostname()}:${process.pid}`, backend: backend.name, freeMemoryBytes: 0 });
       this.workerId = joined.workerId;
-      this.server = await CommServer.listen({ runId: joined.runId, token: o.token, tls: o.tls, host: o.host });
+      this.server = await CommServer.listen({ runId: joined.runId, token: o.token, tls: o.tls, host: o.host }).catch((e: NodeJS.ErrnoException) => {
+        throw new Error(`cannot serve the data plane on ${o.host ?? '127.0.0.1'} (${e.code ?? e.message}): is --host an address of this machine?`);
+      });
       o.log(`worker ${this.workerId}: joined run ${joined.runId} at ${o.coordinator} (pid ${process.pid}, backend ${backend.name}, data plane ${this.server.address})`);
       this.heartbeat = setInterval(() => {
         control.heartbeat({ workerId: this.workerId, generation: this.generation, step: this.step }).catch(() => undefined);
@@ -87,6 +89,9 @@ export class TrainingWorker {
       const stream = control.instructions(this.workerId, this.server!.address);
       let stopped: string | undefined;
       stream.on('data', (instruction: Instruction) => {
+        // an abort must not wait behind the step it aborts: a collective stuck on a lost peer
+        // ends now, instead of at its deadline
+        if (instruction.kind === 'abort' && instruction.abort.generation === this.generation) this.communicator?.close();
         // one at a time, in order: a commit must follow its step, work must follow a restore
         this.queue = this.queue
           .then(() => this.handle(instruction))
