@@ -48,6 +48,7 @@ interface StartOptions {
   microBatch: number;
   localWorkers?: number;
   workers?: number;
+  minWorkers: number;
   runDir?: string;
   resume?: string;
   checkpointEvery: number;
@@ -82,7 +83,7 @@ function endMeans(values: readonly number[], window: number): [number, number] {
 const DISTRIBUTED_DEFAULTS = { steps: 200, globalBatch: 16, checkpointEvery: 50, optimizer: { type: 'adafactor' as const, learningRate: 0.01 } };
 
 /** Options of the distributed run that --local refuses, and the --local options the distributed run refuses. */
-const DISTRIBUTED_ONLY = ['globalBatch', 'microBatch', 'localWorkers', 'workers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout'];
+const DISTRIBUTED_ONLY = ['globalBatch', 'microBatch', 'localWorkers', 'workers', 'minWorkers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout'];
 const LOCAL_ONLY = ['batchSize', 'seqLength', 'lr', 'microBatches', 'save', 'overwrite'];
 
 const optionName = (key: string) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
@@ -136,6 +137,7 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
       keep: opts.keep,
       localWorkers: opts.localWorkers,
       workers: opts.workers,
+      minWorkers: opts.minWorkers,
       backend: opts.backend,
       host: listen[1]!,
       port: Number(listen[2]),
@@ -188,6 +190,7 @@ function buildProgram(): Command {
     .option('--micro-batch <n>', 'sequences per micro-batch on a worker (gradients accumulated over its share; 0: the whole share at once)', nonNegativeInt, 0)
     .option('--local-workers <n>', 'worker processes to start on this machine (default: one per core; 0: only workers started elsewhere)', nonNegativeInt)
     .option('--workers <n>', 'workers the run needs before it starts (default: --local-workers)', positiveInt)
+    .option('--min-workers <n>', 'when a worker is lost, the others run its step again while at least n are left; below, the run checkpoints and stops', positiveInt, 1)
     .option('--run-dir <dir>', 'where the journal, checkpoints and prepared sample data go (default runs/run-<date>-<time>)')
     .option('--resume <run-dir>', 'continue the run in this directory from its newest complete checkpoint')
     .option('--checkpoint-every <n>', 'checkpoint every n steps (and at the end, and on SIGTERM/SIGINT)', positiveInt, DISTRIBUTED_DEFAULTS.checkpointEvery)

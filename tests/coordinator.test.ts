@@ -71,19 +71,40 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
     });
   }
 
-  it('a worker killed mid-run stops the run with a clear error and a checkpoint of the last committed step; --resume finishes it and the audit finds every record once', async () => {
-    const runDir = path.join(dir, 'killed');
-    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 2, ['--data', data.mlm, '--steps', '40', '--checkpoint-every', '100', '--global-batch', '4'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  it('a worker killed mid-run: the others run its step again and end with the parameters of a run that lost nobody; every record once', async () => {
+    const args = ['--data', data.mlm, '--steps', '8', '--global-batch', '6', '--optimizer', '{"type":"adam","learningRate":0.01}'];
+    const clean = await runScript(CLI, runArgs(path.join(dir, 'clean'), 2, args), { timeout: 120_000 });
+    assert.equal(clean.code, 0, clean.stderr + clean.stdout);
+    const runDir = path.join(dir, 'shrunk');
+    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 3, [...args, '--min-workers', '2'])], { stdio: ['ignore', 'pipe', 'pipe'] });
     const output = collect(child);
     try {
-      // kill one worker once a few steps have committed
+      await waitFor(() => /step +3\/8/.test(output.text), 60_000, () => output.text);
+      process.kill(workerPid(output.text, 2), 'SIGKILL');
+      assert.equal(await exitOf(child, 60_000), 0, output.text);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    assert.match(output.text, /step \d aborted: worker \d+ \(local-2\) is gone: .*going on with 2 worker\(s\) \(generation 2\)/);
+    assert.match(output.text, /step 8\/8 .*workers 2/);
+    const difference = maxDifference(await finalParams(path.join(dir, 'clean')), await finalParams(runDir));
+    assert.ok(difference < 1e-5, `shrunk vs clean run: max parameter difference ${difference}`);
+    const audit = await runScript(CLI, ['audit', runDir, '--json']);
+    const report = JSON.parse(audit.stdout) as { ok: boolean; epochs: { exactlyOnce: number; repeated: number }[] };
+    assert.equal(report.ok, true, audit.stdout);
+    assert.equal(report.epochs[0]!.exactlyOnce, 8 * 6);
+  });
+
+  it('below --min-workers the run stops with a clear error and a checkpoint of the last committed step; --resume finishes it and the audit finds every record once', async () => {
+    const runDir = path.join(dir, 'killed');
+    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 2, ['--data', data.mlm, '--steps', '40', '--checkpoint-every', '100', '--global-batch', '4', '--min-workers', '2'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const output = collect(child);
+    try {
       await waitFor(() => /step +3\/40/.test(output.text), 60_000, () => output.text);
-      const pid = Number(/\[worker 1\] worker \d+: joined run .*\(pid (\d+)/.exec(output.text)?.[1] ?? NaN);
-      assert.ok(Number.isInteger(pid), output.text);
-      process.kill(pid, 'SIGKILL');
+      process.kill(workerPid(output.text, 1), 'SIGKILL');
       const code = await exitOf(child, 60_000);
       assert.equal(code, 1, output.text);
-      assert.match(output.text, /coordinator: error: step \d+ failed: worker \d+ \(local-1\) .*the last committed step \(\d+\) is checkpointed; continue the run with `coordinator start --resume/);
+      assert.match(output.text, /coordinator: error: step \d+ failed: worker \d+ \(local-1\) .*the last committed step \(\d+\) is checkpointed \(1 worker\(s\) left, --min-workers 2\); continue the run with `coordinator start --resume/);
     } finally {
       child.kill('SIGKILL');
     }
@@ -194,6 +215,13 @@ async function initialParamsOf(application: 'encoder' | 'unilm', task: 'mlm' | '
   const params = new Map(trainableWeights(model).map((w) => [w.name, new Float32Array(w.variable.dataSync() as Float32Array)]));
   disposeTransformer(model);
   return params;
+}
+
+/** The pid of local worker `i` (`[worker i] worker N: joined run ... (pid P, ...`). */
+function workerPid(text: string, i: number): number {
+  const pid = Number(new RegExp(`\\[worker ${i}\\] worker \\d+: joined run .*\\(pid (\\d+)`).exec(text)?.[1] ?? NaN);
+  assert.ok(Number.isInteger(pid), text);
+  return pid;
 }
 
 function collect(child: ChildProcess): { text: string } {

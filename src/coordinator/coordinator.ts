@@ -45,6 +45,8 @@ export interface CoordinatorOptions {
   readonly checkpointEvery: number;
   readonly keepCheckpoints: number;
   readonly workers: number;
+  /** A lost worker's step is run again by the others while at least this many are left. */
+  readonly minWorkers: number;
   readonly token: JoinToken;
   readonly tls?: TlsMaterial | undefined;
   readonly host?: string;
@@ -170,16 +172,21 @@ export class Coordinator {
       monitor = setInterval(() => this.checkHeartbeats(), Math.min(1000, o.heartbeatTimeoutMs / 3));
 
       // generation 1: ranks in join order; a resumed run sends every worker the checkpoint
-      const workers = this.ready.filter((w) => !w.gone).slice(0, o.workers);
+      let workers = this.ready.filter((w) => !w.gone).slice(0, o.workers);
       for (const extra of this.ready.filter((w) => !w.gone).slice(o.workers)) this.send(extra, { kind: 'stop', stop: { reason: 'the run has its workers' } });
-      this.members = workers;
-      this.generation = 1;
-      const peers = workers.map((w) => w.dataAddress);
       const runJson = JSON.stringify(spec);
-      workers.forEach((w, rank) => {
-        this.send(w, { kind: 'assign', assign: { generation: this.generation, rank, peers, runJson, restoreStep: checkpoint ? this.step : 0 } });
-        if (checkpoint) for (const chunk of stateChunks(checkpoint, { workerId: w.id, generation: this.generation, step: this.step })) this.send(w, { kind: 'state', state: chunk });
-      });
+      /** A new generation: ranks in the given order, the ring re-formed; `restore` sends the checkpoint along. */
+      const assign = (members: WorkerSession[], restore: LoadedRunCheckpoint | undefined): void => {
+        this.members = members;
+        this.generation++;
+        this.lost = undefined;
+        const peers = members.map((w) => w.dataAddress);
+        members.forEach((w, rank) => {
+          this.send(w, { kind: 'assign', assign: { generation: this.generation, rank, peers, runJson, restoreStep: restore ? this.step : 0 } });
+          if (restore) for (const chunk of stateChunks(restore, { workerId: w.id, generation: this.generation, step: this.step })) this.send(w, { kind: 'state', state: chunk });
+        });
+      };
+      assign(workers, checkpoint);
 
       const losses: number[] = [];
       const checkpoints: string[] = [];
@@ -222,6 +229,16 @@ export class Coordinator {
         } catch (e) {
           ledger.abort(step);
           for (const w of workers) if (!w.gone) this.send(w, { kind: 'abort', abort: { generation: this.generation, step, reason: (e as Error).message } });
+          // nothing of the step was applied anywhere: the members still alive hold the state of
+          // the last committed step, so the ring re-forms with them and the step runs again
+          const survivors = await this.settle(workers);
+          if (survivors.length >= o.minWorkers && survivors.length < workers.length) {
+            o.log(`step ${step} aborted: ${(e as Error).message}; going on with ${survivors.length} worker(s) (generation ${this.generation + 1})`);
+            workers = survivors;
+            assign(workers, undefined);
+            step--;
+            continue;
+          }
           const live = workers.find((w) => !w.gone);
           let saved = '';
           if (live && this.step > lastCheckpointStep) {
@@ -235,7 +252,8 @@ export class Coordinator {
           }
           const failure = `step ${step} failed: ${(e as Error).message}${saved}`;
           for (const w of workers) if (!w.gone) this.send(w, { kind: 'stop', stop: { reason: `the coordinator stops the run: ${failure}` } });
-          throw new CoordinatorError(`${failure}; continue the run with \`coordinator start --resume ${o.runDir}\``);
+          const below = survivors.length < o.minWorkers ? ` (${survivors.length} worker(s) left, --min-workers ${o.minWorkers})` : '';
+          throw new CoordinatorError(`${failure}${below}; continue the run with \`coordinator start --resume ${o.runDir}\``);
         }
         const committed = ledger.commit(step);
         await journal.append({ type: 'commit', step: committed.step, epoch: committed.epoch, positions: committed.positions.map((r) => [r[0], r[1]] as [number, number]) });
@@ -365,12 +383,30 @@ export class Coordinator {
     if (this.state?.worker === s) this.state.reject(new CoordinatorError(`worker ${s.id} (${s.name}) is gone: ${s.gone}`));
   }
 
+  /**
+   * After an abort: waits until every member has either shown life since (a heartbeat or a
+   * report) or been given up on (gone, or silent past the heartbeat timeout), and returns
+   * those alive. A stopped worker keeps its connection open; only its silence tells.
+   */
+  private settle(members: readonly WorkerSession[]): Promise<WorkerSession[]> {
+    const since = Date.now();
+    return new Promise((resolve) => {
+      const check = () => {
+        this.checkHeartbeats();
+        const undecided = members.filter((w) => !w.gone && w.lastHeartbeat < since);
+        if (undecided.length === 0) {
+          clearInterval(timer);
+          resolve(members.filter((w) => !w.gone));
+        }
+      };
+      const timer = setInterval(check, 100);
+      check();
+    });
+  }
+
   private checkHeartbeats(): void {
     const now = Date.now();
     for (const s of this.generation === 0 ? this.ready : this.members) {
-      // a worker computing a step cannot beat (tfjs computes synchronously): the step
-      // deadline, its peers' collective deadline and its stream's end watch it meanwhile
-      if (this.waiter && !this.waiter.reports.has(s.id)) continue;
       if (!s.gone && now - s.lastHeartbeat > this.o.heartbeatTimeoutMs) {
         this.server!.markGone(s, `no heartbeat for ${Math.round((now - s.lastHeartbeat) / 1000)} s (stopped, hung or cut off)`);
       }

@@ -42,6 +42,7 @@ export interface StartSettings {
   keep: number;
   localWorkers?: number;
   workers?: number;
+  minWorkers: number;
   backend: string;
   host: string;
   port: number;
@@ -130,6 +131,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     checkpointEvery: settings.checkpointEvery,
     keepCheckpoints: settings.keep,
     workers,
+    minWorkers: Math.min(settings.minWorkers, workers),
     token,
     tls: settings.tls,
     host: settings.host,

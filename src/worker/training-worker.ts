@@ -6,6 +6,7 @@
  * drop an aborted one, upload its state, stop.
  */
 import { hostname } from 'node:os';
+import { Worker } from 'node:worker_threads';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { type BackendChoice, selectBackend } from '../backend/index.js';
 import { Communicator } from '../comm/communicator.js';
@@ -20,6 +21,7 @@ import { buildTransformer, disposeTransformer } from '../model/build.js';
 import { createOptimizer, type Optimizer, VariableParameters } from '../optim/index.js';
 import { PretrainingObjective } from '../train/step.js';
 import { type ReducedStep, stepDropoutSeed, Trainer } from '../train/trainer.js';
+import type { HeartbeatThreadData } from './heartbeat-thread.js';
 
 export interface WorkerOptions {
   /** host:port of the coordinator's control server. */
@@ -54,7 +56,7 @@ export class TrainingWorker {
   private readonly pending = new Map<number, ReducedStep>();
   private restoring: { step: number; assembler: StateAssembler } | undefined;
   private queue: Promise<void> = Promise.resolve();
-  private heartbeat: NodeJS.Timeout | undefined;
+  private heartbeat: Worker | undefined;
 
   constructor(private readonly options: WorkerOptions) {}
 
@@ -71,12 +73,12 @@ export class TrainingWorker {
         throw new Error(`cannot serve the data plane on ${o.host ?? '127.0.0.1'} (${e.code ?? e.message}): is --host an address of this machine?`);
       });
       o.log(`worker ${this.workerId}: joined run ${joined.runId} at ${o.coordinator} (pid ${process.pid}, backend ${backend.name}, data plane ${this.server.address})`);
-      this.heartbeat = setInterval(() => {
-        control.heartbeat({ workerId: this.workerId, generation: this.generation, step: this.step }).catch(() => undefined);
-      }, o.heartbeatMs ?? 1000);
+      const heartbeatData: HeartbeatThreadData = { coordinator: o.coordinator, authorization: o.token.header(), tls: o.tls, workerId: this.workerId, intervalMs: o.heartbeatMs ?? 1000 };
+      this.heartbeat = new Worker(new URL('./heartbeat-thread.js', import.meta.url), { workerData: heartbeatData });
+      this.heartbeat.unref();
       return await this.listen(control);
     } finally {
-      clearInterval(this.heartbeat);
+      this.heartbeat?.postMessage('stop');
       this.communicator?.close();
       await this.server?.close();
       control.close();
@@ -138,6 +140,7 @@ export class TrainingWorker {
         this.pending.delete(instruction.commit.step);
         reduced.apply();
         this.step = instruction.commit.step;
+        this.heartbeat?.postMessage({ generation: this.generation, step: this.step });
         return undefined;
       }
       case 'abort':
