@@ -84,6 +84,8 @@ interface Waiter {
 export class Coordinator {
   private server: ControlServer | undefined;
   private readonly ready: WorkerSession[] = [];
+  /** Workers that joined a running run, waiting for the next step boundary. */
+  private joiners: WorkerSession[] = [];
   /** The workers of the current generation: only their loss matters to the run. */
   private members: readonly WorkerSession[] = [];
   private waiter: Waiter | undefined;
@@ -139,9 +141,15 @@ export class Coordinator {
         handlers: {
           onReady: (s) => {
             if (this.generation > 0) {
-              // this version keeps the membership it started with
-              o.log(`worker ${s.id} (${s.name}) joined after the run started; it is sent away`);
-              this.send(s, { kind: 'stop', stop: { reason: 'the run already has its workers (this version does not add workers to a running run)' } });
+              // a worker joining a running run comes in at the next step, up to --workers
+              const wanted = o.workers - this.members.filter((w) => !w.gone).length - this.joiners.filter((w) => !w.gone).length;
+              if (wanted <= 0) {
+                o.log(`worker ${s.id} (${s.name}) joined, but the run has its ${o.workers} worker(s); it is sent away`);
+                this.send(s, { kind: 'stop', stop: { reason: `the run already has its ${o.workers} worker(s)` } });
+              } else {
+                o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined the running run: it comes in at the next step`);
+                this.joiners.push(s);
+              }
               return;
             }
             this.ready.push(s);
@@ -176,17 +184,22 @@ export class Coordinator {
       for (const extra of this.ready.filter((w) => !w.gone).slice(o.workers)) this.send(extra, { kind: 'stop', stop: { reason: 'the run has its workers' } });
       const runJson = JSON.stringify(spec);
       /** A new generation: ranks in the given order, the ring re-formed; `restore` sends the checkpoint along. */
-      const assign = (members: WorkerSession[], restore: LoadedRunCheckpoint | undefined): void => {
+      /**
+       * A new generation: ranks in the given order, the ring re-formed. Members in `restore`
+       * are sent `state` (a checkpoint's, or a live replica's for workers joining a run).
+       */
+      const assign = (members: WorkerSession[], state: ReplicaState | undefined, restore: readonly WorkerSession[]): void => {
         this.members = members;
         this.generation++;
         this.lost = undefined;
         const peers = members.map((w) => w.dataAddress);
         members.forEach((w, rank) => {
-          this.send(w, { kind: 'assign', assign: { generation: this.generation, rank, peers, runJson, restoreStep: restore ? this.step : 0 } });
-          if (restore) for (const chunk of stateChunks(restore, { workerId: w.id, generation: this.generation, step: this.step })) this.send(w, { kind: 'state', state: chunk });
+          const restoring = state !== undefined && restore.includes(w);
+          this.send(w, { kind: 'assign', assign: { generation: this.generation, rank, peers, runJson, restoreStep: restoring ? this.step : 0 } });
+          if (restoring) for (const chunk of stateChunks(state, { workerId: w.id, generation: this.generation, step: this.step })) this.send(w, { kind: 'state', state: chunk });
         });
       };
-      assign(workers, checkpoint);
+      assign(workers, checkpoint, workers);
 
       const losses: number[] = [];
       const checkpoints: string[] = [];
@@ -209,6 +222,21 @@ export class Coordinator {
       };
 
       for (let step = firstStep; step <= o.steps; step++) {
+        const joining = this.joiners.filter((w) => !w.gone);
+        this.joiners = [];
+        if (joining.length > 0) {
+          // at a step boundary every member holds the last committed step: one's state is everyone's
+          const state = await this.requestState(workers[0]!).catch((e: Error) => {
+            o.log(`could not take the state for the joining worker(s) (${e.message}); they come in later`);
+            this.joiners.push(...joining);
+            return undefined;
+          });
+          if (state) {
+            workers = [...workers.filter((w) => !w.gone), ...joining];
+            o.log(`step ${step}: ${joining.length} worker(s) join; going on with ${workers.length} (generation ${this.generation + 1})`);
+            assign(workers, state, joining);
+          }
+        }
         const t0 = performance.now();
         const handed = ledger.next(step);
         if (!handed) throw new CoordinatorError(`the ledger has no records for step ${step}`);
@@ -235,7 +263,7 @@ export class Coordinator {
           if (survivors.length >= o.minWorkers && survivors.length < workers.length) {
             o.log(`step ${step} aborted: ${(e as Error).message}; going on with ${survivors.length} worker(s) (generation ${this.generation + 1})`);
             workers = survivors;
-            assign(workers, undefined);
+            assign(workers, undefined, []);
             step--;
             continue;
           }
