@@ -71,6 +71,10 @@ export interface CoordinatorSummary {
   /** Loss of the global batch at each step run here. */
   readonly losses: number[];
   readonly tokensPerSecond: number;
+  /** Over the steps but the first: the slowest rank's all-reduce seconds as a share of the step's wall time. */
+  readonly allreduceShare: number;
+  /** The coordinator's own CPU seconds per wall second over the run. */
+  readonly coordinatorCpuShare: number;
   readonly checkpoints: string[];
   readonly stoppedEarly: boolean;
 }
@@ -205,6 +209,9 @@ export class Coordinator {
       const checkpoints: string[] = [];
       let tokens = 0;
       let seconds = 0;
+      let reduceSeconds = 0;
+      const cpuAtStart = process.cpuUsage();
+      const wallAtStart = performance.now();
       let window = { loss: 0, steps: 0, seconds: 0, tokens: 0 };
       let lastCheckpointStep = this.step;
       let stoppedEarly = false;
@@ -295,6 +302,7 @@ export class Coordinator {
         if (step > firstStep || o.steps === firstStep) {
           tokens += stepTokens;
           seconds += elapsed;
+          reduceSeconds += Math.max(...[...results.values()].map((r) => r.reduceSeconds));
         }
         window = { loss: window.loss + report.loss, steps: window.steps + 1, seconds: window.seconds + elapsed, tokens: window.tokens + stepTokens };
         if (step === firstStep || step % o.logEvery === 0 || step === o.steps) {
@@ -314,7 +322,18 @@ export class Coordinator {
         }
       }
       for (const w of workers) this.send(w, { kind: 'stop', stop: { reason: stoppedEarly ? 'the coordinator was asked to stop' : 'the run is complete' } });
-      return { runDir: o.runDir, firstStep, lastStep: this.step, losses, tokensPerSecond: seconds > 0 ? tokens / seconds : 0, checkpoints, stoppedEarly };
+      const cpu = process.cpuUsage(cpuAtStart);
+      return {
+        runDir: o.runDir,
+        firstStep,
+        lastStep: this.step,
+        losses,
+        tokensPerSecond: seconds > 0 ? tokens / seconds : 0,
+        allreduceShare: seconds > 0 ? reduceSeconds / seconds : 0,
+        coordinatorCpuShare: (cpu.user + cpu.system) / 1e6 / ((performance.now() - wallAtStart) / 1000),
+        checkpoints,
+        stoppedEarly,
+      };
     } catch (e) {
       // every worker still listening learns why, instead of seeing its stream end unexplained
       for (const s of this.server?.sessions.values() ?? []) if (!s.gone && s.stream) this.send(s, { kind: 'stop', stop: { reason: `the coordinator stopped: ${(e as Error).message}` } });

@@ -52,6 +52,8 @@ export interface ReducedStep {
   readonly targets: number;
   /** Global norm of the gradients before clipping. */
   readonly gradNorm: number;
+  /** Seconds spent in the all-reduce (0 without a reducer). */
+  readonly reduceSeconds: number;
   /**
    * Applies the (reduced, clipped) gradients with the optimizer. A worker calls it only
    * when the coordinator commits the step; a step never applied is simply dropped.
@@ -113,9 +115,12 @@ export class Trainer {
       tf.dispose(result.grads);
       ({ lossSum, targets, correct } = result);
     }
+    let reduceSeconds = 0;
     if (reducer) {
       const stats = new Float32Array([lossSum, targets, correct]);
+      const started = performance.now();
       await reducer.allReduce([...grads, stats], { op: 'sum' });
+      reduceSeconds = (performance.now() - started) / 1000;
       [lossSum, targets, correct] = [stats[0]!, stats[1]!, stats[2]!];
       scaleInPlace(grads, 1 / targets);
     }
@@ -134,6 +139,7 @@ export class Trainer {
       accuracy: correct / targets,
       targets,
       gradNorm,
+      reduceSeconds,
       apply: () => {
         if (applied) throw new Error('this step was applied already');
         applied = true;

@@ -201,7 +201,7 @@ export class TrainingWorker {
       const reduced = await trainer.reduce(batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample });
       this.pending.set(w.step, reduced);
       const tokens = records.reduce((sum, r) => sum + r.record.tokenIds.length, 0);
-      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens });
+      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, reduceSeconds: reduced.reduceSeconds });
     } catch (e) {
       report.error = (e as Error).message;
     }

@@ -1,0 +1,111 @@
+/**
+ * bench:train: training throughput through the whole runtime (coordinator, control plane,
+ * workers as processes, ring all-reduce), with 1 and with 2 local workers on the same
+ * global batch, so the scaling efficiency reads directly. The data is the sample corpus
+ * prepared at the sequence length; the model's vocabulary is Google's Chinese BERT's size
+ * (21128), which sets the cost of the output softmax, whatever the data's vocabulary.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Command } from 'commander';
+import { positiveInt } from '../src/cli/common.js';
+import { startRun } from '../src/coordinator/start.js';
+import { prepare } from '../src/data/prepare.js';
+import { presetConfig } from '../src/model/config.js';
+import { table } from './common.js';
+
+interface Options {
+  preset: string;
+  vocab: number;
+  seq: number;
+  globalBatch: number;
+  steps: number;
+  workers: string;
+  recompute: boolean;
+  backend: string;
+}
+
+const SAMPLE = fileURLToPath(new URL('../../data/sample/', import.meta.url));
+
+function parse(argv: string[]): Options {
+  const program = new Command('bench:train')
+    .description('Tokens/s of MLM training through the coordinator and its workers (AdaFactor), with 1 and 2 local workers')
+    .option('--preset <L..-H..>', 'model size', 'L4-H256')
+    .option('--vocab <n>', 'the model\'s vocabulary size', positiveInt, 21128)
+    .option('--seq <n>', 'sequence length (the data is prepared at it)', positiveInt, 128)
+    .option('--global-batch <n>', 'sequences per step', positiveInt, 16)
+    .option('--steps <n>', 'steps per run; the first is not timed', positiveInt, 12)
+    .option('--workers <list>', 'worker counts to run', '1,2')
+    .option('--recompute', 'recompute each block in backprop', false)
+    .option('--backend <name>', 'backend of the workers', 'wasm');
+  program.parse(argv, { from: 'user' });
+  return program.opts<Options>();
+}
+
+async function main(): Promise<void> {
+  const opts = parse(process.argv.slice(2));
+  const counts = opts.workers.split(',').map(Number);
+  const dir = await mkdtemp(path.join(tmpdir(), 'bench-train-'));
+  try {
+    const data = path.join(dir, 'data');
+    await prepare({ corpus: [path.join(SAMPLE, 'corpus.txt')], vocab: path.join(SAMPLE, 'vocab.txt'), out: data, task: 'mlm', maxLength: opts.seq, seed: 1, recordsPerShard: 5000, documents: 'blank-line', lowerCase: true, force: false });
+    const model = presetConfig(opts.preset, opts.vocab, { max_position_embeddings: Math.max(512, opts.seq) });
+    const results: Record<string, { tokensPerSecond: number; allreduceShare: number; coordinatorCpuShare: number }> = {};
+    for (const workers of counts) {
+      const result = await startRun({
+        runDir: path.join(dir, `run-${workers}`),
+        data,
+        model,
+        application: 'encoder',
+        optimizer: { type: 'adafactor', learningRate: 0.01 },
+        steps: opts.steps,
+        globalBatch: opts.globalBatch,
+        microBatch: 0,
+        seed: 1,
+        clipNorm: 1,
+        recompute: opts.recompute,
+        checkpointEvery: opts.steps + 1,
+        keep: 1,
+        localWorkers: workers,
+        minWorkers: workers,
+        backend: opts.backend,
+        host: '127.0.0.1',
+        port: 0,
+        joinTimeoutMs: 120_000,
+        stepTimeoutMs: 600_000,
+        heartbeatTimeoutMs: 30_000,
+        logEvery: opts.steps,
+        log: () => {},
+      });
+      results[workers] = { tokensPerSecond: result.tokensPerSecond, allreduceShare: result.allreduceShare, coordinatorCpuShare: result.coordinatorCpuShare };
+      console.error(`${workers} worker(s): ${Math.round(result.tokensPerSecond)} tokens/s`);
+    }
+    const one = results[1]?.tokensPerSecond;
+    const two = results[2]?.tokensPerSecond;
+    table(
+      `MLM training through the runtime: ${opts.preset}, vocab ${opts.vocab}, seq ${opts.seq}, global batch ${opts.globalBatch}, AdaFactor${opts.recompute ? ', recompute' : ''}, ${opts.backend} workers`,
+      ['workers', 'tokens/s', 'all-reduce share', 'coordinator CPU'],
+      counts.map((w) => [w, Math.round(results[w]!.tokensPerSecond), `${(100 * results[w]!.allreduceShare).toFixed(1)}%`, `${(100 * results[w]!.coordinatorCpuShare).toFixed(1)}%`]),
+    );
+    const efficiency = one && two ? two / (2 * one) : null;
+    if (efficiency !== null) console.log(`\nscaling efficiency, 2 workers against twice 1: ${efficiency.toFixed(3)}`);
+    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --workers ${opts.workers}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}`);
+    console.log(
+      JSON.stringify({
+        preset: opts.preset,
+        tokensPerSec: Object.fromEntries(counts.map((w) => [String(w), Math.round(results[w]!.tokensPerSecond)])),
+        scalingEfficiency: efficiency === null ? null : Number(efficiency.toFixed(3)),
+        allreduceShare: Number((results[Math.max(...counts)]!.allreduceShare).toFixed(3)),
+        coordinatorCpuShare: Number((results[Math.max(...counts)]!.coordinatorCpuShare).toFixed(3)),
+      }),
+    );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
+// the runs' sockets and children are closed; nothing is left to wait for
+process.exit();
