@@ -72,33 +72,41 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
   }
 
   it('a worker killed mid-run: the others run its step again; a new worker joins at a step boundary; the run ends with the parameters of a run that lost nobody, every record once', async () => {
-    const args = ['--data', data.mlm, '--steps', '30', '--global-batch', '6', '--log-every', '1', '--optimizer', '{"type":"adam","learningRate":0.01}'];
-    const clean = await runScript(CLI, runArgs(path.join(dir, 'clean'), 2, args), { timeout: 120_000 });
-    assert.equal(clean.code, 0, clean.stderr + clean.stdout);
+    const args = ['--data', data.mlm, '--global-batch', '6', '--log-every', '1', '--optimizer', '{"type":"adam","learningRate":0.01}'];
     const runDir = path.join(dir, 'shrunk');
-    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 3, [...args, '--min-workers', '2'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // long enough for any machine's pace; ended by SIGTERM once the newcomer has trained along
+    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 3, [...args, '--steps', '1000', '--min-workers', '2'])], { stdio: ['ignore', 'pipe', 'pipe'] });
     const output = collect(child);
+    let newcomer: ChildProcess | undefined;
     try {
-      await waitFor(() => /step +3\/30/.test(output.text), 60_000, () => output.text);
+      await waitFor(() => /step +3\/1000/.test(output.text), 60_000, () => output.text);
       process.kill(workerPid(output.text, 2), 'SIGKILL');
       await waitFor(() => /going on with 2 worker/.test(output.text), 60_000, () => output.text);
       const address = /listening on (\S+)/.exec(output.text)![1]!;
       const token = (await import('node:fs')).readFileSync(path.join(runDir, 'join-token'), 'utf8').trim();
-      const newcomer = await runScript(WORKER_CLI, ['start', '--coordinator', address, '--backend', 'cpu', '--name', 'newcomer'], { timeout: 120_000, env: { PRETRAIN_TOKEN: token } });
-      assert.equal(newcomer.code, 0, newcomer.stderr);
+      newcomer = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', address, '--backend', 'cpu', '--name', 'newcomer'], { stdio: 'ignore', env: { ...process.env, PRETRAIN_TOKEN: token } });
+      await waitFor(() => /1 worker\(s\) join; going on with 3/.test(output.text), 60_000, () => output.text);
+      const joinedAt = (output.text.match(/^step /gm) ?? []).length;
+      await waitFor(() => (output.text.match(/^step /gm) ?? []).length >= joinedAt + 2, 60_000, () => output.text);
+      child.kill('SIGTERM');
       assert.equal(await exitOf(child, 60_000), 0, output.text);
+      assert.equal(await exitOf(newcomer, 30_000), 0, 'the newcomer stops when the run does');
     } finally {
       child.kill('SIGKILL');
+      newcomer?.kill('SIGKILL');
     }
     assert.match(output.text, /step \d+ aborted: worker \d+ \(local-2\) is gone: .*going on with 2 worker\(s\) \(generation 2\)/);
     assert.match(output.text, /step \d+: 1 worker\(s\) join; going on with 3 \(generation 3\)/);
-    assert.match(output.text, /step 30\/30 .*workers 3/);
+    const stoppedAt = Number(/stopping at step (\d+) as asked/.exec(output.text)?.[1]);
+    assert.match(output.text, new RegExp(`step +${stoppedAt}/1000 .*workers 3`));
+    const clean = await runScript(CLI, runArgs(path.join(dir, 'clean'), 2, [...args, '--steps', String(stoppedAt)]), { timeout: 120_000 });
+    assert.equal(clean.code, 0, clean.stderr + clean.stdout);
     const difference = maxDifference(await finalParams(path.join(dir, 'clean')), await finalParams(runDir));
-    assert.ok(difference < 1e-5, `shrunk vs clean run: max parameter difference ${difference}`);
+    assert.ok(difference < 1e-5, `shrunk and grown vs clean run: max parameter difference ${difference}`);
     const audit = await runScript(CLI, ['audit', runDir, '--json']);
     const report = JSON.parse(audit.stdout) as { ok: boolean; epochs: { exactlyOnce: number; repeated: number }[] };
     assert.equal(report.ok, true, audit.stdout);
-    assert.equal(report.epochs[0]!.exactlyOnce, 30 * 6);
+    assert.equal(report.epochs[0]!.exactlyOnce, stoppedAt * 6);
   });
 
   it('below --min-workers the run stops with a clear error and a checkpoint of the last committed step; --resume finishes it and the audit finds every record once', async () => {
@@ -159,18 +167,22 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
 
   it('a worker beyond --workers is sent away and the run goes on; SIGTERM while waiting for workers exits at once', async () => {
     const runDir = path.join(dir, 'extra');
-    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 1, ['--data', data.mlm, '--steps', '8'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // long enough that the latecomer always finds it running; ended by SIGTERM afterwards
+    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 1, ['--data', data.mlm, '--steps', '1000'])], { stdio: ['ignore', 'pipe', 'pipe'] });
     const output = collect(child);
     try {
-      await waitFor(() => /step +2\/8/.test(output.text), 60_000, () => output.text);
+      await waitFor(() => /step +2\/1000/.test(output.text), 60_000, () => output.text);
       const address = /listening on (\S+)/.exec(output.text)![1]!;
       const token = (await import('node:fs')).readFileSync(path.join(runDir, 'join-token'), 'utf8').trim();
       const extra = await runScript(WORKER_CLI, ['start', '--coordinator', address, '--backend', 'cpu', '--name', 'latecomer'], { timeout: 60_000, env: { PRETRAIN_TOKEN: token } });
       assert.equal(extra.code, 0, extra.stderr);
       assert.match(extra.stderr, /stopped: the run already has its 1 worker\(s\)/);
+      const before = (output.text.match(/^step /gm) ?? []).length;
+      await waitFor(() => (output.text.match(/^step /gm) ?? []).length > before + 1, 60_000, () => output.text);
+      child.kill('SIGTERM');
       assert.equal(await exitOf(child, 60_000), 0, output.text);
       assert.match(output.text, /latecomer\) joined, but the run has its 1 worker\(s\); it is sent away/);
-      assert.match(output.text, /step 8\/8/);
+      assert.match(output.text, /stopping at step \d+ as asked/);
     } finally {
       child.kill('SIGKILL');
     }

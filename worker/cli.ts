@@ -9,6 +9,7 @@ import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
 import { AuthConfigError, JoinToken, loadTls } from '../src/comm/auth.js';
 import { createProgram, EXIT_FAILURE, EXIT_USAGE, runProgram } from '../src/cli/common.js';
 import { TrainingWorker } from '../src/worker/training-worker.js';
+import { ControlError } from '../src/control/client.js';
 import { TrainingError } from '../src/train/step.js';
 
 export const TOKEN_FILE_ENV = 'PRETRAIN_TOKEN_FILE';
@@ -52,6 +53,7 @@ function buildProgram() {
 process.exitCode = await runProgram(buildProgram(), process.argv, [
   [AuthConfigError, EXIT_USAGE],
   [TrainingError, EXIT_FAILURE],
+  [ControlError, EXIT_FAILURE],
 ]);
 // a worker owns sockets and timers of libraries; once its run is over nothing is left to wait for
 process.exit();

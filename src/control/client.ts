@@ -5,6 +5,17 @@ import type { Credential, TlsFiles } from './server.js';
 
 const UNARY_DEADLINE_MS = 15_000;
 
+/** The coordinator cannot be reached, refused the worker, or went away: reported in one line. */
+export class ControlError extends Error {
+  override name = 'ControlError';
+  constructor(
+    message: string,
+    readonly code?: grpc.status,
+  ) {
+    super(message);
+  }
+}
+
 interface UntypedClient extends grpc.Client {
   [method: string]: unknown;
 }
@@ -22,8 +33,9 @@ export class ControlClient {
     this.client = new Client(address, credentials, CHANNEL_OPTIONS) as UntypedClient;
   }
 
-  private metadata(): grpc.Metadata {
-    const m = new grpc.Metadata();
+  /** `waitForReady`: wait while the coordinator is unreachable (grpc-js takes it as a metadata option) instead of failing at once. */
+  private metadata(waitForReady = false): grpc.Metadata {
+    const m = new grpc.Metadata({ waitForReady });
     m.set('authorization', this.token.header());
     return m;
   }
@@ -31,7 +43,7 @@ export class ControlClient {
   private unary<Req, Res>(method: string, request: Req, deadlineMs = UNARY_DEADLINE_MS, waitForReady = false): Promise<Res> {
     return new Promise((resolve, reject) => {
       const fn = this.client[method] as (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, v: Res) => void) => void;
-      fn.call(this.client, request, this.metadata(), { deadline: Date.now() + deadlineMs, waitForReady }, (err, value) => (err ? reject(err) : resolve(value)));
+      fn.call(this.client, request, this.metadata(waitForReady), { deadline: Date.now() + deadlineMs }, (err, value) => (err ? reject(err) : resolve(value)));
     });
   }
 
@@ -43,10 +55,10 @@ export class ControlClient {
       const err = e as grpc.ServiceError;
       // the status stays on the error for callers that act on it
       if (err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED) {
-        throw Object.assign(new Error(`cannot reach the coordinator at ${this.address} within ${Math.round(waitMs / 1000)} s (${err.details || err.message})`), { code: err.code });
+        throw new ControlError(`cannot reach the coordinator at ${this.address} within ${Math.round(waitMs / 1000)} s (${err.details || err.message})`, err.code);
       }
       if (err.code === grpc.status.UNAUTHENTICATED) {
-        throw Object.assign(new Error(`the coordinator at ${this.address} refused this worker's join token: give the run's token (PRETRAIN_TOKEN_FILE)`), { code: err.code });
+        throw new ControlError(`the coordinator at ${this.address} refused this worker's join token: give the run's token (PRETRAIN_TOKEN_FILE)`, err.code);
       }
       throw e;
     }

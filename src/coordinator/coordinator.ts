@@ -216,7 +216,17 @@ export class Coordinator {
       let lastCheckpointStep = this.step;
       let stoppedEarly = false;
       const saveCheckpoint = async (): Promise<void> => {
-        const replica = await this.requestState(workers[0]!);
+        // any live member holds the committed state; one lost during the upload is replaced by the next
+        let replica: ReplicaState | undefined;
+        const errors: string[] = [];
+        for (const w of workers.filter((m) => !m.gone)) {
+          replica = await this.requestState(w).catch((e: Error) => {
+            errors.push(e.message);
+            return undefined;
+          });
+          if (replica) break;
+        }
+        if (!replica) throw new CoordinatorError(`no live worker could send its state for the checkpoint of step ${this.step}: ${errors.join('; ') || 'none left'}`);
         const saved = await saveRunCheckpoint(
           o.runDir,
           { state: { step: this.step, generation: this.generation, ledger: ledger.state(), rng: { seed: o.spec.seed }, config }, params: replica.params, optimizer: replica.optimizer },
@@ -233,7 +243,8 @@ export class Coordinator {
         this.joiners = [];
         if (joining.length > 0) {
           // at a step boundary every member holds the last committed step: one's state is everyone's
-          const state = await this.requestState(workers[0]!).catch((e: Error) => {
+          const source = workers.find((w) => !w.gone);
+          const state = await (source ? this.requestState(source) : Promise.reject(new CoordinatorError('no live member'))).catch((e: Error) => {
             o.log(`could not take the state for the joining worker(s) (${e.message}); they come in later`);
             this.joiners.push(...joining);
             return undefined;
@@ -278,7 +289,6 @@ export class Coordinator {
           let saved = '';
           if (live && this.step > lastCheckpointStep) {
             try {
-              workers[0] = live;
               await saveCheckpoint();
               saved = `; the last committed step (${this.step}) is checkpointed`;
             } catch (ce) {

@@ -12,7 +12,7 @@ import { type BackendChoice, selectBackend } from '../backend/index.js';
 import { Communicator } from '../comm/communicator.js';
 import type { JoinToken, TlsMaterial } from '../comm/auth.js';
 import { CommServer } from '../comm/server.js';
-import { ControlClient } from '../control/client.js';
+import { ControlClient, ControlError } from '../control/client.js';
 import type { Assignment, Instruction, StateChunk, Work } from '../control/messages.js';
 import { parseRunSpec, type RunSpec } from '../control/run-spec.js';
 import { type ReplicaState, StateAssembler, stateChunks } from '../control/state-transfer.js';
@@ -109,10 +109,10 @@ export class TrainingWorker {
           });
       });
       stream.on('error', (e: Error & { code?: number }) => {
-        if (stopped === undefined) reject(new Error(`the coordinator's instruction stream failed: ${e.message}`));
+        if (stopped === undefined) reject(new ControlError(`the coordinator's instruction stream failed (${e.message}): the coordinator stopped or the connection broke`));
       });
       stream.on('end', () => {
-        void this.queue.then(() => (stopped !== undefined ? resolve(stopped) : reject(new Error('the coordinator ended the instruction stream without a stop'))));
+        void this.queue.then(() => (stopped !== undefined ? resolve(stopped) : reject(new ControlError('the coordinator ended the instruction stream without saying stop: it stopped or restarted'))));
       });
       stream.on('close', () => {
         void this.queue.then(() => {
