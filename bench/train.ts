@@ -68,6 +68,7 @@ async function main(): Promise<void> {
         recompute: opts.recompute,
         checkpointEvery: opts.steps + 1,
         keep: 1,
+        checksumEvery: 0,
         localWorkers: workers,
         minWorkers: workers,
         backend: opts.backend,

@@ -53,6 +53,7 @@ interface StartOptions {
   resume?: string;
   checkpointEvery: number;
   keep: number;
+  checksumEvery: number;
   listen: string;
   tokenFile?: string;
   tlsCa?: string;
@@ -83,7 +84,7 @@ function endMeans(values: readonly number[], window: number): [number, number] {
 const DISTRIBUTED_DEFAULTS = { steps: 200, globalBatch: 16, checkpointEvery: 50, optimizer: { type: 'adafactor' as const, learningRate: 0.01 } };
 
 /** Options of the distributed run that --local refuses, and the --local options the distributed run refuses. */
-const DISTRIBUTED_ONLY = ['globalBatch', 'microBatch', 'localWorkers', 'workers', 'minWorkers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout'];
+const DISTRIBUTED_ONLY = ['globalBatch', 'microBatch', 'localWorkers', 'workers', 'minWorkers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'checksumEvery', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout'];
 const LOCAL_ONLY = ['batchSize', 'seqLength', 'lr', 'microBatches', 'save', 'overwrite'];
 
 const optionName = (key: string) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
@@ -135,6 +136,7 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
       recompute: opts.recompute ?? true,
       checkpointEvery: opts.checkpointEvery,
       keep: opts.keep,
+      checksumEvery: opts.checksumEvery,
       localWorkers: opts.localWorkers,
       workers: opts.workers,
       minWorkers: opts.minWorkers,
@@ -156,7 +158,7 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
   console.log(
     `done: steps ${result.firstStep}-${result.lastStep} in ${((performance.now() - started) / 1000).toFixed(1)} s, ` +
       `train loss ${first.toFixed(4)} -> ${last.toFixed(4)} (means of the first and the last ${window} steps), ${Math.round(result.tokensPerSecond)} tokens/s; ` +
-      `run directory ${result.runDir} (journal, ${result.checkpoints.length} checkpoint(s)${result.stoppedEarly ? '; stopped early: continue with --resume' : ''})`,
+      `replicas identical in ${result.replicaChecks} check(s); run directory ${result.runDir} (journal, ${result.checkpoints.length} checkpoint(s)${result.stoppedEarly ? '; stopped early: continue with --resume' : ''})`,
   );
 }
 
@@ -195,6 +197,7 @@ function buildProgram(): Command {
     .option('--resume <run-dir>', 'continue the run in this directory from its newest complete checkpoint')
     .option('--checkpoint-every <n>', 'checkpoint every n steps (and at the end, and on SIGTERM/SIGINT)', positiveInt, DISTRIBUTED_DEFAULTS.checkpointEvery)
     .option('--keep <n>', 'checkpoints to keep', positiveInt, 3)
+    .option('--checksum-every <n>', 'compare the replicas\' parameter digests every n steps; a difference stops the run (0: never)', nonNegativeInt, 50)
     .option('--listen <host:port>', 'control address for the workers (127.0.0.1 unless told otherwise; port 0: any free port)', '127.0.0.1:0')
     .option('--token-file <file>', `the run's join token (default: the file in ${'$'}PRETRAIN_TOKEN_FILE, $PRETRAIN_TOKEN, else a new token in <run-dir>/join-token)`)
     .option('--tls-ca <file>', 'mutual TLS: the run\'s CA certificate')

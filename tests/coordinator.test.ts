@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { loadLatestCheckpoint } from '../src/checkpoint/run-checkpoint.js';
 import { JoinToken } from '../src/comm/auth.js';
+import { replicaDivergence } from '../src/coordinator/coordinator.js';
 import { ControlClient } from '../src/control/client.js';
 import { prepare } from '../src/data/prepare.js';
 import { prepareOptions, runScript, writeSampleSlice } from './helpers.js';
@@ -49,6 +50,15 @@ function maxDifference(a: Map<string, Float32Array>, b: Map<string, Float32Array
   return worst;
 }
 
+describe('replica digests', () => {
+  it('are compared across the members: equal passes, a difference names who holds what, a missing one too', () => {
+    const members = [{ id: 1, name: 'a' }, { id: 2, name: 'b' }];
+    assert.equal(replicaDivergence(members, new Map([[1, { paramDigest: 'ab'.repeat(32) }], [2, { paramDigest: 'ab'.repeat(32) }]])), undefined);
+    assert.equal(replicaDivergence(members, new Map([[1, { paramDigest: 'ab'.repeat(32) }], [2, { paramDigest: 'cd'.repeat(32) }]])), 'worker 1 (a) abababababab, worker 2 (b) cdcdcdcdcdcd');
+    assert.equal(replicaDivergence(members, new Map([[1, { paramDigest: 'ab'.repeat(32) }], [2, { paramDigest: '' }]])), 'worker 1 (a) abababababab, worker 2 (b) sent none');
+  });
+});
+
 describe('coordinator and workers (real processes on 127.0.0.1)', () => {
   for (const [task, application] of [['mlm', 'encoder'], ['seq2seq', 'unilm']] as const) {
     it(`2 workers end with the parameters of 1 worker on the same global batch, dropout and masking on (${task})`, async () => {
@@ -59,8 +69,9 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
         // gradient element that is ~0 into a whole step of either sign, so its parameters differ
         // by the summation order of the all-reduce; Adam's update is continuous in the gradient
         const optimizer = '{"type":"adam","learningRate":0.01}';
-        const r = await runScript(CLI, runArgs(runDir, workers, ['--data', data[task], '--application', application, '--optimizer', optimizer]), { timeout: 120_000 });
+        const r = await runScript(CLI, runArgs(runDir, workers, ['--data', data[task], '--application', application, '--optimizer', optimizer, '--checksum-every', '1']), { timeout: 120_000 });
         assert.equal(r.code, 0, r.stderr + r.stdout);
+        assert.match(r.stdout, /replicas identical in 2 check\(s\)/, 'the states after steps 1 and 2 compared');
         assert.match(r.stdout, new RegExp(`step 3/3 .*workers ${workers}`));
         runs.push(await finalParams(runDir));
       }

@@ -40,6 +40,7 @@ export interface Work {
   globalBatch: number;
   records: WireRecord[];
   length: number;
+  digest: boolean;
 }
 export interface Commit {
   generation: number;
@@ -92,6 +93,7 @@ export interface StepReport {
   computeSeconds: number;
   reduceSeconds: number;
   tokens: number;
+  paramDigest: string;
 }
 export type Ack = Record<string, never>;
 

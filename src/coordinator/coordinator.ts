@@ -44,6 +44,8 @@ export interface CoordinatorOptions {
   readonly steps: number;
   readonly checkpointEvery: number;
   readonly keepCheckpoints: number;
+  /** Every this many steps the replicas' parameter digests are compared (0: never). */
+  readonly checksumEvery: number;
   readonly workers: number;
   /** A lost worker's step is run again by the others while at least this many are left. */
   readonly minWorkers: number;
@@ -75,6 +77,8 @@ export interface CoordinatorSummary {
   readonly allreduceShare: number;
   /** The coordinator's own CPU seconds per wall second over the run. */
   readonly coordinatorCpuShare: number;
+  /** How many times the replicas' parameter digests were compared (all equal, or the run stops). */
+  readonly replicaChecks: number;
   readonly checkpoints: string[];
   readonly stoppedEarly: boolean;
 }
@@ -209,6 +213,7 @@ export class Coordinator {
       const checkpoints: string[] = [];
       let tokens = 0;
       let seconds = 0;
+      let replicaChecks = 0;
       let reduceSeconds = 0;
       const cpuAtStart = process.cpuUsage();
       const wallAtStart = performance.now();
@@ -262,12 +267,14 @@ export class Coordinator {
         const examples = await Promise.all(handed.records.map((id) => store.read(id)));
         // every share is padded to the global batch's longest record (see batchFromRecords)
         const length = examples.reduce((longest, e, i) => Math.max(longest, decodeRecord(e, store.manifest, store.perTokenFeature, `record ${handed.records[i]}`).tokenIds.length), 1);
+        // the digest of the state before this step: that of the step before it, committed everywhere
+        const digest = o.checksumEvery > 0 && (step - 1) % o.checksumEvery === 0 && step > 1;
         const reports = this.expectReports(step, workers);
         for (let rank = 0; rank < workers.length; rank++) {
           const from = Math.floor((rank * n) / workers.length);
           const to = Math.floor(((rank + 1) * n) / workers.length);
           const records = handed.records.slice(from, to).map((id, i) => ({ id, example: Buffer.from(examples[from + i]!) }));
-          this.send(workers[rank]!, { kind: 'work', work: { generation: this.generation, step, epoch: handed.epoch, firstSample: from, globalBatch: n, records, length } });
+          this.send(workers[rank]!, { kind: 'work', work: { generation: this.generation, step, epoch: handed.epoch, firstSample: from, globalBatch: n, records, length, digest } });
         }
         let results: Map<number, StepReport>;
         try {
@@ -299,6 +306,15 @@ export class Coordinator {
           for (const w of workers) if (!w.gone) this.send(w, { kind: 'stop', stop: { reason: `the coordinator stops the run: ${failure}` } });
           const below = survivors.length < o.minWorkers ? ` (${survivors.length} worker(s) left, --min-workers ${o.minWorkers})` : '';
           throw new CoordinatorError(`${failure}${below}; continue the run with \`coordinator start --resume ${o.runDir}\``);
+        }
+        if (digest) {
+          const divergence = replicaDivergence(workers, results);
+          if (divergence) {
+            ledger.abort(step);
+            for (const w of workers) this.send(w, { kind: 'stop', stop: { reason: `the replicas diverged: ${divergence}` } });
+            throw new CoordinatorError(`the replicas diverged after step ${step - 1} (${divergence}): a defect, or a worker's memory is failing; the run stops at its last checkpoint (step ${lastCheckpointStep})`);
+          }
+          replicaChecks++;
         }
         const committed = ledger.commit(step);
         await journal.append({ type: 'commit', step: committed.step, epoch: committed.epoch, positions: committed.positions.map((r) => [r[0], r[1]] as [number, number]) });
@@ -340,6 +356,7 @@ export class Coordinator {
         losses,
         tokensPerSecond: seconds > 0 ? tokens / seconds : 0,
         allreduceShare: seconds > 0 ? reduceSeconds / seconds : 0,
+        replicaChecks,
         coordinatorCpuShare: (cpu.user + cpu.system) / 1e6 / ((performance.now() - wallAtStart) / 1000),
         checkpoints,
         stoppedEarly,
@@ -506,4 +523,11 @@ function checkSameRun(checkpoint: LoadedRunCheckpoint, o: CoordinatorOptions): v
   }
   if (saved?.globalBatch !== o.globalBatch) differ.push(`--global-batch (the run has ${saved?.globalBatch}, now ${o.globalBatch})`);
   if (differ.length > 0) throw new CoordinatorError(`${checkpoint.dir} is of a run with other settings: ${differ.join('; ')}. Resume with the run's settings`);
+}
+
+/** Undefined when every member reported the same parameter digest; else who holds what. */
+export function replicaDivergence(members: readonly { id: number; name: string }[], reports: ReadonlyMap<number, { paramDigest: string }>): string | undefined {
+  const digests = members.map((m) => ({ m, digest: reports.get(m.id)?.paramDigest ?? '' }));
+  if (digests.every((d) => d.digest !== '' && d.digest === digests[0]!.digest)) return undefined;
+  return digests.map(({ m, digest }) => `worker ${m.id} (${m.name}) ${digest ? digest.slice(0, 12) : 'sent none'}`).join(', ');
 }

@@ -40,6 +40,7 @@ export interface StartSettings {
   recompute: boolean;
   checkpointEvery: number;
   keep: number;
+  checksumEvery: number;
   localWorkers?: number;
   workers?: number;
   minWorkers: number;
@@ -130,6 +131,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     steps: settings.steps,
     checkpointEvery: settings.checkpointEvery,
     keepCheckpoints: settings.keep,
+    checksumEvery: settings.checksumEvery,
     workers,
     minWorkers: Math.min(settings.minWorkers, workers),
     token,

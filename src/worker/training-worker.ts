@@ -5,6 +5,7 @@
  * state, reduce a step's gradients with its peers and report, apply a committed step,
  * drop an aborted one, upload its state, stop.
  */
+import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type * as tfl from '@tensorflow/tfjs-layers';
@@ -192,8 +193,9 @@ export class TrainingWorker {
     if (this.restoring) throw new Error(`work for step ${w.step} before the state of step ${this.restoring.step} arrived`);
     const { spec } = replica;
     const started = performance.now();
-    const report = { workerId: this.workerId, generation: w.generation, step: w.step, ok: false, error: '', loss: 0, accuracy: 0, targets: 0, gradNorm: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 0 };
+    const report = { workerId: this.workerId, generation: w.generation, step: w.step, ok: false, error: '', loss: 0, accuracy: 0, targets: 0, gradNorm: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 0, paramDigest: '' };
     try {
+      if (w.digest) report.paramDigest = parameterDigest(replica.objective);
       const records = w.records.map((r) => ({ id: r.id, record: decodeRecord(r.example, spec.manifest, spec.perTokenFeature, `record ${r.id}`) }));
       const batch = batchFromRecords(spec.manifest, records, spec.application, spec.seed, w.epoch, w.length);
       const microBatches = spec.microBatch > 0 ? Math.max(1, Math.ceil(records.length / spec.microBatch)) : 1;
@@ -214,6 +216,16 @@ export class TrainingWorker {
     if (step !== this.step) throw new Error(`state of step ${step} requested, this worker holds step ${this.step}`);
     await this.control!.putState(stateChunks(captureReplicaState(this.replica), { workerId: this.workerId, generation, step }));
   }
+}
+
+/** SHA-256 of every trainable weight's bytes, in the model's order: equal digests, identical replicas. */
+export function parameterDigest(objective: PretrainingObjective): string {
+  const hash = createHash('sha256');
+  for (const w of objective.weights) {
+    const values = w.variable.dataSync() as Float32Array;
+    hash.update(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  }
+  return hash.digest('hex');
 }
 
 export function captureReplicaState(replica: { objective: PretrainingObjective; optimizer: Optimizer }): ReplicaState {
