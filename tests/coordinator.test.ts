@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -211,6 +212,51 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
     }
   });
 
+  it('a coordinator killed with SIGKILL and restarted resumes from the live workers with no committed step lost', async () => {
+    const port = await freePort();
+    const runDir = path.join(dir, 'restarted');
+    const args = ['--data', data.mlm, '--global-batch', '4', '--checkpoint-every', '1000', '--steps', '1000', '--listen', `127.0.0.1:${port}`, '--optimizer', '{"type":"adam","learningRate":0.01}'];
+    const first = spawn(process.execPath, [CLI, ...runArgs(runDir, 2, args)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const before = collect(first);
+    let workers: number[] = [];
+    let second: ChildProcess | undefined;
+    try {
+      await waitFor(() => /step +5\/1000/.test(before.text), 60_000, () => before.text);
+      workers = [workerPid(before.text, 0), workerPid(before.text, 1)];
+      first.kill('SIGKILL');
+      await exitOf(first, 10_000);
+      const committed = Math.max(...[...before.text.matchAll(/^step +(\d+)\//gm)].map((m) => Number(m[1])));
+      second = spawn(process.execPath, [CLI, 'start', '--resume', runDir, '--local-workers', '0', '--workers', '2', '--backend', 'cpu', '--preset', 'L1-H32', '--log-every', '1', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const after = collect(second);
+      await waitFor(() => /resuming from the live workers, which hold step (\d+)/.test(after.text), 60_000, () => after.text);
+      const held = Number(/which hold step (\d+)/.exec(after.text)![1]);
+      assert.ok(held >= committed, `the workers hold step ${held}, the old coordinator had shown ${committed}`);
+      await waitFor(() => new RegExp(`step +${held + 2}/1000`).test(after.text), 60_000, () => after.text);
+      second.kill('SIGTERM');
+      assert.equal(await exitOf(second, 60_000), 0, after.text);
+      const stoppedAt = Number(/stopping at step (\d+) as asked/.exec(after.text)?.[1]);
+      assert.doesNotMatch(after.text, /run again/);
+      const audit = await runScript(CLI, ['audit', runDir, '--json']);
+      const report = JSON.parse(audit.stdout) as { ok: boolean; epochs: { exactlyOnce: number }[] };
+      assert.equal(report.ok, true, audit.stdout);
+      assert.equal(report.epochs[0]!.exactlyOnce, stoppedAt * 4);
+      const clean = await runScript(CLI, runArgs(path.join(dir, 'never-restarted'), 2, [...args.filter((a) => !a.startsWith('127.0.0.1') && a !== '--listen'), '--steps', String(stoppedAt)]), { timeout: 120_000 });
+      assert.equal(clean.code, 0, clean.stderr + clean.stdout);
+      const difference = maxDifference(await finalParams(path.join(dir, 'never-restarted')), await finalParams(runDir));
+      assert.ok(difference < 1e-5, `restarted vs never restarted: max parameter difference ${difference}`);
+    } finally {
+      first.kill('SIGKILL');
+      second?.kill('SIGKILL');
+      for (const pid of workers) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // exited already, as it should once the run stopped
+        }
+      }
+    }
+  });
+
   it('refuses a worker without the run\'s token', async () => {
     const runDir = path.join(dir, 'token');
     const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 0, ['--data', data.mlm, '--workers', '1', '--join-timeout', '20'])], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -219,7 +265,7 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
       await waitFor(() => /listening on (\S+)/.test(output.text), 30_000, () => output.text);
       const address = /listening on (\S+)/.exec(output.text)![1]!;
       const intruder = new ControlClient(address, new JoinToken('not-the-token-of-this-run'));
-      const refused = await intruder.join({ name: 'intruder', backend: 'cpu', freeMemoryBytes: 0 }).then(() => undefined, (e: grpc.ServiceError) => e);
+      const refused = await intruder.join({ name: 'intruder', backend: 'cpu', freeMemoryBytes: 0, runId: '', heldStep: 0, generation: 0 }).then(() => undefined, (e: grpc.ServiceError) => e);
       intruder.close();
       assert.equal(refused?.code, grpc.status.UNAUTHENTICATED, String(refused));
       assert.match(String(refused), /refused this worker's join token/);
@@ -251,6 +297,17 @@ function workerPid(text: string, i: number): number {
   const pid = Number(new RegExp(`\\[worker ${i}\\] worker \\d+: joined run .*\\(pid (\\d+)`).exec(text)?.[1] ?? NaN);
   assert.ok(Number.isInteger(pid), text);
   return pid;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
 }
 
 function collect(child: ChildProcess): { text: string } {

@@ -7,7 +7,7 @@
 import { Option } from 'commander';
 import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
 import { AuthConfigError, JoinToken, loadTls } from '../src/comm/auth.js';
-import { createProgram, EXIT_FAILURE, EXIT_USAGE, runProgram } from '../src/cli/common.js';
+import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeNumber, runProgram } from '../src/cli/common.js';
 import { TrainingWorker } from '../src/worker/training-worker.js';
 import { ControlError } from '../src/control/client.js';
 import { TrainingError } from '../src/train/step.js';
@@ -24,6 +24,7 @@ interface StartOptions {
   tlsCa?: string;
   tlsCert?: string;
   tlsKey?: string;
+  reconnectTimeout: number;
 }
 
 function buildProgram() {
@@ -39,16 +40,21 @@ function buildProgram() {
     .option('--tls-ca <file>', 'mutual TLS: the run\'s CA certificate')
     .option('--tls-cert <file>', 'mutual TLS: this worker\'s certificate')
     .option('--tls-key <file>', 'mutual TLS: this worker\'s key')
+    .option('--reconnect-timeout <s>', 'when the coordinator goes away mid-run, keep the replica and join again for this long: a restarted coordinator resumes from it (0: exit at once)', nonNegativeNumber, 60)
     .action(async (opts: StartOptions) => {
       const env = opts.tokenFile ? { ...process.env, [TOKEN_FILE_ENV]: opts.tokenFile } : process.env;
       const token = JoinToken.fromEnvironment(env, TOKEN_FILE_ENV, TOKEN_ENV);
       const tls = loadTls({ ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey });
-      const worker = new TrainingWorker({ coordinator: opts.coordinator, token, tls, host: opts.host, backend: opts.backend, name: opts.name, log: (line) => console.error(line) });
+      const worker = new TrainingWorker({ coordinator: opts.coordinator, token, tls, host: opts.host, backend: opts.backend, name: opts.name, reconnectMs: opts.reconnectTimeout * 1000, log: (line) => console.error(line) });
       const reason = await worker.run();
       console.error(`worker: stopped: ${reason}`);
     });
   return program;
 }
+
+// a local worker outlives a coordinator killed outright (it keeps its replica for the
+// restarted one), and its output pipes die with that coordinator: lines go nowhere then
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
 
 process.exitCode = await runProgram(buildProgram(), process.argv, [
   [AuthConfigError, EXIT_USAGE],

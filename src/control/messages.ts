@@ -12,6 +12,9 @@ export interface JoinRequest {
   name: string;
   backend: string;
   freeMemoryBytes: number;
+  runId: string;
+  heldStep: number;
+  generation: number;
 }
 export interface JoinReply {
   runId: string;

@@ -27,6 +27,10 @@ export interface WorkerSession {
   readonly name: string;
   /** Set when its instruction stream opens. */
   dataAddress: string;
+  /** What a worker joining again holds (JoinRequest): its run, last committed step, newest generation. */
+  readonly heldRunId: string;
+  readonly heldStep: number;
+  readonly heldGeneration: number;
   readonly backend: string;
   readonly joinedAt: number;
   lastHeartbeat: number;
@@ -108,7 +112,7 @@ export class ControlServer {
     if (this.closed) return callback(refuse(grpc.status.UNAVAILABLE, 'the coordinator is shutting down'));
     const r = call.request;
     const now = Date.now();
-    const session: WorkerSession = { id: this.nextId++, name: r.name.slice(0, 200), dataAddress: '', backend: r.backend.slice(0, 40), joinedAt: now, lastHeartbeat: now, stream: undefined, gone: undefined };
+    const session: WorkerSession = { id: this.nextId++, name: r.name.slice(0, 200), dataAddress: '', heldRunId: r.runId.slice(0, 100), heldStep: r.heldStep, heldGeneration: r.generation, backend: r.backend.slice(0, 40), joinedAt: now, lastHeartbeat: now, stream: undefined, gone: undefined };
     this.sessions.set(session.id, session);
     callback(null, { runId: this.options.runId, workerId: session.id });
   }

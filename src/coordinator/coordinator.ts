@@ -26,8 +26,8 @@ import { ControlServer, type WorkerSession } from '../control/server.js';
 import { type ReplicaState, StateAssembler, stateChunks } from '../control/state-transfer.js';
 import { checkApplication, decodeRecord, splitByDocument } from '../data/dataset.js';
 import { RecordStore } from '../data/record-store.js';
-import { DataLedger } from '../run/ledger.js';
-import { Journal, JOURNAL_FILE, JOURNAL_FORMAT } from '../run/journal.js';
+import { type CommittedStep, DataLedger } from '../run/ledger.js';
+import { Journal, JOURNAL_FILE, JOURNAL_FORMAT, type JournalEntry } from '../run/journal.js';
 
 export class CoordinatorError extends Error {
   override name = 'CoordinatorError';
@@ -127,16 +127,18 @@ export class Coordinator {
         checkpoint = latest.checkpoint;
         if (!checkpoint) o.log(`no usable checkpoint in ${o.runDir} (${'reason' in latest ? latest.reason : ''}): starting again from step 0`);
       }
-      ({ journal } = await Journal.open(journalFile));
+      const opened = await Journal.open(journalFile);
+      journal = opened.journal;
+      // what the journal committed after the checkpoint: live replicas may hold it
+      const laterCommits = commitsAfter(opened.replay.entries, checkpoint?.step ?? 0);
+      const lastCommitted = laterCommits.at(-1)?.step ?? checkpoint?.step ?? 0;
       const ledger = checkpoint
         ? DataLedger.fromState(checkpoint.state.ledger, split.train)
         : new DataLedger({ recordIds: split.train, seed: o.spec.seed, globalBatch: o.globalBatch });
       if (!hasJournal) await journal.append({ type: 'start', format: JOURNAL_FORMAT, epochSize: split.train.length, globalBatch: o.globalBatch, seed: o.spec.seed });
       this.step = checkpoint?.step ?? 0;
       if (checkpoint) checkSameRun(checkpoint, o);
-      if (this.step >= o.steps) throw new CoordinatorError(`the run in ${o.runDir} has done ${this.step} steps already; ask for more with --steps (now ${o.steps})`);
-      if (o.resume) await journal.append(checkpoint ? { type: 'resume', fromStep: this.step, checkpoint: checkpoint.name } : { type: 'resume', fromStep: 0 });
-      const firstStep = this.step + 1;
+      if (lastCommitted >= o.steps) throw new CoordinatorError(`the run in ${o.runDir} has done ${lastCommitted} steps already; ask for more with --steps (now ${o.steps})`);
       const spec: RunSpec = { ...o.spec, runId: o.runId, manifest: store.manifest, perTokenFeature: store.perTokenFeature };
       const config: JsonValue = JSON.parse(JSON.stringify({ spec: { ...spec, manifest: undefined }, globalBatch: o.globalBatch })) as JsonValue;
 
@@ -148,7 +150,7 @@ export class Coordinator {
         port: o.port,
         handlers: {
           onReady: (s) => {
-            if (this.generation > 0) {
+            if (this.members.length > 0) {
               // a worker joining a running run comes in at the next step, up to --workers
               const wanted = o.workers - this.members.filter((w) => !w.gone).length - this.joiners.filter((w) => !w.gone).length;
               if (wanted <= 0) {
@@ -187,9 +189,27 @@ export class Coordinator {
       await this.waitForWorkers();
       monitor = setInterval(() => this.checkHeartbeats(), Math.min(1000, o.heartbeatTimeoutMs / 3));
 
-      // generation 1: ranks in join order; a resumed run sends every worker the checkpoint
+      // ranks in join order; a resumed run continues from live replicas that hold the
+      // journal's last committed step, else sends every worker the checkpoint
       let workers = this.ready.filter((w) => !w.gone).slice(0, o.workers);
       for (const extra of this.ready.filter((w) => !w.gone).slice(o.workers)) this.send(extra, { kind: 'stop', stop: { reason: 'the run has its workers' } });
+      let restoreFrom: ReplicaState | undefined = checkpoint;
+      if (o.resume) {
+        const fromLive = lastCommitted > this.step && workers.every((w) => w.heldRunId === o.runId && w.heldStep === lastCommitted);
+        if (fromLive) {
+          for (const commit of laterCommits) ledger.redo(commit);
+          this.step = lastCommitted;
+          restoreFrom = undefined;
+          o.log(`resuming from the live workers, which hold step ${lastCommitted}, the journal's last commit: no step lost`);
+          await journal.append({ type: 'resume', fromStep: this.step });
+        } else {
+          if (lastCommitted > this.step) o.log(`the workers do not all hold step ${lastCommitted}, the journal's last commit: resuming from ${checkpoint ? checkpoint.name : 'the start'}, steps ${this.step + 1}-${lastCommitted} run again`);
+          await journal.append(checkpoint ? { type: 'resume', fromStep: this.step, checkpoint: checkpoint.name } : { type: 'resume', fromStep: 0 });
+        }
+      }
+      // generations only grow, across coordinator restarts too: workers fence by them
+      this.generation = Math.max(0, ...workers.map((w) => w.heldGeneration));
+      const firstStep = this.step + 1;
       const runJson = JSON.stringify(spec);
       /** A new generation: ranks in the given order, the ring re-formed; `restore` sends the checkpoint along. */
       /**
@@ -207,7 +227,7 @@ export class Coordinator {
           if (restoring) for (const chunk of stateChunks(state, { workerId: w.id, generation: this.generation, step: this.step })) this.send(w, { kind: 'state', state: chunk });
         });
       };
-      assign(workers, checkpoint, workers);
+      assign(workers, restoreFrom, workers);
 
       const losses: number[] = [];
       const checkpoints: string[] = [];
@@ -445,7 +465,7 @@ export class Coordinator {
   }
 
   private onGone(s: WorkerSession): void {
-    if (this.generation === 0) {
+    if (this.members.length === 0) {
       this.o.log(`worker ${s.id} (${s.name}) left before the run started: ${s.gone}`);
       const i = this.ready.indexOf(s);
       if (i >= 0) this.ready.splice(i, 1);
@@ -480,7 +500,7 @@ export class Coordinator {
 
   private checkHeartbeats(): void {
     const now = Date.now();
-    for (const s of this.generation === 0 ? this.ready : this.members) {
+    for (const s of this.members.length === 0 ? this.ready : this.members) {
       if (!s.gone && now - s.lastHeartbeat > this.o.heartbeatTimeoutMs) {
         this.server!.markGone(s, `no heartbeat for ${Math.round((now - s.lastHeartbeat) / 1000)} s (stopped, hung or cut off)`);
       }
@@ -530,4 +550,17 @@ export function replicaDivergence(members: readonly { id: number; name: string }
   const digests = members.map((m) => ({ m, digest: reports.get(m.id)?.paramDigest ?? '' }));
   if (digests.every((d) => d.digest !== '' && d.digest === digests[0]!.digest)) return undefined;
   return digests.map(({ m, digest }) => `worker ${m.id} (${m.name}) ${digest ? digest.slice(0, 12) : 'sent none'}`).join(', ');
+}
+
+/**
+ * The commits of the journal with a step above `fromStep` that still count, in step order:
+ * a `resume` entry voids the commits before it above its `fromStep`.
+ */
+export function commitsAfter(entries: readonly JournalEntry[], fromStep: number): CommittedStep[] {
+  let valid: CommittedStep[] = [];
+  for (const e of entries) {
+    if (e.type === 'commit') valid.push({ step: e.step, epoch: e.epoch, positions: e.positions });
+    else if (e.type === 'resume') valid = valid.filter((c) => c.step <= e.fromStep);
+  }
+  return valid.filter((c) => c.step > fromStep).sort((a, b) => a.step - b.step);
 }

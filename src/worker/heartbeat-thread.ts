@@ -21,16 +21,16 @@ const data = workerData as HeartbeatThreadData;
 // Buffers arrive as plain Uint8Arrays across threads; grpc-js wants Buffers
 const tls = data.tls && { ca: Buffer.from(data.tls.ca), cert: Buffer.from(data.tls.cert), key: Buffer.from(data.tls.key) };
 const client = new ControlClient(data.coordinator, { header: () => data.authorization, matches: () => false }, tls);
-let progress = { generation: 0, step: 0 };
-parentPort!.on('message', (m: { generation: number; step: number } | 'stop') => {
+let progress = { workerId: data.workerId, generation: 0, step: 0 };
+parentPort!.on('message', (m: { workerId?: number; generation: number; step: number } | 'stop') => {
   if (m === 'stop') {
     clearInterval(timer);
     client.close();
     parentPort!.close();
     return;
   }
-  progress = m;
+  progress = { ...progress, ...m };
 });
 const timer = setInterval(() => {
-  client.heartbeat({ workerId: data.workerId, ...progress }).catch(() => undefined);
+  client.heartbeat(progress).catch(() => undefined);
 }, data.intervalMs);

@@ -35,7 +35,12 @@ export interface WorkerOptions {
   readonly name?: string;
   readonly log: (line: string) => void;
   readonly heartbeatMs?: number;
+  /** How long to keep joining again when the coordinator goes away mid-run (0: give up at once). Default 60 s. */
+  readonly reconnectMs?: number;
 }
+
+/** The coordinator went away without saying stop: it may come back. */
+class CoordinatorGone extends ControlError {}
 
 interface Replica {
   readonly spec: RunSpec;
@@ -67,17 +72,40 @@ export class TrainingWorker {
     const backend = await selectBackend(o.backend);
     const control = new ControlClient(o.coordinator, o.token, o.tls);
     this.control = control;
+    const name = o.name ?? `${hostname()}:${process.pid}`;
+    let runId = '';
+    let waitMs = 30_000;
     try {
-      const joined = await control.join({ name: o.name ?? `${hostname()}:${process.pid}`, backend: backend.name, freeMemoryBytes: 0 });
-      this.workerId = joined.workerId;
-      this.server = await CommServer.listen({ runId: joined.runId, token: o.token, tls: o.tls, host: o.host }).catch((e: NodeJS.ErrnoException) => {
-        throw new Error(`cannot serve the data plane on ${o.host ?? '127.0.0.1'} (${e.code ?? e.message}): is --host an address of this machine?`);
-      });
-      o.log(`worker ${this.workerId}: joined run ${joined.runId} at ${o.coordinator} (pid ${process.pid}, backend ${backend.name}, data plane ${this.server.address})`);
-      const heartbeatData: HeartbeatThreadData = { coordinator: o.coordinator, authorization: o.token.header(), tls: o.tls, workerId: this.workerId, intervalMs: o.heartbeatMs ?? 1000 };
-      this.heartbeat = new Worker(new URL('./heartbeat-thread.js', import.meta.url), { workerData: heartbeatData });
-      this.heartbeat.unref();
-      return await this.listen(control);
+      for (;;) {
+        const joined = await control.join({ name, backend: backend.name, freeMemoryBytes: 0, runId, heldStep: this.step, generation: this.generation }, waitMs);
+        if (runId && joined.runId !== runId) throw new ControlError(`the coordinator at ${o.coordinator} now runs ${joined.runId}, not ${runId}: this worker's replica is of another run`);
+        runId = joined.runId;
+        this.workerId = joined.workerId;
+        if (!this.server) {
+          this.server = await CommServer.listen({ runId, token: o.token, tls: o.tls, host: o.host }).catch((e: NodeJS.ErrnoException) => {
+            throw new Error(`cannot serve the data plane on ${o.host ?? '127.0.0.1'} (${e.code ?? e.message}): is --host an address of this machine?`);
+          });
+          const heartbeatData: HeartbeatThreadData = { coordinator: o.coordinator, authorization: o.token.header(), tls: o.tls, workerId: this.workerId, intervalMs: o.heartbeatMs ?? 1000 };
+          this.heartbeat = new Worker(new URL('./heartbeat-thread.js', import.meta.url), { workerData: heartbeatData });
+          this.heartbeat.unref();
+        }
+        this.heartbeat?.postMessage({ workerId: this.workerId, generation: this.generation, step: this.step });
+        o.log(`worker ${this.workerId}: joined run ${runId} at ${o.coordinator} (pid ${process.pid}, backend ${backend.name}, data plane ${this.server.address}${this.replica ? `, holding step ${this.step}` : ''})`);
+        try {
+          return await this.listen(control);
+        } catch (e) {
+          // a coordinator that went away may come back (restarted by hand or by Kubernetes) and
+          // resume from this replica: keep it and join again, for --reconnect-timeout
+          if (!(e instanceof CoordinatorGone) || !this.replica || (o.reconnectMs ?? 60_000) <= 0) throw e;
+          o.log(`worker ${this.workerId}: ${e.message}; joining again for up to ${Math.round((o.reconnectMs ?? 60_000) / 1000)} s, holding step ${this.step}`);
+          this.communicator?.close();
+          this.communicator = undefined;
+          this.pending.clear();
+          this.restoring = undefined;
+          this.queue = Promise.resolve();
+          waitMs = o.reconnectMs ?? 60_000;
+        }
+      }
     } finally {
       this.heartbeat?.postMessage('stop');
       this.communicator?.close();
@@ -110,10 +138,10 @@ export class TrainingWorker {
           });
       });
       stream.on('error', (e: Error & { code?: number }) => {
-        if (stopped === undefined) reject(new ControlError(`the coordinator's instruction stream failed (${e.message}): the coordinator stopped or the connection broke`));
+        if (stopped === undefined) reject(new CoordinatorGone(`the coordinator's instruction stream failed (${e.message}): the coordinator stopped or the connection broke`));
       });
       stream.on('end', () => {
-        void this.queue.then(() => (stopped !== undefined ? resolve(stopped) : reject(new ControlError('the coordinator ended the instruction stream without saying stop: it stopped or restarted'))));
+        void this.queue.then(() => (stopped !== undefined ? resolve(stopped) : reject(new CoordinatorGone('the coordinator ended the instruction stream without saying stop: it stopped or restarted'))));
       });
       stream.on('close', () => {
         void this.queue.then(() => {
