@@ -16,6 +16,8 @@ import { readFile } from 'node:fs/promises';
 import { AuthConfigError, loadTls } from '../src/comm/auth.js';
 import { CoordinatorError } from '../src/coordinator/coordinator.js';
 import { startRun } from '../src/coordinator/start.js';
+import { readRunFile, RUN_FILE_EXAMPLE, RunConfigError } from '../src/coordinator/run-config.js';
+import type { OptimizerConfig } from '../src/optim/config.js';
 import { ConfigError, parseBertConfig } from '../src/model/config.js';
 import { OptimizerConfigError, readOptimizerConfig } from '../src/optim/index.js';
 import { DatasetError } from '../src/data/dataset.js';
@@ -32,6 +34,8 @@ interface StartOptions {
   local?: boolean;
   backend: BackendChoice;
   preset?: string;
+  bertConfig?: string;
+  /** The run file (run.yaml). */
   config?: string;
   application: Application;
   steps?: number;
@@ -84,7 +88,7 @@ function endMeans(values: readonly number[], window: number): [number, number] {
 const DISTRIBUTED_DEFAULTS = { steps: 200, globalBatch: 16, checkpointEvery: 50, optimizer: { type: 'adafactor' as const, learningRate: 0.01 } };
 
 /** Options of the distributed run that --local refuses, and the --local options the distributed run refuses. */
-const DISTRIBUTED_ONLY = ['globalBatch', 'microBatch', 'localWorkers', 'workers', 'minWorkers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'checksumEvery', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout'];
+const DISTRIBUTED_ONLY = ['config', 'globalBatch', 'microBatch', 'localWorkers', 'workers', 'minWorkers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'checksumEvery', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout'];
 const LOCAL_ONLY = ['batchSize', 'seqLength', 'lr', 'microBatches', 'save', 'overwrite'];
 
 const optionName = (key: string) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
@@ -95,19 +99,30 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
   }
   if (opts.save === false) throw new LocalRunError('--no-save applies to --local runs; the distributed run always checkpoints under --run-dir');
   if (opts.resume && opts.runDir) throw new LocalRunError('--resume names the run directory already; drop --run-dir');
+  // the run file fills what the command line left at its default; the command line wins
+  let fileOptimizer: OptimizerConfig | undefined;
+  if (opts.config) {
+    const { optimizer: fromFile, ...file } = await readRunFile(opts.config);
+    const modelOnCli = command.getOptionValueSource('preset') === 'cli' || command.getOptionValueSource('bertConfig') === 'cli';
+    for (const [key, value] of Object.entries(file)) {
+      if ((key === 'preset' || key === 'bertConfig') && modelOnCli) continue;
+      if (command.getOptionValueSource(key) !== 'cli') (opts as unknown as Record<string, unknown>)[key] = value;
+    }
+    if (command.getOptionValueSource('optimizer') !== 'cli') fileOptimizer = fromFile;
+  }
   const listen = /^(.+):(\d{1,5})$/.exec(opts.listen);
   if (!listen) throw new LocalRunError(`--listen ${opts.listen} is not host:port`);
   let model: string | BertConfig = opts.preset ?? LOCAL_DEFAULTS.preset;
-  if (opts.config) {
+  if (opts.bertConfig) {
     let raw: unknown;
     try {
-      raw = JSON.parse(await readFile(opts.config, 'utf8'));
+      raw = JSON.parse(await readFile(opts.bertConfig, 'utf8'));
     } catch (e) {
-      throw new LocalRunError(`cannot read the model config ${opts.config}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new LocalRunError(`cannot read the model config ${opts.bertConfig}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
-    model = parseBertConfig(raw, opts.config);
+    model = parseBertConfig(raw, opts.bertConfig);
   }
-  const optimizer = opts.optimizer ? await readOptimizerConfig(opts.optimizer) : DISTRIBUTED_DEFAULTS.optimizer;
+  const optimizer = opts.optimizer ? await readOptimizerConfig(opts.optimizer) : (fileOptimizer ?? DISTRIBUTED_DEFAULTS.optimizer);
   const stop = new AbortController();
   const onSignal = (signal: string) => {
     if (stop.signal.aborted) {
@@ -174,8 +189,9 @@ function buildProgram(): Command {
     )
     .option('--local', 'a single-process training run on the built-in corpus (no coordinator, no workers)')
     .addOption(new Option('--backend <name>', 'tfjs backend (of the local workers): auto takes native tensorflow if installed, else wasm, else cpu').choices(BACKEND_CHOICES).default(LOCAL_DEFAULTS.backend))
-    .addOption(new Option('--preset <L..-H..>', `model size preset: layers and hidden size (default ${LOCAL_DEFAULTS.preset})`).argParser(preset).conflicts('config'))
-    .option('--config <bert_config.json>', 'model from a Google bert_config.json (instead of --preset)')
+    .option('--config <run.yaml>', 'the run file: YAML or JSON whose keys are these options in camelCase (example below); options given here win')
+    .addOption(new Option('--preset <L..-H..>', `model size preset: layers and hidden size (default ${LOCAL_DEFAULTS.preset})`).argParser(preset).conflicts('bertConfig'))
+    .option('--bert-config <bert_config.json>', 'model from a Google bert_config.json (instead of --preset)')
     .addOption(new Option('--application <name>', 'encoder: BERT MLM; unilm: seq2seq; lm: left-to-right').choices(APPLICATIONS).default(LOCAL_DEFAULTS.application))
     .option('--steps <n>', `training steps (default ${DISTRIBUTED_DEFAULTS.steps}; --local: ${LOCAL_DEFAULTS.steps})`, positiveInt)
     .option('--data <dir>', 'train on shards made by `pretrain prepare` (mlm: --application encoder; seq2seq: unilm) instead of the sample corpus')
@@ -223,7 +239,8 @@ function buildProgram(): Command {
         '  $ coordinator start --local-workers 0 --workers 4 --listen 0.0.0.0:7070 --token-file token   # workers from other machines\n' +
         '  $ coordinator start --local                                  # 120 steps of L2-H128 MLM in this process (~15 s)\n' +
         '  $ coordinator start --local --application unilm --steps 100\n' +
-        '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out runs/mlm --max-length 128\n',
+        '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out runs/mlm --max-length 128\n' +
+        `\nA run file (--config run.yaml):\n${RUN_FILE_EXAMPLE.replace(/^/gm, '  ')}`,
     )
     .action(async (opts: StartOptions) => {
       if (!opts.local) return startDistributed(opts, start);
@@ -234,7 +251,7 @@ function buildProgram(): Command {
       const summary = await runLocal({
         backend: opts.backend,
         preset: opts.preset,
-        bertConfigPath: opts.config,
+        bertConfigPath: opts.bertConfig,
         application: opts.application,
         steps: opts.steps ?? LOCAL_DEFAULTS.steps,
         batchSize: opts.batchSize,
@@ -281,6 +298,7 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [JournalError, EXIT_FAILURE],
   [AuditError, EXIT_FAILURE],
   [CoordinatorError, EXIT_FAILURE],
+  [RunConfigError, EXIT_USAGE],
   [AuthConfigError, EXIT_USAGE],
   [ConfigError, EXIT_USAGE],
   [OptimizerConfigError, EXIT_USAGE],

@@ -257,6 +257,22 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
     }
   });
 
+  it('takes the run from a run file, the command line winning; a bad file is named with its key', async () => {
+    const file = path.join(dir, 'run.yaml');
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(file, `data: ${data.mlm}\npreset: L1-H32\nsteps: 2\nglobalBatch: 4\nlocalWorkers: 1\nbackend: cpu\nlogEvery: 1\ncheckpointEvery: 10\noptimizer: {type: adam, learningRate: 0.01}\nrunDir: ${path.join(dir, 'from-file')}\n`);
+    const r = await runScript(CLI, ['start', '--config', file, '--steps', '3'], { timeout: 120_000 });
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /step 3\/3 .*workers 1/);
+    assert.ok(existsSync(path.join(dir, 'from-file', 'ckpt-00000003')), 'the run directory of the file');
+    writeFileSync(file, 'globalBatch: -4\nbatchSize: 8\n');
+    const bad = await runScript(CLI, ['start', '--config', file]);
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /^coordinator: error: invalid run file .*run\.yaml: /);
+    assert.match(bad.stderr, /globalBatch: Too small/);
+    assert.match(bad.stderr, /unknown key\(s\) batchSize \(keys are the options of `coordinator start` in camelCase\)/);
+  });
+
   it('refuses a worker without the run\'s token', async () => {
     const runDir = path.join(dir, 'token');
     const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 0, ['--data', data.mlm, '--workers', '1', '--join-timeout', '20'])], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -200,19 +200,19 @@ describe('coordinator CLI', () => {
     assert.match(r.stderr, /--steps/);
   });
 
-  it('names a missing --config file, exit code 2, no stack trace', async () => {
+  it('names a missing --bert-config file, exit code 2, no stack trace', async () => {
     const missing = path.join(dir, 'no-such', 'bert_config.json');
-    const r = await runCli(['start', '--local', '--config', missing], dir);
+    const r = await runCli(['start', '--local', '--bert-config', missing], dir);
     assert.equal(r.code, 2);
     assert.ok(r.stderr.includes(missing), r.stderr);
     assert.doesNotMatch(r.stderr, /\n\s+at /);
   });
 
-  it('names an invalid --config file and its bad field, exit code 2', async () => {
+  it('names an invalid --bert-config file and its bad field, exit code 2', async () => {
     const file = path.join(dir, 'bad_config.json');
     const { num_hidden_layers: _, ...rest } = tinyConfig({ vocab_size: 1000 });
     await writeFile(file, JSON.stringify(rest));
-    const r = await runCli(['start', '--local', '--config', file], dir);
+    const r = await runCli(['start', '--local', '--bert-config', file], dir);
     assert.equal(r.code, 2);
     assert.match(r.stderr, /^coordinator: error: .*bad_config\.json.*num_hidden_layers: missing \(expected a positive integer\)/);
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
