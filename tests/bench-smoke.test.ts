@@ -116,3 +116,16 @@ describe('bench:train', () => {
     assert.ok(figures.allreduceShare > 0 && figures.allreduceShare < 1, JSON.stringify(figures));
   });
 });
+
+const CHAOS = fileURLToPath(new URL('../bench/chaos.js', import.meta.url));
+
+describe('chaos', () => {
+  it('kills a worker and the coordinator, restarts them, and ends with every record once and identical replicas (small run)', async () => {
+    const stdout = await runBench(CHAOS, ['--steps', '40', '--worker-kills', '1', '--coordinator-kills', '1'], 300_000);
+    const lines = stdout.trimEnd().split('\n');
+    assert.match(lines.at(-2)!, /^reproduce: npm run chaos -- --steps 40/);
+    const figures = JSON.parse(lines.at(-1)!) as { workerKills: number; coordinatorKills: number; samplesLost: number; samplesRepeated: number; replicasIdentical: boolean; stepsCompleted: number };
+    assert.deepEqual({ lost: figures.samplesLost, repeated: figures.samplesRepeated, identical: figures.replicasIdentical, steps: figures.stepsCompleted }, { lost: 0, repeated: 0, identical: true, steps: 40 }, stdout);
+    assert.ok(figures.workerKills + figures.coordinatorKills >= 1, `at least one fault happened: ${stdout}`);
+  });
+});
