@@ -9,7 +9,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +16,7 @@ import { Command } from 'commander';
 import { nonNegativeInt, positiveInt } from '../src/cli/common.js';
 import { prepare } from '../src/data/prepare.js';
 import { seededRandom } from '../src/data/masking.js';
+import { freePort } from './common.js';
 
 const COORDINATOR = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
 const WORKER = fileURLToPath(new URL('../worker/cli.js', import.meta.url));
@@ -44,17 +44,6 @@ function parse(argv: string[]): Options {
     .option('--log <file>', 'write the coordinators\' whole output to this file');
   program.parse(argv, { from: 'user' });
   return program.opts<Options>();
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

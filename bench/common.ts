@@ -1,4 +1,5 @@
 /** What the benchmarks share: a pretraining-like batch, a median, and a readable table. */
+import { type AddressInfo, createServer } from 'node:net';
 import type { Batch } from '../src/batch.js';
 
 const [CLS, SEP, MASK, FIRST_WORD_ID] = [2, 3, 4, 5];
@@ -46,5 +47,17 @@ export function table(title: string, header: string[], rows: (string | number)[]
   cells.forEach((r, i) => {
     console.log(r.map((v, c) => (c === 0 ? v.padEnd(widths[c]!) : v.padStart(widths[c]!))).join('  '));
     if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  });
+}
+
+/** A port free on 127.0.0.1 now: for a server that must keep its address across restarts. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
   });
 }

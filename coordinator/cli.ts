@@ -15,7 +15,7 @@ import { TrainingError } from '../src/train/step.js';
 import { readFile } from 'node:fs/promises';
 import { AuthConfigError, loadTls } from '../src/comm/auth.js';
 import { CoordinatorError } from '../src/coordinator/coordinator.js';
-import { startRun } from '../src/coordinator/start.js';
+import { startRun, timestamp } from '../src/coordinator/start.js';
 import { readRunFile, RUN_FILE_EXAMPLE, RunConfigError } from '../src/coordinator/run-config.js';
 import type { OptimizerConfig } from '../src/optim/config.js';
 import { ConfigError, parseBertConfig } from '../src/model/config.js';
@@ -72,10 +72,8 @@ interface StartOptions {
 }
 
 /** A new folder per run, so that a run never replaces an earlier run's model unasked. */
-function defaultSaveDir(now = new Date()): string {
-  const two = (n: number) => String(n).padStart(2, '0');
-  const stamp = `${now.getFullYear()}${two(now.getMonth() + 1)}${two(now.getDate())}-${two(now.getHours())}${two(now.getMinutes())}${two(now.getSeconds())}`;
-  return `runs/local/${stamp}`;
+function defaultSaveDir(): string {
+  return `runs/local/${timestamp()}`;
 }
 
 /** Mean of the first and of the last `window` values. */

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { type AddressInfo, createServer } from 'node:net';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -12,7 +11,13 @@ import { loadLatestCheckpoint } from '../src/checkpoint/run-checkpoint.js';
 import { JoinToken } from '../src/comm/auth.js';
 import { replicaDivergence } from '../src/coordinator/coordinator.js';
 import { ControlClient } from '../src/control/client.js';
+import { selectBackend } from '../src/backend/index.js';
+import { readManifest } from '../src/data/dataset.js';
 import { prepare } from '../src/data/prepare.js';
+import { buildTransformer, disposeTransformer } from '../src/model/build.js';
+import { presetConfig } from '../src/model/config.js';
+import { trainableWeights } from '../src/model/weights.js';
+import { freePort } from '../bench/common.js';
 import { prepareOptions, runScript, writeSampleSlice } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
@@ -95,7 +100,7 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
       process.kill(workerPid(output.text, 2), 'SIGKILL');
       await waitFor(() => /going on with 2 worker/.test(output.text), 60_000, () => output.text);
       const address = /listening on (\S+)/.exec(output.text)![1]!;
-      const token = (await import('node:fs')).readFileSync(path.join(runDir, 'join-token'), 'utf8').trim();
+      const token = readFileSync(path.join(runDir, 'join-token'), 'utf8').trim();
       newcomer = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', address, '--backend', 'cpu', '--name', 'newcomer'], { stdio: 'ignore', env: { ...process.env, PRETRAIN_TOKEN: token } });
       await waitFor(() => /1 worker\(s\) join; going on with 3/.test(output.text), 60_000, () => output.text);
       const joinedAt = (output.text.match(/^step /gm) ?? []).length;
@@ -185,7 +190,7 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
     try {
       await waitFor(() => /step +2\/1000/.test(output.text), 60_000, () => output.text);
       const address = /listening on (\S+)/.exec(output.text)![1]!;
-      const token = (await import('node:fs')).readFileSync(path.join(runDir, 'join-token'), 'utf8').trim();
+      const token = readFileSync(path.join(runDir, 'join-token'), 'utf8').trim();
       const extra = await runScript(WORKER_CLI, ['start', '--coordinator', address, '--backend', 'cpu', '--name', 'latecomer'], { timeout: 60_000, env: { PRETRAIN_TOKEN: token } });
       assert.equal(extra.code, 0, extra.stderr);
       assert.match(extra.stderr, /stopped: the run already has its 1 worker\(s\)/);
@@ -202,10 +207,9 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
     const waitingOutput = collect(waiting);
     try {
       await waitFor(() => /listening on/.test(waitingOutput.text), 30_000, () => waitingOutput.text);
-      const sent = Date.now();
       waiting.kill('SIGTERM');
+      // bounded well under the 120 s join timeout; the message says which path ended it
       assert.equal(await exitOf(waiting, 10_000), 1);
-      assert.ok(Date.now() - sent < 5000, 'stopped promptly, not at the join timeout');
       assert.match(waitingOutput.text, /stopped as asked before the run started/);
     } finally {
       waiting.kill('SIGKILL');
@@ -259,7 +263,6 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
 
   it('takes the run from a run file, the command line winning; a bad file is named with its key', async () => {
     const file = path.join(dir, 'run.yaml');
-    const { writeFileSync } = await import('node:fs');
     writeFileSync(file, `data: ${data.mlm}\npreset: L1-H32\nsteps: 2\nglobalBatch: 4\nlocalWorkers: 1\nbackend: cpu\nlogEvery: 1\ncheckpointEvery: 10\noptimizer: {type: adam, learningRate: 0.01}\nrunDir: ${path.join(dir, 'from-file')}\n`);
     const r = await runScript(CLI, ['start', '--config', file, '--steps', '3'], { timeout: 120_000 });
     assert.equal(r.code, 0, r.stderr + r.stdout);
@@ -295,11 +298,6 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
 
 /** The weights a run starts from: every worker builds the model from the run's seed (1 by default). */
 async function initialParamsOf(application: 'encoder' | 'unilm', task: 'mlm' | 'seq2seq'): Promise<Map<string, Float32Array>> {
-  const { buildTransformer, disposeTransformer } = await import('../src/model/build.js');
-  const { presetConfig } = await import('../src/model/config.js');
-  const { trainableWeights } = await import('../src/model/weights.js');
-  const { readManifest } = await import('../src/data/dataset.js');
-  const { selectBackend } = await import('../src/backend/index.js');
   await selectBackend('cpu');
   const { manifest } = await readManifest(data[task]);
   const model = buildTransformer(presetConfig('L1-H32', manifest.vocab.size, { max_position_embeddings: 512 }), { application, withMlm: true, seed: 1 });
@@ -313,17 +311,6 @@ function workerPid(text: string, i: number): number {
   const pid = Number(new RegExp(`\\[worker ${i}\\] worker \\d+: joined run .*\\(pid (\\d+)`).exec(text)?.[1] ?? NaN);
   assert.ok(Number.isInteger(pid), text);
   return pid;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 function collect(child: ChildProcess): { text: string } {

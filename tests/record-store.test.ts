@@ -197,7 +197,7 @@ describe('RecordStore', () => {
     }
   });
 
-  it('documents() gives every record its document in one pass, and the split by document is the same', async () => {
+  it('documents() (and scan()) give every record its document and length in one pass, and the split by document is the same', async () => {
     const store = await RecordStore.open(prepared);
     try {
       const documents = await store.documents();
@@ -207,6 +207,8 @@ describe('RecordStore', () => {
       const split = splitByDocument(documents);
       assert.deepEqual(split, splitByDocument(data.records));
       assert.ok(split.heldOut.length > 0 && split.train.length > 0);
+      const { lengths } = await store.scan();
+      assert.deepEqual(Array.from(lengths), data.records.map((r) => r.tokenIds.length), 'scan() gives each record its token count too');
     } finally {
       await store.close();
     }

@@ -6,14 +6,13 @@
  */
 import { Option } from 'commander';
 import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
-import { AuthConfigError, JoinToken, loadTls } from '../src/comm/auth.js';
+import { AuthConfigError, loadTls } from '../src/comm/auth.js';
+import { readRunToken, TOKEN_ENV, TOKEN_FILE_ENV, tokenEnvironment } from '../src/control/run-token.js';
 import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeNumber, runProgram } from '../src/cli/common.js';
 import { TrainingWorker } from '../src/worker/training-worker.js';
 import { ControlError } from '../src/control/client.js';
 import { TrainingError } from '../src/train/step.js';
 
-export const TOKEN_FILE_ENV = 'PRETRAIN_TOKEN_FILE';
-export const TOKEN_ENV = 'PRETRAIN_TOKEN';
 
 interface StartOptions {
   coordinator: string;
@@ -42,8 +41,7 @@ function buildProgram() {
     .option('--tls-key <file>', 'mutual TLS: this worker\'s key')
     .option('--reconnect-timeout <s>', 'when the coordinator goes away mid-run, keep the replica and join again for this long: a restarted coordinator resumes from it (0: exit at once)', nonNegativeNumber, 60)
     .action(async (opts: StartOptions) => {
-      const env = opts.tokenFile ? { ...process.env, [TOKEN_FILE_ENV]: opts.tokenFile } : process.env;
-      const token = JoinToken.fromEnvironment(env, TOKEN_FILE_ENV, TOKEN_ENV);
+      const token = readRunToken(tokenEnvironment(opts.tokenFile));
       const tls = loadTls({ ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey });
       const worker = new TrainingWorker({ coordinator: opts.coordinator, token, tls, host: opts.host, backend: opts.backend, name: opts.name, reconnectMs: opts.reconnectTimeout * 1000, log: (line) => console.error(line) });
       const reason = await worker.run();

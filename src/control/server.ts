@@ -6,7 +6,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import {
-  type Ack, CHANNEL_OPTIONS, controlService, type HeartbeatRequest, type Instruction, type InstructionsRequest, type JoinReply, type JoinRequest,
+  type Ack, controlService, type HeartbeatRequest, type Instruction, type InstructionsRequest, type JoinReply, type JoinRequest,
   MAX_CONTROL_MESSAGE_BYTES, type StateChunk, type StepReport,
 } from './messages.js';
 
@@ -32,7 +32,6 @@ export interface WorkerSession {
   readonly heldStep: number;
   readonly heldGeneration: number;
   readonly backend: string;
-  readonly joinedAt: number;
   lastHeartbeat: number;
   stream: grpc.ServerWritableStream<InstructionsRequest, Instruction> | undefined;
   /** Why the worker is gone (its stream ended, a missed heartbeat...), once it is. */
@@ -112,7 +111,7 @@ export class ControlServer {
     if (this.closed) return callback(refuse(grpc.status.UNAVAILABLE, 'the coordinator is shutting down'));
     const r = call.request;
     const now = Date.now();
-    const session: WorkerSession = { id: this.nextId++, name: r.name.slice(0, 200), dataAddress: '', heldRunId: r.runId.slice(0, 100), heldStep: r.heldStep, heldGeneration: r.generation, backend: r.backend.slice(0, 40), joinedAt: now, lastHeartbeat: now, stream: undefined, gone: undefined };
+    const session: WorkerSession = { id: this.nextId++, name: r.name.slice(0, 200), dataAddress: '', heldRunId: r.runId.slice(0, 100), heldStep: r.heldStep, heldGeneration: r.generation, backend: r.backend.slice(0, 40), lastHeartbeat: now, stream: undefined, gone: undefined };
     this.sessions.set(session.id, session);
     callback(null, { runId: this.options.runId, workerId: session.id });
   }
@@ -222,4 +221,3 @@ export class ControlServer {
   }
 }
 
-export { CHANNEL_OPTIONS };

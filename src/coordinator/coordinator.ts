@@ -24,7 +24,7 @@ import type { StateChunk, StepReport } from '../control/messages.js';
 import type { RunSpec } from '../control/run-spec.js';
 import { ControlServer, type WorkerSession } from '../control/server.js';
 import { type ReplicaState, StateAssembler, stateChunks } from '../control/state-transfer.js';
-import { checkApplication, decodeRecord, splitByDocument } from '../data/dataset.js';
+import { checkApplication, splitByDocument } from '../data/dataset.js';
 import { RecordStore } from '../data/record-store.js';
 import { type CommittedStep, DataLedger } from '../run/ledger.js';
 import { Journal, JOURNAL_FILE, JOURNAL_FORMAT, type JournalEntry } from '../run/journal.js';
@@ -114,7 +114,8 @@ export class Coordinator {
     let monitor: NodeJS.Timeout | undefined;
     try {
       checkApplication(store.manifest, o.spec.application, o.dataDir);
-      const split = splitByDocument(await store.documents());
+      const { documents, lengths } = await store.scan();
+      const split = splitByDocument(documents);
       if (split.train.length === 0) throw new CoordinatorError(`${o.dataDir} has no training records`);
       await fs.mkdir(o.runDir, { recursive: true });
       const journalFile = path.join(o.runDir, JOURNAL_FILE);
@@ -286,7 +287,7 @@ export class Coordinator {
         const n = handed.records.length;
         const examples = await Promise.all(handed.records.map((id) => store.read(id)));
         // every share is padded to the global batch's longest record (see batchFromRecords)
-        const length = examples.reduce((longest, e, i) => Math.max(longest, decodeRecord(e, store.manifest, store.perTokenFeature, `record ${handed.records[i]}`).tokenIds.length), 1);
+        const length = handed.records.reduce((longest, id) => Math.max(longest, lengths[id]!), 1);
         // the digest of the state before this step: that of the step before it, committed everywhere
         const digest = o.checksumEvery > 0 && (step - 1) % o.checksumEvery === 0 && step > 1;
         const reports = this.expectReports(step, workers);

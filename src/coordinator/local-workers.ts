@@ -47,10 +47,6 @@ export class LocalWorkers {
     });
   }
 
-  get pids(): number[] {
-    return this.children.map((c) => c.pid ?? -1);
-  }
-
   /** SIGTERM, then SIGKILL after `graceMs`; resolves when every child is gone. */
   async stop(graceMs = 5000): Promise<void> {
     this.stopping = true;

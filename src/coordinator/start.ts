@@ -10,6 +10,7 @@ import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { JoinToken, type TlsMaterial } from '../comm/auth.js';
+import { readRunToken, TOKEN_ENV, TOKEN_FILE_ENV, tokenEnvironment, tokenGiven } from '../control/run-token.js';
 import { writeFileAtomically } from '../checkpoint/atomic-write.js';
 import { MANIFEST_FILE, prepare } from '../data/prepare.js';
 import type { Application } from '../model/build.js';
@@ -19,8 +20,6 @@ import { readManifest } from '../data/dataset.js';
 import { Coordinator, CoordinatorError, type CoordinatorSummary } from './coordinator.js';
 import { LocalWorkers } from './local-workers.js';
 
-export const TOKEN_FILE_ENV = 'PRETRAIN_TOKEN_FILE';
-export const TOKEN_ENV = 'PRETRAIN_TOKEN';
 
 const SAMPLE_DIR = fileURLToPath(new URL('../../../data/sample/', import.meta.url));
 
@@ -60,17 +59,18 @@ export interface StartResult extends CoordinatorSummary {
   readonly runId: string;
 }
 
-function newRunId(now = new Date()): string {
+/** `YYYYMMDD-HHMMSS` in local time: run and save folders named by when they began. */
+export function timestamp(now = new Date()): string {
   const two = (n: number) => String(n).padStart(2, '0');
-  return `run-${now.getFullYear()}${two(now.getMonth() + 1)}${two(now.getDate())}-${two(now.getHours())}${two(now.getMinutes())}${two(now.getSeconds())}`;
+  return `${now.getFullYear()}${two(now.getMonth() + 1)}${two(now.getDate())}-${two(now.getHours())}${two(now.getMinutes())}${two(now.getSeconds())}`;
 }
 
 /** The run's join token: from a file or the environment, else a new one kept in the run directory (mode 0600) for workers started elsewhere. */
 async function joinToken(settings: StartSettings, runDir: string): Promise<{ token: JoinToken; file?: string }> {
-  const env = settings.tokenFile ? { ...process.env, [TOKEN_FILE_ENV]: settings.tokenFile } : process.env;
-  if (env[TOKEN_FILE_ENV] || env[TOKEN_ENV]) return { token: JoinToken.fromEnvironment(env, TOKEN_FILE_ENV, TOKEN_ENV), file: env[TOKEN_FILE_ENV] };
+  const env = tokenEnvironment(settings.tokenFile);
+  if (tokenGiven(env)) return { token: readRunToken(env), file: env[TOKEN_FILE_ENV] };
   const file = path.join(runDir, 'join-token');
-  if (existsSync(file)) return { token: JoinToken.fromEnvironment({ [TOKEN_FILE_ENV]: file }, TOKEN_FILE_ENV, TOKEN_ENV), file };
+  if (existsSync(file)) return { token: readRunToken(tokenEnvironment(file, {})), file };
   const token = randomBytes(32).toString('hex');
   await writeFileAtomically(file, async (h) => {
     await h.chmod(0o600);
@@ -101,7 +101,7 @@ async function dataFolder(settings: StartSettings, runDir: string): Promise<stri
 }
 
 export async function startRun(settings: StartSettings, stop?: AbortSignal): Promise<StartResult> {
-  const runDir = settings.resume ?? settings.runDir ?? path.join('runs', newRunId());
+  const runDir = settings.resume ?? settings.runDir ?? path.join('runs', `run-${timestamp()}`);
   const runId = path.basename(path.resolve(runDir)).replace(/[^\w.-]/g, '_').slice(0, 100) || 'run';
   await fs.mkdir(runDir, { recursive: true });
   const dataDir = await dataFolder(settings, runDir);

@@ -111,12 +111,14 @@ export class RecordStore {
   }
 
   /**
-   * Every record's source document, by id, from one sequential pass over the shards (for
-   * the held-out split, which goes by document). Every record is verified and decoded on
-   * the way; only the document index is kept.
+   * Every record's source document and token count, by id, from one sequential pass over
+   * the shards: the held-out split goes by document, and the coordinator pads each global
+   * batch to its longest record without decoding records again at every step. Every record
+   * is verified and decoded on the way.
    */
-  async documents(): Promise<Int32Array> {
-    const out = new Int32Array(this.count);
+  async scan(): Promise<{ documents: Int32Array; lengths: Int32Array }> {
+    const documents = new Int32Array(this.count);
+    const lengths = new Int32Array(this.count);
     for (const shard of this.shards) {
       if (this.closed) throw new Error(`the record store of ${this.dir} is closed`);
       let n = 0;
@@ -124,13 +126,19 @@ export class RecordStore {
         n++;
         if (r.index >= shard.index.count) continue; // counted, for the error below
         const id = shard.first + r.index;
-        const { document } = decodeRecord(r.data, this.manifest, this.perTokenFeature, `${shard.file} record ${r.index} (id ${id})`);
+        const { document, tokenIds } = decodeRecord(r.data, this.manifest, this.perTokenFeature, `${shard.file} record ${r.index} (id ${id})`);
         if (document > INT32_MAX) throw new DatasetError(`${shard.file} record ${r.index} (id ${id}) has document index ${document}, beyond the ${INT32_MAX} this reader supports`);
-        out[id] = document;
+        documents[id] = document;
+        lengths[id] = tokenIds.length;
       }
       if (n !== shard.index.count) throw new DatasetError(`${shard.file} changed while it was read: it had ${shard.index.count} records when the store opened, now ${n}`);
     }
-    return out;
+    return { documents, lengths };
+  }
+
+  /** Every record's source document, by id (see scan). */
+  async documents(): Promise<Int32Array> {
+    return (await this.scan()).documents;
   }
 
   /** Closes the shards' file handles; reads after this throw. */
