@@ -64,8 +64,11 @@ interface StartOptions {
   tlsCert?: string;
   tlsKey?: string;
   joinTimeout: number;
+  rejoinTimeout: number;
   stepTimeout: number;
   heartbeatTimeout: number;
+  failureBackoff: number;
+  maxFailures: number;
   save?: string | false;
   overwrite?: boolean;
   logEvery: number;
@@ -86,7 +89,7 @@ function endMeans(values: readonly number[], window: number): [number, number] {
 const DISTRIBUTED_DEFAULTS = { steps: 200, globalBatch: 16, checkpointEvery: 50, optimizer: { type: 'adafactor' as const, learningRate: 0.01 } };
 
 /** Options of the distributed run that --local refuses, and the --local options the distributed run refuses. */
-const DISTRIBUTED_ONLY = ['config', 'globalBatch', 'microBatch', 'localWorkers', 'workers', 'minWorkers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'checksumEvery', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout'];
+const DISTRIBUTED_ONLY = ['config', 'globalBatch', 'microBatch', 'localWorkers', 'workers', 'minWorkers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'checksumEvery', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'rejoinTimeout', 'stepTimeout', 'heartbeatTimeout', 'failureBackoff', 'maxFailures'];
 const LOCAL_ONLY = ['batchSize', 'seqLength', 'lr', 'microBatches', 'save', 'overwrite'];
 
 const optionName = (key: string) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
@@ -158,9 +161,13 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
       port: Number(listen[2]),
       tokenFile: opts.tokenFile,
       tls: loadTls({ ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey }),
+      tlsFiles: opts.tlsCa && opts.tlsCert && opts.tlsKey ? { ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey } : undefined,
       joinTimeoutMs: opts.joinTimeout * 1000,
+      rejoinTimeoutMs: opts.rejoinTimeout * 1000,
       stepTimeoutMs: opts.stepTimeout * 1000,
       heartbeatTimeoutMs: opts.heartbeatTimeout * 1000,
+      failureBackoffMs: opts.failureBackoff * 1000,
+      maxFailures: opts.maxFailures,
       logEvery: opts.logEvery,
       log: (line) => console.log(line),
     },
@@ -206,9 +213,9 @@ function buildProgram(): Command {
     .option('--micro-batch <n>', 'sequences per micro-batch on a worker (gradients accumulated over its share; 0: the whole share at once)', nonNegativeInt, 0)
     .option('--local-workers <n>', 'worker processes to start on this machine (default: one per core; 0: only workers started elsewhere)', nonNegativeInt)
     .option('--workers <n>', 'workers the run needs before it starts (default: --local-workers)', positiveInt)
-    .option('--min-workers <n>', 'when a worker is lost, the others run its step again while at least n are left; below, the run checkpoints and stops', positiveInt, 1)
-    .option('--run-dir <dir>', 'where the journal, checkpoints and prepared sample data go (default runs/run-<date>-<time>)')
-    .option('--resume <run-dir>', 'continue the run in this directory from its newest complete checkpoint')
+    .option('--min-workers <n>', 'when a worker is lost, the others run its step again while at least n are left; below, the coordinator waits --rejoin-timeout for workers to join, then checkpoints and stops', positiveInt, 1)
+    .option('--run-dir <dir>', 'where the journal, checkpoints and prepared sample data go (default runs/run-<date>-<time>); a folder that holds a run already is continued (so a restarted coordinator goes on)')
+    .option('--resume <run-dir>', 'continue the run in this directory (like --run-dir, but it must hold a run): from live workers that hold its last committed step, else from its newest complete checkpoint')
     .option('--checkpoint-every <n>', 'checkpoint every n steps (and at the end, and on SIGTERM/SIGINT)', positiveInt, DISTRIBUTED_DEFAULTS.checkpointEvery)
     .option('--keep <n>', 'checkpoints to keep', positiveInt, 3)
     .option('--checksum-every <n>', 'compare the replicas\' parameter digests every n steps; a difference stops the run (0: never)', nonNegativeInt, 50)
@@ -218,8 +225,11 @@ function buildProgram(): Command {
     .option('--tls-cert <file>', 'mutual TLS: the coordinator\'s certificate')
     .option('--tls-key <file>', 'mutual TLS: the coordinator\'s key')
     .option('--join-timeout <s>', 'seconds to wait for the workers to join', positiveNumber, 120)
+    .option('--rejoin-timeout <s>', 'below --min-workers: seconds to wait for enough workers to join again before the run checkpoints and stops', positiveNumber, 120)
     .option('--step-timeout <s>', 'seconds a step (and each collective) may take before it is aborted', positiveNumber, 600)
     .option('--heartbeat-timeout <s>', 'seconds without a heartbeat before a worker counts as lost', positiveNumber, 10)
+    .option('--failure-backoff <s>', 'a worker (by --name) lost twice within 30 min waits this long before it is taken in again, doubling per further failure up to 5 min (0: never held back)', nonNegativeNumber, 10)
+    .option('--max-failures <n>', 'worker losses the run survives; one more and it checkpoints and stops (0: no cap)', nonNegativeInt, 20)
     // the single-process run's own options
     .option('--batch-size <n>', '--local: sequences per step', positiveInt, LOCAL_DEFAULTS.batchSize)
     .addOption(new Option('--seq-length <n>', '--local: tokens per sequence of the built-in corpus (truncated/padded); not with --data').argParser(positiveInt).default(LOCAL_DEFAULTS.seqLength).conflicts('data'))

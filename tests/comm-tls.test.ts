@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -9,28 +8,17 @@ import { fromBase64 } from './fixtures/comm-data.js';
 import { startRanks } from './fixtures/comm-launch.js';
 import { bearer, stockClient } from './fixtures/grpc-stock.js';
 import { TOKEN } from './fixtures/comm-inprocess.js';
+import { makePki } from './fixtures/pki.js';
 
 let dir: string;
-
-/** A CA and a certificate it signs for 127.0.0.1, valid as server and client (openssl, made fresh for the test). */
-function makePki(name: string): { ca: string; cert: string; key: string } {
-  const p = (f: string): string => join(dir, `${name}-${f}`);
-  const ssl = (...args: string[]): void => void execFileSync('openssl', args, { stdio: 'pipe' });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  ssl('req', '-x509', ...ec, '-keyout', p('ca.key'), '-out', p('ca.pem'), '-days', '1', '-subj', `/CN=${name} run CA`);
-  ssl('req', ...ec, '-keyout', p('rank.key'), '-out', p('rank.csr'), '-subj', `/CN=${name} rank`);
-  writeFileSync(p('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n');
-  ssl('x509', '-req', '-in', p('rank.csr'), '-CA', p('ca.pem'), '-CAkey', p('ca.key'), '-CAcreateserial', '-out', p('rank.pem'), '-days', '1', '-extfile', p('ext.cnf'));
-  return { ca: p('ca.pem'), cert: p('rank.pem'), key: p('rank.key') };
-}
 
 let run: { ca: string; cert: string; key: string };
 let rogue: { ca: string; cert: string; key: string };
 
 before(() => {
   dir = mkdtempSync(join(tmpdir(), 'comm-tls-'));
-  run = makePki('run');
-  rogue = makePki('rogue');
+  run = makePki(dir, 'run');
+  rogue = makePki(dir, 'rogue');
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 

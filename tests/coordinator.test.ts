@@ -19,6 +19,7 @@ import { presetConfig } from '../src/model/config.js';
 import { trainableWeights } from '../src/model/weights.js';
 import { freePort } from '../bench/common.js';
 import { prepareOptions, runScript, writeSampleSlice } from './helpers.js';
+import { collect, exitOf, waitFor, workerPid } from './fixtures/processes.js';
 
 const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
 const WORKER_CLI = fileURLToPath(new URL('../worker/cli.js', import.meta.url));
@@ -126,16 +127,17 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
     assert.equal(report.epochs[0]!.exactlyOnce, stoppedAt * 6);
   });
 
-  it('below --min-workers the run stops with a clear error and a checkpoint of the last committed step; --resume finishes it and the audit finds every record once', async () => {
+  it('below --min-workers, with none joining within --rejoin-timeout, the run stops with a clear error and a checkpoint of the last committed step; --resume finishes it and the audit finds every record once', async () => {
     const runDir = path.join(dir, 'killed');
-    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 2, ['--data', data.mlm, '--steps', '40', '--checkpoint-every', '100', '--global-batch', '4', '--min-workers', '2'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 2, ['--data', data.mlm, '--steps', '40', '--checkpoint-every', '100', '--global-batch', '4', '--min-workers', '2', '--rejoin-timeout', '2'])], { stdio: ['ignore', 'pipe', 'pipe'] });
     const output = collect(child);
     try {
       await waitFor(() => /step +3\/40/.test(output.text), 60_000, () => output.text);
       process.kill(workerPid(output.text, 1), 'SIGKILL');
       const code = await exitOf(child, 60_000);
       assert.equal(code, 1, output.text);
-      assert.match(output.text, /coordinator: error: step \d+ failed: worker \d+ \(local-1\) .*the last committed step \(\d+\) is checkpointed \(1 worker\(s\) left, --min-workers 2\); continue the run with `coordinator start --resume/);
+      assert.match(output.text, /coordinator: error: step \d+ failed: worker \d+ \(local-1\) .*the last committed step \(\d+\) is checkpointed \(1 worker\(s\) left, --min-workers 2, and too few joined within 2 s\); continue the run with `coordinator start --run-dir/);
+      assert.match(output.text, /fewer than --min-workers 2: waiting up to 2 s for workers to join/);
     } finally {
       child.kill('SIGKILL');
     }
@@ -176,7 +178,7 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
     const resume = (extra: string[]) => runScript(CLI, ['start', '--resume', runDir, '--local-workers', '1', '--backend', 'cpu', '--data', data.mlm, '--global-batch', '6', '--preset', 'L1-H32', ...extra], { timeout: 60_000 });
     const other = await resume(['--steps', '5', '--seed', '7', '--global-batch', '8']);
     assert.equal(other.code, 1, other.stdout);
-    assert.match(other.stderr, /is of a run with other settings: --seed \(the run has 1, now 7\); --global-batch \(the run has 6, now 8\)\. Resume with the run's settings/);
+    assert.match(other.stderr, /holds a run with other settings \(.*journal\.tfrecord\): --seed \(the run has 1, now 7\); --global-batch \(the run has 6, now 8\)\. Resume with the run's settings/);
     const done = await resume(['--steps', '3']);
     assert.equal(done.code, 1, done.stdout);
     assert.match(done.stderr, /has done 3 steps already; ask for more with --steps \(now 3\)/);
@@ -304,37 +306,4 @@ async function initialParamsOf(application: 'encoder' | 'unilm', task: 'mlm' | '
   const params = new Map(trainableWeights(model).map((w) => [w.name, new Float32Array(w.variable.dataSync() as Float32Array)]));
   disposeTransformer(model);
   return params;
-}
-
-/** The pid of local worker `i` (`[worker i] worker N: joined run ... (pid P, ...`). */
-function workerPid(text: string, i: number): number {
-  const pid = Number(new RegExp(`\\[worker ${i}\\] worker \\d+: joined run .*\\(pid (\\d+)`).exec(text)?.[1] ?? NaN);
-  assert.ok(Number.isInteger(pid), text);
-  return pid;
-}
-
-function collect(child: ChildProcess): { text: string } {
-  const output = { text: '' };
-  child.stdout!.on('data', (d: Buffer) => (output.text += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (output.text += d.toString()));
-  return output;
-}
-
-async function waitFor(condition: () => boolean, timeoutMs: number, describe: () => string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out; output so far:\n${describe()}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function exitOf(child: ChildProcess, timeoutMs: number): Promise<number | null> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the process did not exit in time')), timeoutMs);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolve(code);
-    });
-  });
 }

@@ -73,8 +73,16 @@ export class ControlClient {
     await this.unary('Heartbeat', request, 5_000);
   }
 
-  async report(report: StepReport): Promise<void> {
-    await this.unary('Report', report);
+  /** Resolves with the coordinator's reason when it refuses the report as stale (fenced: another generation or step), which is no failure of this worker. */
+  async report(report: StepReport): Promise<string | undefined> {
+    try {
+      await this.unary('Report', report);
+      return undefined;
+    } catch (e) {
+      const err = e as grpc.ServiceError;
+      if (err.code === grpc.status.FAILED_PRECONDITION) return err.details;
+      throw e;
+    }
   }
 
   /** Streams the chunks, honouring back-pressure. */

@@ -42,7 +42,8 @@ export interface ControlHandlers {
   /** The worker's instruction stream is open: it can be given work. */
   onReady(session: WorkerSession): void;
   onGone(session: WorkerSession): void;
-  onReport(report: StepReport, session: WorkerSession): void;
+  /** Returns why the report is refused (another generation or step: fenced), or undefined when taken. */
+  onReport(report: StepReport, session: WorkerSession): string | undefined;
   onStateChunk(chunk: StateChunk, session: WorkerSession): void;
   /** The worker's state upload ended (all chunks sent) or failed. */
   onStateEnd(session: WorkerSession, error: Error | undefined): void;
@@ -146,7 +147,8 @@ export class ControlServer {
     const session = this.session(call.request.workerId);
     if (!session) return callback(refuse(grpc.status.NOT_FOUND, `worker ${call.request.workerId} is not part of the run`));
     session.lastHeartbeat = Date.now();
-    this.options.handlers.onReport(call.request, session);
+    const refused = this.options.handlers.onReport(call.request, session);
+    if (refused !== undefined) return callback(refuse(grpc.status.FAILED_PRECONDITION, refused));
     callback(null, {});
   }
 

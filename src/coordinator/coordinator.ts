@@ -11,9 +11,9 @@
  *    workers apply the step only now. A failed or late step is aborted: nothing was
  *    applied, and its records go back to the ledger.
  *
- * This version keeps the membership it started with: a worker lost mid-run stops the run
- * after checkpointing the last committed step from a live replica (resume with
- * `--resume`); growing and shrinking the ring in place is the next step of this design.
+ * Membership is elastic: a lost worker's step is aborted and run again by the others in a
+ * new generation (down to --min-workers; below it the coordinator waits for workers to come
+ * back), and workers that join come in at a step boundary with a live member's state.
  */
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
@@ -53,10 +53,25 @@ export interface CoordinatorOptions {
   readonly tls?: TlsMaterial | undefined;
   readonly host?: string;
   readonly port?: number;
+  /** How long to wait for the workers to join. */
   readonly joinTimeoutMs: number;
+  /** Below --min-workers: how long to wait for enough workers to join again. */
+  readonly rejoinTimeoutMs: number;
   readonly heartbeatTimeoutMs: number;
+  /**
+   * A worker name that failed twice within FAILURE_MEMORY_MS waits this long before it is
+   * taken in again, doubling with each further failure (up to MAX_BACKOFF_MS): a host that
+   * keeps failing costs the run a restart now and then, not every few steps.
+   */
+  readonly failureBackoffMs: number;
+  /** Worker failures (lost members) the run survives; one more and it checkpoints and stops (0: no cap). */
+  readonly maxFailures: number;
   readonly stepTimeoutMs: number;
-  /** Continue the run in `runDir` from its newest complete checkpoint. */
+  /**
+   * `--resume`: the run directory must hold a run to continue. Without it a run directory
+   * that holds one is continued all the same (a coordinator restarted by Kubernetes runs
+   * the same command again), and one that holds none starts a new run.
+   */
   readonly resume: boolean;
   readonly log: (line: string) => void;
   readonly logEvery: number;
@@ -83,6 +98,20 @@ export interface CoordinatorSummary {
   readonly stoppedEarly: boolean;
 }
 
+/** Failures older than this are forgiven. */
+const FAILURE_MEMORY_MS = 30 * 60_000;
+const MAX_BACKOFF_MS = 5 * 60_000;
+
+/**
+ * When a worker of this name may come in again: a first failure is free (a pod restarting
+ * after a node drain is normal), then the backoff doubles per failure within the memory.
+ */
+export function admissibleAt(failures: readonly number[], now: number, baseMs: number): number {
+  const recent = failures.filter((t) => now - t < FAILURE_MEMORY_MS);
+  if (recent.length < 2 || baseMs <= 0) return 0;
+  return Math.max(...recent) + Math.min(MAX_BACKOFF_MS, baseMs * 2 ** (recent.length - 2));
+}
+
 interface Waiter {
   readonly reports: Map<number, StepReport>;
   resolve(): void;
@@ -104,6 +133,9 @@ export class Coordinator {
   private state: { worker: WorkerSession; assembler: StateAssembler; resolve(s: ReplicaState): void; reject(e: Error): void } | undefined;
   private generation = 0;
   private step = 0;
+  /** When workers of each name were lost: the backoff of a host that keeps failing. */
+  private readonly failures = new Map<string, number[]>();
+  private failureCount = 0;
 
   constructor(private readonly o: CoordinatorOptions) {}
 
@@ -120,10 +152,11 @@ export class Coordinator {
       await fs.mkdir(o.runDir, { recursive: true });
       const journalFile = path.join(o.runDir, JOURNAL_FILE);
       const hasJournal = await fs.stat(journalFile).then(() => true, () => false);
-      if (hasJournal && !o.resume) throw new CoordinatorError(`${o.runDir} already holds a run; continue it with --resume ${o.runDir}, or choose another run directory`);
       if (!hasJournal && o.resume) throw new CoordinatorError(`${o.runDir} holds no run to resume (no ${JOURNAL_FILE})`);
+      const resuming = hasJournal;
+      if (resuming && !o.resume) o.log(`${o.runDir} holds a run (${JOURNAL_FILE}): continuing it`);
       let checkpoint: LoadedRunCheckpoint | undefined;
-      if (o.resume) {
+      if (resuming) {
         const latest = await loadLatestCheckpoint(o.runDir, { onSkip: (s) => o.log(`warning: skipping checkpoint ${s.name}: ${s.reason}`) });
         checkpoint = latest.checkpoint;
         if (!checkpoint) o.log(`no usable checkpoint in ${o.runDir} (${'reason' in latest ? latest.reason : ''}): starting again from step 0`);
@@ -136,9 +169,13 @@ export class Coordinator {
       const ledger = checkpoint
         ? DataLedger.fromState(checkpoint.state.ledger, split.train)
         : new DataLedger({ recordIds: split.train, seed: o.spec.seed, globalBatch: o.globalBatch });
-      if (!hasJournal) await journal.append({ type: 'start', format: JOURNAL_FORMAT, epochSize: split.train.length, globalBatch: o.globalBatch, seed: o.spec.seed });
+      if (!hasJournal) await journal.append({ type: 'start', format: JOURNAL_FORMAT, epochSize: split.train.length, globalBatch: o.globalBatch, seed: o.spec.seed, settings: runSettings(o) });
       this.step = checkpoint?.step ?? 0;
-      if (checkpoint) checkSameRun(checkpoint, o);
+      // the journal's start entry has the settings from the first step on; journals written
+      // before it did are checked against the checkpoint's config
+      const started = opened.replay.entries.find((e) => e.type === 'start');
+      if (started?.settings) checkSameRun(started.settings, journalFile, o);
+      else if (checkpoint) checkSameRun(settingsOfConfig(checkpoint.state.config), checkpoint.dir, o);
       if (lastCommitted >= o.steps) throw new CoordinatorError(`the run in ${o.runDir} has done ${lastCommitted} steps already; ask for more with --steps (now ${o.steps})`);
       const spec: RunSpec = { ...o.spec, runId: o.runId, manifest: store.manifest, perTokenFeature: store.perTokenFeature };
       const config: JsonValue = JSON.parse(JSON.stringify({ spec: { ...spec, manifest: undefined }, globalBatch: o.globalBatch })) as JsonValue;
@@ -158,7 +195,9 @@ export class Coordinator {
                 o.log(`worker ${s.id} (${s.name}) joined, but the run has its ${o.workers} worker(s); it is sent away`);
                 this.send(s, { kind: 'stop', stop: { reason: `the run already has its ${o.workers} worker(s)` } });
               } else {
-                o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined the running run: it comes in at the next step`);
+                const wait = this.admissibleAt(s, Date.now()) - Date.now();
+                const held = wait > 0 ? `; it failed ${this.recentFailures(s)} times lately, so it waits ${Math.ceil(wait / 1000)} s first (--failure-backoff)` : '';
+                o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined the running run: it comes in at a step boundary${held}`);
                 this.joiners.push(s);
               }
               return;
@@ -168,7 +207,7 @@ export class Coordinator {
             this.joinWaiter?.();
           },
           onGone: (s) => this.onGone(s),
-          onReport: (r) => this.onReport(r),
+          onReport: (r, s) => this.onReport(r, s),
           onStateChunk: (chunk: StateChunk, s) => {
             const asked = this.state;
             if (!asked) throw new CoordinatorError('state that was not asked for');
@@ -195,7 +234,7 @@ export class Coordinator {
       let workers = this.ready.filter((w) => !w.gone).slice(0, o.workers);
       for (const extra of this.ready.filter((w) => !w.gone).slice(o.workers)) this.send(extra, { kind: 'stop', stop: { reason: 'the run has its workers' } });
       let restoreFrom: ReplicaState | undefined = checkpoint;
-      if (o.resume) {
+      if (resuming) {
         const fromLive = lastCommitted > this.step && workers.every((w) => w.heldRunId === o.runId && w.heldStep === lastCommitted);
         if (fromLive) {
           for (const commit of laterCommits) ledger.redo(commit);
@@ -265,8 +304,9 @@ export class Coordinator {
       };
 
       for (let step = firstStep; step <= o.steps; step++) {
-        const joining = this.joiners.filter((w) => !w.gone);
-        this.joiners = [];
+        const now = Date.now();
+        const joining = this.joiners.filter((w) => !w.gone && this.admissibleAt(w, now) <= now);
+        this.joiners = this.joiners.filter((w) => !w.gone && !joining.includes(w));
         if (joining.length > 0) {
           // at a step boundary every member holds the last committed step: one's state is everyone's
           const source = workers.find((w) => !w.gone);
@@ -305,8 +345,19 @@ export class Coordinator {
           for (const w of workers) if (!w.gone) this.send(w, { kind: 'abort', abort: { generation: this.generation, step, reason: (e as Error).message } });
           // nothing of the step was applied anywhere: the members still alive hold the state of
           // the last committed step, so the ring re-forms with them and the step runs again
-          const survivors = await this.settle(workers);
-          if (survivors.length >= o.minWorkers && survivors.length < workers.length) {
+          let survivors = await this.settle(workers);
+          const lost = workers.filter((w) => !survivors.includes(w));
+          for (const w of lost) this.recordFailure(w);
+          const capped = o.maxFailures > 0 && this.failureCount > o.maxFailures;
+          let joinersMakeUp = false;
+          if (!capped && survivors.length > 0 && survivors.length < o.minWorkers && lost.length > 0) {
+            o.log(`step ${step} aborted: ${(e as Error).message}; ${survivors.length} worker(s) left, fewer than --min-workers ${o.minWorkers}: waiting up to ${Math.round(o.rejoinTimeoutMs / 1000)} s for workers to join (--rejoin-timeout)`);
+            const waited = await this.waitForMembers(survivors, o.minWorkers);
+            survivors = waited.alive;
+            joinersMakeUp = waited.enough;
+          }
+          // the joiners come in at the top of the loop, with a survivor's state
+          if (!capped && (survivors.length >= o.minWorkers || joinersMakeUp) && survivors.length < workers.length) {
             o.log(`step ${step} aborted: ${(e as Error).message}; going on with ${survivors.length} worker(s) (generation ${this.generation + 1})`);
             workers = survivors;
             assign(workers, undefined, []);
@@ -325,8 +376,12 @@ export class Coordinator {
           }
           const failure = `step ${step} failed: ${(e as Error).message}${saved}`;
           for (const w of workers) if (!w.gone) this.send(w, { kind: 'stop', stop: { reason: `the coordinator stops the run: ${failure}` } });
-          const below = survivors.length < o.minWorkers ? ` (${survivors.length} worker(s) left, --min-workers ${o.minWorkers})` : '';
-          throw new CoordinatorError(`${failure}${below}; continue the run with \`coordinator start --resume ${o.runDir}\``);
+          const below = capped
+            ? ` (${this.failureCount} worker failures, more than --max-failures ${o.maxFailures}: look at the workers' logs and machines before resuming)`
+            : survivors.length < o.minWorkers
+              ? ` (${survivors.length} worker(s) left, --min-workers ${o.minWorkers}${survivors.length > 0 ? `, and too few joined within ${Math.round(o.rejoinTimeoutMs / 1000)} s` : ''})`
+              : '';
+          throw new CoordinatorError(`${failure}${below}; continue the run with \`coordinator start --run-dir ${o.runDir}\` (the same command)`);
         }
         if (digest) {
           const divergence = replicaDivergence(workers, results);
@@ -364,7 +419,7 @@ export class Coordinator {
         if (step % o.checkpointEvery === 0 || step === o.steps || stop) await saveCheckpoint();
         if (stop && step < o.steps) {
           stoppedEarly = true;
-          o.log(`stopping at step ${step} as asked; continue with \`coordinator start --resume ${o.runDir}\``);
+          o.log(`stopping at step ${step} as asked; continue with \`coordinator start --run-dir ${o.runDir}\``);
           break;
         }
       }
@@ -454,15 +509,21 @@ export class Coordinator {
     });
   }
 
-  private onReport(r: StepReport): void {
+  /** A report of another generation or step is late or stray: fenced (refused, never counted). */
+  private onReport(r: StepReport, from: WorkerSession): string | undefined {
     const expected = this.expected;
-    // a report of another generation or step is late or stray: fenced, never counted
-    if (!this.waiter || !expected || r.generation !== this.generation || r.step !== expected.step) return;
+    if (r.workerId !== from.id) return `a report for worker ${r.workerId} from worker ${from.id}`;
+    if (r.generation !== this.generation) return `report of step ${r.step} refused: it is of generation ${r.generation}, the run is at generation ${this.generation}`;
+    if (!this.waiter || !expected || r.step !== expected.step) return `report of step ${r.step} refused: ${this.waiter && expected ? `step ${expected.step} is awaited` : 'no step is awaited (it was aborted)'}`;
     const worker = expected.workers.find((w) => w.id === r.workerId);
-    if (!worker) return;
-    if (!r.ok) return this.waiter.reject(new CoordinatorError(`worker ${worker.id} (${worker.name}) failed step ${r.step}: ${r.error}`));
+    if (!worker) return `report of step ${r.step} refused: worker ${r.workerId} is not a member of generation ${this.generation}`;
+    if (!r.ok) {
+      this.waiter.reject(new CoordinatorError(`worker ${worker.id} (${worker.name}) failed step ${r.step}: ${r.error}`));
+      return undefined;
+    }
     this.waiter.reports.set(r.workerId, r);
     if (this.waiter.reports.size === expected.workers.length) this.waiter.resolve();
+    return undefined;
   }
 
   private onGone(s: WorkerSession): void {
@@ -476,6 +537,44 @@ export class Coordinator {
     this.lost ??= s;
     this.waiter?.reject(new CoordinatorError(`worker ${s.id} (${s.name}) is gone: ${s.gone}`));
     if (this.state?.worker === s) this.state.reject(new CoordinatorError(`worker ${s.id} (${s.name}) is gone: ${s.gone}`));
+  }
+
+  private recordFailure(w: WorkerSession): void {
+    this.failureCount++;
+    this.failures.set(w.name, [...(this.failures.get(w.name) ?? []), Date.now()]);
+  }
+
+  private recentFailures(w: WorkerSession): number {
+    const now = Date.now();
+    return (this.failures.get(w.name) ?? []).filter((t) => now - t < FAILURE_MEMORY_MS).length;
+  }
+
+  private admissibleAt(w: WorkerSession, now: number): number {
+    return admissibleAt(this.failures.get(w.name) ?? [], now, this.o.failureBackoffMs);
+  }
+
+  /**
+   * Below --min-workers: waits until the live survivors and the joiners that may come in
+   * (past their backoff) are at least `needed`, up to --rejoin-timeout or a stop. Returns the
+   * survivors still alive; the joiners come in at the step boundary that follows.
+   */
+  private waitForMembers(survivors: readonly WorkerSession[], needed: number): Promise<{ alive: WorkerSession[]; enough: boolean }> {
+    const deadline = Date.now() + this.o.rejoinTimeoutMs;
+    return new Promise((resolve) => {
+      const check = () => {
+        this.checkHeartbeats();
+        const now = Date.now();
+        const alive = survivors.filter((w) => !w.gone);
+        const admissible = this.joiners.filter((w) => !w.gone && this.admissibleAt(w, now) <= now).length;
+        const enough = alive.length > 0 && alive.length + admissible >= needed;
+        if (enough || alive.length === 0 || now >= deadline || this.o.stop?.aborted) {
+          clearInterval(timer);
+          resolve({ alive, enough });
+        }
+      };
+      const timer = setInterval(check, 200);
+      check();
+    });
   }
 
   /**
@@ -525,25 +624,37 @@ export class Coordinator {
 }
 
 /**
- * A resumed run must be the same run: the model, application, seed, optimizer, global batch
- * and clipping all change the result. Recompute, micro-batches and the number of workers do
- * not, and may change.
+ * The settings that change the result of a run: the model, application, seed, optimizer,
+ * global batch and clipping. Recompute, micro-batches and the number of workers do not, and
+ * may change when a run is resumed.
  */
-function checkSameRun(checkpoint: LoadedRunCheckpoint, o: CoordinatorOptions): void {
-  const saved = checkpoint.state.config as { spec?: Record<string, unknown>; globalBatch?: number } | null;
-  const now: Record<string, [string, unknown]> = {
-    model: ['--preset/--config', o.spec.model],
-    application: ['--application', o.spec.application],
-    seed: ['--seed', o.spec.seed],
-    optimizer: ['--optimizer', o.spec.optimizer],
-    clipNorm: ['--clip-norm', o.spec.clipNorm],
-  };
+export function runSettings(o: Pick<CoordinatorOptions, 'spec' | 'globalBatch'>): Record<string, JsonValue> {
+  return JSON.parse(JSON.stringify({ model: o.spec.model, application: o.spec.application, seed: o.spec.seed, optimizer: o.spec.optimizer, clipNorm: o.spec.clipNorm, globalBatch: o.globalBatch })) as Record<string, JsonValue>;
+}
+
+/** The same settings read from a checkpoint's config (`{spec, globalBatch}`). */
+function settingsOfConfig(config: JsonValue): Record<string, unknown> {
+  const saved = config as { spec?: Record<string, unknown>; globalBatch?: unknown } | null;
+  return { ...saved?.spec, globalBatch: saved?.globalBatch };
+}
+
+const SETTING_FLAGS: Record<string, string> = {
+  model: '--preset/--bert-config',
+  application: '--application',
+  seed: '--seed',
+  optimizer: '--optimizer',
+  clipNorm: '--clip-norm',
+  globalBatch: '--global-batch',
+};
+
+/** A resumed run must be the same run: refused, naming each setting that differs and where the run's value was read. */
+function checkSameRun(saved: Record<string, unknown>, source: string, o: CoordinatorOptions): void {
+  const now = runSettings(o);
   const differ: string[] = [];
-  for (const [key, [flag, value]] of Object.entries(now)) {
-    if (JSON.stringify(saved?.spec?.[key]) !== JSON.stringify(value)) differ.push(`${flag} (the run has ${JSON.stringify(saved?.spec?.[key])}, now ${JSON.stringify(value)})`);
+  for (const [key, flag] of Object.entries(SETTING_FLAGS)) {
+    if (JSON.stringify(saved[key]) !== JSON.stringify(now[key])) differ.push(`${flag} (the run has ${JSON.stringify(saved[key])}, now ${JSON.stringify(now[key])})`);
   }
-  if (saved?.globalBatch !== o.globalBatch) differ.push(`--global-batch (the run has ${saved?.globalBatch}, now ${o.globalBatch})`);
-  if (differ.length > 0) throw new CoordinatorError(`${checkpoint.dir} is of a run with other settings: ${differ.join('; ')}. Resume with the run's settings`);
+  if (differ.length > 0) throw new CoordinatorError(`${o.runDir} holds a run with other settings (${source}): ${differ.join('; ')}. Resume with the run's settings, or start a new run in another directory`);
 }
 
 /** Undefined when every member reported the same parameter digest; else who holds what. */

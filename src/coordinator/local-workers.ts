@@ -15,6 +15,8 @@ export interface LocalWorkersOptions {
   /** The token's environment variable for the children. */
   readonly tokenEnv: Record<string, string>;
   readonly backend: string;
+  /** Mutual TLS: the files the coordinator serves with, which local workers present as theirs (paths, not secrets). */
+  readonly tlsFiles?: { readonly ca: string; readonly cert: string; readonly key: string } | undefined;
   /** Each output line of worker i. */
   readonly onLine: (worker: number, line: string) => void;
   /** A worker exited (code or signal). */
@@ -33,7 +35,8 @@ export class LocalWorkers {
 
   private spawnOne(i: number): void {
     const o = this.options;
-    const child = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', o.coordinator, '--backend', o.backend, '--name', `local-${i}`], {
+    const tls = o.tlsFiles ? ['--tls-ca', o.tlsFiles.ca, '--tls-cert', o.tlsFiles.cert, '--tls-key', o.tlsFiles.key] : [];
+    const child = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', o.coordinator, '--backend', o.backend, '--name', `local-${i}`, ...tls], {
       env: { ...process.env, ...o.tokenEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
       // their own process group: Ctrl-C in a terminal reaches the coordinator alone, which

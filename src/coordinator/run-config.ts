@@ -43,8 +43,11 @@ const runFileSchema = z
     tlsCert: z.string().min(1),
     tlsKey: z.string().min(1),
     joinTimeout: seconds,
+    rejoinTimeout: seconds,
     stepTimeout: seconds,
     heartbeatTimeout: seconds,
+    failureBackoff: z.number().nonnegative(),
+    maxFailures: z.number().int().nonnegative(),
     backend: z.enum(['auto', 'tensorflow', 'wasm', 'cpu']),
     logEvery: count,
   })

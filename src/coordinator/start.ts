@@ -48,9 +48,16 @@ export interface StartSettings {
   port: number;
   tokenFile?: string;
   tls?: TlsMaterial;
+  /** The files `tls` was read from: local workers are given them. */
+  tlsFiles?: { ca: string; cert: string; key: string };
   joinTimeoutMs: number;
+  /** Default: joinTimeoutMs. */
+  rejoinTimeoutMs?: number;
   stepTimeoutMs: number;
   heartbeatTimeoutMs: number;
+  /** See CoordinatorOptions. */
+  failureBackoffMs?: number;
+  maxFailures?: number;
   logEvery: number;
   log: (line: string) => void;
 }
@@ -139,7 +146,10 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     host: settings.host,
     port: settings.port,
     joinTimeoutMs: settings.joinTimeoutMs,
+    rejoinTimeoutMs: settings.rejoinTimeoutMs ?? settings.joinTimeoutMs,
     heartbeatTimeoutMs: settings.heartbeatTimeoutMs,
+    failureBackoffMs: settings.failureBackoffMs ?? 10_000,
+    maxFailures: settings.maxFailures ?? 20,
     stepTimeoutMs: settings.stepTimeoutMs,
     resume: settings.resume !== undefined,
     logEvery: settings.logEvery,
@@ -153,6 +163,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
         // the header is the only way out of a JoinToken; children get the token by environment
         tokenEnv: { [TOKEN_ENV]: token.header().slice('Bearer '.length) },
         backend: settings.backend,
+        tlsFiles: settings.tlsFiles,
         onLine: (i, line) => settings.log(`  [worker ${i}] ${line}`),
         onExit: (i, how) => settings.log(`  [worker ${i}] ${how}`),
       });

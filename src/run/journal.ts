@@ -23,8 +23,12 @@ const count = z.number().int().nonnegative();
 const checkpointName = z.string().regex(/^ckpt-\d{8}$/, 'a checkpoint folder name ckpt-<8 digits>');
 
 const entrySchema = z.discriminatedUnion('type', [
-  /** The first entry of a run: what the audit needs to know about its epochs. */
-  z.object({ type: z.literal('start'), format: z.literal(JOURNAL_FORMAT), epochSize: count.min(1), globalBatch: count.min(1), seed: count }).strict(),
+  /**
+   * The first entry of a run: what the audit needs to know about its epochs, and the
+   * settings that decide the result (`settings`), so that a resume with other settings is
+   * refused even before the first checkpoint exists.
+   */
+  z.object({ type: z.literal('start'), format: z.literal(JOURNAL_FORMAT), epochSize: count.min(1), globalBatch: count.min(1), seed: count, settings: z.record(z.string(), z.json()).optional() }).strict(),
   /** A step committed: its records, as positions of the epoch's permutation. */
   z.object({ type: z.literal('commit'), step: count, epoch: count, positions: z.array(z.tuple([count, count]).readonly()).min(1).readonly() }).strict(),
   /** A checkpoint of the state after `step` is complete under the run directory. */

@@ -236,7 +236,8 @@ export class TrainingWorker {
       report.error = (e as Error).message;
     }
     report.computeSeconds = (performance.now() - started) / 1000;
-    await this.control!.report(report);
+    const fenced = await this.control!.report(report);
+    if (fenced !== undefined) this.options.log(`worker ${this.workerId}: ${fenced}`);
   }
 
   private async uploadState(generation: number, step: number): Promise<void> {
