@@ -1,21 +1,22 @@
 #!/usr/bin/env node
 /**
- * `coordinator`: `start` (a run with its workers: src/coordinator/start.ts), `start --local`
- * (one process: src/train/local-run.ts) and `audit` (src/run/audit.ts).
+ * `coordinator`: `start` (a run with its workers: src/coordinator/start.ts), `audit`
+ * (src/run/audit.ts) and `export` (a checkpoint as a tfjs LayersModel: src/run/export.ts).
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { BertConfig } from '../src/model/config.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
 import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, runProgram, UserError } from '../src/cli/common.js';
 import { type Application, APPLICATIONS } from '../src/model/build.js';
-import { LOCAL_DEFAULTS, LocalRunError, runLocal, SaveFailedError } from '../src/train/local-run.js';
+import { ExportError, exportCheckpoint, OPTIMIZER_STATE_FILE } from '../src/run/export.js';
+import { selectBackend } from '../src/backend/index.js';
 import { AuditError, auditRun, formatAudit } from '../src/run/audit.js';
 import { JournalError } from '../src/run/journal.js';
 import { TrainingError } from '../src/train/step.js';
 import { readFile } from 'node:fs/promises';
 import { AuthConfigError, loadTls } from '../src/comm/auth.js';
 import { CoordinatorError } from '../src/coordinator/coordinator.js';
-import { startRun, timestamp } from '../src/coordinator/start.js';
+import { startRun } from '../src/coordinator/start.js';
 import { readRunFile, RUN_FILE_EXAMPLE, RunConfigError } from '../src/coordinator/run-config.js';
 import type { OptimizerConfig } from '../src/optim/config.js';
 import { ConfigError, parseBertConfig } from '../src/model/config.js';
@@ -31,7 +32,6 @@ function preset(value: string): string {
 }
 
 interface StartOptions {
-  local?: boolean;
   backend: BackendChoice;
   preset?: string;
   bertConfig?: string;
@@ -39,14 +39,10 @@ interface StartOptions {
   config?: string;
   application: Application;
   steps?: number;
-  batchSize: number;
-  seqLength: number;
-  lr: number;
   optimizer?: string;
   data?: string;
   clipNorm: number;
   recompute?: boolean;
-  microBatches: number;
   seed: number;
   globalBatch: number;
   microBatch: number;
@@ -69,14 +65,7 @@ interface StartOptions {
   heartbeatTimeout: number;
   failureBackoff: number;
   maxFailures: number;
-  save?: string | false;
-  overwrite?: boolean;
   logEvery: number;
-}
-
-/** A new folder per run, so that a run never replaces an earlier run's model unasked. */
-function defaultSaveDir(): string {
-  return `runs/local/${timestamp()}`;
 }
 
 /** Mean of the first and of the last `window` values. */
@@ -86,20 +75,21 @@ function endMeans(values: readonly number[], window: number): [number, number] {
   return [mean(values.slice(0, n)), mean(values.slice(-n))];
 }
 
-const DISTRIBUTED_DEFAULTS = { steps: 200, globalBatch: 16, checkpointEvery: 50, optimizer: { type: 'adafactor' as const, learningRate: 0.01 } };
+const DEFAULTS = {
+  backend: 'auto' as BackendChoice,
+  preset: 'L2-H128',
+  application: 'encoder' as Application,
+  steps: 200,
+  globalBatch: 16,
+  checkpointEvery: 50,
+  clipNorm: 1,
+  seed: 1,
+  logEvery: 20,
+  optimizer: { type: 'adafactor' as const, learningRate: 0.01 },
+};
 
-/** Options of the distributed run that --local refuses, and the --local options the distributed run refuses. */
-const DISTRIBUTED_ONLY = ['config', 'globalBatch', 'microBatch', 'localWorkers', 'workers', 'minWorkers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'checksumEvery', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'rejoinTimeout', 'stepTimeout', 'heartbeatTimeout', 'failureBackoff', 'maxFailures'];
-const LOCAL_ONLY = ['batchSize', 'seqLength', 'lr', 'microBatches', 'save', 'overwrite'];
-
-const optionName = (key: string) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-
-async function startDistributed(opts: StartOptions, command: Command): Promise<void> {
-  for (const name of LOCAL_ONLY) {
-    if (command.getOptionValueSource(name) === 'cli') throw new LocalRunError(`${optionName(name)} applies to --local runs; the distributed run takes --global-batch, --micro-batch and checkpoints under --run-dir`);
-  }
-  if (opts.save === false) throw new LocalRunError('--no-save applies to --local runs; the distributed run always checkpoints under --run-dir');
-  if (opts.resume && opts.runDir) throw new LocalRunError('--resume names the run directory already; drop --run-dir');
+async function start(opts: StartOptions, command: Command): Promise<void> {
+  if (opts.resume && opts.runDir) throw new UserError('--resume names the run directory already; drop --run-dir');
   // the run file fills what the command line left at its default; the command line wins
   let fileOptimizer: OptimizerConfig | undefined;
   if (opts.config) {
@@ -112,18 +102,18 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
     if (command.getOptionValueSource('optimizer') !== 'cli') fileOptimizer = fromFile;
   }
   const listen = /^(.+):(\d{1,5})$/.exec(opts.listen);
-  if (!listen) throw new LocalRunError(`--listen ${opts.listen} is not host:port`);
-  let model: string | BertConfig = opts.preset ?? LOCAL_DEFAULTS.preset;
+  if (!listen) throw new UserError(`--listen ${opts.listen} is not host:port`);
+  let model: string | BertConfig = opts.preset ?? DEFAULTS.preset;
   if (opts.bertConfig) {
     let raw: unknown;
     try {
       raw = JSON.parse(await readFile(opts.bertConfig, 'utf8'));
     } catch (e) {
-      throw new LocalRunError(`cannot read the model config ${opts.bertConfig}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new UserError(`cannot read the model config ${opts.bertConfig}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
     model = parseBertConfig(raw, opts.bertConfig);
   }
-  const optimizer = opts.optimizer ? await readOptimizerConfig(opts.optimizer) : (fileOptimizer ?? DISTRIBUTED_DEFAULTS.optimizer);
+  const optimizer = opts.optimizer ? await readOptimizerConfig(opts.optimizer) : (fileOptimizer ?? DEFAULTS.optimizer);
   const stop = new AbortController();
   const onSignal = (signal: string) => {
     if (stop.signal.aborted) {
@@ -144,7 +134,7 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
       model,
       application: opts.application,
       optimizer,
-      steps: opts.steps ?? DISTRIBUTED_DEFAULTS.steps,
+      steps: opts.steps ?? DEFAULTS.steps,
       globalBatch: opts.globalBatch,
       microBatch: opts.microBatch,
       seed: opts.seed,
@@ -178,45 +168,44 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
   console.log(
     `done: steps ${result.firstStep}-${result.lastStep} in ${((performance.now() - started) / 1000).toFixed(1)} s, ` +
       `train loss ${first.toFixed(4)} -> ${last.toFixed(4)} (means of the first and the last ${window} steps), ${Math.round(result.tokensPerSecond)} tokens/s; ` +
-      `replicas identical in ${result.replicaChecks} check(s); run directory ${result.runDir} (journal, ${result.checkpoints.length} checkpoint(s)${result.stoppedEarly ? '; stopped early: continue with --resume' : ''})`,
+      `replicas identical in ${result.replicaChecks} check(s); run directory ${result.runDir} (journal, ${result.checkpoints.length} checkpoint(s)${result.stoppedEarly ? '; stopped early: continue with --run-dir' : ''})`,
   );
 }
 
 function buildProgram(): Command {
   const program = createProgram('coordinator', 'Coordinator of a multi-worker BERT/UniLM pretraining run (tfjs): it owns the data, hands each step\'s records to the workers, commits steps and writes checkpoints.');
 
-  const start = program
+  const startCommand = program
     .command('start')
     .description(
       'Start a training run: prepare the sample corpus if no --data, start one local worker per core (--local-workers), ' +
         'train synchronously (workers all-reduce their gradients), checkpoint under runs/<run-id>/. ' +
-        'With --local: train in this process on the built-in corpus (a stand-in of Tang poems) instead.',
+        'A run directory that holds a run already is continued.',
     )
-    .option('--local', 'a single-process training run on the built-in corpus (no coordinator, no workers)')
-    .addOption(new Option('--backend <name>', 'tfjs backend (of the local workers): auto takes native tensorflow if installed, else wasm, else cpu').choices(BACKEND_CHOICES).default(LOCAL_DEFAULTS.backend))
+    .addOption(new Option('--backend <name>', 'tfjs backend (of the local workers): auto takes native tensorflow if installed, else wasm, else cpu').choices(BACKEND_CHOICES).default(DEFAULTS.backend))
     .option('--config <run.yaml>', 'the run file: YAML or JSON whose keys are these options in camelCase (example below); options given here win')
-    .addOption(new Option('--preset <L..-H..>', `model size preset: layers and hidden size (default ${LOCAL_DEFAULTS.preset})`).argParser(preset).conflicts('bertConfig'))
+    .addOption(new Option('--preset <L..-H..>', `model size preset: layers and hidden size (default ${DEFAULTS.preset})`).argParser(preset).conflicts('bertConfig'))
     .option('--bert-config <bert_config.json>', 'model from a Google bert_config.json (instead of --preset)')
-    .addOption(new Option('--application <name>', 'encoder: BERT MLM; unilm: seq2seq; lm: left-to-right').choices(APPLICATIONS).default(LOCAL_DEFAULTS.application))
-    .option('--steps <n>', `training steps (default ${DISTRIBUTED_DEFAULTS.steps}; --local: ${LOCAL_DEFAULTS.steps})`, positiveInt)
+    .addOption(new Option('--application <name>', 'encoder: BERT MLM; unilm: seq2seq; lm: left-to-right').choices(APPLICATIONS).default(DEFAULTS.application))
+    .option('--steps <n>', `training steps (default ${DEFAULTS.steps})`, positiveInt)
     .option('--data <dir>', 'train on shards made by `pretrain prepare` (mlm: --application encoder; seq2seq: unilm) instead of the sample corpus')
     .option(
       '--optimizer <json|file>',
-      'optimizer as inline JSON or a JSON/YAML file, e.g. \'{"type":"adafactor","wrappers":[{"type":"piecewiseLinear","schedule":{"20":1}}]}\' (types: adafactor, adam, adamw, lamb, sgd; default adafactor at learning rate 0.01; --local: adam)',
+      'optimizer as inline JSON or a JSON/YAML file, e.g. \'{"type":"adafactor","wrappers":[{"type":"piecewiseLinear","schedule":{"20":1}}]}\' (types: adafactor, adam, adamw, lamb, sgd; default adafactor at learning rate 0.01)',
     )
-    .option('--clip-norm <x>', 'clip gradients to this global norm (0: off)', nonNegativeNumber, LOCAL_DEFAULTS.clipNorm)
-    .option('--recompute', 'recompute each Transformer block in backprop instead of keeping its activations (default on, --local off)')
+    .option('--clip-norm <x>', 'clip gradients to this global norm (0: off)', nonNegativeNumber, DEFAULTS.clipNorm)
+    .option('--recompute', 'recompute each Transformer block in backprop instead of keeping its activations (default on)')
     .option('--no-recompute', 'keep every activation')
-    .option('--seed <n>', 'seed of initial weights, data order, masking and dropout', nonNegativeInt, LOCAL_DEFAULTS.seed)
-    .option('--log-every <n>', 'print a progress line every n steps', positiveInt, LOCAL_DEFAULTS.logEvery)
-    .option('--global-batch <n>', 'sequences per step, split across the workers', positiveInt, DISTRIBUTED_DEFAULTS.globalBatch)
+    .option('--seed <n>', 'seed of initial weights, data order, masking and dropout', nonNegativeInt, DEFAULTS.seed)
+    .option('--log-every <n>', 'print a progress line every n steps', positiveInt, DEFAULTS.logEvery)
+    .option('--global-batch <n>', 'sequences per step, split across the workers', positiveInt, DEFAULTS.globalBatch)
     .option('--micro-batch <n>', 'sequences per micro-batch on a worker (gradients accumulated over its share; 0: the whole share at once)', nonNegativeInt, 0)
     .option('--local-workers <n>', 'worker processes to start on this machine (default: one per core; 0: only workers started elsewhere)', nonNegativeInt)
     .option('--workers <n>', 'workers the run needs before it starts (default: --local-workers)', positiveInt)
     .option('--min-workers <n>', 'when a worker is lost, the others run its step again while at least n are left; below, the coordinator waits --rejoin-timeout for workers to join, then checkpoints and stops', positiveInt, 1)
     .option('--run-dir <dir>', 'where the journal, checkpoints and prepared sample data go (default runs/run-<date>-<time>); a folder that holds a run already is continued (so a restarted coordinator goes on)')
     .option('--resume <run-dir>', 'continue the run in this directory (like --run-dir, but it must hold a run): from live workers that hold its last committed step, else from its newest complete checkpoint')
-    .option('--checkpoint-every <n>', 'checkpoint every n steps (and at the end, and on SIGTERM/SIGINT)', positiveInt, DISTRIBUTED_DEFAULTS.checkpointEvery)
+    .option('--checkpoint-every <n>', 'checkpoint every n steps (and at the end, and on SIGTERM/SIGINT)', positiveInt, DEFAULTS.checkpointEvery)
     .option('--keep <n>', 'checkpoints to keep', positiveInt, 3)
     .option('--checksum-every <n>', 'compare the replicas\' parameter digests every n steps; a difference stops the run (0: never)', nonNegativeInt, 50)
     .option('--listen <host:port>', 'control address for the workers (127.0.0.1 unless told otherwise; port 0: any free port)', '127.0.0.1:0')
@@ -230,59 +219,19 @@ function buildProgram(): Command {
     .option('--heartbeat-timeout <s>', 'seconds without a heartbeat before a worker counts as lost', positiveNumber, 10)
     .option('--failure-backoff <s>', 'a worker (by --name) lost twice within 30 min waits this long before it is taken in again, doubling per further failure up to 5 min (0: never held back)', nonNegativeNumber, 10)
     .option('--max-failures <n>', 'worker losses the run survives; one more and it checkpoints and stops (0: no cap)', nonNegativeInt, 20)
-    // the single-process run's own options
-    .option('--batch-size <n>', '--local: sequences per step', positiveInt, LOCAL_DEFAULTS.batchSize)
-    .addOption(new Option('--seq-length <n>', '--local: tokens per sequence of the built-in corpus (truncated/padded); not with --data').argParser(positiveInt).default(LOCAL_DEFAULTS.seqLength).conflicts('data'))
-    .addOption(new Option('--lr <x>', '--local: learning rate of the default optimizer (Adam)').argParser(positiveNumber).default(LOCAL_DEFAULTS.learningRate).conflicts('optimizer'))
-    .option('--micro-batches <n>', '--local: split each batch into n micro-batches (at most the batch size) and accumulate their gradients', positiveInt, LOCAL_DEFAULTS.microBatches)
-    .option('--save <dir>', '--local: save the trained model (tfjs LayersModel) and the optimizer state to this folder (default: a new folder runs/local/<date>-<time>); checked before training')
-    .option('--overwrite', '--local: replace a model already saved in the --save folder')
-    .option('--no-save', '--local: do not save the model')
     .addHelpText(
       'after',
       '\nExamples:\n' +
         '  $ coordinator start                                          # sample corpus, one worker per core, L2-H128 MLM, AdaFactor + recompute\n' +
         '  $ coordinator start --data runs/mlm --preset L4-H256 --global-batch 32 --steps 1000\n' +
-        '  $ coordinator start --resume runs/run-20261201-120000        # continue from the newest checkpoint\n' +
+        '  $ coordinator start --run-dir runs/run-20261201-120000       # continue that run (--resume: it must hold one)\n' +
         '  $ coordinator start --local-workers 0 --workers 4 --listen 0.0.0.0:7070 --token-file token   # workers from other machines\n' +
-        '  $ coordinator start --local                                  # 120 steps of L2-H128 MLM in this process (~15 s)\n' +
-        '  $ coordinator start --local --application unilm --steps 100\n' +
+        '  $ coordinator start --local-workers 1 --application unilm --steps 100   # seq2seq on one worker\n' +
+        '  $ coordinator export runs/run-20261201-120000 --out runs/model   # the newest checkpoint as a tfjs LayersModel\n' +
         '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out runs/mlm --max-length 128\n' +
         `\nA run file (--config run.yaml):\n${RUN_FILE_EXAMPLE.replace(/^/gm, '  ')}`,
     )
-    .action(async (opts: StartOptions) => {
-      if (!opts.local) return startDistributed(opts, start);
-      for (const name of DISTRIBUTED_ONLY) {
-        if (start.getOptionValueSource(name) === 'cli') throw new LocalRunError(`${optionName(name)} applies to the distributed run, not to --local`);
-      }
-      const started = performance.now();
-      const summary = await runLocal({
-        backend: opts.backend,
-        preset: opts.preset,
-        bertConfigPath: opts.bertConfig,
-        application: opts.application,
-        steps: opts.steps ?? LOCAL_DEFAULTS.steps,
-        batchSize: opts.batchSize,
-        seqLength: opts.seqLength,
-        learningRate: opts.lr,
-        optimizer: opts.optimizer,
-        dataDir: opts.data,
-        clipNorm: opts.clipNorm,
-        recompute: start.getOptionValueSource('recompute') === 'cli' ? opts.recompute : LOCAL_DEFAULTS.recompute,
-        microBatches: opts.microBatches,
-        seed: opts.seed,
-        saveDir: opts.save === false ? undefined : (opts.save ?? defaultSaveDir()),
-        overwrite: opts.overwrite,
-        logEvery: opts.logEvery,
-      });
-      const window = Math.min(opts.logEvery, summary.steps);
-      const [first, last] = endMeans(summary.losses, window);
-      console.log(
-        `done: ${summary.steps} steps in ${((performance.now() - started) / 1000).toFixed(1)} s, ` +
-          `train loss ${first.toFixed(4)} -> ${last.toFixed(4)} (means of the first and the last ${window} steps), ` +
-          `${Math.round(summary.tokensPerSecond)} tokens/s on ${summary.backend}`,
-      );
-    });
+    .action(async (opts: StartOptions) => start(opts, startCommand));
   program
     .command('audit')
     .description('Report, per epoch of a run, the records consumed exactly once, missing and repeated, from its journal (exit 1 if any is missing or repeated)')
@@ -296,13 +245,24 @@ function buildProgram(): Command {
       console.log(opts.json ? JSON.stringify(audit, null, 2) : formatAudit(audit));
       if (!audit.ok) throw new AuditError(`the audit of ${runDir} found records missing or repeated, or a journal at odds with its checkpoint (see above)`);
     });
+  program
+    .command('export')
+    .description(`Write a checkpoint of a run as a tfjs LayersModel (model.json + weights.bin, for tf.loadLayersModel) with the optimizer state beside it (${OPTIMIZER_STATE_FILE})`)
+    .argument('<run-dir>', 'the run directory (runs/<id>)')
+    .requiredOption('--out <dir>', 'the folder to write the model to (made if missing)')
+    .option('--step <n>', 'the checkpoint of this step (default: the newest complete one)', positiveInt)
+    .option('--overwrite', 'replace a model already in the --out folder')
+    .action(async (runDir: string, opts: { out: string; step?: number; overwrite?: boolean }) => {
+      await selectBackend('cpu');
+      const result = await exportCheckpoint({ runDir, out: opts.out, step: opts.step, overwrite: opts.overwrite });
+      console.log(`exported step ${result.step} (${result.checkpoint}, ${result.weights} weights) to ${result.out}: model.json + weights.bin, ${OPTIMIZER_STATE_FILE}`);
+    });
   return program;
 }
 
 process.exitCode = await runProgram(buildProgram(), process.argv, [
-  [LocalRunError, EXIT_USAGE],
   [TrainingError, EXIT_FAILURE],
-  [SaveFailedError, EXIT_FAILURE],
+  [ExportError, EXIT_FAILURE],
   [JournalError, EXIT_FAILURE],
   [AuditError, EXIT_FAILURE],
   [CoordinatorError, EXIT_FAILURE],

@@ -16,8 +16,7 @@ import { JoinToken } from '../src/comm/auth.js';
 import { admissibleAt } from '../src/coordinator/coordinator.js';
 import { ControlClient, ControlError } from '../src/control/client.js';
 import type { Instruction } from '../src/control/messages.js';
-import { prepare } from '../src/data/prepare.js';
-import { prepareOptions, runScript, writeSampleSlice } from './helpers.js';
+import { prepareRunData, runScript } from './helpers.js';
 import { collect, exitOf, killQuietly, waitFor, workerPid } from './fixtures/processes.js';
 import { makePki, type Pki } from './fixtures/pki.js';
 
@@ -29,9 +28,7 @@ let data: string;
 
 before(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'coordinator-faults-'));
-  const corpus = await writeSampleSlice(dir, 30);
-  data = path.join(dir, 'data');
-  await prepare(prepareOptions(corpus, data, { task: 'mlm', maxLength: 32, recordsPerShard: 100 }));
+  data = (await prepareRunData(dir)).mlm;
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });

@@ -13,12 +13,11 @@ import { replicaDivergence } from '../src/coordinator/coordinator.js';
 import { ControlClient } from '../src/control/client.js';
 import { selectBackend } from '../src/backend/index.js';
 import { readManifest } from '../src/data/dataset.js';
-import { prepare } from '../src/data/prepare.js';
 import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { presetConfig } from '../src/model/config.js';
 import { trainableWeights } from '../src/model/weights.js';
 import { freePort } from '../bench/common.js';
-import { prepareOptions, runScript, writeSampleSlice } from './helpers.js';
+import { prepareRunData, runScript } from './helpers.js';
 import { collect, exitOf, waitFor, workerPid } from './fixtures/processes.js';
 
 const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
@@ -29,11 +28,7 @@ const data = { mlm: '', seq2seq: '' };
 
 before(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'coordinator-'));
-  const corpus = await writeSampleSlice(dir, 30);
-  for (const task of ['mlm', 'seq2seq'] as const) {
-    data[task] = path.join(dir, `data-${task}`);
-    await prepare(prepareOptions(corpus, data[task], { task, maxLength: 32, recordsPerShard: 100 }));
-  }
+  Object.assign(data, await prepareRunData(dir));
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { PrepareOptions } from '../src/data/prepare.js';
+import { prepare, type PrepareOptions } from '../src/data/prepare.js';
 import type { BertConfig } from '../src/model/config.js';
 import type { Batch } from '../src/batch.js';
 
@@ -89,4 +89,12 @@ export async function writeSampleSlice(dir: string, documents: number): Promise<
 /** prepare() options for mlm on one corpus file with the sample vocab, single-threaded; `extra` overrides. */
 export function prepareOptions(corpus: string, out: string, extra: Partial<PrepareOptions> = {}): PrepareOptions {
   return { corpus: [corpus], vocab: SAMPLE_VOCAB, out, task: 'mlm', maxLength: 64, seed: 1, recordsPerShard: 10_000, documents: 'blank-line', lowerCase: true, force: false, workers: 1, ...extra };
+}
+
+/** MLM and seq2seq shards of the first 30 sample documents (max length 32) under `dir`: small, quick runs of real data. */
+export async function prepareRunData(dir: string): Promise<{ mlm: string; seq2seq: string }> {
+  const corpus = await writeSampleSlice(dir, 30);
+  const data = { mlm: path.join(dir, 'data-mlm'), seq2seq: path.join(dir, 'data-seq2seq') };
+  for (const task of ['mlm', 'seq2seq'] as const) await prepare(prepareOptions(corpus, data[task], { task, maxLength: 32, recordsPerShard: 100 }));
+  return data;
 }

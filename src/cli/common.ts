@@ -92,7 +92,9 @@ function fileSystemMessage(err: NodeJS.ErrnoException): string | undefined {
 export async function runProgram(program: Command, argv: string[], userErrors: [new (...args: never[]) => Error, number][] = []): Promise<number> {
   const debug = argv.includes('--debug');
   const report = (message: string, err: unknown): void => {
-    process.stderr.write(`${program.name()}: error: ${message}\n`);
+    // one line, so that logs and scripts see one error: an indented list ("x:\n  a\n  b") becomes "x: a; b"
+    const line = message.trim().replace(/:?\n\s*/g, (m) => (m.startsWith(':') ? ': ' : '; '));
+    process.stderr.write(`${program.name()}: error: ${line}\n`);
     if (debug && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   };
   try {

@@ -108,13 +108,16 @@ export async function loadDataset(dir: string): Promise<PreparedDataset> {
   return { dir, manifest, records };
 }
 
-/** Which application a dataset's task trains. */
+/** That the application trains the dataset's task, and that the data pads with id 0 as the model expects. */
 export function checkApplication(manifest: Manifest, application: Application, dir: string): void {
   const ok = manifest.task === 'seq2seq' ? application === 'unilm' : application === 'encoder' || (application === 'lm' && manifest.masking?.mode === 'dynamic');
   if (!ok) {
     const want = manifest.task === 'seq2seq' ? 'unilm' : 'encoder (or lm with dynamic masking)';
     throw new DatasetError(`the data in ${dir} is for the ${manifest.task} task; use --application ${want}`);
   }
+  // the model's attention mask reads token id 0 as padding (Input-Token's contract)
+  const pad = manifest.vocab.specials.pad;
+  if (pad !== 0) throw new DatasetError(`the data in ${dir} pads with token id ${pad}, but the model reads id 0 as padding: put [PAD] on the first line of vocab.txt and run \`pretrain prepare\` again`);
 }
 
 /** The batch of records `indices` of a loaded dataset: batchFromRecords with the record's index as its id. */
@@ -207,18 +210,3 @@ export function describeSplit(split: DatasetSplit): string {
   return `${split.train.length} training / ${split.heldOut.length} held-out records (${docs(split.heldOutDocuments)} of ${split.documents} held out)`;
 }
 
-/** Endless batches over `train`, reshuffled every epoch from the seed. */
-export function* datasetBatches(data: PreparedDataset, train: readonly number[], application: Application, batchSize: number, seed: number): Generator<Batch> {
-  if (train.length === 0) throw new DatasetError(`${data.dir} has no training records`);
-  for (let epoch = 0; ; epoch++) {
-    const order = [...train];
-    const random = seededRandom(seed, 0x5eed, epoch);
-    for (let i = order.length - 1; i > 0; i--) {
-      const j = Math.floor(random() * (i + 1));
-      [order[i], order[j]] = [order[j]!, order[i]!];
-    }
-    for (let i = 0; i + batchSize <= order.length || (i === 0 && order.length < batchSize); i += batchSize) {
-      yield batchOf(data, order.slice(i, i + batchSize), application, seed, epoch);
-    }
-  }
-}
