@@ -24,6 +24,7 @@ import { DatasetError } from '../src/data/dataset.js';
 import { TFRecordError } from '../src/data/tfrecord.js';
 import { CheckpointError } from '../src/checkpoint/run-checkpoint.js';
 import { LedgerError } from '../src/run/ledger.js';
+import { MetricsError, metricsPort } from '../src/metrics/metrics.js';
 
 function preset(value: string): string {
   if (!/^L\d+-H\d+$/.test(value)) throw new InvalidArgumentError('expected the form L<layers>-H<hidden>, e.g. L2-H128.');
@@ -69,6 +70,8 @@ interface StartOptions {
   save?: string | false;
   overwrite?: boolean;
   logEvery: number;
+  metricsPort?: number;
+  metricsHost: string;
 }
 
 /** A new folder per run, so that a run never replaces an earlier run's model unasked. */
@@ -86,7 +89,7 @@ function endMeans(values: readonly number[], window: number): [number, number] {
 const DISTRIBUTED_DEFAULTS = { steps: 200, globalBatch: 16, checkpointEvery: 50, optimizer: { type: 'adafactor' as const, learningRate: 0.01 } };
 
 /** Options of the distributed run that --local refuses, and the --local options the distributed run refuses. */
-const DISTRIBUTED_ONLY = ['config', 'globalBatch', 'microBatch', 'localWorkers', 'workers', 'minWorkers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'checksumEvery', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout'];
+const DISTRIBUTED_ONLY = ['config', 'globalBatch', 'microBatch', 'localWorkers', 'workers', 'minWorkers', 'runDir', 'resume', 'checkpointEvery', 'keep', 'checksumEvery', 'listen', 'tokenFile', 'tlsCa', 'tlsCert', 'tlsKey', 'joinTimeout', 'stepTimeout', 'heartbeatTimeout', 'metricsPort', 'metricsHost'];
 const LOCAL_ONLY = ['batchSize', 'seqLength', 'lr', 'microBatches', 'save', 'overwrite'];
 
 const optionName = (key: string) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
@@ -162,6 +165,8 @@ async function startDistributed(opts: StartOptions, command: Command): Promise<v
       stepTimeoutMs: opts.stepTimeout * 1000,
       heartbeatTimeoutMs: opts.heartbeatTimeout * 1000,
       logEvery: opts.logEvery,
+      metricsPort: opts.metricsPort,
+      metricsHost: opts.metricsHost,
       log: (line) => console.log(line),
     },
     stop.signal,
@@ -220,6 +225,13 @@ function buildProgram(): Command {
     .option('--join-timeout <s>', 'seconds to wait for the workers to join', positiveNumber, 120)
     .option('--step-timeout <s>', 'seconds a step (and each collective) may take before it is aborted', positiveNumber, 600)
     .option('--heartbeat-timeout <s>', 'seconds without a heartbeat before a worker counts as lost', positiveNumber, 10)
+    .option(
+      '--metrics-port <n>',
+      'serve Prometheus metrics at http://<metrics-host>:<n>/metrics (0: any free port; the address is printed on stderr); the local workers then serve theirs on free ports, ' +
+        'and <run-dir>/metrics-targets.json lists them all for Prometheus file_sd (default: no metrics)',
+      metricsPort,
+    )
+    .option('--metrics-host <address>', 'address the metrics (the coordinator\'s and the local workers\') listen on', '127.0.0.1')
     // the single-process run's own options
     .option('--batch-size <n>', '--local: sequences per step', positiveInt, LOCAL_DEFAULTS.batchSize)
     .addOption(new Option('--seq-length <n>', '--local: tokens per sequence of the built-in corpus (truncated/padded); not with --data').argParser(positiveInt).default(LOCAL_DEFAULTS.seqLength).conflicts('data'))
@@ -304,6 +316,7 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [TFRecordError, EXIT_FAILURE],
   [CheckpointError, EXIT_FAILURE],
   [LedgerError, EXIT_FAILURE],
+  [MetricsError, EXIT_FAILURE],
 ]);
 // the control server's and the workers' handles are closed; a finished run has nothing left to wait for
 process.exit();
