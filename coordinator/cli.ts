@@ -247,6 +247,7 @@ function buildProgram(): Command {
         '  $ coordinator start --data runs/mlm --preset L4-H256 --global-batch 32 --steps 1000\n' +
         '  $ coordinator start --resume runs/run-20261201-120000        # continue from the newest checkpoint\n' +
         '  $ coordinator start --local-workers 0 --workers 4 --listen 0.0.0.0:7070 --token-file token   # workers from other machines\n' +
+        '  $ coordinator start --metrics-port 9400                      # Prometheus metrics; all targets in <run-dir>/metrics-targets.json\n' +
         '  $ coordinator start --local                                  # 120 steps of L2-H128 MLM in this process (~15 s)\n' +
         '  $ coordinator start --local --application unilm --steps 100\n' +
         '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out runs/mlm --max-length 128\n' +

@@ -128,6 +128,8 @@ describe('metrics scraped by a real Prometheus', () => {
       assert.equal((await query('pretrain_allreduce_duration_seconds_count > 0')).length, 2);
       assert.equal((await query('pretrain_device_to_host_copy_duration_seconds_count > 0')).length, 2);
       assert.equal((await query('pretrain_build_info{role="worker",backend="cpu"}')).length, 2);
+      // the README's all-reduce share of the step, per rank
+      await waitFor(async () => (await query('sum by (rank) (rate(pretrain_allreduce_duration_seconds_sum[1m])) / scalar(rate(pretrain_step_duration_seconds_sum[1m])) > 0')).length === 2, 30_000, diagnose);
 
       // a worker SIGKILLed: the run goes on with 1 (--min-workers 1), and Prometheus sees it
       process.kill(workerPids[1]!, 'SIGKILL');
