@@ -25,6 +25,7 @@ import { DatasetError } from '../src/data/dataset.js';
 import { TFRecordError } from '../src/data/tfrecord.js';
 import { CheckpointError } from '../src/checkpoint/run-checkpoint.js';
 import { LedgerError } from '../src/run/ledger.js';
+import { MetricsError, metricsPort } from '../src/metrics/metrics.js';
 
 function preset(value: string): string {
   if (!/^L\d+-H\d+$/.test(value)) throw new InvalidArgumentError('expected the form L<layers>-H<hidden>, e.g. L2-H128.');
@@ -66,6 +67,8 @@ interface StartOptions {
   failureBackoff: number;
   maxFailures: number;
   logEvery: number;
+  metricsPort?: number;
+  metricsHost: string;
 }
 
 /** Mean of the first and of the last `window` values. */
@@ -159,6 +162,8 @@ async function start(opts: StartOptions, command: Command): Promise<void> {
       failureBackoffMs: opts.failureBackoff * 1000,
       maxFailures: opts.maxFailures,
       logEvery: opts.logEvery,
+      metricsPort: opts.metricsPort,
+      metricsHost: opts.metricsHost,
       log: (line) => console.log(line),
     },
     stop.signal,
@@ -219,6 +224,13 @@ function buildProgram(): Command {
     .option('--heartbeat-timeout <s>', 'seconds without a heartbeat before a worker counts as lost', positiveNumber, 10)
     .option('--failure-backoff <s>', 'a worker (by --name) lost twice within 30 min waits this long before it is taken in again, doubling per further failure up to 5 min (0: never held back)', nonNegativeNumber, 10)
     .option('--max-failures <n>', 'worker losses the run survives; one more and it checkpoints and stops (0: no cap)', nonNegativeInt, 20)
+    .option(
+      '--metrics-port <n>',
+      'serve Prometheus metrics at http://<metrics-host>:<n>/metrics (0: any free port; the address is printed on stderr); the local workers then serve theirs on free ports, ' +
+        'and <run-dir>/metrics-targets.json lists them all for Prometheus file_sd (default: no metrics)',
+      metricsPort,
+    )
+    .option('--metrics-host <address>', 'address the metrics (the coordinator\'s and the local workers\') listen on', '127.0.0.1')
     .addHelpText(
       'after',
       '\nExamples:\n' +
@@ -228,6 +240,7 @@ function buildProgram(): Command {
         '  $ coordinator start --local-workers 0 --workers 4 --listen 0.0.0.0:7070 --token-file token   # workers from other machines\n' +
         '  $ coordinator start --local-workers 1 --application unilm --steps 100   # seq2seq on one worker\n' +
         '  $ coordinator export runs/run-20261201-120000 --out runs/model   # the newest checkpoint as a tfjs LayersModel\n' +
+        '  $ coordinator start --metrics-port 9400                      # Prometheus metrics; all targets in <run-dir>/metrics-targets.json\n' +
         '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out runs/mlm --max-length 128\n' +
         `\nA run file (--config run.yaml):\n${RUN_FILE_EXAMPLE.replace(/^/gm, '  ')}`,
     )
@@ -274,6 +287,7 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [TFRecordError, EXIT_FAILURE],
   [CheckpointError, EXIT_FAILURE],
   [LedgerError, EXIT_FAILURE],
+  [MetricsError, EXIT_FAILURE],
 ]);
 // the control server's and the workers' handles are closed; a finished run has nothing left to wait for
 process.exit();

@@ -12,6 +12,7 @@ import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeNumber, runProgram 
 import { TrainingWorker } from '../src/worker/training-worker.js';
 import { ControlError } from '../src/control/client.js';
 import { TrainingError } from '../src/train/step.js';
+import { MetricsError, metricsPort, startMetricsEndpoint, WorkerMetrics } from '../src/metrics/metrics.js';
 
 
 interface StartOptions {
@@ -24,6 +25,8 @@ interface StartOptions {
   tlsCert?: string;
   tlsKey?: string;
   reconnectTimeout: number;
+  metricsPort?: number;
+  metricsHost: string;
 }
 
 function buildProgram() {
@@ -40,12 +43,20 @@ function buildProgram() {
     .option('--tls-cert <file>', 'mutual TLS: this worker\'s certificate')
     .option('--tls-key <file>', 'mutual TLS: this worker\'s key')
     .option('--reconnect-timeout <s>', 'when the coordinator goes away mid-run, keep the replica and join again for this long: a restarted coordinator resumes from it (0: exit at once)', nonNegativeNumber, 60)
+    .option('--metrics-port <n>', 'serve Prometheus metrics at http://<metrics-host>:<n>/metrics (0: any free port, printed on stderr; default: no metrics)', metricsPort)
+    .option('--metrics-host <address>', 'address the metrics listen on (0.0.0.0: every interface, e.g. in a pod)', '127.0.0.1')
     .action(async (opts: StartOptions) => {
       const token = readRunToken(tokenEnvironment(opts.tokenFile));
       const tls = loadTls({ ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey });
-      const worker = new TrainingWorker({ coordinator: opts.coordinator, token, tls, host: opts.host, backend: opts.backend, name: opts.name, reconnectMs: opts.reconnectTimeout * 1000, log: (line) => console.error(line) });
-      const reason = await worker.run();
-      console.error(`worker: stopped: ${reason}`);
+      const metrics = opts.metricsPort === undefined ? undefined : new WorkerMetrics(opts.backend);
+      const endpoint = metrics ? await startMetricsEndpoint(metrics.registry, 'worker', opts.metricsHost, opts.metricsPort!) : undefined;
+      try {
+        const worker = new TrainingWorker({ coordinator: opts.coordinator, token, tls, host: opts.host, backend: opts.backend, name: opts.name, reconnectMs: opts.reconnectTimeout * 1000, metrics, log: (line) => console.error(line) });
+        const reason = await worker.run();
+        console.error(`worker: stopped: ${reason}`);
+      } finally {
+        await endpoint?.close();
+      }
     });
   return program;
 }
@@ -58,6 +69,7 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [AuthConfigError, EXIT_USAGE],
   [TrainingError, EXIT_FAILURE],
   [ControlError, EXIT_FAILURE],
+  [MetricsError, EXIT_FAILURE],
 ]);
 // a worker owns sockets and timers of libraries; once its run is over nothing is left to wait for
 process.exit();

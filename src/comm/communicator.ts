@@ -118,6 +118,8 @@ export class Communicator implements PullTarget {
   readonly #adder: ChunkAdder;
   #broken: CollectiveError | undefined;
   #closed = false;
+  #bytesSent = 0;
+  #bytesReceived = 0;
 
   constructor(server: CommServer, options: CommunicatorOptions) {
     const n = options.peers.length;
@@ -219,6 +221,15 @@ export class Communicator implements PullTarget {
       finish: mean,
     };
     return this.#run('allReduce', plan);
+  }
+
+  /** Payload bytes this rank has sent to its right neighbour and received from its left, over all its collectives (metrics). */
+  get bytesSent(): number {
+    return this.#bytesSent;
+  }
+
+  get bytesReceived(): number {
+    return this.#bytesReceived;
   }
 
   /** Copies the root's buffers to every rank (a joining worker receives parameters and optimizer state). */
@@ -344,6 +355,7 @@ export class Communicator implements PullTarget {
       const prefix = chunkPrefix({ runId: this.runId, generation: this.generation, sequence: op.sequence, index: i, offset: t.offset, encoding: plan.encoding }, bytes);
       const stream = call.stream;
       op.sent++;
+      this.#bytesSent += bytes;
       op.outstanding += bytes + prefix.length;
       stream.cork();
       stream.write(prefix);
@@ -420,6 +432,7 @@ export class Communicator implements PullTarget {
                     : undefined;
     if (problem) throw new ProtocolViolation(`it sent ${problem}; nothing of it was applied`);
     plan.apply(i, c.data);
+    this.#bytesReceived += c.data.byteLength;
     op.received++;
     this.#pump(op);
     // done with the last chunk: waiting for the status trailers would wait on the sender's

@@ -97,6 +97,8 @@ export interface StepReport {
   reduceSeconds: number;
   tokens: number;
   paramDigest: string;
+  /** The learning rate the step applies when committed (0 from a worker that predates it). */
+  learningRate: number;
 }
 export type Ack = Record<string, never>;
 

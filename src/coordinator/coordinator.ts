@@ -28,6 +28,7 @@ import { checkApplication, splitByDocument } from '../data/dataset.js';
 import { RecordStore } from '../data/record-store.js';
 import { type CommittedStep, DataLedger } from '../run/ledger.js';
 import { Journal, JOURNAL_FILE, JOURNAL_FORMAT, type JournalEntry } from '../run/journal.js';
+import type { CoordinatorMetrics } from '../metrics/metrics.js';
 
 export class CoordinatorError extends Error {
   override name = 'CoordinatorError';
@@ -79,6 +80,8 @@ export interface CoordinatorOptions {
   readonly onListening?: (address: string) => void;
   /** Aborted: the run ends after the step in progress, checkpointed (before the run starts: at once). */
   readonly stop?: AbortSignal;
+  /** The run's Prometheus series (src/metrics), when its metrics are served. */
+  readonly metrics?: CoordinatorMetrics | undefined;
 }
 
 export interface CoordinatorSummary {
@@ -163,6 +166,7 @@ export class Coordinator {
       }
       const opened = await Journal.open(journalFile);
       journal = opened.journal;
+      o.metrics?.restarts(opened.replay.entries.filter((e) => e.type === 'resume').length + (o.resume ? 1 : 0));
       // what the journal committed after the checkpoint: live replicas may hold it
       const laterCommits = commitsAfter(opened.replay.entries, checkpoint?.step ?? 0);
       const lastCommitted = laterCommits.at(-1)?.step ?? checkpoint?.step ?? 0;
@@ -259,6 +263,7 @@ export class Coordinator {
       const assign = (members: WorkerSession[], state: ReplicaState | undefined, restore: readonly WorkerSession[]): void => {
         this.members = members;
         this.generation++;
+        o.metrics?.generation(this.generation, members.length);
         this.lost = undefined;
         const peers = members.map((w) => w.dataAddress);
         members.forEach((w, rank) => {
@@ -281,6 +286,7 @@ export class Coordinator {
       let lastCheckpointStep = this.step;
       let stoppedEarly = false;
       const saveCheckpoint = async (): Promise<void> => {
+        const checkpointStarted = performance.now();
         // any live member holds the committed state; one lost during the upload is replaced by the next
         let replica: ReplicaState | undefined;
         const errors: string[] = [];
@@ -300,6 +306,7 @@ export class Coordinator {
         await journal!.append({ type: 'checkpoint', step: this.step, dir: checkpointName(this.step) });
         checkpoints.push(saved.dir);
         lastCheckpointStep = this.step;
+        o.metrics?.checkpointSaved(this.step, (performance.now() - checkpointStarted) / 1000, saved.bytes);
         o.log(`checkpoint: step ${this.step} -> ${saved.dir} (${(saved.bytes / 2 ** 20).toFixed(1)} MiB)`);
       };
 
@@ -342,6 +349,7 @@ export class Coordinator {
           results = await reports;
         } catch (e) {
           ledger.abort(step);
+          o.metrics?.stepAborted();
           for (const w of workers) if (!w.gone) this.send(w, { kind: 'abort', abort: { generation: this.generation, step, reason: (e as Error).message } });
           // nothing of the step was applied anywhere: the members still alive hold the state of
           // the last committed step, so the ring re-forms with them and the step runs again
@@ -401,6 +409,7 @@ export class Coordinator {
         losses.push(report.loss);
         // real tokens (no padding), counted by the workers that decoded them
         const stepTokens = [...results.values()].reduce((sum, r) => sum + r.tokens, 0);
+        o.metrics?.stepCommitted({ seconds: elapsed, samples: n, tokens: stepTokens, loss: report.loss, learningRate: report.learningRate, gradNorm: report.gradNorm, step, epoch: ledger.epoch, consumedInEpoch: ledger.consumedInEpoch, epochSize: ledger.epochSize });
         if (step > firstStep || o.steps === firstStep) {
           tokens += stepTokens;
           seconds += elapsed;

@@ -6,6 +6,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
+import { parseMetricsAnnouncement } from '../metrics/metrics.js';
 
 const WORKER_CLI = fileURLToPath(new URL('../../worker/cli.js', import.meta.url));
 
@@ -21,6 +22,10 @@ export interface LocalWorkersOptions {
   readonly onLine: (worker: number, line: string) => void;
   /** A worker exited (code or signal). */
   readonly onExit: (worker: number, how: string) => void;
+  /** Serve each worker's metrics on a free port of this address (`--metrics-port 0`); absent: no metrics. */
+  readonly metricsHost?: string | undefined;
+  /** Worker i serves its metrics at this host:port (from its announcement line). */
+  readonly onMetrics?: (worker: number, address: string) => void;
 }
 
 export class LocalWorkers {
@@ -36,7 +41,8 @@ export class LocalWorkers {
   private spawnOne(i: number): void {
     const o = this.options;
     const tls = o.tlsFiles ? ['--tls-ca', o.tlsFiles.ca, '--tls-cert', o.tlsFiles.cert, '--tls-key', o.tlsFiles.key] : [];
-    const child = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', o.coordinator, '--backend', o.backend, '--name', `local-${i}`, ...tls], {
+    const metrics = o.metricsHost === undefined ? [] : ['--metrics-port', '0', '--metrics-host', o.metricsHost];
+    const child = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', o.coordinator, '--backend', o.backend, '--name', `local-${i}`, ...tls, ...metrics], {
       env: { ...process.env, ...o.tokenEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
       // their own process group: Ctrl-C in a terminal reaches the coordinator alone, which
@@ -44,7 +50,13 @@ export class LocalWorkers {
       detached: true,
     });
     this.children.push(child);
-    for (const stream of [child.stdout!, child.stderr!]) createInterface({ input: stream }).on('line', (line) => o.onLine(i, line));
+    for (const stream of [child.stdout!, child.stderr!]) {
+      createInterface({ input: stream }).on('line', (line) => {
+        const metricsAt = parseMetricsAnnouncement(line);
+        if (metricsAt !== undefined) o.onMetrics?.(i, metricsAt);
+        o.onLine(i, line);
+      });
+    }
     child.on('exit', (code, signal) => {
       if (!this.stopping) o.onExit(i, signal ? `killed by ${signal}` : `exited with code ${code}`);
     });

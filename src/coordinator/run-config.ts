@@ -50,6 +50,8 @@ const runFileSchema = z
     maxFailures: z.number().int().nonnegative(),
     backend: z.enum(['auto', 'tensorflow', 'wasm', 'cpu']),
     logEvery: count,
+    metricsPort: z.number().int().min(0).max(65535),
+    metricsHost: z.string().min(1),
   })
   .partial()
   .strict();

@@ -19,6 +19,7 @@ import { type OptimizerConfig } from '../optim/config.js';
 import { readManifest } from '../data/dataset.js';
 import { Coordinator, CoordinatorError, type CoordinatorSummary } from './coordinator.js';
 import { LocalWorkers } from './local-workers.js';
+import { CoordinatorMetrics, type MetricsEndpoint, METRICS_TARGETS_FILE, scrapeAddress, startMetricsEndpoint, targetGroups } from '../metrics/metrics.js';
 
 
 const SAMPLE_DIR = fileURLToPath(new URL('../../../data/sample/', import.meta.url));
@@ -60,6 +61,10 @@ export interface StartSettings {
   maxFailures?: number;
   logEvery: number;
   log: (line: string) => void;
+  /** Serve Prometheus metrics on this port (0: a free one); the local workers then serve theirs on free ports. Absent: no metrics. */
+  metricsPort?: number | undefined;
+  /** Default 127.0.0.1. */
+  metricsHost?: string | undefined;
 }
 
 export interface StartResult extends CoordinatorSummary {
@@ -120,6 +125,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
   const { token, file: tokenFile } = await joinToken(settings, runDir);
   if (workers > localWorkers) settings.log(`waiting for ${workers - localWorkers} worker(s) started elsewhere: \`worker start --coordinator <address>\` with ${TOKEN_FILE_ENV}=${tokenFile ?? '<the token file>'}`);
   let local: LocalWorkers | undefined;
+  const metrics = await startMetrics(settings, runDir);
   const coordinator = new Coordinator({
     runDir,
     runId,
@@ -155,6 +161,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     logEvery: settings.logEvery,
     log: settings.log,
     stop,
+    metrics: metrics?.metrics,
     onListening: (address) => {
       if (localWorkers === 0) return;
       local = new LocalWorkers({
@@ -166,6 +173,8 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
         tlsFiles: settings.tlsFiles,
         onLine: (i, line) => settings.log(`  [worker ${i}] ${line}`),
         onExit: (i, how) => settings.log(`  [worker ${i}] ${how}`),
+        metricsHost: metrics ? (settings.metricsHost ?? '127.0.0.1') : undefined,
+        onMetrics: (i, address) => metrics?.workerListens(i, address),
       });
       local.start();
     },
@@ -174,5 +183,37 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     return { ...(await coordinator.run()), runId };
   } finally {
     await local?.stop();
+    await metrics?.close();
   }
+}
+
+/**
+ * The coordinator's metrics endpoint, and `<run-dir>/metrics-targets.json`: the coordinator's
+ * and the local workers' metrics addresses in Prometheus's file_sd format, rewritten as
+ * the local workers announce theirs.
+ */
+async function startMetrics(settings: StartSettings, runDir: string): Promise<{ metrics: CoordinatorMetrics; workerListens(i: number, address: string): void; close(): Promise<void> } | undefined> {
+  if (settings.metricsPort === undefined) return undefined;
+  const metrics = new CoordinatorMetrics();
+  const endpoint: MetricsEndpoint = await startMetricsEndpoint(metrics.registry, 'coordinator', settings.metricsHost ?? '127.0.0.1', settings.metricsPort);
+  const workers = new Map<number, string>();
+  const file = path.join(runDir, METRICS_TARGETS_FILE);
+  let writing: Promise<void> = Promise.resolve();
+  const write = () => {
+    const text = `${JSON.stringify(targetGroups(scrapeAddress(endpoint.address), workers), null, 2)}\n`;
+    writing = writing.then(() => writeFileAtomically(file, (h) => h.writeFile(text))).catch((e: Error) => settings.log(`warning: cannot write ${file}: ${e.message}`));
+  };
+  write();
+  await writing;
+  return {
+    metrics,
+    workerListens: (i, address) => {
+      workers.set(i, scrapeAddress(address));
+      write();
+    },
+    close: async () => {
+      await writing;
+      await endpoint.close();
+    },
+  };
 }

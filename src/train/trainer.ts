@@ -54,6 +54,9 @@ export interface ReducedStep {
   readonly gradNorm: number;
   /** Seconds spent in the all-reduce (0 without a reducer). */
   readonly reduceSeconds: number;
+  /** Seconds of forward and backward (the objective), and of copying the gradients out of tfjs into host buffers. */
+  readonly computeSeconds: number;
+  readonly copySeconds: number;
   /**
    * Applies the (reduced, clipped) gradients with the optimizer. A worker calls it only
    * when the coordinator commits the step; a step never applied is simply dropped.
@@ -95,6 +98,8 @@ export class Trainer {
   async reduce(batch: Batch, placement: StepPlacement = {}): Promise<ReducedStep> {
     const { objective, optimizer, params, clipNorm, reducer } = this.options;
     let grads: Float32Array[];
+    let computeSeconds = 0;
+    let copySeconds = 0;
     let lossSum = 0;
     let targets = 0;
     let correct = 0;
@@ -103,6 +108,7 @@ export class Trainer {
       grads = objective.weights.map((w) => new Float32Array(w.variable.size));
     } else {
       const microBatches = Math.min(this.options.microBatches ?? 1, batch.batchSize);
+      const computeStart = performance.now();
       const result = objective.compute(batch, {
         recompute: this.options.recompute,
         microBatches,
@@ -110,8 +116,11 @@ export class Trainer {
         firstSample: placement.firstSample,
         normalizer: reducer ? 1 : undefined,
       });
+      const copyStart = performance.now();
+      computeSeconds = (copyStart - computeStart) / 1000;
       // host copies: the reducer and the clipping write into them, never into a tensor's memory
       grads = result.grads.map((g) => new Float32Array(g.dataSync() as Float32Array));
+      copySeconds = (performance.now() - copyStart) / 1000;
       tf.dispose(result.grads);
       ({ lossSum, targets, correct } = result);
     }
@@ -140,6 +149,8 @@ export class Trainer {
       targets,
       gradNorm,
       reduceSeconds,
+      computeSeconds,
+      copySeconds,
       apply: () => {
         if (applied) throw new Error('this step was applied already');
         applied = true;

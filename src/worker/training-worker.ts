@@ -22,6 +22,7 @@ import { buildTransformer, disposeTransformer } from '../model/build.js';
 import { createOptimizer, type Optimizer, VariableParameters } from '../optim/index.js';
 import { PretrainingObjective } from '../train/step.js';
 import { type ReducedStep, stepDropoutSeed, Trainer } from '../train/trainer.js';
+import type { WorkerMetrics } from '../metrics/metrics.js';
 import type { HeartbeatThreadData } from './heartbeat-thread.js';
 
 export interface WorkerOptions {
@@ -37,6 +38,8 @@ export interface WorkerOptions {
   readonly heartbeatMs?: number;
   /** How long to keep joining again when the coordinator goes away mid-run (0: give up at once). Default 60 s. */
   readonly reconnectMs?: number;
+  /** This worker's Prometheus series (src/metrics), when its metrics are served. */
+  readonly metrics?: WorkerMetrics;
 }
 
 /** The coordinator went away without saying stop: it may come back. */
@@ -70,6 +73,7 @@ export class TrainingWorker {
   async run(): Promise<string> {
     const o = this.options;
     const backend = await selectBackend(o.backend);
+    o.metrics?.backend(backend.name);
     const control = new ControlClient(o.coordinator, o.token, o.tls);
     this.control = control;
     const name = o.name ?? `${hostname()}:${process.pid}`;
@@ -98,6 +102,7 @@ export class TrainingWorker {
           // resume from this replica: keep it and join again, for --reconnect-timeout
           if (!(e instanceof CoordinatorGone) || !this.replica || (o.reconnectMs ?? 60_000) <= 0) throw e;
           o.log(`worker ${this.workerId}: ${e.message}; joining again for up to ${Math.round((o.reconnectMs ?? 60_000) / 1000)} s, holding step ${this.step}`);
+          o.metrics?.reconnected();
           this.communicator?.close();
           this.communicator = undefined;
           this.pending.clear();
@@ -196,6 +201,7 @@ export class TrainingWorker {
     const { objective, optimizer, params } = this.replica;
     this.trainer = new Trainer({ objective, optimizer, params, clipNorm: spec.clipNorm, recompute: spec.recompute, reducer: this.communicator });
     if (a.restoreStep > 0) this.restoring = { step: a.restoreStep, assembler: new StateAssembler(`the coordinator (step ${a.restoreStep})`) };
+    this.options.metrics?.assigned(a.rank, a.peers.length, a.generation);
     this.options.log(`worker ${this.workerId}: generation ${a.generation}, rank ${a.rank} of ${a.peers.length}${a.restoreStep > 0 ? `, restoring step ${a.restoreStep}` : ''}`);
   }
 
@@ -221,19 +227,30 @@ export class TrainingWorker {
     if (this.restoring) throw new Error(`work for step ${w.step} before the state of step ${this.restoring.step} arrived`);
     const { spec } = replica;
     const started = performance.now();
-    const report = { workerId: this.workerId, generation: w.generation, step: w.step, ok: false, error: '', loss: 0, accuracy: 0, targets: 0, gradNorm: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 0, paramDigest: '' };
+    const report = { workerId: this.workerId, generation: w.generation, step: w.step, ok: false, error: '', loss: 0, accuracy: 0, targets: 0, gradNorm: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 0, paramDigest: '', learningRate: 0 };
     try {
       if (w.digest) report.paramDigest = parameterDigest(replica.objective);
       const records = w.records.map((r) => ({ id: r.id, record: decodeRecord(r.example, spec.manifest, spec.perTokenFeature, `record ${r.id}`) }));
       const batch = batchFromRecords(spec.manifest, records, spec.application, spec.seed, w.epoch, w.length);
       const microBatches = spec.microBatch > 0 ? Math.max(1, Math.ceil(records.length / spec.microBatch)) : 1;
       const trainer = microBatches === this.trainer.options.microBatches ? this.trainer : (this.trainer = new Trainer({ ...this.trainer.options, microBatches }));
+      const [sent, received] = [this.communicator?.bytesSent ?? 0, this.communicator?.bytesReceived ?? 0];
       const reduced = await trainer.reduce(batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample });
       this.pending.set(w.step, reduced);
       const tokens = records.reduce((sum, r) => sum + r.record.tokenIds.length, 0);
-      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, reduceSeconds: reduced.reduceSeconds });
+      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, reduceSeconds: reduced.reduceSeconds, learningRate: replica.optimizer.currentLearningRate });
+      this.options.metrics?.stepReduced({
+        computeSeconds: reduced.computeSeconds,
+        copySeconds: reduced.copySeconds,
+        reduceSeconds: reduced.reduceSeconds,
+        bytesSent: (this.communicator?.bytesSent ?? 0) - sent,
+        bytesReceived: (this.communicator?.bytesReceived ?? 0) - received,
+        samples: records.length,
+        tokens,
+      });
     } catch (e) {
       report.error = (e as Error).message;
+      this.options.metrics?.stepFailed();
     }
     report.computeSeconds = (performance.now() - started) / 1000;
     const fenced = await this.control!.report(report);
