@@ -1,5 +1,9 @@
 /** What the k8s-* tests share: a grpc.health.v1 client, processes they start and clean up, bounded waits. */
-import { type ChildProcess, spawn, type SpawnOptions } from 'node:child_process';
+import { type ChildProcess, spawn, type SpawnOptions, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseAllDocuments } from 'yaml';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 
@@ -76,4 +80,42 @@ export async function waitFor(condition: () => boolean, timeoutMs: number, descr
     if (Date.now() > end) throw new Error(`timed out; so far:\n${describe()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+// ---- the manifests ----
+
+export const REPO = fileURLToPath(new URL('../../', import.meta.url));
+
+/** A rendered Kubernetes object, loosely typed: the tests read what they check. */
+export type K8sObject = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> }; [key: string]: any };
+
+export function kubectlAvailable(): boolean {
+  return spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status === 0;
+}
+
+export const SKIP_NO_KUBECTL = 'kubectl is not installed (.ci/run installs Debian\'s kubernetes-client when it is missing): the manifests cannot be rendered';
+
+/** `kubectl kustomize k8s/overlays/<overlay>`, parsed. */
+export function renderOverlay(overlay: string): K8sObject[] {
+  const r = spawnSync('kubectl', ['kustomize', path.join(REPO, 'k8s', 'overlays', overlay)], { encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`kubectl kustomize k8s/overlays/${overlay} failed (${r.status ?? r.signal}): ${r.stderr}${r.error?.message ?? ''}`);
+  return parseAllDocuments(r.stdout).map((d) => d.toJS() as K8sObject).filter((o) => o !== null);
+}
+
+export function one(objects: readonly K8sObject[], kind: string, name?: string): K8sObject {
+  const found = objects.filter((o) => o.kind === kind && (name === undefined || o.metadata.name === name));
+  if (found.length !== 1) throw new Error(`expected one ${kind}${name ? ` named ${name}` : ''}, found ${found.length}`);
+  return found[0]!;
+}
+
+/** The StatefulSet whose pods carry app.kubernetes.io/component=<component>. */
+export function statefulSet(objects: readonly K8sObject[], component: string): K8sObject {
+  const found = objects.filter((o) => o.kind === 'StatefulSet' && o.spec.template.metadata.labels['app.kubernetes.io/component'] === component);
+  if (found.length !== 1) throw new Error(`expected one StatefulSet of ${component}s, found ${found.length}`);
+  return found[0]!;
+}
+
+/** The package's bins (package.json): what the images put on PATH and the manifests run. */
+export function packageBins(): Record<string, string> {
+  return (JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as { bin: Record<string, string> }).bin;
 }
