@@ -4,11 +4,12 @@
  * from the file named by PRETRAIN_TOKEN_FILE (or --token-file), else the PRETRAIN_TOKEN
  * variable: never from the command line.
  */
-import { Option } from 'commander';
+import { InvalidArgumentError, Option } from 'commander';
 import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
 import { AuthConfigError, loadTls } from '../src/comm/auth.js';
 import { readRunToken, TOKEN_ENV, TOKEN_FILE_ENV, tokenEnvironment } from '../src/control/run-token.js';
-import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeNumber, runProgram } from '../src/cli/common.js';
+import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, nonNegativeNumber, runProgram } from '../src/cli/common.js';
+import { HealthServer, HealthStatus } from '../src/control/health.js';
 import { TrainingWorker } from '../src/worker/training-worker.js';
 import { ControlError } from '../src/control/client.js';
 import { TrainingError } from '../src/train/step.js';
@@ -19,6 +20,9 @@ interface StartOptions {
   coordinator: string;
   backend: BackendChoice;
   host: string;
+  bind?: string;
+  port: number;
+  healthPort?: number;
   name?: string;
   tokenFile?: string;
   tlsCa?: string;
@@ -29,6 +33,12 @@ interface StartOptions {
   metricsHost: string;
 }
 
+function port(value: string): number {
+  const n = nonNegativeInt(value);
+  if (n > 65535) throw new InvalidArgumentError('expected a port number, 0 to 65535.');
+  return n;
+}
+
 function buildProgram() {
   const program = createProgram('worker', 'A worker of a multi-worker BERT/UniLM pretraining run: one model replica, all-reducing its gradients with its peers.');
   program
@@ -37,6 +47,9 @@ function buildProgram() {
     .requiredOption('--coordinator <host:port>', "the coordinator's control address")
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(BACKEND_CHOICES).default('auto'))
     .option('--host <address>', 'where this worker serves its ring neighbours (an address the other workers can reach)', '127.0.0.1')
+    .option('--bind <address>', 'where the data plane (and the health service) listen, when not --host: 0.0.0.0 in a pod whose --host is its DNS name (default: --host)')
+    .option('--port <n>', 'the data plane\'s port (0: any free port)', port, 0)
+    .option('--health-port <n>', 'serve the standard grpc.health.v1 service on this port (plaintext, no token; on --bind): "" is SERVING while the worker is in a run (readiness), "liveness" while the process answers (default: none)', port)
     .option('--name <name>', 'name in the coordinator\'s logs (default host:pid)')
     .option('--token-file <file>', `file holding the run's join token (default: ${TOKEN_FILE_ENV})`)
     .option('--tls-ca <file>', 'mutual TLS: the run\'s CA certificate')
@@ -50,11 +63,22 @@ function buildProgram() {
       const tls = loadTls({ ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey });
       const metrics = opts.metricsPort === undefined ? undefined : new WorkerMetrics(opts.backend);
       const endpoint = metrics ? await startMetricsEndpoint(metrics.registry, 'worker', opts.metricsHost, opts.metricsPort!) : undefined;
+      const bind = opts.bind ?? opts.host;
+      const health = new HealthStatus();
+      const healthServer = opts.healthPort !== undefined
+        ? await HealthServer.start(health, bind, opts.healthPort).catch((e: Error) => {
+          throw new ControlError(`cannot serve the health service on ${bind}:${opts.healthPort} (${e.message})`);
+        })
+        : undefined;
+      const worker = new TrainingWorker({
+        coordinator: opts.coordinator, token, tls, host: opts.host, bind, port: opts.port, backend: opts.backend, name: opts.name,
+        reconnectMs: opts.reconnectTimeout * 1000, metrics, log: (line) => console.error(line), onJoined: (joined) => health.setReady(joined),
+      });
       try {
-        const worker = new TrainingWorker({ coordinator: opts.coordinator, token, tls, host: opts.host, backend: opts.backend, name: opts.name, reconnectMs: opts.reconnectTimeout * 1000, metrics, log: (line) => console.error(line) });
         const reason = await worker.run();
         console.error(`worker: stopped: ${reason}`);
       } finally {
+        healthServer?.close();
         await endpoint?.close();
       }
     });
@@ -64,6 +88,9 @@ function buildProgram() {
 // a local worker outlives a coordinator killed outright (it keeps its replica for the
 // restarted one), and its output pipes die with that coordinator: lines go nowhere then
 for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
+// as a container's first process (PID 1) a signal with no handler is ignored: leave on
+// SIGTERM/SIGINT as any process would (the coordinator re-forms the ring without this worker)
+for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => process.exit(128 + (signal === 'SIGTERM' ? 15 : 2)));
 
 process.exitCode = await runProgram(buildProgram(), process.argv, [
   [AuthConfigError, EXIT_USAGE],

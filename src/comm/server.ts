@@ -26,6 +26,8 @@ export interface CommServerOptions {
   readonly host?: string;
   /** Default 0: any free port. */
   readonly port?: number;
+  /** The host peers dial, when it is not the listening host (a wildcard bind, a DNS name): default `host`. */
+  readonly advertiseHost?: string;
   /** How long a Pull for a generation this process has not joined yet is held, at most. */
   readonly maxHoldMs?: number;
 }
@@ -76,9 +78,9 @@ export class CommServer {
     return (this.#server.address() as AddressInfo).port;
   }
 
-  /** host:port as peers should dial it (the listening host; 0.0.0.0 is only a wildcard). */
+  /** host:port as peers should dial it (advertiseHost, else the listening host; 0.0.0.0 is only a wildcard). */
   get address(): string {
-    const host = this.options.host ?? '127.0.0.1';
+    const host = this.options.advertiseHost ?? this.options.host ?? '127.0.0.1';
     return `${host.includes(':') ? `[${host}]` : host}:${this.port}`;
   }
 

@@ -2,9 +2,11 @@
  * The coordinator's side of the control plane: a grpc-js server that checks the join token
  * on every call, keeps one session per joined worker (its instruction stream, its last
  * heartbeat), and hands reports and state chunks to the coordinator. It decides nothing:
- * the coordinator does.
+ * the coordinator does. It also serves the standard grpc.health.v1 service (src/control/health.ts),
+ * without a token: ready once listening, not ready once closing.
  */
 import * as grpc from '@grpc/grpc-js';
+import { HealthStatus } from './health.js';
 import {
   type Ack, controlService, type HeartbeatRequest, type Instruction, type InstructionsRequest, type JoinReply, type JoinRequest,
   MAX_CONTROL_MESSAGE_BYTES, type StateChunk, type StepReport,
@@ -74,6 +76,7 @@ export class ControlServer {
     private readonly server: grpc.Server,
     readonly address: string,
     private readonly options: ControlServerOptions,
+    readonly health: HealthStatus,
   ) {}
 
   static async start(options: ControlServerOptions): Promise<ControlServer> {
@@ -90,10 +93,13 @@ export class ControlServer {
       Report: (call: grpc.ServerUnaryCall<StepReport, Ack>, callback: Callback<Ack>) => holder.control!.report(call, callback),
       PutState: (call: grpc.ServerReadableStream<StateChunk, Ack>, callback: Callback<Ack>) => holder.control!.putState(call, callback),
     });
+    const health = new HealthStatus();
+    health.addTo(server);
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${options.port ?? 0}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound))),
     );
-    holder.control = new ControlServer(server, `${host}:${port}`, options);
+    holder.control = new ControlServer(server, `${host}:${port}`, options, health);
+    health.setReady(true);
     return holder.control;
   }
 
@@ -200,6 +206,7 @@ export class ControlServer {
   /** Ends every instruction stream and stops serving (bounded: forced after `graceMs`). */
   async close(graceMs = 2000): Promise<void> {
     this.closed = true;
+    this.health.setReady(false);
     for (const s of this.sessions.values()) {
       if (!s.gone) {
         s.gone = 'the coordinator closed';

@@ -30,8 +30,14 @@ export interface WorkerOptions {
   readonly coordinator: string;
   readonly token: JoinToken;
   readonly tls?: TlsMaterial | undefined;
-  /** Where the data-plane server listens and what peers dial (default 127.0.0.1). */
+  /** What peers dial to reach this worker's data plane, and where it listens unless `bind` says otherwise (default 127.0.0.1). */
   readonly host?: string;
+  /** Where the data-plane server listens (default `host`; 0.0.0.0 in a pod, whose `host` is its DNS name). */
+  readonly bind?: string;
+  /** The data plane's port (default 0: any free port). */
+  readonly port?: number;
+  /** Told whether the worker is in a run: joined, with its instruction stream open (Kubernetes readiness). */
+  readonly onJoined?: (joined: boolean) => void;
   readonly backend: BackendChoice;
   readonly name?: string;
   readonly log: (line: string) => void;
@@ -86,8 +92,9 @@ export class TrainingWorker {
         runId = joined.runId;
         this.workerId = joined.workerId;
         if (!this.server) {
-          this.server = await CommServer.listen({ runId, token: o.token, tls: o.tls, host: o.host }).catch((e: NodeJS.ErrnoException) => {
-            throw new Error(`cannot serve the data plane on ${o.host ?? '127.0.0.1'} (${e.code ?? e.message}): is --host an address of this machine?`);
+          const bind = o.bind ?? o.host ?? '127.0.0.1';
+          this.server = await CommServer.listen({ runId, token: o.token, tls: o.tls, host: bind, port: o.port, advertiseHost: o.host }).catch((e: NodeJS.ErrnoException) => {
+            throw new Error(`cannot serve the data plane on ${bind}:${o.port ?? 0} (${e.code ?? e.message}): is ${o.bind !== undefined ? '--bind' : '--host'} an address of this machine${o.port ? ' and --port free' : ''}?`);
           });
           const heartbeatData: HeartbeatThreadData = { coordinator: o.coordinator, authorization: o.token.header(), tls: o.tls, workerId: this.workerId, intervalMs: o.heartbeatMs ?? 1000 };
           this.heartbeat = new Worker(new URL('./heartbeat-thread.js', import.meta.url), { workerData: heartbeatData });
@@ -96,8 +103,10 @@ export class TrainingWorker {
         this.heartbeat?.postMessage({ workerId: this.workerId, generation: this.generation, step: this.step });
         o.log(`worker ${this.workerId}: joined run ${runId} at ${o.coordinator} (pid ${process.pid}, backend ${backend.name}, data plane ${this.server.address}${this.replica ? `, holding step ${this.step}` : ''})`);
         try {
+          o.onJoined?.(true);
           return await this.listen(control);
         } catch (e) {
+          o.onJoined?.(false);
           // a coordinator that went away may come back (restarted by hand or by Kubernetes) and
           // resume from this replica: keep it and join again, for --reconnect-timeout
           if (!(e instanceof CoordinatorGone) || !this.replica || (o.reconnectMs ?? 60_000) <= 0) throw e;
@@ -112,6 +121,7 @@ export class TrainingWorker {
         }
       }
     } finally {
+      o.onJoined?.(false);
       this.heartbeat?.postMessage('stop');
       this.communicator?.close();
       await this.server?.close();
