@@ -72,6 +72,8 @@ describe('metrics scraped by a real Prometheus', () => {
       const targetsFile = path.join(runDir, METRICS_TARGETS_FILE);
       const groups = (): TargetGroup[] => (existsSync(targetsFile) ? (JSON.parse(readFileSync(targetsFile, 'utf8')) as TargetGroup[]) : []);
       await waitFor(() => groups().length === 3, 60_000, () => `${targetsFile}: ${existsSync(targetsFile) ? readFileSync(targetsFile, 'utf8') : 'absent'}\n${output.text}`);
+      // a worker serves its metrics before it joins: wait for both joins too
+      await waitFor(() => [0, 1].every((i) => new RegExp(`\\[worker ${i}\\] worker \\d+: joined run`).test(output.text)), 60_000, () => output.text);
       workerPids.push(workerPid(output.text, 0), workerPid(output.text, 1));
       // the file agrees with what the processes announced
       const coordinatorAt = /^coordinator: metrics on http:\/\/(\S+)\/metrics$/m.exec(output.text)?.[1];
