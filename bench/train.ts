@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { positiveInt } from '../src/cli/common.js';
 import { startRun } from '../src/coordinator/start.js';
+import type { StepBreakdown } from '../src/coordinator/coordinator.js';
 import { prepare } from '../src/data/prepare.js';
 import { presetConfig } from '../src/model/config.js';
 import { table } from './common.js';
@@ -52,7 +53,7 @@ async function main(): Promise<void> {
     const data = path.join(dir, 'data');
     await prepare({ corpus: [path.join(SAMPLE, 'corpus.txt')], vocab: path.join(SAMPLE, 'vocab.txt'), out: data, task: 'mlm', maxLength: opts.seq, seed: 1, recordsPerShard: 5000, documents: 'blank-line', lowerCase: true, force: false });
     const model = presetConfig(opts.preset, opts.vocab, { max_position_embeddings: Math.max(512, opts.seq) });
-    const results: Record<string, { tokensPerSecond: number; allreduceShare: number; coordinatorCpuShare: number }> = {};
+    const results: Record<string, { tokensPerSecond: number; allreduceShare: number; coordinatorCpuShare: number; breakdown: StepBreakdown }> = {};
     for (const workers of counts) {
       const result = await startRun({
         runDir: path.join(dir, `run-${workers}`),
@@ -80,7 +81,7 @@ async function main(): Promise<void> {
         logEvery: opts.steps,
         log: () => {},
       });
-      results[workers] = { tokensPerSecond: result.tokensPerSecond, allreduceShare: result.allreduceShare, coordinatorCpuShare: result.coordinatorCpuShare };
+      results[workers] = { tokensPerSecond: result.tokensPerSecond, allreduceShare: result.allreduceShare, coordinatorCpuShare: result.coordinatorCpuShare, breakdown: result.breakdown };
       console.error(`${workers} worker(s): ${Math.round(result.tokensPerSecond)} tokens/s`);
     }
     const one = results[1]?.tokensPerSecond;
@@ -89,6 +90,15 @@ async function main(): Promise<void> {
       `MLM training through the runtime: ${opts.preset}, vocab ${opts.vocab}, seq ${opts.seq}, global batch ${opts.globalBatch}, AdaFactor${opts.recompute ? ', recompute' : ''}, ${opts.backend} workers`,
       ['workers', 'tokens/s', 'all-reduce share', 'coordinator CPU'],
       counts.map((w) => [w, Math.round(results[w]!.tokensPerSecond), `${(100 * results[w]!.allreduceShare).toFixed(1)}%`, `${(100 * results[w]!.coordinatorCpuShare).toFixed(1)}%`]),
+    );
+    const ms = (x: number) => Math.round(1000 * x);
+    table(
+      'where a step goes, ms per step (the slowest rank of each phase; all-reduce includes waiting for a slower peer; apply is the optimizer update; other: data, messages, the journal, clipping)',
+      ['workers', 'step', 'forward+backward', 'copy out', 'all-reduce', 'apply', 'other'],
+      counts.map((w) => {
+        const b = results[w]!.breakdown;
+        return [w, ms(b.stepSeconds), ms(b.forwardBackwardSeconds), ms(b.copySeconds), ms(b.reduceSeconds), ms(b.applySeconds), ms(b.otherSeconds)];
+      }),
     );
     const efficiency = one && two ? two / (2 * one) : null;
     if (efficiency !== null) console.log(`\nscaling efficiency, 2 workers against twice 1: ${efficiency.toFixed(3)}`);
@@ -100,6 +110,7 @@ async function main(): Promise<void> {
         scalingEfficiency: efficiency === null ? null : Number(efficiency.toFixed(3)),
         allreduceShare: Number((results[Math.max(...counts)]!.allreduceShare).toFixed(3)),
         coordinatorCpuShare: Number((results[Math.max(...counts)]!.coordinatorCpuShare).toFixed(3)),
+        stepMs: Object.fromEntries(counts.map((w) => [String(w), Object.fromEntries(Object.entries(results[w]!.breakdown).map(([k, v]) => [k.replace(/Seconds$/, ''), ms(v)]))])),
       }),
     );
   } finally {

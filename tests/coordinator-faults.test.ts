@@ -79,7 +79,7 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
       const assigned = instructions.find((i) => i.kind === 'assign')!;
       assert.ok(assigned.kind === 'assign' && assigned.assign.generation >= 1);
       const generation = assigned.assign.generation;
-      const report = { workerId, ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 1, paramDigest: '' };
+      const report = { workerId, ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: 0 };
       assert.match(String(await client.report({ ...report, generation: generation - 1, step: 1 })), new RegExp(`report of step 1 refused: it is of generation ${generation - 1}, the run is at generation ${generation}`));
       assert.match(String(await client.report({ ...report, generation, step: 7 })), /report of step 7 refused: step 1 is awaited/);
       assert.doesNotMatch(output.text, /^step +1\//m, 'nothing was committed from a fenced report');

@@ -99,6 +99,11 @@ export interface StepReport {
   paramDigest: string;
   /** The learning rate the step applies when committed (0 from a worker that predates it). */
   learningRate: number;
+  /** Where the worker's time went (0 from a worker that predates them). */
+  forwardBackwardSeconds: number;
+  copySeconds: number;
+  /** The optimizer update of the step committed before this one. */
+  applySeconds: number;
 }
 export type Ack = Record<string, never>;
 

@@ -93,6 +93,13 @@ export interface CoordinatorSummary {
   readonly tokensPerSecond: number;
   /** Over the steps but the first: the slowest rank's all-reduce seconds as a share of the step's wall time. */
   readonly allreduceShare: number;
+  /**
+   * Means per step over the steps but the first, in seconds: the step's wall time and, of the
+   * slowest rank for each, forward+backward, the copy of the gradients out of tfjs, the
+   * all-reduce (with any wait for a slower peer), the optimizer update; `other` is the rest
+   * (data, messages, the journal's fsync, clipping).
+   */
+  readonly breakdown: StepBreakdown;
   /** The coordinator's own CPU seconds per wall second over the run. */
   readonly coordinatorCpuShare: number;
   /** How many times the replicas' parameter digests were compared (all equal, or the run stops). */
@@ -113,6 +120,15 @@ export function admissibleAt(failures: readonly number[], now: number, baseMs: n
   const recent = failures.filter((t) => now - t < FAILURE_MEMORY_MS);
   if (recent.length < 2 || baseMs <= 0) return 0;
   return Math.max(...recent) + Math.min(MAX_BACKOFF_MS, baseMs * 2 ** (recent.length - 2));
+}
+
+export interface StepBreakdown {
+  readonly stepSeconds: number;
+  readonly forwardBackwardSeconds: number;
+  readonly copySeconds: number;
+  readonly reduceSeconds: number;
+  readonly applySeconds: number;
+  readonly otherSeconds: number;
 }
 
 interface Waiter {
@@ -280,6 +296,7 @@ export class Coordinator {
       let seconds = 0;
       let replicaChecks = 0;
       let reduceSeconds = 0;
+      const phases = { forwardBackward: 0, copy: 0, apply: 0, steps: 0 };
       const cpuAtStart = process.cpuUsage();
       const wallAtStart = performance.now();
       let window = { loss: 0, steps: 0, seconds: 0, tokens: 0 };
@@ -413,7 +430,12 @@ export class Coordinator {
         if (step > firstStep || o.steps === firstStep) {
           tokens += stepTokens;
           seconds += elapsed;
-          reduceSeconds += Math.max(...[...results.values()].map((r) => r.reduceSeconds));
+          const slowest = (pick: (r: StepReport) => number) => Math.max(...[...results.values()].map(pick));
+          reduceSeconds += slowest((r) => r.reduceSeconds);
+          phases.forwardBackward += slowest((r) => r.forwardBackwardSeconds);
+          phases.copy += slowest((r) => r.copySeconds);
+          phases.apply += slowest((r) => r.applySeconds);
+          phases.steps++;
         }
         window = { loss: window.loss + report.loss, steps: window.steps + 1, seconds: window.seconds + elapsed, tokens: window.tokens + stepTokens };
         if (step === firstStep || step % o.logEvery === 0 || step === o.steps) {
@@ -441,6 +463,7 @@ export class Coordinator {
         losses,
         tokensPerSecond: seconds > 0 ? tokens / seconds : 0,
         allreduceShare: seconds > 0 ? reduceSeconds / seconds : 0,
+        breakdown: breakdownOf(seconds, reduceSeconds, phases),
         replicaChecks,
         coordinatorCpuShare: (cpu.user + cpu.system) / 1e6 / ((performance.now() - wallAtStart) / 1000),
         checkpoints,
@@ -664,6 +687,12 @@ function checkSameRun(saved: Record<string, unknown>, source: string, o: Coordin
     if (JSON.stringify(saved[key]) !== JSON.stringify(now[key])) differ.push(`${flag} (the run has ${JSON.stringify(saved[key])}, now ${JSON.stringify(now[key])})`);
   }
   if (differ.length > 0) throw new CoordinatorError(`${o.runDir} holds a run with other settings (${source}): ${differ.join('; ')}. Resume with the run's settings, or start a new run in another directory`);
+}
+
+function breakdownOf(seconds: number, reduceSeconds: number, p: { forwardBackward: number; copy: number; apply: number; steps: number }): StepBreakdown {
+  const mean = (x: number) => (p.steps > 0 ? x / p.steps : 0);
+  const known = p.forwardBackward + p.copy + reduceSeconds + p.apply;
+  return { stepSeconds: mean(seconds), forwardBackwardSeconds: mean(p.forwardBackward), copySeconds: mean(p.copy), reduceSeconds: mean(reduceSeconds), applySeconds: mean(p.apply), otherSeconds: mean(Math.max(0, seconds - known)) };
 }
 
 /** Undefined when every member reported the same parameter digest; else who holds what. */

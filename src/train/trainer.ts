@@ -1,8 +1,8 @@
 /**
- * The one training step every entry point runs (the local run, the worker, the
- * benchmarks, the tests): gradients of a batch, an optional all-reduce across replicas,
- * global-norm clipping, the optimizer update. The pieces are handed in, so a worker differs
- * from the single-process run only by its `reducer`.
+ * The one training step every entry point runs (the worker, the benchmarks, the tests):
+ * gradients of a batch, an optional all-reduce across replicas, global-norm clipping, the
+ * optimizer update. The pieces are handed in, so a worker differs from a single process
+ * only by its `reducer`.
  *
  * The order binds, and is written here once:
  * 1. the objective differentiates the loss SUM when there is a reducer (so gradients add

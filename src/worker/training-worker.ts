@@ -14,7 +14,7 @@ import { Communicator } from '../comm/communicator.js';
 import type { JoinToken, TlsMaterial } from '../comm/auth.js';
 import { CommServer } from '../comm/server.js';
 import { ControlClient, ControlError } from '../control/client.js';
-import type { Assignment, Instruction, StateChunk, Work } from '../control/messages.js';
+import type { Assignment, Instruction, StateChunk, StepReport, Work } from '../control/messages.js';
 import { parseRunSpec, type RunSpec } from '../control/run-spec.js';
 import { type ReplicaState, StateAssembler, stateChunks } from '../control/state-transfer.js';
 import { batchFromRecords, decodeRecord } from '../data/dataset.js';
@@ -68,6 +68,8 @@ export class TrainingWorker {
   private workerId = 0;
   private generation = 0;
   private step = 0;
+  /** Reported with the next step: the update happens after the report of its own step. */
+  private lastApplySeconds = 0;
   private readonly pending = new Map<number, ReducedStep>();
   private restoring: { step: number; assembler: StateAssembler } | undefined;
   private queue: Promise<void> = Promise.resolve();
@@ -182,7 +184,9 @@ export class TrainingWorker {
         const reduced = this.pending.get(instruction.commit.step);
         if (!reduced || instruction.commit.generation !== this.generation) throw new Error(`commit of step ${instruction.commit.step} (generation ${instruction.commit.generation}), which this worker has not reduced`);
         this.pending.delete(instruction.commit.step);
+        const applyStart = performance.now();
         reduced.apply();
+        this.lastApplySeconds = (performance.now() - applyStart) / 1000;
         this.step = instruction.commit.step;
         this.heartbeat?.postMessage({ generation: this.generation, step: this.step });
         return undefined;
@@ -237,7 +241,10 @@ export class TrainingWorker {
     if (this.restoring) throw new Error(`work for step ${w.step} before the state of step ${this.restoring.step} arrived`);
     const { spec } = replica;
     const started = performance.now();
-    const report = { workerId: this.workerId, generation: w.generation, step: w.step, ok: false, error: '', loss: 0, accuracy: 0, targets: 0, gradNorm: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 0, paramDigest: '', learningRate: 0 };
+    const report: StepReport = {
+      workerId: this.workerId, generation: w.generation, step: w.step, ok: false, error: '', loss: 0, accuracy: 0, targets: 0, gradNorm: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 0, paramDigest: '', learningRate: 0,
+      forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: this.lastApplySeconds,
+    };
     try {
       if (w.digest) report.paramDigest = parameterDigest(replica.objective);
       const records = w.records.map((r) => ({ id: r.id, record: decodeRecord(r.example, spec.manifest, spec.perTokenFeature, `record ${r.id}`) }));
@@ -248,7 +255,7 @@ export class TrainingWorker {
       const reduced = await trainer.reduce(batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample });
       this.pending.set(w.step, reduced);
       const tokens = records.reduce((sum, r) => sum + r.record.tokenIds.length, 0);
-      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, reduceSeconds: reduced.reduceSeconds, learningRate: replica.optimizer.currentLearningRate });
+      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, reduceSeconds: reduced.reduceSeconds, learningRate: replica.optimizer.currentLearningRate, forwardBackwardSeconds: reduced.computeSeconds, copySeconds: reduced.copySeconds });
       this.options.metrics?.stepReduced({
         computeSeconds: reduced.computeSeconds,
         copySeconds: reduced.copySeconds,
