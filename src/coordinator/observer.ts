@@ -80,3 +80,29 @@ export function ranksOfStep(members: readonly ObservedWorker[], reports: Readonl
     return { rank, workerId: w.id, name: w.name, computeSeconds: r?.computeSeconds ?? 0, reduceSeconds: r?.reduceSeconds ?? 0, tokens: r?.tokens ?? 0 };
   });
 }
+
+/**
+ * The observer with each call fenced: an observer's failure is logged (once per method) and
+ * never reaches the run.
+ */
+export function guardObserver(observer: RunObserver, log: (line: string) => void): RunObserver {
+  const failed = new Set<string>();
+  const guard = <A extends unknown[]>(name: keyof RunObserver, call: (...args: A) => void) => (...args: A): void => {
+    try {
+      call(...args);
+    } catch (e) {
+      if (failed.has(name)) return;
+      failed.add(name);
+      log(`warning: the run observer failed in ${name} (the run goes on; further failures there are not logged): ${(e as Error).message}`);
+    }
+  };
+  return {
+    onRunStart: guard('onRunStart', (r) => observer.onRunStart(r)),
+    onWorkerJoined: guard('onWorkerJoined', (w, as) => observer.onWorkerJoined(w, as)),
+    onWorkerGone: guard('onWorkerGone', (w) => observer.onWorkerGone(w)),
+    onMembership: guard('onMembership', (m) => observer.onMembership(m)),
+    onStep: guard('onStep', (s) => observer.onStep(s)),
+    onStepAborted: guard('onStepAborted', (step, reason) => observer.onStepAborted(step, reason)),
+    onCheckpoint: guard('onCheckpoint', (c) => observer.onCheckpoint(c)),
+  };
+}

@@ -19,6 +19,7 @@ import { type OptimizerConfig } from '../optim/config.js';
 import { readManifest } from '../data/dataset.js';
 import { Coordinator, CoordinatorError, type CoordinatorSummary } from './coordinator.js';
 import { LocalWorkers } from './local-workers.js';
+import { guardObserver } from './observer.js';
 import { CoordinatorMetrics, type MetricsEndpoint, METRICS_TARGETS_FILE, scrapeAddress, startMetricsEndpoint, targetGroups } from '../metrics/metrics.js';
 import { RunHistory } from '../dashboard/history.js';
 import { type Dashboard, startDashboard } from '../dashboard/server.js';
@@ -175,7 +176,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     log: settings.log,
     stop,
     metrics: metrics?.metrics,
-    observer: dashboard?.history,
+    observer: dashboard ? guardObserver(dashboard.history, settings.log) : undefined,
     onListening: (address) => {
       if (localWorkers === 0) return;
       local = new LocalWorkers({
