@@ -26,6 +26,7 @@ import { TFRecordError } from '../src/data/tfrecord.js';
 import { CheckpointError } from '../src/checkpoint/run-checkpoint.js';
 import { LedgerError } from '../src/run/ledger.js';
 import { MetricsError, metricsPort } from '../src/metrics/metrics.js';
+import { DashboardError } from '../src/dashboard/server.js';
 
 function preset(value: string): string {
   if (!/^L\d+-H\d+$/.test(value)) throw new InvalidArgumentError('expected the form L<layers>-H<hidden>, e.g. L2-H128.');
@@ -69,6 +70,8 @@ interface StartOptions {
   logEvery: number;
   metricsPort?: number;
   metricsHost: string;
+  dashboardPort?: number;
+  dashboardHost: string;
 }
 
 /** Mean of the first and of the last `window` values. */
@@ -164,6 +167,8 @@ async function start(opts: StartOptions, command: Command): Promise<void> {
       logEvery: opts.logEvery,
       metricsPort: opts.metricsPort,
       metricsHost: opts.metricsHost,
+      dashboardPort: opts.dashboardPort,
+      dashboardHost: opts.dashboardHost,
       log: (line) => console.log(line),
     },
     stop.signal,
@@ -231,6 +236,12 @@ function buildProgram(): Command {
       metricsPort,
     )
     .option('--metrics-host <address>', 'address the metrics (the coordinator\'s and the local workers\') listen on', '127.0.0.1')
+    .option(
+      '--dashboard-port <n>',
+      'serve a live dashboard of the run (loss, learning rate, throughput, step times, workers, events) at http://<dashboard-host>:<n>/ (0: any free port; the URL is printed at start; default: none)',
+      metricsPort,
+    )
+    .option('--dashboard-host <address>', 'address the dashboard listens on; any but a loopback address asks for the run\'s join token', '127.0.0.1')
     .addHelpText(
       'after',
       '\nExamples:\n' +
@@ -241,6 +252,7 @@ function buildProgram(): Command {
         '  $ coordinator start --local-workers 1 --application unilm --steps 100   # seq2seq on one worker\n' +
         '  $ coordinator export runs/run-20261201-120000 --out runs/model   # the newest checkpoint as a tfjs LayersModel\n' +
         '  $ coordinator start --metrics-port 9400                      # Prometheus metrics; all targets in <run-dir>/metrics-targets.json\n' +
+        '  $ coordinator start --dashboard-port 8080                    # live dashboard at http://127.0.0.1:8080/\n' +
         '  $ pretrain prepare --corpus data/sample/corpus.txt --vocab data/sample/vocab.txt --out runs/mlm --max-length 128\n' +
         `\nA run file (--config run.yaml):\n${RUN_FILE_EXAMPLE.replace(/^/gm, '  ')}`,
     )
@@ -288,6 +300,7 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [CheckpointError, EXIT_FAILURE],
   [LedgerError, EXIT_FAILURE],
   [MetricsError, EXIT_FAILURE],
+  [DashboardError, EXIT_FAILURE],
 ]);
 // the control server's and the workers' handles are closed; a finished run has nothing left to wait for
 process.exit();

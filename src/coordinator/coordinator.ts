@@ -29,6 +29,7 @@ import { RecordStore } from '../data/record-store.js';
 import { type CommittedStep, DataLedger } from '../run/ledger.js';
 import { Journal, JOURNAL_FILE, JOURNAL_FORMAT, type JournalEntry } from '../run/journal.js';
 import type { CoordinatorMetrics } from '../metrics/metrics.js';
+import { ranksOfStep, type RunObserver } from './observer.js';
 
 export class CoordinatorError extends Error {
   override name = 'CoordinatorError';
@@ -82,6 +83,8 @@ export interface CoordinatorOptions {
   readonly stop?: AbortSignal;
   /** The run's Prometheus series (src/metrics), when its metrics are served. */
   readonly metrics?: CoordinatorMetrics | undefined;
+  /** Told of the run's steps, members, workers and checkpoints as they happen (the dashboard). */
+  readonly observer?: RunObserver | undefined;
 }
 
 export interface CoordinatorSummary {
@@ -213,16 +216,19 @@ export class Coordinator {
               const wanted = o.workers - this.members.filter((w) => !w.gone).length - this.joiners.filter((w) => !w.gone).length;
               if (wanted <= 0) {
                 o.log(`worker ${s.id} (${s.name}) joined, but the run has its ${o.workers} worker(s); it is sent away`);
+                o.observer?.onWorkerJoined(s, 'refused');
                 this.send(s, { kind: 'stop', stop: { reason: `the run already has its ${o.workers} worker(s)` } });
               } else {
                 const wait = this.admissibleAt(s, Date.now()) - Date.now();
                 const held = wait > 0 ? `; it failed ${this.recentFailures(s)} times lately, so it waits ${Math.ceil(wait / 1000)} s first (--failure-backoff)` : '';
                 o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined the running run: it comes in at a step boundary${held}`);
                 this.joiners.push(s);
+                o.observer?.onWorkerJoined(s, 'joining');
               }
               return;
             }
             this.ready.push(s);
+            o.observer?.onWorkerJoined(s, 'waiting');
             o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined: ${this.ready.length} of ${o.workers}`);
             this.joinWaiter?.();
           },
@@ -270,6 +276,7 @@ export class Coordinator {
       // generations only grow, across coordinator restarts too: workers fence by them
       this.generation = Math.max(0, ...workers.map((w) => w.heldGeneration));
       const firstStep = this.step + 1;
+      o.observer?.onRunStart({ runId: o.runId, firstStep, steps: o.steps, globalBatch: o.globalBatch, resumedFrom: resuming ? this.step : undefined });
       const runJson = JSON.stringify(spec);
       /** A new generation: ranks in the given order, the ring re-formed; `restore` sends the checkpoint along. */
       /**
@@ -280,6 +287,7 @@ export class Coordinator {
         this.members = members;
         this.generation++;
         o.metrics?.generation(this.generation, members.length);
+        o.observer?.onMembership({ generation: this.generation, step: this.step, members });
         this.lost = undefined;
         const peers = members.map((w) => w.dataAddress);
         members.forEach((w, rank) => {
@@ -324,6 +332,7 @@ export class Coordinator {
         checkpoints.push(saved.dir);
         lastCheckpointStep = this.step;
         o.metrics?.checkpointSaved(this.step, (performance.now() - checkpointStarted) / 1000, saved.bytes);
+        o.observer?.onCheckpoint({ step: this.step, dir: saved.dir, bytes: saved.bytes, seconds: (performance.now() - checkpointStarted) / 1000 });
         o.log(`checkpoint: step ${this.step} -> ${saved.dir} (${(saved.bytes / 2 ** 20).toFixed(1)} MiB)`);
       };
 
@@ -367,6 +376,7 @@ export class Coordinator {
         } catch (e) {
           ledger.abort(step);
           o.metrics?.stepAborted();
+          o.observer?.onStepAborted(step, (e as Error).message);
           for (const w of workers) if (!w.gone) this.send(w, { kind: 'abort', abort: { generation: this.generation, step, reason: (e as Error).message } });
           // nothing of the step was applied anywhere: the members still alive hold the state of
           // the last committed step, so the ring re-forms with them and the step runs again
@@ -427,6 +437,7 @@ export class Coordinator {
         // real tokens (no padding), counted by the workers that decoded them
         const stepTokens = [...results.values()].reduce((sum, r) => sum + r.tokens, 0);
         o.metrics?.stepCommitted({ seconds: elapsed, samples: n, tokens: stepTokens, loss: report.loss, learningRate: report.learningRate, gradNorm: report.gradNorm, step, epoch: ledger.epoch, consumedInEpoch: ledger.consumedInEpoch, epochSize: ledger.epochSize });
+        o.observer?.onStep({ step, loss: report.loss, learningRate: report.learningRate, gradNorm: report.gradNorm, tokens: stepTokens, samples: n, seconds: elapsed, perWorker: ranksOfStep(workers, results), worldSize: workers.length, generation: this.generation, epoch: ledger.epoch, consumedInEpoch: ledger.consumedInEpoch, epochSize: ledger.epochSize });
         if (step > firstStep || o.steps === firstStep) {
           tokens += stepTokens;
           seconds += elapsed;
@@ -559,6 +570,7 @@ export class Coordinator {
   }
 
   private onGone(s: WorkerSession): void {
+    this.o.observer?.onWorkerGone(s);
     if (this.members.length === 0) {
       this.o.log(`worker ${s.id} (${s.name}) left before the run started: ${s.gone}`);
       const i = this.ready.indexOf(s);

@@ -52,6 +52,8 @@ const runFileSchema = z
     logEvery: count,
     metricsPort: z.number().int().min(0).max(65535),
     metricsHost: z.string().min(1),
+    dashboardPort: z.number().int().min(0).max(65535),
+    dashboardHost: z.string().min(1),
   })
   .partial()
   .strict();

@@ -19,7 +19,10 @@ import { type OptimizerConfig } from '../optim/config.js';
 import { readManifest } from '../data/dataset.js';
 import { Coordinator, CoordinatorError, type CoordinatorSummary } from './coordinator.js';
 import { LocalWorkers } from './local-workers.js';
+import { guardObserver } from './observer.js';
 import { CoordinatorMetrics, type MetricsEndpoint, METRICS_TARGETS_FILE, scrapeAddress, startMetricsEndpoint, targetGroups } from '../metrics/metrics.js';
+import { RunHistory } from '../dashboard/history.js';
+import { type Dashboard, startDashboard } from '../dashboard/server.js';
 
 
 const SAMPLE_DIR = fileURLToPath(new URL('../../../data/sample/', import.meta.url));
@@ -65,6 +68,10 @@ export interface StartSettings {
   metricsPort?: number | undefined;
   /** Default 127.0.0.1. */
   metricsHost?: string | undefined;
+  /** Serve the live dashboard on this port (0: a free one); its URL is logged. Absent: no dashboard. */
+  dashboardPort?: number | undefined;
+  /** Default 127.0.0.1; any other than a loopback address asks for the run's token. */
+  dashboardHost?: string | undefined;
 }
 
 export interface StartResult extends CoordinatorSummary {
@@ -126,6 +133,13 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
   if (workers > localWorkers) settings.log(`waiting for ${workers - localWorkers} worker(s) started elsewhere: \`worker start --coordinator <address>\` with ${TOKEN_FILE_ENV}=${tokenFile ?? '<the token file>'}`);
   let local: LocalWorkers | undefined;
   const metrics = await startMetrics(settings, runDir);
+  let dashboard: { history: RunHistory; server: Dashboard } | undefined;
+  try {
+    dashboard = await startRunDashboard(settings, runId, token);
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
   const coordinator = new Coordinator({
     runDir,
     runId,
@@ -162,6 +176,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     log: settings.log,
     stop,
     metrics: metrics?.metrics,
+    observer: dashboard ? guardObserver(dashboard.history, settings.log) : undefined,
     onListening: (address) => {
       if (localWorkers === 0) return;
       local = new LocalWorkers({
@@ -180,11 +195,26 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     },
   });
   try {
-    return { ...(await coordinator.run()), runId };
+    const summary = await coordinator.run();
+    dashboard?.history.ended({ lastStep: summary.lastStep, stoppedEarly: summary.stoppedEarly });
+    return { ...summary, runId };
+  } catch (e) {
+    dashboard?.history.ended({ error: (e as Error).message });
+    throw e;
   } finally {
     await local?.stop();
     await metrics?.close();
+    await dashboard?.server.close();
   }
+}
+
+/** The live dashboard (src/dashboard) when --dashboard-port is given; its URL is logged, never the token. */
+async function startRunDashboard(settings: StartSettings, runId: string, token: JoinToken): Promise<{ history: RunHistory; server: Dashboard } | undefined> {
+  if (settings.dashboardPort === undefined) return undefined;
+  const history = new RunHistory({ runId, steps: settings.steps, globalBatch: settings.globalBatch });
+  const server = await startDashboard({ history, host: settings.dashboardHost ?? '127.0.0.1', port: settings.dashboardPort, token });
+  settings.log(`coordinator: dashboard on ${server.url}${server.tokenRequired ? ' (it asks for the run\'s join token, or open it once with ?token=<token>)' : ''}`);
+  return { history, server };
 }
 
 /**
