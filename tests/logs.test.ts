@@ -115,6 +115,17 @@ describe('the log format', () => {
     }
   });
 
+  it('a secret with characters JSON escapes is redacted in a JSON line too', () => {
+    const { logger, close } = fileLogger('json', 'redact-escaped');
+    const secret = 'to"ken\\with-escapes';
+    logger.redact(secret);
+    logger.info(`the token is ${secret}`, { token: secret });
+    close();
+    const out = readFileSync(path.join(dir, 'redact-escaped.jsonl'), 'utf8');
+    assert.ok(!out.includes(JSON.stringify(secret).slice(1, -1)), out);
+    assert.equal(jsonLines(out)[0]!.msg, `the token is ${REDACTED}`);
+  });
+
   it('a metrics announcement is found in a JSON line too', () => {
     assert.equal(parseMetricsAnnouncement('worker: metrics on http://127.0.0.1:9401/metrics'), '127.0.0.1:9401');
     assert.equal(parseMetricsAnnouncement(JSON.stringify({ level: 'info', msg: 'worker: metrics on http://127.0.0.1:9401/metrics' })), '127.0.0.1:9401');

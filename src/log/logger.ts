@@ -101,7 +101,8 @@ export class Logger {
 
   /** Never write this value (nor any of these): it is replaced by [redacted] wherever it would appear. */
   redact(...secrets: readonly string[]): void {
-    for (const s of secrets) if (s.length > 0 && !this.secrets.includes(s)) this.secrets.push(s);
+    // as it reads in a JSON line too, should it hold a character JSON escapes
+    for (const s of secrets.flatMap((s) => [s, JSON.stringify(s).slice(1, -1)])) if (s.length > 0 && !this.secrets.includes(s)) this.secrets.push(s);
   }
 
   readonly log: LogFn = (msg, fields, level = 'info') => {
