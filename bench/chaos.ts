@@ -71,6 +71,8 @@ async function main(): Promise<void> {
     const common = [
       '--data', data, '--preset', 'L1-H32', '--backend', o.backend, '--steps', String(o.steps), '--global-batch', '6', '--workers', String(o.workers), '--min-workers', '1',
       '--listen', `127.0.0.1:${port}`, '--checkpoint-every', '10', '--checksum-every', '1', '--heartbeat-timeout', '5', '--log-every', '1', '--optimizer', '{"type":"adam","learningRate":0.01}',
+      // the human lines, which this harness reads (stdout is a pipe: auto would be JSON)
+      '--log-format', 'text',
     ];
     // the fault schedule: distinct steps, coordinator kills apart from the rest
     const steps = new Set<number>();

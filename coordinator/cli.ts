@@ -6,7 +6,8 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { BertConfig } from '../src/model/config.js';
 import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
-import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, runProgram, UserError } from '../src/cli/common.js';
+import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, reportErrorsWith, runProgram, UserError } from '../src/cli/common.js';
+import { LOG_FORMAT_CHOICES, LOG_FORMAT_ENV, LogConfigError, type LogFormatChoice, Logger, resolveLogFormat } from '../src/log/logger.js';
 import { type Application, APPLICATIONS } from '../src/model/build.js';
 import { ExportError, exportCheckpoint, OPTIMIZER_STATE_FILE } from '../src/run/export.js';
 import { selectBackend } from '../src/backend/index.js';
@@ -72,6 +73,7 @@ interface StartOptions {
   metricsHost: string;
   dashboardPort?: number;
   dashboardHost: string;
+  logFormat?: LogFormatChoice;
 }
 
 /** Mean of the first and of the last `window` values. */
@@ -95,6 +97,9 @@ const DEFAULTS = {
 };
 
 async function start(opts: StartOptions, command: Command): Promise<void> {
+  // first of all: from here on every line, the closing error too, is in the chosen format
+  const logger = new Logger({ format: resolveLogFormat(opts.logFormat), name: 'coordinator', textStream: process.stdout });
+  reportErrorsWith((program, line, err, withStack) => logger.reportError(program, line, err, withStack));
   if (opts.resume && opts.runDir) throw new UserError('--resume names the run directory already; drop --run-dir');
   // the run file fills what the command line left at its default; the command line wins
   let fileOptimizer: OptimizerConfig | undefined;
@@ -123,11 +128,11 @@ async function start(opts: StartOptions, command: Command): Promise<void> {
   const stop = new AbortController();
   const onSignal = (signal: string) => {
     if (stop.signal.aborted) {
-      console.log(`coordinator: ${signal} again: exiting now, without a checkpoint of the step in progress`);
+      logger.warn(`coordinator: ${signal} again: exiting now, without a checkpoint of the step in progress`, { signal });
       process.exit(130);
     }
     stop.abort();
-    console.log(`coordinator: ${signal}: checkpointing after the current step, then stopping (again to exit at once)`);
+    logger.info(`coordinator: ${signal}: checkpointing after the current step, then stopping (again to exit at once)`, { signal });
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
@@ -169,16 +174,30 @@ async function start(opts: StartOptions, command: Command): Promise<void> {
       metricsHost: opts.metricsHost,
       dashboardPort: opts.dashboardPort,
       dashboardHost: opts.dashboardHost,
-      log: (line) => console.log(line),
+      log: logger.log,
+      logging: logger,
     },
     stop.signal,
   );
   const window = Math.min(opts.logEvery, result.losses.length);
   const [first, last] = result.losses.length > 0 ? endMeans(result.losses, window) : [NaN, NaN];
-  console.log(
-    `done: steps ${result.firstStep}-${result.lastStep} in ${((performance.now() - started) / 1000).toFixed(1)} s, ` +
+  const seconds = (performance.now() - started) / 1000;
+  logger.info(
+    `done: steps ${result.firstStep}-${result.lastStep} in ${seconds.toFixed(1)} s, ` +
       `train loss ${first.toFixed(4)} -> ${last.toFixed(4)} (means of the first and the last ${window} steps), ${Math.round(result.tokensPerSecond)} tokens/s; ` +
       `replicas identical in ${result.replicaChecks} check(s); run directory ${result.runDir} (journal, ${result.checkpoints.length} checkpoint(s)${result.stoppedEarly ? '; stopped early: continue with --run-dir' : ''})`,
+    {
+      firstStep: result.firstStep,
+      lastStep: result.lastStep,
+      seconds,
+      lossFirst: result.losses.length > 0 ? first : undefined,
+      lossLast: result.losses.length > 0 ? last : undefined,
+      tokensPerSecond: result.tokensPerSecond,
+      replicaChecks: result.replicaChecks,
+      runDir: result.runDir,
+      checkpoints: result.checkpoints.length,
+      stoppedEarly: result.stoppedEarly,
+    },
   );
 }
 
@@ -242,6 +261,12 @@ function buildProgram(): Command {
       metricsPort,
     )
     .option('--dashboard-host <address>', 'address the dashboard listens on; any but a loopback address asks for the run\'s join token', '127.0.0.1')
+    .addOption(
+      new Option(
+        '--log-format <format>',
+        `text: readable lines on stdout; json: JSON lines on stdout (time, level, msg, runId, generation, step..., the local workers' lines with localWorker), for Kubernetes and log collectors; auto: text on a terminal, else json (default: ${LOG_FORMAT_ENV}, else auto)`,
+      ).choices(LOG_FORMAT_CHOICES),
+    )
     .addHelpText(
       'after',
       '\nExamples:\n' +
@@ -292,6 +317,7 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [AuditError, EXIT_FAILURE],
   [CoordinatorError, EXIT_FAILURE],
   [RunConfigError, EXIT_USAGE],
+  [LogConfigError, EXIT_USAGE],
   [AuthConfigError, EXIT_USAGE],
   [ConfigError, EXIT_USAGE],
   [OptimizerConfigError, EXIT_USAGE],

@@ -36,7 +36,8 @@ after(async () => {
 
 /** A small run on cpu: L1-H32, Adam, batches of 4, as many steps as a test lets it take. */
 function runArgs(runDir: string, localWorkers: number, extra: string[] = []): string[] {
-  return ['start', '--run-dir', runDir, '--local-workers', String(localWorkers), '--backend', 'cpu', '--preset', 'L1-H32', '--data', data, '--steps', '1000', '--global-batch', '4', '--checkpoint-every', '1000', '--log-every', '1', '--optimizer', '{"type":"adam","learningRate":0.01}', ...extra];
+  // the human lines, which these tests read (the JSON log: tests/logs.test.ts)
+  return ['start', '--log-format', 'text', '--run-dir', runDir, '--local-workers', String(localWorkers), '--backend', 'cpu', '--preset', 'L1-H32', '--data', data, '--steps', '1000', '--global-batch', '4', '--checkpoint-every', '1000', '--log-every', '1', '--optimizer', '{"type":"adam","learningRate":0.01}', ...extra];
 }
 
 function address(text: string): string {

@@ -36,7 +36,8 @@ after(async () => {
 
 /** A small run on cpu: L1-H32 (dropout 0.1), AdaFactor, recompute, 3 steps of 6 sequences. */
 function runArgs(runDir: string, workers: number, extra: string[] = []): string[] {
-  return ['start', '--run-dir', runDir, '--local-workers', String(workers), '--backend', 'cpu', '--preset', 'L1-H32', '--steps', '3', '--global-batch', '6', '--checkpoint-every', '3', '--log-every', '1', ...extra];
+  // the human lines, which these tests read (the JSON log: tests/logs.test.ts)
+  return ['start', '--log-format', 'text', '--run-dir', runDir, '--local-workers', String(workers), '--backend', 'cpu', '--preset', 'L1-H32', '--steps', '3', '--global-batch', '6', '--checkpoint-every', '3', '--log-every', '1', ...extra];
 }
 
 async function finalParams(runDir: string): Promise<Map<string, Float32Array>> {
@@ -227,7 +228,7 @@ describe('coordinator and workers (real processes on 127.0.0.1)', () => {
       first.kill('SIGKILL');
       await exitOf(first, 10_000);
       const committed = Math.max(...[...before.text.matchAll(/^step +(\d+)\//gm)].map((m) => Number(m[1])));
-      second = spawn(process.execPath, [CLI, 'start', '--resume', runDir, '--local-workers', '0', '--workers', '2', '--backend', 'cpu', '--preset', 'L1-H32', '--log-every', '1', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      second = spawn(process.execPath, [CLI, 'start', '--log-format', 'text', '--resume', runDir, '--local-workers', '0', '--workers', '2', '--backend', 'cpu', '--preset', 'L1-H32', '--log-every', '1', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
       const after = collect(second);
       await waitFor(() => /resuming from the live workers, which hold step (\d+)/.test(after.text), 60_000, () => after.text);
       const held = Number(/which hold step (\d+)/.exec(after.text)![1]);

@@ -262,7 +262,7 @@ describe('dashboard of a real run in headless Chromium', () => {
     const optimizer = '{"type":"adafactor","learningRate":0.01,"wrappers":[{"type":"piecewiseLinear","schedule":{"30":1,"1000":0.1}}]}';
     const coordinator = spawn(
       process.execPath,
-      [CLI, 'start', '--run-dir', runDir, '--data', data.mlm, '--local-workers', '2', '--backend', 'cpu', '--preset', 'L1-H32', '--global-batch', '4', '--steps', '1000', '--optimizer', optimizer, '--checkpoint-every', readme ? '50' : '10', '--log-every', '5', '--min-workers', '1', '--dashboard-port', '0'],
+      [CLI, 'start', '--log-format', 'text', '--run-dir', runDir, '--data', data.mlm, '--local-workers', '2', '--backend', 'cpu', '--preset', 'L1-H32', '--global-batch', '4', '--steps', '1000', '--optimizer', optimizer, '--checkpoint-every', readme ? '50' : '10', '--log-every', '5', '--min-workers', '1', '--dashboard-port', '0'],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     const output = collect(coordinator);

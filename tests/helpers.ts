@@ -60,10 +60,14 @@ export interface ScriptResult {
   stderr: string;
 }
 
-/** Runs a compiled script in a fresh node process (the real CLI, not a mock); `input` goes to its stdin. */
+/**
+ * Runs a compiled script in a fresh node process (the real CLI, not a mock); `input` goes to
+ * its stdin. The coordinator and the worker log their human lines (PRETRAIN_LOG_FORMAT=text,
+ * which `env` may override): stdout is no terminal here, which would make them log JSON.
+ */
 export function runScript(script: string, args: string[], options: { cwd?: string; input?: string | Uint8Array; timeout?: number; env?: Record<string, string> } = {}): Promise<ScriptResult> {
   return new Promise((resolve) => {
-    const env = options.env ? { ...process.env, ...options.env } : undefined;
+    const env = { ...process.env, PRETRAIN_LOG_FORMAT: 'text', ...options.env };
     const child = execFile(process.execPath, [script, ...args], { cwd: options.cwd, env, timeout: options.timeout ?? 60_000, maxBuffer: 1 << 26 }, (err, stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
     });

@@ -43,14 +43,14 @@ describe('grpc.health.v1 for Kubernetes probes (real processes on 127.0.0.1)', (
       const workerHealth = `127.0.0.1:${healthPort}`;
       const env = { ...process.env, PRETRAIN_TOKEN_FILE: tokenFile };
       // the worker first: its coordinator is not up yet, so it waits to join
-      const worker = processes.start(process.execPath, [WORKER_CLI, 'start', '--coordinator', coordinator, '--backend', 'cpu', '--port', String(dataPort), '--health-port', String(healthPort), '--name', 'probed'], { env });
+      const worker = processes.start(process.execPath, [WORKER_CLI, 'start', '--log-format', 'text', '--coordinator', coordinator, '--backend', 'cpu', '--port', String(dataPort), '--health-port', String(healthPort), '--name', 'probed'], { env });
       const live = await waitForAnswer(() => healthCheck(workerHealth, 'liveness'), (a) => a.status !== undefined, 30_000, () => `the worker's health port\n${worker.output.text}`, [worker]);
       assert.equal(live.status, 'SERVING', 'liveness: the process answers');
       assert.deepEqual(await healthCheck(workerHealth, ''), { status: 'NOT_SERVING' }, 'not ready before it has joined a run');
       assert.deepEqual(await healthCheck(workerHealth, 'pretrain.unknown'), { code: grpc.status.NOT_FOUND });
       assert.deepEqual(await healthCheck(coordinator, ''), { code: grpc.status.UNAVAILABLE }, 'nothing listens on the control port yet');
 
-      const run = processes.start(process.execPath, [CLI, 'start', '--run-dir', path.join(dir, 'run'), '--data', data, '--listen', coordinator, '--local-workers', '0', '--workers', '1',
+      const run = processes.start(process.execPath, [CLI, 'start', '--log-format', 'text', '--run-dir', path.join(dir, 'run'), '--data', data, '--listen', coordinator, '--local-workers', '0', '--workers', '1',
         '--preset', 'L1-H32', '--steps', '1000', '--global-batch', '2', '--checkpoint-every', '1000', '--log-every', '1'], { env });
       const ready = await waitForAnswer(() => healthCheck(coordinator, ''), (a) => a.status === 'SERVING', 30_000, () => `the coordinator's readiness\n${run.output.text}`, [run, worker]);
       assert.deepEqual(ready, { status: 'SERVING' });
@@ -72,7 +72,7 @@ describe('grpc.health.v1 for Kubernetes probes (real processes on 127.0.0.1)', (
     const processes = new Processes();
     try {
       const healthPort = await freePort();
-      const worker = processes.start(process.execPath, [WORKER_CLI, 'start', '--coordinator', `127.0.0.1:${await freePort()}`, '--backend', 'cpu', '--health-port', String(healthPort)], { env: { ...process.env, PRETRAIN_TOKEN: 'a-token-of-the-test-run' } });
+      const worker = processes.start(process.execPath, [WORKER_CLI, 'start', '--log-format', 'text', '--coordinator', `127.0.0.1:${await freePort()}`, '--backend', 'cpu', '--health-port', String(healthPort)], { env: { ...process.env, PRETRAIN_TOKEN: 'a-token-of-the-test-run' } });
       await waitForAnswer(() => healthCheck(`127.0.0.1:${healthPort}`, 'liveness'), (a) => a.status === 'SERVING', 20_000, () => worker.output.text, [worker]);
       worker.child.kill('SIGTERM');
       assert.equal(await exitOf(worker.child, 10_000), 143);

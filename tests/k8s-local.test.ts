@@ -17,6 +17,7 @@ import { describe, it } from 'node:test';
 import { parse, stringify } from 'yaml';
 import { freePort } from '../bench/common.js';
 import { exitOf, healthCheck, type K8sObject, kubectlAvailable, packageBins, Processes, REPO, renderOverlay, SKIP_NO_KUBECTL, type Started, statefulSet, waitForAnswer } from './k8s-support.js';
+import { jsonLines, messages } from './log-lines.js';
 
 /** What `kubectl -n pretrain create secret generic pretrain-token --from-file=token=...` holds. */
 const TOKEN_SECRET = { name: 'pretrain-token', data: { token: 'k8s-local-test-token-0123456789abcdef\n' } };
@@ -187,16 +188,31 @@ describe('k8s/ manifests as local processes', { skip: kubectl ? false : SKIP_NO_
       // the first worker joins and is ready, while the run waits for the others
       const first = cluster.start(workers[0]!, processes, workdir);
       await probesAnswer(workers[0]!, [c, first], all);
-      assert.doesNotMatch(c.output.text, /^step /m);
+      assert.doesNotMatch(messages(c.output.text), /^step /m);
       for (const w of workers.slice(1)) cluster.start(w, processes, workdir);
 
       assert.equal(await exitOf(c.child, 60_000), 0, all());
       for (const p of processes.list.slice(1)) assert.equal(await exitOf(p.child, 30_000), 0, all());
-      assert.match(c.output.text, new RegExp(`step +3/3 .*workers ${workers.length}`));
-      assert.match(c.output.text, /replicas identical/);
+      // the manifests ask for the JSON log: every line of stdout an object with the run's context
+      const records = processes.list.map((p) => jsonLines(p.output.text));
+      for (const [i, list] of records.entries()) {
+        assert.ok(list.length > 0, all());
+        for (const r of list) assert.ok(typeof r.time === 'string' && typeof r.level === 'string' && typeof r.msg === 'string', JSON.stringify(r));
+        for (const r of list.filter((r) => /^(step|checkpoint|worker \d+: generation)/.test(r.msg as string))) {
+          assert.equal(typeof r.runId, 'string', JSON.stringify(r));
+          assert.equal(typeof r.generation, 'number', JSON.stringify(r));
+          assert.equal(typeof r.step, 'number', JSON.stringify(r));
+          if (i > 0) assert.equal(typeof r.rank, 'number', JSON.stringify(r));
+        }
+      }
+      const progress = records[0]!.find((r) => r.step === 3 && typeof r.loss === 'number');
+      assert.ok(progress, all());
+      assert.match(progress.msg as string, new RegExp(`step +3/3 .*workers ${workers.length}`));
+      assert.equal(progress.workers, workers.length);
+      assert.match(messages(c.output.text), /replicas identical/);
       for (const w of workers) {
         const dataPort = w.ports.get(Number(workerSet.spec.template.spec.containers[0].ports.find((p: K8sObject) => p.name === 'data').containerPort));
-        assert.match(all(), new RegExp(`worker \\d+: joined run .*data plane 127\\.0\\.0\\.1:${dataPort}`), `${w.name} serves its peers on its declared data port`);
+        assert.match(messages(all()), new RegExp(`worker \\d+: joined run .*data plane 127\\.0\\.0\\.1:${dataPort}`), `${w.name} serves its peers on its declared data port`);
       }
       // the run lives on the claim: its data, journal and checkpoints
       const claim = coordinator.mounts.get(coordinatorSet.spec.template.spec.containers[0].volumeMounts.find((m: K8sObject) => m.name === coordinatorSet.spec.volumeClaimTemplates[0].metadata.name).mountPath)!;

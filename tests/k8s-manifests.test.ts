@@ -138,6 +138,9 @@ describe('k8s/ manifests', { skip: kubectl ? false : SKIP_NO_KUBECTL }, () => {
       assert.equal(wArg('--host'), `$(POD_NAME).${headless.metadata.name}.$(POD_NAMESPACE).svc`, 'peers dial the pod by its stable DNS name');
       assert.equal(wArg('--bind'), '0.0.0.0');
       assert.ok(w.ports.some((p: K8sObject) => String(p.containerPort) === wArg('--port') && p.name === 'data'));
+      // JSON lines for the log collector, not the terminal's choice
+      assert.equal(arg('--log-format'), 'json');
+      assert.equal(wArg('--log-format'), 'json');
 
       // the run file in the ConfigMap is one `coordinator start --config` accepts
       const config = one(objects, 'ConfigMap');

@@ -1,5 +1,7 @@
-/** The Prometheus text format, parsed as far as the metrics tests need it, and the naming rules they check. */
+/** The Prometheus text format, parsed as far as the metrics tests need it, the naming rules they check, and the Grafana dashboard's queries. */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
 export interface Family {
   name: string;
@@ -62,3 +64,64 @@ export function labelProblems(families: Map<string, Family>): string[] {
   return problems;
 }
 
+
+/** The Grafana dashboard (k8s/grafana/), as far as the tests read it. */
+export interface Dashboard {
+  uid: string;
+  title: string;
+  schemaVersion: number;
+  panels: DashboardPanel[];
+  templating: { list: { name: string; type: string; query?: string | { query: string }; allValue?: string }[] };
+}
+
+export interface DashboardPanel {
+  id: number;
+  type: string;
+  title: string;
+  datasource?: { type: string; uid: string };
+  gridPos: { h: number; w: number; x: number; y: number };
+  targets?: { expr: string; refId: string; datasource?: { type: string; uid: string } }[];
+  panels?: DashboardPanel[];
+}
+
+export const DASHBOARD_FILE = fileURLToPath(new URL('../../k8s/grafana/pretrain-dashboard.json', import.meta.url));
+
+export function readDashboard(): Dashboard {
+  return JSON.parse(readFileSync(DASHBOARD_FILE, 'utf8')) as Dashboard;
+}
+
+/** Every panel, those inside collapsed rows too. */
+export function dashboardPanels(d: Dashboard): DashboardPanel[] {
+  return d.panels.flatMap((p) => [p, ...(p.panels ?? [])]);
+}
+
+/** Every query of the dashboard: each panel's targets, and each query variable's label_values() as a PromQL query. */
+export function dashboardQueries(d: Dashboard): { where: string; expr: string }[] {
+  const queries = dashboardPanels(d).flatMap((p) => (p.targets ?? []).map((t) => ({ where: `panel "${p.title}" (${t.refId})`, expr: t.expr })));
+  for (const v of d.templating.list.filter((v) => v.type === 'query')) {
+    const q = typeof v.query === 'string' ? v.query : (v.query?.query ?? '');
+    const m = /^label_values\((\w+),\s*(\w+)\)$/.exec(q);
+    assert.ok(m, `variable ${v.name}: ${q} is not label_values(metric, label)`);
+    queries.push({ where: `variable $${v.name}`, expr: `group by (${m[2]}) (${m[1]})` });
+  }
+  return queries;
+}
+
+/**
+ * A panel's query as Prometheus takes it: Grafana's interval variables become fixed windows
+ * (`$__rate_interval` 30s: the test scrapes every second) and the dashboard's own variables
+ * match everything. A `$` left over is a variable the dashboard does not define.
+ */
+export function promQL(expr: string, d: Dashboard): string {
+  let q = expr.replaceAll('$__rate_interval', '30s').replaceAll('$__interval', '5s').replaceAll('$__range', '5m');
+  for (const v of d.templating.list) {
+    for (const form of [`\${${v.name}:regex}`, `\${${v.name}}`, `[[${v.name}]]`, `$${v.name}`]) q = q.replaceAll(form, v.allValue ?? '.*');
+  }
+  assert.ok(!q.includes('$'), `${expr}: a variable the dashboard does not define`);
+  return q;
+}
+
+/** The metric names a query reads (our series and the process ones), for a check of each on its own. */
+export function metricNames(expr: string): string[] {
+  return [...new Set(expr.match(/\b(?:pretrain|process|nodejs)_[a-z0-9_]+\b/g) ?? [])];
+}

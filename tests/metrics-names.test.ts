@@ -102,7 +102,7 @@ describe('metrics (/metrics fetched over HTTP)', () => {
 
   it('worker start --metrics-port 0 serves on a free port and announces it on stderr; a bad port is a usage error', async () => {
     // a coordinator that is not there: the worker keeps trying to join while its metrics are served
-    const child = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', '127.0.0.1:1', '--backend', 'cpu', '--metrics-port', '0'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, PRETRAIN_TOKEN: 'a-token-for-the-test' } });
+    const child = spawn(process.execPath, [WORKER_CLI, 'start', '--log-format', 'text', '--coordinator', '127.0.0.1:1', '--backend', 'cpu', '--metrics-port', '0'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, PRETRAIN_TOKEN: 'a-token-for-the-test' } });
     let stderr = '';
     try {
       const address = await new Promise<string>((resolve, reject) => {
@@ -125,7 +125,7 @@ describe('metrics (/metrics fetched over HTTP)', () => {
     } finally {
       child.kill('SIGKILL');
     }
-    const bad = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', '127.0.0.1:1', '--metrics-port', '70000'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const bad = spawn(process.execPath, [WORKER_CLI, 'start', '--log-format', 'text', '--coordinator', '127.0.0.1:1', '--metrics-port', '70000'], { stdio: ['ignore', 'ignore', 'pipe'] });
     let badErr = '';
     bad.stderr!.on('data', (d: Buffer) => (badErr += d.toString()));
     const code = await new Promise<number | null>((resolve) => bad.once('exit', resolve));

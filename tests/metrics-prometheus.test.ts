@@ -16,7 +16,7 @@ import { prepare } from '../src/data/prepare.js';
 import { METRICS_TARGETS_FILE, type TargetGroup } from '../src/metrics/metrics.js';
 import { freePort } from '../bench/common.js';
 import { prepareOptions, writeSampleSlice } from './helpers.js';
-import { labelProblems, namingProblems, parseExposition } from './metrics-exposition.js';
+import { dashboardPanels, dashboardQueries, labelProblems, metricNames, namingProblems, parseExposition, promQL, readDashboard } from './metrics-exposition.js';
 
 const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
 
@@ -64,7 +64,7 @@ describe('metrics scraped by a real Prometheus', () => {
       // long enough for any machine's pace; ended by SIGTERM once everything was seen
       const coordinator = spawn(
         process.execPath,
-        [CLI, 'start', '--run-dir', runDir, '--data', data, '--local-workers', '2', '--min-workers', '1', '--backend', 'cpu', '--preset', 'L1-H32', '--steps', '100000', '--global-batch', '4', '--checkpoint-every', '10', '--log-every', '1', '--metrics-port', '0'],
+        [CLI, 'start', '--log-format', 'text', '--run-dir', runDir, '--data', data, '--local-workers', '2', '--min-workers', '1', '--backend', 'cpu', '--preset', 'L1-H32', '--steps', '100000', '--global-batch', '4', '--checkpoint-every', '10', '--log-every', '1', '--metrics-port', '0'],
         { stdio: ['ignore', 'pipe', 'pipe'] },
       );
       children.push(coordinator);
@@ -152,6 +152,13 @@ describe('metrics scraped by a real Prometheus', () => {
       const tokensAtOne = (await scalar('pretrain_tokens_total'))!;
       await waitFor(async () => ((await scalar('pretrain_tokens_total')) ?? 0) > tokensAtOne, 60_000, diagnose);
 
+      // the Grafana dashboard: every query of every panel (and of its variables) has an answer
+      // here, and so has every metric it names on its own (no panel reads a series that does not exist)
+      const dashboard = readDashboard();
+      const queries = dashboardQueries(dashboard);
+      for (const { where, expr } of queries) await soon(promQL(expr, dashboard), (r) => r.length > 0, `${where} answers`);
+      for (const name of new Set(queries.flatMap((q) => metricNames(q.expr)))) await soon(`count(${name})`, (r) => r.length > 0, `${name}, which the dashboard reads, exists`);
+
       coordinator.kill('SIGTERM');
       assert.equal(await exitOf(coordinator, 60_000), 0, output.text);
       server.kill('SIGTERM');
@@ -166,6 +173,33 @@ describe('metrics scraped by a real Prometheus', () => {
           // gone already, as it should be
         }
       }
+    }
+  });
+});
+
+describe('the Grafana dashboard (k8s/grafana/pretrain-dashboard.json)', () => {
+  it('schema 39, a datasource variable every panel and query uses, unique ids, a query on every panel', () => {
+    const d = readDashboard();
+    assert.equal(d.schemaVersion, 39);
+    assert.equal(d.uid, 'tfjs-pretrain-run');
+    const datasource = d.templating.list.find((v) => v.type === 'datasource');
+    assert.equal(datasource?.query, 'prometheus');
+    const ref = { type: 'prometheus', uid: `\${${datasource.name}}` };
+    const panels = dashboardPanels(d);
+    assert.equal(new Set(panels.map((p) => p.id)).size, panels.length, 'unique panel ids');
+    for (const p of panels.filter((p) => p.type !== 'row')) {
+      assert.deepEqual(p.datasource, ref, p.title);
+      assert.ok((p.targets ?? []).length > 0, `${p.title}: no query`);
+      for (const t of p.targets ?? []) {
+        assert.deepEqual(t.datasource, ref, `${p.title} ${t.refId}`);
+        assert.doesNotThrow(() => promQL(t.expr, d), `${p.title} ${t.refId}`);
+      }
+      assert.ok(p.gridPos.w > 0 && p.gridPos.x + p.gridPos.w <= 24, `${p.title}: gridPos`);
+    }
+    // what the README's Metrics section promises the dashboard shows
+    const titles = panels.map((p) => p.title);
+    for (const t of ['Tokens/s', 'Tokens/s per worker', 'Step time', 'All-reduce share of the step', 'Loss', 'Learning rate', 'Gradient norm', 'World size and generation', 'Membership changes and aborted steps', 'Checkpoint age', 'Epoch progress']) {
+      assert.ok(titles.includes(t), `a panel "${t}"`);
     }
   });
 });

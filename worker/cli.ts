@@ -8,7 +8,8 @@ import { InvalidArgumentError, Option } from 'commander';
 import { BACKEND_CHOICES, type BackendChoice } from '../src/backend/index.js';
 import { AuthConfigError, loadTls } from '../src/comm/auth.js';
 import { readRunToken, TOKEN_ENV, TOKEN_FILE_ENV, tokenEnvironment } from '../src/control/run-token.js';
-import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, nonNegativeNumber, runProgram } from '../src/cli/common.js';
+import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, nonNegativeNumber, reportErrorsWith, runProgram } from '../src/cli/common.js';
+import { LOG_FORMAT_CHOICES, LOG_FORMAT_ENV, LogConfigError, type LogFormatChoice, Logger, pemSecrets, resolveLogFormat } from '../src/log/logger.js';
 import { HealthServer, HealthStatus } from '../src/control/health.js';
 import { TrainingWorker } from '../src/worker/training-worker.js';
 import { ControlError } from '../src/control/client.js';
@@ -31,6 +32,7 @@ interface StartOptions {
   reconnectTimeout: number;
   metricsPort?: number;
   metricsHost: string;
+  logFormat?: LogFormatChoice;
 }
 
 function port(value: string): number {
@@ -58,11 +60,23 @@ function buildProgram() {
     .option('--reconnect-timeout <s>', 'when the coordinator goes away mid-run, keep the replica and join again for this long: a restarted coordinator resumes from it (0: exit at once)', nonNegativeNumber, 60)
     .option('--metrics-port <n>', 'serve Prometheus metrics at http://<metrics-host>:<n>/metrics (0: any free port, printed on stderr; default: no metrics)', metricsPort)
     .option('--metrics-host <address>', 'address the metrics listen on (0.0.0.0: every interface, e.g. in a pod)', '127.0.0.1')
+    .addOption(
+      new Option('--log-format <format>', `text: readable lines on stderr; json: JSON lines on stdout (time, level, msg, runId, generation, rank, step...); auto: text on a terminal, else json (default: ${LOG_FORMAT_ENV}, else auto)`).choices(
+        LOG_FORMAT_CHOICES,
+      ),
+    )
     .action(async (opts: StartOptions) => {
+      let worker: TrainingWorker | undefined;
+      const logger = new Logger({ format: resolveLogFormat(opts.logFormat), name: 'worker', textStream: process.stderr, context: () => worker?.logContext ?? {} });
+      reportErrorsWith((program, line, err, withStack) => logger.reportError(program, line, err, withStack));
       const token = readRunToken(tokenEnvironment(opts.tokenFile));
+      // the header is the only way out of a JoinToken
+      logger.redact(token.header().slice('Bearer '.length));
       const tls = loadTls({ ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey });
+      if (tls) logger.redact(...pemSecrets(tls.key));
       const metrics = opts.metricsPort === undefined ? undefined : new WorkerMetrics(opts.backend);
-      const endpoint = metrics ? await startMetricsEndpoint(metrics.registry, 'worker', opts.metricsHost, opts.metricsPort!) : undefined;
+      const announce = logger.format === 'json' ? (line: string, url: string) => logger.info(line, { metricsUrl: url }) : undefined;
+      const endpoint = metrics ? await startMetricsEndpoint(metrics.registry, 'worker', opts.metricsHost, opts.metricsPort!, announce) : undefined;
       const bind = opts.bind ?? opts.host;
       const health = new HealthStatus();
       const healthServer = opts.healthPort !== undefined
@@ -70,13 +84,13 @@ function buildProgram() {
           throw new ControlError(`cannot serve the health service on ${bind}:${opts.healthPort} (${e.message})`);
         })
         : undefined;
-      const worker = new TrainingWorker({
+      worker = new TrainingWorker({
         coordinator: opts.coordinator, token, tls, host: opts.host, bind, port: opts.port, backend: opts.backend, name: opts.name,
-        reconnectMs: opts.reconnectTimeout * 1000, metrics, log: (line) => console.error(line), onJoined: (joined) => health.setReady(joined),
+        reconnectMs: opts.reconnectTimeout * 1000, metrics, log: logger.log, onJoined: (joined) => health.setReady(joined),
       });
       try {
         const reason = await worker.run();
-        console.error(`worker: stopped: ${reason}`);
+        logger.info(`worker: stopped: ${reason}`, { reason });
       } finally {
         healthServer?.close();
         await endpoint?.close();
@@ -94,6 +108,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => pr
 
 process.exitCode = await runProgram(buildProgram(), process.argv, [
   [AuthConfigError, EXIT_USAGE],
+  [LogConfigError, EXIT_USAGE],
   [TrainingError, EXIT_FAILURE],
   [ControlError, EXIT_FAILURE],
   [MetricsError, EXIT_FAILURE],

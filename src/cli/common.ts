@@ -84,6 +84,15 @@ function fileSystemMessage(err: NodeJS.ErrnoException): string | undefined {
   return `cannot ${err.syscall} ${err.path ?? 'a file'}: ${hint[code] ?? code} (${code})`;
 }
 
+/** Where the program's closing error goes instead of stderr: `<program>: error: <line>`, or a JSON log line. */
+export type ErrorReporter = (program: string, line: string, err: unknown, withStack: boolean) => void;
+let errorReporter: ErrorReporter | undefined;
+
+/** From now on the closing error is reported through this (a command that logs JSON reports it as a JSON line); undefined: stderr again. */
+export function reportErrorsWith(reporter: ErrorReporter | undefined): void {
+  errorReporter = reporter;
+}
+
 /**
  * Parses and runs the program and returns the exit code. `userErrors` are the error
  * classes whose message is enough (with the exit code each gets); anything else is a
@@ -94,6 +103,7 @@ export async function runProgram(program: Command, argv: string[], userErrors: [
   const report = (message: string, err: unknown): void => {
     // one line, so that logs and scripts see one error: an indented list ("x:\n  a\n  b") becomes "x: a; b"
     const line = message.trim().replace(/:?\n\s*/g, (m) => (m.startsWith(':') ? ': ' : '; '));
+    if (errorReporter) return errorReporter(program.name(), line, err, debug);
     process.stderr.write(`${program.name()}: error: ${line}\n`);
     if (debug && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   };

@@ -30,6 +30,7 @@ import { type CommittedStep, DataLedger } from '../run/ledger.js';
 import { Journal, JOURNAL_FILE, JOURNAL_FORMAT, type JournalEntry } from '../run/journal.js';
 import type { CoordinatorMetrics } from '../metrics/metrics.js';
 import { ranksOfStep, type RunObserver } from './observer.js';
+import type { LogFields, LogFn } from '../log/logger.js';
 
 export class CoordinatorError extends Error {
   override name = 'CoordinatorError';
@@ -75,7 +76,8 @@ export interface CoordinatorOptions {
    * the same command again), and one that holds none starts a new run.
    */
   readonly resume: boolean;
-  readonly log: (line: string) => void;
+  /** A log line (its text, and for the JSON log its fields and level; see src/log/logger.ts). */
+  readonly log: LogFn;
   readonly logEvery: number;
   /** Called once the control server listens (start local workers here). */
   readonly onListening?: (address: string) => void;
@@ -161,6 +163,11 @@ export class Coordinator {
 
   constructor(private readonly o: CoordinatorOptions) {}
 
+  /** Where the run stands, for every log line: the generation and the last committed step (a line about another step names it). */
+  get logContext(): LogFields {
+    return { generation: this.generation, step: this.step };
+  }
+
   async run(): Promise<CoordinatorSummary> {
     const o = this.o;
     const store = await RecordStore.open(o.dataDir);
@@ -179,9 +186,9 @@ export class Coordinator {
       if (resuming && !o.resume) o.log(`${o.runDir} holds a run (${JOURNAL_FILE}): continuing it`);
       let checkpoint: LoadedRunCheckpoint | undefined;
       if (resuming) {
-        const latest = await loadLatestCheckpoint(o.runDir, { onSkip: (s) => o.log(`warning: skipping checkpoint ${s.name}: ${s.reason}`) });
+        const latest = await loadLatestCheckpoint(o.runDir, { onSkip: (s) => o.log(`warning: skipping checkpoint ${s.name}: ${s.reason}`, { checkpoint: s.name }, 'warn') });
         checkpoint = latest.checkpoint;
-        if (!checkpoint) o.log(`no usable checkpoint in ${o.runDir} (${'reason' in latest ? latest.reason : ''}): starting again from step 0`);
+        if (!checkpoint) o.log(`no usable checkpoint in ${o.runDir} (${'reason' in latest ? latest.reason : ''}): starting again from step 0`, undefined, 'warn');
       }
       const opened = await Journal.open(journalFile);
       journal = opened.journal;
@@ -215,13 +222,13 @@ export class Coordinator {
               // a worker joining a running run comes in at the next step, up to --workers
               const wanted = o.workers - this.members.filter((w) => !w.gone).length - this.joiners.filter((w) => !w.gone).length;
               if (wanted <= 0) {
-                o.log(`worker ${s.id} (${s.name}) joined, but the run has its ${o.workers} worker(s); it is sent away`);
+                o.log(`worker ${s.id} (${s.name}) joined, but the run has its ${o.workers} worker(s); it is sent away`, { workerId: s.id, workerName: s.name }, 'warn');
                 o.observer?.onWorkerJoined(s, 'refused');
                 this.send(s, { kind: 'stop', stop: { reason: `the run already has its ${o.workers} worker(s)` } });
               } else {
                 const wait = this.admissibleAt(s, Date.now()) - Date.now();
                 const held = wait > 0 ? `; it failed ${this.recentFailures(s)} times lately, so it waits ${Math.ceil(wait / 1000)} s first (--failure-backoff)` : '';
-                o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined the running run: it comes in at a step boundary${held}`);
+                o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined the running run: it comes in at a step boundary${held}`, { workerId: s.id, workerName: s.name, backend: s.backend, backoffSeconds: wait > 0 ? Math.ceil(wait / 1000) : undefined });
                 this.joiners.push(s);
                 o.observer?.onWorkerJoined(s, 'joining');
               }
@@ -229,7 +236,7 @@ export class Coordinator {
             }
             this.ready.push(s);
             o.observer?.onWorkerJoined(s, 'waiting');
-            o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined: ${this.ready.length} of ${o.workers}`);
+            o.log(`worker ${s.id} (${s.name}, ${s.backend}) joined: ${this.ready.length} of ${o.workers}`, { workerId: s.id, workerName: s.name, backend: s.backend, joined: this.ready.length, workers: o.workers });
             this.joinWaiter?.();
           },
           onGone: (s) => this.onGone(s),
@@ -250,7 +257,7 @@ export class Coordinator {
           },
         },
       });
-      o.log(`coordinator: run ${o.runId} in ${o.runDir}, listening on ${this.server.address} for ${o.workers} worker(s)`);
+      o.log(`coordinator: run ${o.runId} in ${o.runDir}, listening on ${this.server.address} for ${o.workers} worker(s)`, { runDir: o.runDir, address: this.server.address, workers: o.workers });
       o.onListening?.(this.server.address);
       await this.waitForWorkers();
       monitor = setInterval(() => this.checkHeartbeats(), Math.min(1000, o.heartbeatTimeoutMs / 3));
@@ -333,7 +340,7 @@ export class Coordinator {
         lastCheckpointStep = this.step;
         o.metrics?.checkpointSaved(this.step, (performance.now() - checkpointStarted) / 1000, saved.bytes);
         o.observer?.onCheckpoint({ step: this.step, dir: saved.dir, bytes: saved.bytes, seconds: (performance.now() - checkpointStarted) / 1000 });
-        o.log(`checkpoint: step ${this.step} -> ${saved.dir} (${(saved.bytes / 2 ** 20).toFixed(1)} MiB)`);
+        o.log(`checkpoint: step ${this.step} -> ${saved.dir} (${(saved.bytes / 2 ** 20).toFixed(1)} MiB)`, { checkpoint: saved.dir, bytes: saved.bytes, seconds: (performance.now() - checkpointStarted) / 1000 });
       };
 
       for (let step = firstStep; step <= o.steps; step++) {
@@ -344,13 +351,13 @@ export class Coordinator {
           // at a step boundary every member holds the last committed step: one's state is everyone's
           const source = workers.find((w) => !w.gone);
           const state = await (source ? this.requestState(source) : Promise.reject(new CoordinatorError('no live member'))).catch((e: Error) => {
-            o.log(`could not take the state for the joining worker(s) (${e.message}); they come in later`);
+            o.log(`could not take the state for the joining worker(s) (${e.message}); they come in later`, { step }, 'warn');
             this.joiners.push(...joining);
             return undefined;
           });
           if (state) {
             workers = [...workers.filter((w) => !w.gone), ...joining];
-            o.log(`step ${step}: ${joining.length} worker(s) join; going on with ${workers.length} (generation ${this.generation + 1})`);
+            o.log(`step ${step}: ${joining.length} worker(s) join; going on with ${workers.length} (generation ${this.generation + 1})`, { step, joining: joining.length, workers: workers.length });
             assign(workers, state, joining);
           }
         }
@@ -386,14 +393,14 @@ export class Coordinator {
           const capped = o.maxFailures > 0 && this.failureCount > o.maxFailures;
           let joinersMakeUp = false;
           if (!capped && survivors.length > 0 && survivors.length < o.minWorkers && lost.length > 0) {
-            o.log(`step ${step} aborted: ${(e as Error).message}; ${survivors.length} worker(s) left, fewer than --min-workers ${o.minWorkers}: waiting up to ${Math.round(o.rejoinTimeoutMs / 1000)} s for workers to join (--rejoin-timeout)`);
+            o.log(`step ${step} aborted: ${(e as Error).message}; ${survivors.length} worker(s) left, fewer than --min-workers ${o.minWorkers}: waiting up to ${Math.round(o.rejoinTimeoutMs / 1000)} s for workers to join (--rejoin-timeout)`, { step, reason: (e as Error).message, workers: survivors.length }, 'warn');
             const waited = await this.waitForMembers(survivors, o.minWorkers);
             survivors = waited.alive;
             joinersMakeUp = waited.enough;
           }
           // the joiners come in at the top of the loop, with a survivor's state
           if (!capped && (survivors.length >= o.minWorkers || joinersMakeUp) && survivors.length < workers.length) {
-            o.log(`step ${step} aborted: ${(e as Error).message}; going on with ${survivors.length} worker(s) (generation ${this.generation + 1})`);
+            o.log(`step ${step} aborted: ${(e as Error).message}; going on with ${survivors.length} worker(s) (generation ${this.generation + 1})`, { step, reason: (e as Error).message, workers: survivors.length }, 'warn');
             workers = survivors;
             assign(workers, undefined, []);
             step--;
@@ -454,6 +461,8 @@ export class Coordinator {
           o.log(
             `step ${String(step).padStart(String(o.steps).length)}/${o.steps}  epoch ${handed.epoch}  loss ${(window.loss / window.steps).toFixed(4)}  grad-norm ${report.gradNorm.toFixed(3)}  ` +
               `tokens/s ${Math.round(window.tokens / window.seconds)}  workers ${workers.length}  ETA ${Math.round(remaining)} s`,
+            // the line's numbers as they are (the loss is the mean over the steps since the last line)
+            { step, steps: o.steps, epoch: handed.epoch, loss: window.loss / window.steps, lossSteps: window.steps, gradNorm: report.gradNorm, learningRate: report.learningRate, tokensPerSecond: window.tokens / window.seconds, workers: workers.length, etaSeconds: Math.round(remaining) },
           );
           window = { loss: 0, steps: 0, seconds: 0, tokens: 0 };
         }
@@ -461,7 +470,7 @@ export class Coordinator {
         if (step % o.checkpointEvery === 0 || step === o.steps || stop) await saveCheckpoint();
         if (stop && step < o.steps) {
           stoppedEarly = true;
-          o.log(`stopping at step ${step} as asked; continue with \`coordinator start --run-dir ${o.runDir}\``);
+          o.log(`stopping at step ${step} as asked; continue with \`coordinator start --run-dir ${o.runDir}\``, { step });
           break;
         }
       }
@@ -572,7 +581,7 @@ export class Coordinator {
   private onGone(s: WorkerSession): void {
     this.o.observer?.onWorkerGone(s);
     if (this.members.length === 0) {
-      this.o.log(`worker ${s.id} (${s.name}) left before the run started: ${s.gone}`);
+      this.o.log(`worker ${s.id} (${s.name}) left before the run started: ${s.gone}`, { workerId: s.id, workerName: s.name }, 'warn');
       const i = this.ready.indexOf(s);
       if (i >= 0) this.ready.splice(i, 1);
       return;

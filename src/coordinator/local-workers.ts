@@ -7,6 +7,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { parseMetricsAnnouncement } from '../metrics/metrics.js';
+import type { LogFormat } from '../log/logger.js';
 
 const WORKER_CLI = fileURLToPath(new URL('../../worker/cli.js', import.meta.url));
 
@@ -18,6 +19,8 @@ export interface LocalWorkersOptions {
   readonly backend: string;
   /** Mutual TLS: the files the coordinator serves with, which local workers present as theirs (paths, not secrets). */
   readonly tlsFiles?: { readonly ca: string; readonly cert: string; readonly key: string } | undefined;
+  /** The workers' `--log-format`: forwarded lines are of this format (default text). */
+  readonly logFormat?: LogFormat;
   /** Each output line of worker i. */
   readonly onLine: (worker: number, line: string) => void;
   /** A worker exited (code or signal). */
@@ -42,7 +45,7 @@ export class LocalWorkers {
     const o = this.options;
     const tls = o.tlsFiles ? ['--tls-ca', o.tlsFiles.ca, '--tls-cert', o.tlsFiles.cert, '--tls-key', o.tlsFiles.key] : [];
     const metrics = o.metricsHost === undefined ? [] : ['--metrics-port', '0', '--metrics-host', o.metricsHost];
-    const child = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', o.coordinator, '--backend', o.backend, '--name', `local-${i}`, ...tls, ...metrics], {
+    const child = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', o.coordinator, '--backend', o.backend, '--name', `local-${i}`, '--log-format', o.logFormat ?? 'text', ...tls, ...metrics], {
       env: { ...process.env, ...o.tokenEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
       // their own process group: Ctrl-C in a terminal reaches the coordinator alone, which

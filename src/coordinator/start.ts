@@ -20,6 +20,7 @@ import { readManifest } from '../data/dataset.js';
 import { Coordinator, CoordinatorError, type CoordinatorSummary } from './coordinator.js';
 import { LocalWorkers } from './local-workers.js';
 import { guardObserver } from './observer.js';
+import { type Logger, type LogFn, pemSecrets } from '../log/logger.js';
 import { CoordinatorMetrics, type MetricsEndpoint, METRICS_TARGETS_FILE, scrapeAddress, startMetricsEndpoint, targetGroups } from '../metrics/metrics.js';
 import { RunHistory } from '../dashboard/history.js';
 import { type Dashboard, startDashboard } from '../dashboard/server.js';
@@ -63,7 +64,15 @@ export interface StartSettings {
   failureBackoffMs?: number;
   maxFailures?: number;
   logEvery: number;
-  log: (line: string) => void;
+  /** A log line (its text, and for the JSON log its fields and level). */
+  log: LogFn;
+  /**
+   * The logger behind `log`, when there is one (the CLI's): it is told the run's context
+   * (run id, generation, step) and secrets (the token, the TLS key), and forwards the local
+   * workers' lines, which are then in its format. Without it local workers log text, forwarded
+   * to `log` as `  [worker i] <line>`.
+   */
+  logging?: Pick<Logger, 'format' | 'setContext' | 'redact' | 'forward'>;
   /** Serve Prometheus metrics on this port (0: a free one); the local workers then serve theirs on free ports. Absent: no metrics. */
   metricsPort?: number | undefined;
   /** Default 127.0.0.1. */
@@ -122,6 +131,9 @@ async function dataFolder(settings: StartSettings, runDir: string): Promise<stri
 export async function startRun(settings: StartSettings, stop?: AbortSignal): Promise<StartResult> {
   const runDir = settings.resume ?? settings.runDir ?? path.join('runs', `run-${timestamp()}`);
   const runId = path.basename(path.resolve(runDir)).replace(/[^\w.-]/g, '_').slice(0, 100) || 'run';
+  // every line of the run: its id, generation and last committed step (a line about another step says so)
+  let coordinator: Coordinator | undefined = undefined;
+  settings.logging?.setContext(() => ({ runId, ...coordinator?.logContext }));
   await fs.mkdir(runDir, { recursive: true });
   const dataDir = await dataFolder(settings, runDir);
   const { manifest } = await readManifest(dataDir);
@@ -130,7 +142,11 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
   const localWorkers = settings.localWorkers ?? Math.max(1, availableParallelism());
   const workers = settings.workers ?? localWorkers;
   const { token, file: tokenFile } = await joinToken(settings, runDir);
-  if (workers > localWorkers) settings.log(`waiting for ${workers - localWorkers} worker(s) started elsewhere: \`worker start --coordinator <address>\` with ${TOKEN_FILE_ENV}=${tokenFile ?? '<the token file>'}`);
+  // the header is the only way out of a JoinToken
+  const tokenValue = token.header().slice('Bearer '.length);
+  settings.logging?.redact(tokenValue);
+  if (settings.tls) settings.logging?.redact(...pemSecrets(settings.tls.key));
+  if (workers > localWorkers) settings.log(`waiting for ${workers - localWorkers} worker(s) started elsewhere: \`worker start --coordinator <address>\` with ${TOKEN_FILE_ENV}=${tokenFile ?? '<the token file>'}`, { awaitedWorkers: workers - localWorkers });
   let local: LocalWorkers | undefined;
   const metrics = await startMetrics(settings, runDir);
   let dashboard: { history: RunHistory; server: Dashboard } | undefined;
@@ -140,7 +156,8 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     await metrics?.close();
     throw e;
   }
-  const coordinator = new Coordinator({
+  const forward = (i: number, line: string, level?: 'warn') => (settings.logging ? settings.logging.forward(i, line, level) : settings.log(`  [worker ${i}] ${line}`, { localWorker: i }, level));
+  coordinator = new Coordinator({
     runDir,
     runId,
     dataDir,
@@ -183,11 +200,12 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
         count: localWorkers,
         coordinator: address,
         // the header is the only way out of a JoinToken; children get the token by environment
-        tokenEnv: { [TOKEN_ENV]: token.header().slice('Bearer '.length) },
+        tokenEnv: { [TOKEN_ENV]: tokenValue },
         backend: settings.backend,
         tlsFiles: settings.tlsFiles,
-        onLine: (i, line) => settings.log(`  [worker ${i}] ${line}`),
-        onExit: (i, how) => settings.log(`  [worker ${i}] ${how}`),
+        logFormat: settings.logging?.format ?? 'text',
+        onLine: (i, line) => forward(i, line),
+        onExit: (i, how) => forward(i, how, 'warn'),
         metricsHost: metrics ? (settings.metricsHost ?? '127.0.0.1') : undefined,
         onMetrics: (i, address) => metrics?.workerListens(i, address),
       });
@@ -225,13 +243,14 @@ async function startRunDashboard(settings: StartSettings, runId: string, token: 
 async function startMetrics(settings: StartSettings, runDir: string): Promise<{ metrics: CoordinatorMetrics; workerListens(i: number, address: string): void; close(): Promise<void> } | undefined> {
   if (settings.metricsPort === undefined) return undefined;
   const metrics = new CoordinatorMetrics();
-  const endpoint: MetricsEndpoint = await startMetricsEndpoint(metrics.registry, 'coordinator', settings.metricsHost ?? '127.0.0.1', settings.metricsPort);
+  const announce = settings.logging?.format === 'json' ? (line: string, url: string) => settings.log(line, { metricsUrl: url }) : undefined;
+  const endpoint: MetricsEndpoint = await startMetricsEndpoint(metrics.registry, 'coordinator', settings.metricsHost ?? '127.0.0.1', settings.metricsPort, announce);
   const workers = new Map<number, string>();
   const file = path.join(runDir, METRICS_TARGETS_FILE);
   let writing: Promise<void> = Promise.resolve();
   const write = () => {
     const text = `${JSON.stringify(targetGroups(scrapeAddress(endpoint.address), workers), null, 2)}\n`;
-    writing = writing.then(() => writeFileAtomically(file, (h) => h.writeFile(text))).catch((e: Error) => settings.log(`warning: cannot write ${file}: ${e.message}`));
+    writing = writing.then(() => writeFileAtomically(file, (h) => h.writeFile(text))).catch((e: Error) => settings.log(`warning: cannot write ${file}: ${e.message}`, { file }, 'warn'));
   };
   write();
   await writing;

@@ -15,6 +15,7 @@ import { hostname } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { InvalidArgumentError } from 'commander';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { logText } from '../log/logger.js';
 
 export const METRICS_PREFIX = 'pretrain_';
 
@@ -276,12 +277,17 @@ export function serveMetrics(registry: Registry, host: string, port: number): Pr
   });
 }
 
-/** Serves the registry and prints the announcement line on stderr; a port that cannot be had is a clear error. */
-export async function startMetricsEndpoint(registry: Registry, role: 'coordinator' | 'worker', host: string, port: number): Promise<MetricsEndpoint> {
+/**
+ * Serves the registry and announces where (by default a line on stderr; `announce` gets the
+ * line and the URL instead, for a JSON log); a port that cannot be had is a clear error.
+ */
+export async function startMetricsEndpoint(registry: Registry, role: 'coordinator' | 'worker', host: string, port: number, announce?: (line: string, url: string) => void): Promise<MetricsEndpoint> {
   const endpoint = await serveMetrics(registry, host, port).catch((e: NodeJS.ErrnoException) => {
     throw new MetricsError(`cannot serve metrics on ${host}:${port} (${e.code ?? e.message}): choose another --metrics-port (0: any free port) or --metrics-host`);
   });
-  process.stderr.write(`${metricsAnnouncement(role, endpoint.address)}\n`);
+  const line = metricsAnnouncement(role, endpoint.address);
+  if (announce) announce(line, `http://${endpoint.address}/metrics`);
+  else process.stderr.write(`${line}\n`);
   return endpoint;
 }
 
@@ -294,9 +300,9 @@ export function metricsAnnouncement(role: 'coordinator' | 'worker', address: str
   return `${role}: metrics on http://${address}/metrics`;
 }
 
-/** The host:port of a metrics announcement line, else undefined. */
+/** The host:port of a metrics announcement line (text, or a JSON log line whose msg it is), else undefined. */
 export function parseMetricsAnnouncement(line: string): string | undefined {
-  return /^(?:coordinator|worker): metrics on http:\/\/(\S+)\/metrics$/.exec(line)?.[1];
+  return /^(?:coordinator|worker): metrics on http:\/\/(\S+)\/metrics$/.exec(logText(line))?.[1];
 }
 
 /** The targets file (Prometheus file_sd format) the coordinator keeps in its run directory. */

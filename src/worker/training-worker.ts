@@ -24,6 +24,7 @@ import { PretrainingObjective } from '../train/step.js';
 import { type ReducedStep, stepDropoutSeed, Trainer } from '../train/trainer.js';
 import type { WorkerMetrics } from '../metrics/metrics.js';
 import type { HeartbeatThreadData } from './heartbeat-thread.js';
+import type { LogFields, LogFn } from '../log/logger.js';
 
 export interface WorkerOptions {
   /** host:port of the coordinator's control server. */
@@ -40,7 +41,8 @@ export interface WorkerOptions {
   readonly onJoined?: (joined: boolean) => void;
   readonly backend: BackendChoice;
   readonly name?: string;
-  readonly log: (line: string) => void;
+  /** A log line (its text, and for the JSON log its fields and level; see src/log/logger.ts). */
+  readonly log: LogFn;
   readonly heartbeatMs?: number;
   /** How long to keep joining again when the coordinator goes away mid-run (0: give up at once). Default 60 s. */
   readonly reconnectMs?: number;
@@ -70,12 +72,19 @@ export class TrainingWorker {
   private step = 0;
   /** Reported with the next step: the update happens after the report of its own step. */
   private lastApplySeconds = 0;
+  private runId = '';
+  private rank: number | undefined;
   private readonly pending = new Map<number, ReducedStep>();
   private restoring: { step: number; assembler: StateAssembler } | undefined;
   private queue: Promise<void> = Promise.resolve();
   private heartbeat: Worker | undefined;
 
   constructor(private readonly options: WorkerOptions) {}
+
+  /** Where the worker stands, for every log line: its run, id (the coordinator's), generation, rank and last applied step, once known. */
+  get logContext(): LogFields {
+    return { runId: this.runId || undefined, workerId: this.workerId || undefined, generation: this.generation, rank: this.rank, step: this.step };
+  }
 
   /** Runs until the coordinator says stop (resolves with its reason) or the control stream fails (rejects). */
   async run(): Promise<string> {
@@ -92,6 +101,7 @@ export class TrainingWorker {
         const joined = await control.join({ name, backend: backend.name, freeMemoryBytes: 0, runId, heldStep: this.step, generation: this.generation }, waitMs);
         if (runId && joined.runId !== runId) throw new ControlError(`the coordinator at ${o.coordinator} now runs ${joined.runId}, not ${runId}: this worker's replica is of another run`);
         runId = joined.runId;
+        this.runId = runId;
         this.workerId = joined.workerId;
         if (!this.server) {
           const bind = o.bind ?? o.host ?? '127.0.0.1';
@@ -103,7 +113,12 @@ export class TrainingWorker {
           this.heartbeat.unref();
         }
         this.heartbeat?.postMessage({ workerId: this.workerId, generation: this.generation, step: this.step });
-        o.log(`worker ${this.workerId}: joined run ${runId} at ${o.coordinator} (pid ${process.pid}, backend ${backend.name}, data plane ${this.server.address}${this.replica ? `, holding step ${this.step}` : ''})`);
+        o.log(`worker ${this.workerId}: joined run ${runId} at ${o.coordinator} (pid ${process.pid}, backend ${backend.name}, data plane ${this.server.address}${this.replica ? `, holding step ${this.step}` : ''})`, {
+          coordinator: o.coordinator,
+          backend: backend.name,
+          dataPlane: this.server.address,
+          heldStep: this.replica ? this.step : undefined,
+        });
         try {
           o.onJoined?.(true);
           return await this.listen(control);
@@ -112,7 +127,8 @@ export class TrainingWorker {
           // a coordinator that went away may come back (restarted by hand or by Kubernetes) and
           // resume from this replica: keep it and join again, for --reconnect-timeout
           if (!(e instanceof CoordinatorGone) || !this.replica || (o.reconnectMs ?? 60_000) <= 0) throw e;
-          o.log(`worker ${this.workerId}: ${e.message}; joining again for up to ${Math.round((o.reconnectMs ?? 60_000) / 1000)} s, holding step ${this.step}`);
+          o.log(`worker ${this.workerId}: ${e.message}; joining again for up to ${Math.round((o.reconnectMs ?? 60_000) / 1000)} s, holding step ${this.step}`, { reconnectSeconds: Math.round((o.reconnectMs ?? 60_000) / 1000) }, 'warn');
+          this.rank = undefined;
           o.metrics?.reconnected();
           this.communicator?.close();
           this.communicator = undefined;
@@ -211,12 +227,16 @@ export class TrainingWorker {
     this.communicator?.close();
     this.pending.clear();
     this.generation = a.generation;
+    this.rank = a.rank;
     this.communicator = new Communicator(this.server!, { generation: a.generation, rank: a.rank, peers: a.peers, deadlineMs: spec.collectiveDeadlineMs });
     const { objective, optimizer, params } = this.replica;
     this.trainer = new Trainer({ objective, optimizer, params, clipNorm: spec.clipNorm, recompute: spec.recompute, reducer: this.communicator });
     if (a.restoreStep > 0) this.restoring = { step: a.restoreStep, assembler: new StateAssembler(`the coordinator (step ${a.restoreStep})`) };
     this.options.metrics?.assigned(a.rank, a.peers.length, a.generation);
-    this.options.log(`worker ${this.workerId}: generation ${a.generation}, rank ${a.rank} of ${a.peers.length}${a.restoreStep > 0 ? `, restoring step ${a.restoreStep}` : ''}`);
+    this.options.log(`worker ${this.workerId}: generation ${a.generation}, rank ${a.rank} of ${a.peers.length}${a.restoreStep > 0 ? `, restoring step ${a.restoreStep}` : ''}`, {
+      worldSize: a.peers.length,
+      restoreStep: a.restoreStep > 0 ? a.restoreStep : undefined,
+    });
   }
 
   private buildReplica(spec: RunSpec): Replica {
@@ -271,7 +291,7 @@ export class TrainingWorker {
     }
     report.computeSeconds = (performance.now() - started) / 1000;
     const fenced = await this.control!.report(report);
-    if (fenced !== undefined) this.options.log(`worker ${this.workerId}: ${fenced}`);
+    if (fenced !== undefined) this.options.log(`worker ${this.workerId}: ${fenced}`, { reportStep: w.step }, 'warn');
   }
 
   private async uploadState(generation: number, step: number): Promise<void> {
