@@ -33,6 +33,7 @@ export interface LocalWorkersOptions {
 
 export class LocalWorkers {
   private readonly children: ChildProcess[] = [];
+  private readonly closed: Promise<void>[] = [];
   private stopping = false;
 
   constructor(private readonly options: LocalWorkersOptions) {}
@@ -53,6 +54,8 @@ export class LocalWorkers {
       detached: true,
     });
     this.children.push(child);
+    // 'close': exited, and stdout and stderr read to the end
+    this.closed.push(new Promise((resolve) => child.once('close', () => resolve())));
     for (const stream of [child.stdout!, child.stderr!]) {
       createInterface({ input: stream }).on('line', (line) => {
         const metricsAt = parseMetricsAnnouncement(line);
@@ -65,24 +68,35 @@ export class LocalWorkers {
     });
   }
 
-  /** SIGTERM, then SIGKILL after `graceMs`; resolves when every child is gone. */
-  async stop(graceMs = 5000): Promise<void> {
+  /**
+   * Waits `ownExitMs` for each child to exit by itself (the coordinator told it to stop, and
+   * its last lines are worth having), then SIGTERM, then SIGKILL after `graceMs`; resolves
+   * when every child is gone and its output read to the end.
+   */
+  async stop(graceMs = 5000, ownExitMs = 3000): Promise<void> {
     this.stopping = true;
     await Promise.all(
-      this.children.map(
-        (child) =>
-          new Promise<void>((resolve) => {
-            if (child.exitCode !== null || child.signalCode !== null) return resolve();
-            const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-            child.once('exit', () => {
-              clearTimeout(timer);
-              resolve();
-            });
-            child.kill('SIGTERM');
-            // a stopped (SIGSTOP) worker acts on SIGTERM only once it runs again
-            child.kill('SIGCONT');
-          }),
-      ),
+      this.children.map(async (child, i) => {
+        const closed = this.closed[i]!;
+        if (await settlesWithin(closed, ownExitMs)) return;
+        child.kill('SIGTERM');
+        // a stopped (SIGSTOP) worker acts on SIGTERM only once it runs again
+        child.kill('SIGCONT');
+        if (await settlesWithin(closed, graceMs)) return;
+        child.kill('SIGKILL');
+        await settlesWithin(closed, 2000);
+      }),
     );
+  }
+}
+
+/** Whether `promise` settled within `ms`. */
+async function settlesWithin(promise: Promise<void>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }
