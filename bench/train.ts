@@ -26,6 +26,7 @@ interface Options {
   workers: string;
   recompute: boolean;
   backend: string;
+  allreduceCompression: 'none' | 'fp16';
 }
 
 const SAMPLE = fileURLToPath(new URL('../../data/sample/', import.meta.url));
@@ -40,7 +41,8 @@ function parse(argv: string[]): Options {
     .option('--steps <n>', 'steps per run; the first is not timed', positiveInt, 12)
     .option('--workers <list>', 'worker counts to run', '1,2')
     .option('--recompute', 'recompute each block in backprop', false)
-    .option('--backend <name>', 'backend of the workers', 'wasm');
+    .option('--backend <name>', 'backend of the workers', 'wasm')
+    .option('--allreduce-compression <kind>', 'none or fp16 (gradients as float16 in the all-reduce)', 'none');
   program.parse(argv, { from: 'user' });
   return program.opts<Options>();
 }
@@ -64,6 +66,7 @@ async function main(): Promise<void> {
         steps: opts.steps,
         globalBatch: opts.globalBatch,
         microBatch: 0,
+        allreduceCompression: opts.allreduceCompression,
         seed: 1,
         clipNorm: 1,
         recompute: opts.recompute,
@@ -87,22 +90,22 @@ async function main(): Promise<void> {
     const one = results[1]?.tokensPerSecond;
     const two = results[2]?.tokensPerSecond;
     table(
-      `MLM training through the runtime: ${opts.preset}, vocab ${opts.vocab}, seq ${opts.seq}, global batch ${opts.globalBatch}, AdaFactor${opts.recompute ? ', recompute' : ''}, ${opts.backend} workers`,
+      `MLM training through the runtime: ${opts.preset}, vocab ${opts.vocab}, seq ${opts.seq}, global batch ${opts.globalBatch}, AdaFactor${opts.recompute ? ', recompute' : ''}${opts.allreduceCompression === 'fp16' ? ', fp16 all-reduce' : ''}, ${opts.backend} workers`,
       ['workers', 'tokens/s', 'all-reduce share', 'coordinator CPU'],
       counts.map((w) => [w, Math.round(results[w]!.tokensPerSecond), `${(100 * results[w]!.allreduceShare).toFixed(1)}%`, `${(100 * results[w]!.coordinatorCpuShare).toFixed(1)}%`]),
     );
     const ms = (x: number) => Math.round(1000 * x);
     table(
-      'where a step goes, ms per step (the slowest rank of each phase; all-reduce includes waiting for a slower peer; apply is the optimizer update; other: data, messages, the journal, clipping)',
-      ['workers', 'step', 'forward+backward', 'copy out', 'all-reduce', 'apply', 'other'],
+      'where a step goes, ms per step, along the rank with the longest forward+backward (all-reduce: its own, which waits for nobody; the others waited up to `wait` longer in theirs; apply: the optimizer update; other: data, messages, the journal, clipping)',
+      ['workers', 'step', 'forward+backward', 'copy out', 'all-reduce', 'wait', 'apply', 'other'],
       counts.map((w) => {
         const b = results[w]!.breakdown;
-        return [w, ms(b.stepSeconds), ms(b.forwardBackwardSeconds), ms(b.copySeconds), ms(b.reduceSeconds), ms(b.applySeconds), ms(b.otherSeconds)];
+        return [w, ms(b.stepSeconds), ms(b.forwardBackwardSeconds), ms(b.copySeconds), ms(b.reduceSeconds), ms(b.waitSeconds), ms(b.applySeconds), ms(b.otherSeconds)];
       }),
     );
     const efficiency = one && two ? two / (2 * one) : null;
     if (efficiency !== null) console.log(`\nscaling efficiency, 2 workers against twice 1: ${efficiency.toFixed(3)}`);
-    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --workers ${opts.workers}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}`);
+    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --workers ${opts.workers}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''}`);
     console.log(
       JSON.stringify({
         preset: opts.preset,

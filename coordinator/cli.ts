@@ -49,6 +49,7 @@ interface StartOptions {
   seed: number;
   globalBatch: number;
   microBatch: number;
+  allreduceCompression: 'none' | 'fp16';
   localWorkers?: number;
   workers?: number;
   minWorkers: number;
@@ -148,6 +149,7 @@ async function start(opts: StartOptions, command: Command): Promise<void> {
       steps: opts.steps ?? DEFAULTS.steps,
       globalBatch: opts.globalBatch,
       microBatch: opts.microBatch,
+      allreduceCompression: opts.allreduceCompression,
       seed: opts.seed,
       clipNorm: opts.clipNorm,
       recompute: opts.recompute ?? true,
@@ -229,6 +231,7 @@ function buildProgram(): Command {
     .option('--log-every <n>', 'print a progress line every n steps', positiveInt, DEFAULTS.logEvery)
     .option('--global-batch <n>', 'sequences per step, split across the workers', positiveInt, DEFAULTS.globalBatch)
     .option('--micro-batch <n>', 'sequences per micro-batch on a worker (gradients accumulated over its share; 0: the whole share at once)', nonNegativeInt, 0)
+    .addOption(new Option('--allreduce-compression <kind>', 'fp16: gradients travel as float16, half the bytes, sums kept in float32 (the loss and counts stay exact); the update then differs from one worker\'s by the rounding (README)').choices(['none', 'fp16']).default('none'))
     .option('--local-workers <n>', 'worker processes to start on this machine (default: one per core; 0: only workers started elsewhere)', nonNegativeInt)
     .option('--workers <n>', 'workers the run needs before it starts (default: --local-workers)', positiveInt)
     .option('--min-workers <n>', 'when a worker is lost, the others run its step again while at least n are left; below, the coordinator waits --rejoin-timeout for workers to join, then checkpoints and stops', positiveInt, 1)

@@ -25,6 +25,8 @@ export interface RunSpec {
   readonly perTokenFeature: string;
   /** Every collective ends within this time, done or failed. */
   readonly collectiveDeadlineMs: number;
+  /** How gradients travel in the all-reduce: 'fp16' halves the bytes (see Trainer). */
+  readonly allreduceCompression: 'none' | 'fp16';
 }
 
 const specSchema = z.object({
@@ -39,6 +41,8 @@ const specSchema = z.object({
   manifest: z.object({ format: z.string(), task: z.string(), maxLength: z.number().int().positive(), vocab: z.object({ size: z.number().int().positive() }).loose() }).loose(),
   perTokenFeature: z.string().min(1),
   collectiveDeadlineMs: z.number().int().positive(),
+  // absent from a coordinator that predates it
+  allreduceCompression: z.enum(['none', 'fp16']).default('none'),
 });
 
 export class RunSpecError extends Error {

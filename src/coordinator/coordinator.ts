@@ -99,10 +99,12 @@ export interface CoordinatorSummary {
   /** Over the steps but the first: the slowest rank's all-reduce seconds as a share of the step's wall time. */
   readonly allreduceShare: number;
   /**
-   * Means per step over the steps but the first, in seconds: the step's wall time and, of the
-   * slowest rank for each, forward+backward, the copy of the gradients out of tfjs, the
-   * all-reduce (with any wait for a slower peer), the optimizer update; `other` is the rest
-   * (data, messages, the journal's fsync, clipping).
+   * Means per step over the steps but the first, in seconds: the step's wall time and, along
+   * its critical path (the rank whose forward+backward took longest), forward+backward, the
+   * copy of the gradients out of tfjs, the all-reduce (that rank waits for nobody), the
+   * optimizer update; `wait`: how much longer the all-reduce took on the rank that waited
+   * most (it finished its share sooner); `other` is the rest (data, messages, the journal's
+   * fsync, clipping).
    */
   readonly breakdown: StepBreakdown;
   /** The coordinator's own CPU seconds per wall second over the run. */
@@ -132,6 +134,7 @@ export interface StepBreakdown {
   readonly forwardBackwardSeconds: number;
   readonly copySeconds: number;
   readonly reduceSeconds: number;
+  readonly waitSeconds: number;
   readonly applySeconds: number;
   readonly otherSeconds: number;
 }
@@ -311,7 +314,7 @@ export class Coordinator {
       let seconds = 0;
       let replicaChecks = 0;
       let reduceSeconds = 0;
-      const phases = { forwardBackward: 0, copy: 0, apply: 0, steps: 0 };
+      const phases = { forwardBackward: 0, copy: 0, reduce: 0, wait: 0, apply: 0, steps: 0 };
       const cpuAtStart = process.cpuUsage();
       const wallAtStart = performance.now();
       let window = { loss: 0, steps: 0, seconds: 0, tokens: 0 };
@@ -448,11 +451,15 @@ export class Coordinator {
         if (step > firstStep || o.steps === firstStep) {
           tokens += stepTokens;
           seconds += elapsed;
-          const slowest = (pick: (r: StepReport) => number) => Math.max(...[...results.values()].map(pick));
-          reduceSeconds += slowest((r) => r.reduceSeconds);
-          phases.forwardBackward += slowest((r) => r.forwardBackwardSeconds);
-          phases.copy += slowest((r) => r.copySeconds);
-          phases.apply += slowest((r) => r.applySeconds);
+          const all = [...results.values()];
+          const critical = all.reduce((a, b) => (b.forwardBackwardSeconds > a.forwardBackwardSeconds ? b : a));
+          const longestReduce = Math.max(...all.map((r) => r.reduceSeconds));
+          reduceSeconds += longestReduce;
+          phases.forwardBackward += critical.forwardBackwardSeconds;
+          phases.copy += critical.copySeconds;
+          phases.reduce += critical.reduceSeconds;
+          phases.wait += longestReduce - critical.reduceSeconds;
+          phases.apply += Math.max(...all.map((r) => r.applySeconds));
           phases.steps++;
         }
         window = { loss: window.loss + report.loss, steps: window.steps + 1, seconds: window.seconds + elapsed, tokens: window.tokens + stepTokens };
@@ -483,7 +490,7 @@ export class Coordinator {
         losses,
         tokensPerSecond: seconds > 0 ? tokens / seconds : 0,
         allreduceShare: seconds > 0 ? reduceSeconds / seconds : 0,
-        breakdown: breakdownOf(seconds, reduceSeconds, phases),
+        breakdown: breakdownOf(seconds, phases),
         replicaChecks,
         coordinatorCpuShare: (cpu.user + cpu.system) / 1e6 / ((performance.now() - wallAtStart) / 1000),
         checkpoints,
@@ -710,10 +717,18 @@ function checkSameRun(saved: Record<string, unknown>, source: string, o: Coordin
   if (differ.length > 0) throw new CoordinatorError(`${o.runDir} holds a run with other settings (${source}): ${differ.join('; ')}. Resume with the run's settings, or start a new run in another directory`);
 }
 
-function breakdownOf(seconds: number, reduceSeconds: number, p: { forwardBackward: number; copy: number; apply: number; steps: number }): StepBreakdown {
+function breakdownOf(seconds: number, p: { forwardBackward: number; copy: number; reduce: number; wait: number; apply: number; steps: number }): StepBreakdown {
   const mean = (x: number) => (p.steps > 0 ? x / p.steps : 0);
-  const known = p.forwardBackward + p.copy + reduceSeconds + p.apply;
-  return { stepSeconds: mean(seconds), forwardBackwardSeconds: mean(p.forwardBackward), copySeconds: mean(p.copy), reduceSeconds: mean(reduceSeconds), applySeconds: mean(p.apply), otherSeconds: mean(Math.max(0, seconds - known)) };
+  const known = p.forwardBackward + p.copy + p.reduce + p.apply;
+  return {
+    stepSeconds: mean(seconds),
+    forwardBackwardSeconds: mean(p.forwardBackward),
+    copySeconds: mean(p.copy),
+    reduceSeconds: mean(p.reduce),
+    waitSeconds: mean(p.wait),
+    applySeconds: mean(p.apply),
+    otherSeconds: mean(Math.max(0, seconds - known)),
+  };
 }
 
 /** Undefined when every member reported the same parameter digest; else who holds what. */

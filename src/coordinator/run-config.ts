@@ -27,6 +27,7 @@ const runFileSchema = z
     steps: count,
     globalBatch: count,
     microBatch: z.number().int().nonnegative(),
+    allreduceCompression: z.enum(['none', 'fp16']),
     seed: z.number().int().nonnegative(),
     clipNorm: z.number().nonnegative(),
     recompute: z.boolean(),

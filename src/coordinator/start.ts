@@ -39,6 +39,8 @@ export interface StartSettings {
   steps: number;
   globalBatch: number;
   microBatch: number;
+  /** See RunSpec. Default 'none'. */
+  allreduceCompression?: 'none' | 'fp16';
   seed: number;
   clipNorm: number;
   recompute: boolean;
@@ -170,6 +172,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
       recompute: settings.recompute,
       microBatch: settings.microBatch,
       collectiveDeadlineMs: settings.stepTimeoutMs,
+      allreduceCompression: settings.allreduceCompression ?? 'none',
     },
     globalBatch: settings.globalBatch,
     steps: settings.steps,

@@ -21,7 +21,7 @@ import { type PretrainingObjective, TrainingError } from './step.js';
 
 /** Sums flat buffers across the replicas of a run, in place (a communicator's all-reduce). */
 export interface GradientReducer {
-  allReduce(buffers: Float32Array[], options: { op: 'sum' }): Promise<void>;
+  allReduce(buffers: Float32Array[], options: { op: 'sum'; compression?: 'none' | 'fp16' }): Promise<void>;
 }
 
 export interface TrainerOptions {
@@ -34,6 +34,12 @@ export interface TrainerOptions {
   microBatches?: number;
   /** Absent in a single process. */
   reducer?: GradientReducer;
+  /**
+   * 'fp16': the gradients travel as float16 (half the bytes; sums accumulate in float32, see
+   * the README for the error), in a collective of their own, while the loss sum and the
+   * counts stay exact. Default 'none': one exact collective for everything.
+   */
+  compression?: 'none' | 'fp16';
 }
 
 export interface StepPlacement {
@@ -128,7 +134,12 @@ export class Trainer {
     if (reducer) {
       const stats = new Float32Array([lossSum, targets, correct]);
       const started = performance.now();
-      await reducer.allReduce([...grads, stats], { op: 'sum' });
+      if (this.options.compression === 'fp16') {
+        await reducer.allReduce(grads, { op: 'sum', compression: 'fp16' });
+        await reducer.allReduce([stats], { op: 'sum', compression: 'none' });
+      } else {
+        await reducer.allReduce([...grads, stats], { op: 'sum', compression: 'none' });
+      }
       reduceSeconds = (performance.now() - started) / 1000;
       [lossSum, targets, correct] = [stats[0]!, stats[1]!, stats[2]!];
       scaleInPlace(grads, 1 / targets);
