@@ -117,8 +117,15 @@ export class AdaFactor implements BaseRule {
 
     // u = g / sqrt(v + eps1), written into `proposed`; returns the sum of u^2 for the clipping
     let squares = 0;
+    // the sum of value^2 for the parameter scale, when a pass above read the values already
+    let valueSquares: number | undefined;
     if (axes) {
-      squares = this.factoredUpdate(p, blocks(p.shape, axes.a1, axes.a2), b2);
+      const b = blocks(p.shape, axes.a1, axes.a2);
+      if (b.outer === 1 && b.mid === 1 && b.inner === 1) {
+        ({ squares, valueSquares } = this.matrixUpdate(p, b.a1First ? p.slot('vr') : p.slot('vc'), b.a1First ? p.slot('vc') : p.slot('vr'), b.x, b.y, b.a1First, b2));
+      } else {
+        squares = this.factoredUpdate(p, b, b2);
+      }
     } else {
       const v = p.slot('v');
       for (let i = 0; i < g.length; i++) {
@@ -131,7 +138,10 @@ export class AdaFactor implements BaseRule {
     // clipping, the first moment and the parameter scale fold into one pass
     const clip = o.clippingThreshold === null ? 1 : Math.max(1, Math.sqrt(squares / u.length) / o.clippingThreshold);
     let lr = p.lr;
-    if (o.multiplyByParameterScale && !this.noScale.matches(p.name)) lr *= Math.max(rms(value), o.epsilon2);
+    if (o.multiplyByParameterScale && !this.noScale.matches(p.name)) {
+      const scale = valueSquares === undefined ? rms(value) : value.length === 0 ? 0 : Math.sqrt(valueSquares / value.length);
+      lr *= Math.max(scale, o.epsilon2);
+    }
     if (o.beta1 > 0) {
       const m = p.slot('m');
       const b1 = o.beta1;
@@ -158,7 +168,6 @@ export class AdaFactor implements BaseRule {
     const lo = b.a1First ? vr : vc;
     const hi = b.a1First ? vc : vr;
     const { outer, x: X, mid: M, y: Y, inner: I } = b;
-    if (outer === 1 && M === 1 && I === 1) return this.matrixUpdate(p, lo, hi, X, Y, b.a1First, b2);
     const sumLo = new Float64Array(lo.length);
     const sumHi = new Float64Array(hi.length);
     for (let o = 0, k = 0; o < outer; o++) {
@@ -213,9 +222,13 @@ export class AdaFactor implements BaseRule {
     return squares;
   }
 
-  /** The same for an X x Y matrix (every dense kernel and embedding), without the block index arithmetic. */
-  private matrixUpdate(p: ParamStep, lo: Float32Array, hi: Float32Array, X: number, Y: number, a1First: boolean, b2: number): number {
-    const { grad: g, proposed: u } = p;
+  /**
+   * The same for an X x Y matrix (every dense kernel and embedding), without the block index
+   * arithmetic; its last pass also sums value^2 (in index order, as `rms` does) for the
+   * parameter scale, saving a pass over the values.
+   */
+  private matrixUpdate(p: ParamStep, lo: Float32Array, hi: Float32Array, X: number, Y: number, a1First: boolean, b2: number): { squares: number; valueSquares: number } {
+    const { grad: g, proposed: u, value } = p;
     const eps1 = this.options.epsilon1;
     const sumLo = new Float64Array(Y);
     for (let x = 0, k = 0; x < X; x++) {
@@ -234,13 +247,15 @@ export class AdaFactor implements BaseRule {
     for (let j = 0; j < vr.length; j++) vrSum += vr[j]!;
     const inverseMean = vr.length / vrSum;
     let squares = 0;
+    let valueSquares = 0;
     for (let x = 0, k = 0; x < X; x++) {
       const hx = hi[x]! * inverseMean;
       for (let y = 0; y < Y; y++, k++) {
         const uk = (u[k] = g[k]! / Math.sqrt(lo[y]! * hx + eps1));
         squares += uk * uk;
+        valueSquares += value[k]! * value[k]!;
       }
     }
-    return squares;
+    return { squares, valueSquares };
   }
 }
