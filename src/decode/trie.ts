@@ -591,7 +591,7 @@ export function buildWarnings(report: TsvBuildReport, file: string): string[] {
   const u = report.unknownKeys;
   if (u.count > 0) {
     out.push(
-      `${u.count} of ${report.pairs} key(s) have [UNK] tokens (${u.tokens} in all), first ${file}:${u.firstLine}: ${u.example}; ` +
+      `${u.count} of ${report.pairs} key line(s) have [UNK] tokens (${u.tokens} in all), first ${file}:${u.firstLine}: ${u.example}; ` +
         'they are kept, but the decoder reaches them only by emitting [UNK] and keys differing only there share one path (--strict refuses them)',
     );
   }
