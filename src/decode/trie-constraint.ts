@@ -21,7 +21,8 @@ export class TrieConstraint implements DecodeConstraint<number> {
 
   /**
    * The tokens that continue a key after `state`, ascending; [SEP] is not among them (it
-   * is the end, see `canEnd`). Empty at a leaf, where only [SEP] may follow.
+   * is the end, see `canEnd`). Empty at a leaf, where only [SEP] may follow. Read-only: it
+   * may be a view onto the trie or shared between calls.
    */
   allowed(state: number): Int32Array {
     if (state === 0 && this.rootAllowed) return this.rootAllowed;
