@@ -2,7 +2,8 @@
 /**
  * `pretrain`: the data tools. `tokenize` (text to BERT tokens, ids and offsets) and
  * `inspect` (the records of any TFRecord file of tf.train.Example) print JSON lines;
- * `prepare` and `vocab` come with the rest of the data pipeline.
+ * `prepare` and `vocab` come with the rest of the data pipeline; `trie build` makes the
+ * prefix tree of KB keys that constrained decoding follows.
  */
 import { type Command, Option } from 'commander';
 import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, positiveInt, runProgram, UserError } from './common.js';
@@ -18,6 +19,7 @@ import { prepare, PrepareError, type PrepareOptions } from '../data/prepare.js';
 import { prepareProgress } from '../data/progress.js';
 import { BertTokenizer } from '../data/tokenizer.js';
 import { Vocab, VocabError } from '../data/vocab.js';
+import { buildTrieFromTsv, buildWarnings, loadTrie, TrieError, writeTrie } from '../decode/trie.js';
 
 /** Writes a line, waiting when stdout is full (a pipe into a slow reader). */
 function emit(line: string): Promise<void> | void {
@@ -146,6 +148,73 @@ async function prepareCommand(opts: PrepareCliOptions): Promise<void> {
   );
 }
 
+interface TrieBuildOptions {
+  vocab: string;
+  keys: string;
+  out: string;
+  lowerCase: boolean;
+  strict?: boolean;
+  force?: boolean;
+  progress: boolean;
+}
+
+/** A trie error as the CLI reports it: a damaged file exits 1, anything else is the input's fault (2). */
+function trieUserError(err: unknown): unknown {
+  return err instanceof TrieError ? new UserError(err.message, err.corrupt ? EXIT_FAILURE : EXIT_USAGE) : err;
+}
+
+async function trieBuild(opts: TrieBuildOptions): Promise<void> {
+  if (existsSync(opts.out) && !opts.force) throw new UserError(`${opts.out} exists; pass --force to overwrite it`);
+  await access(path.dirname(path.resolve(opts.out)), constants.W_OK).catch(() => {
+    throw new UserError(`cannot write ${opts.out}: its folder does not exist or is not writable`);
+  });
+  const vocabulary = await Vocab.load(opts.vocab);
+  const repeated = vocabulary.repeatedTokensWarning();
+  if (repeated) warn(repeated);
+  const started = performance.now();
+  let lastLog = 0;
+  const tty = process.stderr.isTTY === true;
+  let progressShown = false;
+  const report = await buildTrieFromTsv({
+    keys: opts.keys,
+    vocab: vocabulary,
+    lowerCase: opts.lowerCase,
+    strict: opts.strict,
+    onProgress: ({ lines, pairs, bytesRead, bytesTotal }) => {
+      const seconds = (performance.now() - started) / 1000;
+      if (!opts.progress || seconds - lastLog < (tty ? 0.5 : 10)) return;
+      lastLog = seconds;
+      progressShown = true;
+      const line = `trie: ${(bytesRead / 1e6).toFixed(1)}/${(bytesTotal / 1e6).toFixed(1)} MB, ${lines} lines, ${pairs} keys, ${(lines / seconds).toFixed(0)} lines/s`;
+      process.stderr.write(tty ? `\r${line}` : `${line}\n`);
+    },
+  }).catch((err: unknown) => {
+    throw trieUserError(err);
+  }).finally(() => {
+    if (progressShown && tty) process.stderr.write('\n');
+  });
+  for (const w of buildWarnings(report, opts.keys)) warn(w);
+  const bytes = await writeTrie(opts.out, report.trie);
+  const t = report.trie;
+  const seconds = (performance.now() - started) / 1000;
+  console.log(
+    `wrote ${opts.out}: ${t.keyCount} keys (${report.pairs} lines, ${t.info.pairs} distinct key-value pairs, ${t.info.strings} distinct values), ` +
+      `${t.nodeCount} nodes, longest key ${t.info.maxDepth} tokens; ${(bytes / 2 ** 20).toFixed(1)} MiB, ${(bytes / t.keyCount).toFixed(1)} bytes/key; ` +
+      `${seconds.toFixed(1)} s (${(report.pairs / seconds).toFixed(0)} keys/s)`,
+  );
+}
+
+async function trieInspect(file: string, opts: { vocab?: string }): Promise<void> {
+  const vocabulary = opts.vocab === undefined ? undefined : await Vocab.load(opts.vocab);
+  const stats = await stat(file).catch(() => undefined);
+  if (!stats) throw new UserError(`${file} does not exist`);
+  const trie = await loadTrie(file, vocabulary).catch((err: unknown) => {
+    throw trieUserError(err);
+  });
+  const sections = Object.fromEntries(trie.arrays().map(([name, a]) => [name, a.byteLength]));
+  await emit(JSON.stringify({ file, bytes: stats.size, ...trie.info, bytesPerKey: Math.round((stats.size / trie.keyCount) * 10) / 10, sections, checksum: 'ok', ...(vocabulary ? { vocab: 'matches' } : {}) }));
+}
+
 function buildProgram(): Command {
   const program = createProgram('pretrain', 'Data tools for pretraining: build a vocabulary, prepare TFRecord shards, tokenize text, inspect records');
   program
@@ -201,6 +270,28 @@ function buildProgram(): Command {
     .option('--offsets', 'wrap each record with its file, record number and byte offset (always, with several files)')
     .addHelpText('after', '\nExamples:\n  $ pretrain inspect data/train-00000.tfrecord --limit 3\n  $ pretrain inspect shard.tfrecord --start 1000 --limit 1 --offsets\n')
     .action(inspect);
+  const trie = program.command('trie').description('Prefix trees of KB keys for constrained decoding (pretrain trie build, pretrain trie inspect)');
+  trie
+    .command('build')
+    .description(
+      'Build a prefix tree from key<TAB>value lines: keys tokenized with the vocabulary (no [CLS]/[SEP]), a key may repeat with several values (the value is the rest of the line). ' +
+        'Writes one file (header with the vocabulary\'s size and SHA-256, flat arrays, CRC32C) that decoding loads without rebuilding.',
+    )
+    .requiredOption('--vocab <vocab.txt>', 'the model\'s BERT vocabulary')
+    .requiredOption('--keys <kb.tsv>', 'UTF-8 lines key<TAB>value; blank lines are skipped')
+    .requiredOption('--out <kb.trie>', 'where to write the trie (refused if it exists, unless --force)')
+    .option('--no-lower-case', 'keep case and accents (cased models)')
+    .option('--strict', 'refuse a key with [UNK] tokens (characters the vocabulary lacks) instead of keeping it with a warning')
+    .option('--force', 'overwrite --out')
+    .option('--no-progress', 'no progress output')
+    .addHelpText('after', '\nExample:\n  $ pretrain trie build --vocab vocab.txt --keys kb.tsv --out kb.trie\n')
+    .action(trieBuild);
+  trie
+    .command('inspect')
+    .description('Verify a trie file (magic, version, CRC32C) and print its header facts as one JSON line; with --vocab, check it was built with that vocabulary.')
+    .argument('<kb.trie>', 'a file from pretrain trie build')
+    .option('--vocab <vocab.txt>', 'refuse unless the trie was built with this vocabulary')
+    .action(trieInspect);
   return program;
 }
 
