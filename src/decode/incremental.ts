@@ -60,7 +60,7 @@ export function forwardPositions(
   return { hidden: tf.reshape(x, [rows, length, hiddenSize]), cache: { keys, values } };
 }
 
-/** Log-probabilities [rows, vocab] of the next token from hidden states [rows, H]. */
+/** Log-probabilities [rows, vocab] of the next token from hidden states [rows, H] (the MLM head). */
 export function nextTokenLogProbs(parts: TransformerParts, hidden: tf.Tensor2D): tf.Tensor2D {
   return tf.logSoftmax(parts.mlmLogits(hidden) as tf.Tensor2D);
 }
