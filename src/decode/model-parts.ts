@@ -9,13 +9,12 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { type Application, LAYER } from '../model/build.js';
 import { AttentionMask, MultiHeadSelfAttention, TokenEmbedding, type AttentionKind } from '../model/layers/index.js';
 import { trainableWeights } from '../model/weights.js';
+import { ModelPartsError } from './errors.js';
 
 /** The applications that generate text: seq2seq over one encoder, and left-to-right. */
 export type GenerativeApplication = Exclude<Application, 'encoder'>;
 
-export class ModelPartsError extends Error {
-  override name = 'ModelPartsError';
-}
+export { ModelPartsError };
 
 /** A layer called as a function of one tensor (its own math, inference mode). */
 export type LayerFn = (x: tf.Tensor) => tf.Tensor;

@@ -55,8 +55,10 @@ export interface SampleOptions<S = unknown> extends DecodeOptions<S> {
   readonly topK?: number;
   /** Sample among the smallest set of most probable tokens whose probability reaches p. Default 1. */
   readonly topP?: number;
-  /** Sample j of input i draws from its own stream of (seed, i, j): the same whatever else is in the batch. Default 0. */
+  /** Sample j of input i draws from its own stream of (seed, firstInput + i, j): the same whatever else is in the batch. Default 0. */
   readonly seed?: number;
+  /** The index of the first input in a longer run decoded in several batches, so that batching changes no sample. Default 0. */
+  readonly firstInput?: number;
 }
 
 interface Row<S> {
@@ -322,7 +324,7 @@ export function sample<S = unknown>(scorer: Scorer, options: SampleOptions<S>): 
   const results: (Hypothesis | null)[][] = Array.from({ length: inputs }, () => new Array<Hypothesis | null>(numSamples).fill(null));
   let rows: (Row<S> & { sample: number; random: () => number })[] = [];
   for (let input = 0; input < inputs; input++) {
-    for (let j = 0; j < numSamples; j++) rows.push({ ...startRows(1, o)[0]!, input, sample: j, random: sampleStream(options.seed ?? 0, input, j) });
+    for (let j = 0; j < numSamples; j++) rows.push({ ...startRows(1, o)[0]!, input, sample: j, random: sampleStream(options.seed ?? 0, (options.firstInput ?? 0) + input, j) });
   }
   // the first step scores each input once; its samples start from that one row
   let logProbs = scorer.step(null);
