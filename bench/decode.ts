@@ -12,7 +12,10 @@ import type { Scorer } from '../src/decode/scorer.js';
 import { beamSearch, type Hypothesis } from '../src/decode/search.js';
 import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { presetConfig } from '../src/model/config.js';
+import { TrieBuilder } from '../src/decode/trie.js';
+import { TrieConstraint } from '../src/decode/trie-constraint.js';
 import { median, table } from './common.js';
+import { benchTrie, printTrieBench } from './trie.js';
 
 const [CLS, SEP, FIRST_WORD_ID] = [2, 3, 5];
 
@@ -25,6 +28,8 @@ interface Options {
   batch: number;
   beam: number;
   repeats: number;
+  trieKeys: number;
+  constraintKeys: number;
 }
 
 /** The figures of the last line. The trie's are filled in by its own section (null until then). */
@@ -52,6 +57,8 @@ const program = new Command('bench:decode')
   .addOption(new Option('--batch <n>', 'inputs per batch').default(8).argParser(Number))
   .addOption(new Option('--beam <n>', 'beams per input').default(4).argParser(Number))
   .addOption(new Option('--repeats <n>', 'timed runs with the cache (median)').default(3).argParser(Number))
+  .addOption(new Option('--trie-keys <n>', 'keys of the prefix tree measured for size, build and load (bench:trie)').default(1_000_000).argParser(Number))
+  .addOption(new Option('--constraint-keys <n>', 'random keys of 4-16 tokens of the tree that constrains the beam search').default(100_000).argParser(Number))
   .parse();
 const opts = program.opts<Options>();
 
@@ -89,7 +96,24 @@ for (let i = 0; i < opts.repeats; i++) {
 const full = decode(new FullRecomputeScorer(model, { inputs }));
 const cachedSeconds = median(cachedRuns);
 const sameOutputs = JSON.stringify(full.outputs.map((hs) => hs.map((h) => h.tokens))) === JSON.stringify(cachedOutputs.map((hs) => hs.map((h) => h.tokens)));
+
+// beam search under a prefix tree of random keys in the model's vocabulary: tokens/s counts
+// the tokens of each input's best key and its [SEP]
+const builder = new TrieBuilder({ vocabSize: opts.vocab, vocabHash: 'bench' });
+let keyState = 777;
+const next = (): number => (keyState = (Math.imul(keyState, 1664525) + 1013904223) >>> 0) / 4294967296;
+for (let k = 0; k < opts.constraintKeys; k++) {
+  const n = 4 + Math.floor(next() * 13);
+  builder.add(Array.from({ length: n }, () => FIRST_WORD_ID + Math.floor(next() * (opts.vocab - FIRST_WORD_ID))), `Q${k}`);
+}
+const constraint = new TrieConstraint(builder.build());
+const constrainedStart = performance.now();
+const constrained = beamSearch(new KvCacheScorer(model, { inputs }), { endToken: SEP, beams: opts.beam, maxLength: 17, lengthPenalty: 1, constraint });
+const constrainedSeconds = (performance.now() - constrainedStart) / 1000;
+const constrainedTokens = constrained.reduce((n, hs) => n + (hs[0] ? hs[0].tokens.length + 1 : 0), 0);
+const allKeys = constrained.every((hs) => hs.every((h) => h.ended && constraint.trie.lookup(h.tokens).length > 0));
 disposeTransformer(model);
+const trieBench = await benchTrie({ keys: opts.trieKeys, vocabSize: opts.vocab });
 
 const results: DecodeBenchResults = {
   setup: { backend: backend.name, model: opts.preset, application: 'unilm', vocab: opts.vocab, batch: opts.batch, beam: opts.beam, sourceTokens: opts.source, generatedTokens: opts.generate },
@@ -99,10 +123,8 @@ const results: DecodeBenchResults = {
   kvCacheMsPerStep: (cachedSeconds * 1000) / opts.generate,
   fullRecomputeMsPerStep: (full.seconds * 1000) / opts.generate,
   sameOutputs,
-  trieBytesPerKey: null,
-  trieBuildKeysPerSec: null,
-  trieLoadMs: null,
-  constrainedTokensPerSec: null,
+  ...trieBench.figures,
+  constrainedTokensPerSec: constrainedTokens / constrainedSeconds,
 };
 table(
   `Beam search, ${opts.preset} unilm on ${backend.name}: ${opts.batch} inputs x beam ${opts.beam}, source ${opts.source} tokens, ${opts.generate} generated (tokens/s counts each input's tokens once)`,
@@ -112,6 +134,8 @@ table(
     ['full recompute', results.fullRecomputeMsPerStep.toFixed(1), results.fullRecomputeTokensPerSec.toFixed(1), 1],
   ],
 );
+console.log(`\nbeam search under a prefix tree of ${opts.constraintKeys} random keys: ${results.constrainedTokensPerSec!.toFixed(1)} tokens/s (${constrainedTokens} tokens in ${constrainedSeconds.toFixed(2)} s); every output a key: ${allKeys ? 'yes' : 'NO'}\n`);
+printTrieBench(trieBench);
 console.log(`\ncache speedup ${results.kvCacheSpeedup.toFixed(1)}x; same hypotheses: ${sameOutputs ? 'yes' : 'no'}; tensors left: ${tf.memory().numTensors}`);
 console.log(`\nreproduce: npm run bench:decode -- ${process.argv.slice(2).join(' ')}`.trimEnd());
 console.log(JSON.stringify(results));
