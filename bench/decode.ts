@@ -108,8 +108,10 @@ for (let k = 0; k < opts.constraintKeys; k++) {
 }
 const constraint = new TrieConstraint(builder.build());
 const constrainedStart = performance.now();
-const constrained = beamSearch(new KvCacheScorer(model, { inputs }), { endToken: SEP, beams: opts.beam, maxLength: 17, lengthPenalty: 1, constraint });
+const constrainedScorer = new KvCacheScorer(model, { inputs });
+const constrained = beamSearch(constrainedScorer, { endToken: SEP, beams: opts.beam, maxLength: 17, lengthPenalty: 1, constraint });
 const constrainedSeconds = (performance.now() - constrainedStart) / 1000;
+constrainedScorer.dispose();
 const constrainedTokens = constrained.reduce((n, hs) => n + (hs[0] ? hs[0].tokens.length + 1 : 0), 0);
 const allKeys = constrained.every((hs) => hs.every((h) => h.ended && constraint.trie.lookup(h.tokens).length > 0));
 disposeTransformer(model);

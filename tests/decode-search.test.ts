@@ -5,6 +5,8 @@ import type { DecodeConstraint } from '../src/decode/constraint.js';
 import { FullRecomputeScorer, KvCacheScorer } from '../src/decode/incremental.js';
 import type { Scorer } from '../src/decode/scorer.js';
 import { beamSearch, type Hypothesis, sample } from '../src/decode/search.js';
+import { TrieBuilder } from '../src/decode/trie.js';
+import { TrieConstraint } from '../src/decode/trie-constraint.js';
 import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { tinyConfig } from './helpers.js';
 
@@ -107,6 +109,24 @@ describe('beam search on a model set by hand', () => {
     assert.ok(Math.abs(Math.exp(out[1]!.logProb) - 0.4 / 0.9) < 1e-6);
     // sampling keeps to the keys too
     for (const s of sample(new TableScorer(1, table), { endToken: END, numSamples: 20, seed: 3, constraint })[0]!) assert.ok([[A], [B, C]].some((k) => k.join() === s.tokens.join()), s.tokens.join());
+  });
+});
+
+describe('beam search under the real prefix tree', () => {
+  it('a key that is a prefix of a longer key decodes (it may end where the longer key goes on); every output is a key', () => {
+    // keys A B and A B C: after A B the tree allows C and the end
+    const builder = new TrieBuilder({ vocabSize: VOCAB, vocabHash: 'test' });
+    builder.add([A, B], 'short');
+    builder.add([A, B, C], 'long');
+    const constraint = new TrieConstraint(builder.build());
+    // the model prefers to end after A B (0.7) over going on to C (0.3)
+    const prefersShort: Table = (_, prefix) => (prefix.length === 0 ? { [A]: 0.6, [B]: 0.4 } : prefix.length === 1 ? { [B]: 0.9, [C]: 0.1 } : prefix.length === 2 ? { [END]: 0.7, [C]: 0.3 } : { [END]: 1 });
+    const out = beamSearch(new TableScorer(1, prefersShort), { endToken: END, beams: 3, numReturn: 2, lengthPenalty: 0, constraint })[0]!;
+    assert.deepEqual(out.map((h) => h.tokens), [[A, B], [A, B, C]]);
+    assert.ok(out.every((h) => h.ended));
+    const node = (tokens: number[]) => tokens.reduce<number | undefined>((n, t) => (n === undefined ? undefined : constraint.advance(n, t)), constraint.start());
+    assert.deepEqual(constraint.valuesAt(node(out[0]!.tokens)!), ['short']);
+    assert.deepEqual(constraint.valuesAt(node(out[1]!.tokens)!), ['long']);
   });
 });
 
