@@ -392,7 +392,7 @@ async function resolvePrefix(where: string): Promise<string> {
   if (stats?.isFile() && where.endsWith('.index')) return where.slice(0, -'.index'.length);
   if (await statOrUndefined(`${where}.index`)) return where;
   if (stats) throw new TfCheckpointError(`${where} is not a TensorFlow checkpoint: give its prefix (PREFIX.index and PREFIX.data-* exist), its .index file or its folder`, 'missing');
-  throw new TfCheckpointError(`${where} does not exist (nor ${path.basename(where)}.index)`, 'missing');
+  throw new TfCheckpointError(`no TensorFlow checkpoint at ${where}: ${where}.index does not exist`, 'missing');
 }
 
 function shardFile(prefix: string, shard: number, shards: number): string {
