@@ -134,6 +134,10 @@ describe('TfCheckpoint', () => {
     const latest = await TfCheckpoint.open(folder);
     assert.deepEqual(await latest.read('a'), Float32Array.of(2));
     await latest.close();
+    await writeFile(path.join(folder, 'checkpoint'), 'model_checkpoint_path: "/trained/elsewhere/model.ckpt-100"\n');
+    const moved = await TfCheckpoint.open(folder);
+    assert.deepEqual(await moved.read('a'), Float32Array.of(1));
+    await moved.close();
     await rejects(TfCheckpoint.open(path.join(dir, 'nowhere', 'x.ckpt')), /no TensorFlow checkpoint at .*nowhere\/x\.ckpt: .*nowhere\/x\.ckpt\.index does not exist/, 'missing');
     await rejects(TfCheckpoint.open(path.join(dir, 'empty-folder-that-is-missing')), /does not exist/, 'missing');
     await mkdir(path.join(dir, 'empty'));

@@ -386,7 +386,11 @@ async function resolvePrefix(where: string): Promise<string> {
     if (candidates.length === 1) return path.join(where, candidates[0]!);
     if (candidates.length === 0) throw new TfCheckpointError(`${where} holds no TensorFlow checkpoint (no NAME.index file)`, 'missing');
     const latest = names.includes('checkpoint') ? /^model_checkpoint_path:\s*"(.*)"\s*$/m.exec(await fs.readFile(path.join(where, 'checkpoint'), 'utf8'))?.[1] : undefined;
-    if (latest !== undefined) return path.resolve(where, latest);
+    if (latest !== undefined) {
+      // the file often holds the absolute path of the machine that trained: then look beside it
+      const named = path.resolve(where, latest);
+      return (await statOrUndefined(`${named}.index`)) ? named : path.join(where, path.basename(latest));
+    }
     throw new TfCheckpointError(`${where} holds ${candidates.length} checkpoints (${candidates.sort().join(', ')}) and no checkpoint file naming the latest; give the prefix of one`, 'missing');
   }
   if (stats?.isFile() && where.endsWith('.index')) return where.slice(0, -'.index'.length);
