@@ -356,7 +356,7 @@ async function checkpointInspect(where: string, opts: { values?: number }): Prom
 }
 
 function buildProgram(): Command {
-  const program = createProgram('pretrain', 'Data tools for pretraining: build a vocabulary, prepare TFRecord shards, tokenize text, inspect records');
+  const program = createProgram('pretrain', 'Data tools for pretraining: build a vocabulary, prepare TFRecord shards, tokenize text, inspect records, list TensorFlow checkpoints');
   program
     .command('tokenize')
     .description('Tokenize text with a BERT vocab.txt: one JSON line {text, tokens, ids, offsets} per input line; offsets are [start, end) in UTF-16 code units of the line.')
