@@ -4,7 +4,8 @@
  * `inspect` (the records of any TFRecord file of tf.train.Example) print JSON lines;
  * `prepare` and `vocab` come with the rest of the data pipeline; `trie build` makes the
  * prefix tree of KB keys that constrained decoding follows; `generate` decodes with a
- * unilm or lm model (beam search or sampling), one JSON line per input.
+ * unilm or lm model (beam search or sampling), one JSON line per input; `checkpoint inspect`
+ * lists the variables of a TensorFlow checkpoint.
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, positiveInt, positiveNumber, runProgram, UserError } from './common.js';
@@ -22,6 +23,7 @@ import { BertTokenizer } from '../data/tokenizer.js';
 import { Vocab, VocabError } from '../data/vocab.js';
 import { buildTrieFromTsv, buildWarnings, loadTrie, TrieError, writeTrie } from '../decode/trie.js';
 import { GenerationError, ModelPartsError } from '../decode/errors.js';
+import { TfCheckpoint, TfCheckpointError } from '../checkpoint/tf-checkpoint.js';
 
 /** Writes a line, waiting when stdout is full (a pipe into a slow reader). */
 function emit(line: string): Promise<void> | void {
@@ -316,8 +318,45 @@ async function trieInspect(file: string, opts: { vocab?: string }): Promise<void
   await emit(JSON.stringify({ file, bytes: stats.size, ...trie.info, bytesPerKey: Math.round((stats.size / trie.keyCount) * 10) / 10, sections, checksum: 'ok', ...(vocabulary ? { vocab: 'matches' } : {}) }));
 }
 
+/** The shortest decimal that reads back as the same float32 (0.1, not 0.10000000149011612). */
+function float32Json(v: number): number | string {
+  if (!Number.isFinite(v)) return String(v); // JSON has no NaN or Infinity
+  for (let digits = 1; digits < 9; digits++) {
+    const shorter = Number(v.toPrecision(digits));
+    if (Math.fround(shorter) === v) return shorter;
+  }
+  return v;
+}
+
+async function checkpointInspect(where: string, opts: { values?: number }): Promise<void> {
+  // a missing path, checkpoint or shard is the user's to fix (exit 2); damaged or unreadable files exit 1
+  const userError = (err: unknown): unknown => (err instanceof TfCheckpointError ? new UserError(err.message, err.problem === 'missing' ? EXIT_USAGE : EXIT_FAILURE) : err);
+  const ckpt = await TfCheckpoint.open(where).catch((err: unknown) => {
+    throw userError(err);
+  });
+  try {
+    for (const v of ckpt.variables) {
+      const line: Record<string, unknown> = { name: v.name, dtype: v.dtype, shape: v.shape };
+      if (opts.values !== undefined) {
+        try {
+          const values = await ckpt.read(v.name);
+          line.values = Array.from(values.subarray(0, opts.values), values instanceof Float32Array ? float32Json : (x) => x);
+        } catch (err) {
+          // a dtype the reader does not read: listed, its values refused in the line; a damaged file stops here
+          if (!(err instanceof TfCheckpointError && err.problem === 'unsupported')) throw userError(err);
+          line.values = null;
+          line.unreadable = err.message;
+        }
+      }
+      await emit(JSON.stringify(line));
+    }
+  } finally {
+    await ckpt.close();
+  }
+}
+
 function buildProgram(): Command {
-  const program = createProgram('pretrain', 'Data tools for pretraining: build a vocabulary, prepare TFRecord shards, tokenize text, inspect records');
+  const program = createProgram('pretrain', 'Data tools for pretraining: build a vocabulary, prepare TFRecord shards, tokenize text, inspect records, list TensorFlow checkpoints');
   program
     .command('tokenize')
     .description('Tokenize text with a BERT vocab.txt: one JSON line {text, tokens, ids, offsets} per input line; offsets are [start, end) in UTF-16 code units of the line.')
@@ -393,6 +432,18 @@ function buildProgram(): Command {
     .argument('<kb.trie>', 'a file from pretrain trie build')
     .option('--vocab <vocab.txt>', 'refuse unless the trie was built with this vocabulary')
     .action(trieInspect);
+  const checkpoint = program.command('checkpoint').description('TensorFlow checkpoints (pretrain checkpoint inspect)');
+  checkpoint
+    .command('inspect')
+    .description(
+      'List the variables of a TensorFlow V2 checkpoint (PREFIX.index + PREFIX.data-*), one JSON line each: {"name", "dtype", "shape"}, in name order; ' +
+        'with --values n, also "values": the first n numbers (reads each variable whole and checks its CRC32C; float32, float16, bfloat16, int32, and int64 within int32; ' +
+        'other dtypes get "values": null and "unreadable": why). No TensorFlow needed.',
+    )
+    .argument('<path>', 'the checkpoint prefix (bert_model.ckpt), its .index file, or the folder holding it')
+    .option('--values <n>', 'print the first n values of each variable', nonNegativeInt)
+    .addHelpText('after', '\nExamples:\n  $ pretrain checkpoint inspect chinese_L-12_H-768_A-12/bert_model.ckpt\n  $ pretrain checkpoint inspect chinese_L-12_H-768_A-12 --values 3 | grep -v adam_\n')
+    .action(checkpointInspect);
   program
     .command('generate')
     .description(
