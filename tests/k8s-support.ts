@@ -63,24 +63,7 @@ export class Processes {
   }
 }
 
-export function exitOf(child: ChildProcess, timeoutMs: number): Promise<number | null> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the process did not exit in time')), timeoutMs);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolve(code);
-    });
-  });
-}
-
-export async function waitFor(condition: () => boolean, timeoutMs: number, describe: () => string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out; so far:\n${describe()}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+export { exitOf, waitFor } from './fixtures/processes.js';
 
 // ---- the manifests ----
 

@@ -17,6 +17,7 @@ import { METRICS_TARGETS_FILE, type TargetGroup } from '../src/metrics/metrics.j
 import { freePort } from '../bench/common.js';
 import { prepareOptions, writeSampleSlice } from './helpers.js';
 import { dashboardPanels, dashboardQueries, labelProblems, metricNames, namingProblems, parseExposition, promQL, readDashboard } from './metrics-exposition.js';
+import { collect, exitOf, waitFor, workerPid } from './fixtures/processes.js';
 
 const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
 
@@ -203,36 +204,3 @@ describe('the Grafana dashboard (k8s/grafana/pretrain-dashboard.json)', () => {
     }
   });
 });
-
-/** The pid of local worker `i` (`[worker i] worker N: joined run ... (pid P, ...`). */
-function workerPid(text: string, i: number): number {
-  const pid = Number(new RegExp(`\\[worker ${i}\\] worker \\d+: joined run .*\\(pid (\\d+)`).exec(text)?.[1] ?? NaN);
-  assert.ok(Number.isInteger(pid), text);
-  return pid;
-}
-
-function collect(child: ChildProcess): { text: string } {
-  const output = { text: '' };
-  child.stdout!.on('data', (d: Buffer) => (output.text += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (output.text += d.toString()));
-  return output;
-}
-
-async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs: number, describe: () => string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs / 1000} s; output so far:\n${describe()}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
-function exitOf(child: ChildProcess, timeoutMs: number): Promise<number | null> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the process did not exit in time')), timeoutMs);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolve(code);
-    });
-  });
-}
