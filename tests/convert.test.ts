@@ -6,7 +6,11 @@ import { after, before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { selectBackend } from '../src/backend/index.js';
-import { exportWeights, huggingFaceConfig, importWeights, type WeightSource } from '../src/checkpoint/convert.js';
+import { fileURLToPath } from 'node:url';
+import { convertModel, exportWeights, huggingFaceConfig, importWeights, writeHuggingFaceModel, type WeightSource } from '../src/checkpoint/convert.js';
+import { loadLatestCheckpoint } from '../src/checkpoint/run-checkpoint.js';
+import { Vocab } from '../src/data/vocab.js';
+import { Journal, JOURNAL_FILE } from '../src/run/journal.js';
 import { loadModel, saveModel } from '../src/checkpoint/layers-model-io.js';
 import { openLayersModelFolder } from '../src/checkpoint/model-sources.js';
 import { expandNameMap, NAME_MAP } from '../src/checkpoint/name-map.js';
@@ -14,7 +18,7 @@ import { readSafetensors, type Float32Tensor } from '../src/checkpoint/safetenso
 import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import type { BertConfig } from '../src/model/config.js';
 import { trainableWeights } from '../src/model/weights.js';
-import { lcg, PRETRAIN_CLI, runScript, tinyConfig } from './helpers.js';
+import { lcg, prepareRunData, PRETRAIN_CLI, runScript, SAMPLE_VOCAB, tinyConfig } from './helpers.js';
 
 /** Every weight random (biases and LayerNorm too), so that a swapped or untransposed tensor shows. */
 function randomize(model: tfl.LayersModel, seed: number): void {
@@ -210,5 +214,51 @@ describe('pretrain convert', () => {
     const noConfig = await runScript(PRETRAIN_CLI, ['convert', '--from', 'tf-checkpoint', '--to', 'tfjs', path.join(dir, 'empty'), ckpt]);
     assert.equal(noConfig.code, 2, noConfig.stderr);
     assert.match(noConfig.stderr, /no model config for .*empty: looked for .*bert_config\.json.*pass --config/);
+  });
+});
+
+describe('coordinator start --init', () => {
+  const COORDINATOR_CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
+  let dir: string;
+
+  before(async () => {
+    await selectBackend('cpu');
+    dir = await mkdtemp(path.join(tmpdir(), 'convert-init-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('a run starts from an imported model: after one step at learning rate 1e-20 its checkpoint holds exactly the imported weights; the journal records --init; a model of another shape is refused', async () => {
+    const data = await prepareRunData(dir);
+    const config = tinyConfig({ vocab_size: (await Vocab.load(SAMPLE_VOCAB)).size, max_position_embeddings: 32 });
+    const model = buildTransformer(config, { application: 'encoder', withMlm: true, seed: 7 });
+    randomize(model, 11);
+    const weights = weightsOf(model);
+    disposeTransformer(model);
+    // imported: Hugging Face safetensors -> our tfjs folder
+    const hfDir = path.join(dir, 'hf');
+    await writeHuggingFaceModel(hfDir, config, weights);
+    const initDir = path.join(dir, 'init');
+    await convertModel({ from: 'safetensors', to: 'tfjs', input: hfDir, output: initDir });
+
+    const runDir = path.join(dir, 'run');
+    const start = ['start', '--run-dir', runDir, '--local-workers', '1', '--backend', 'cpu', '--data', data.mlm, '--global-batch', '4', '--checkpoint-every', '1', '--optimizer', '{"type":"sgd","learningRate":1e-20}'];
+    const r = await runScript(COORDINATOR_CLI, [...start, '--steps', '1', '--init', initDir], { cwd: dir, timeout: 120_000 });
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /initial weights: 42 weights from .*init \(--init\)/);
+    const { checkpoint } = await loadLatestCheckpoint(runDir);
+    assert.equal(checkpoint?.step, 1);
+    assertSameWeights(checkpoint!.params, weights);
+    const { journal, replay } = await Journal.open(path.join(runDir, JOURNAL_FILE));
+    await journal.close();
+    const started = replay.entries.find((e) => e.type === 'start');
+    assert.equal(started?.type === 'start' ? started.settings?.['init'] : undefined, path.resolve(initDir));
+
+    // another size than the run's model: exit 2, the variable named, nothing run
+    const other = path.join(dir, 'other-run');
+    const bad = await runScript(COORDINATOR_CLI, ['start', '--run-dir', other, '--local-workers', '1', '--backend', 'cpu', '--data', data.mlm, '--preset', 'L1-H32', '--steps', '1', '--init', initDir], { cwd: dir, timeout: 120_000 });
+    assert.equal(bad.code, 2, bad.stderr + bad.stdout);
+    assert.match(bad.stderr, /--init .*init: .*Embedding-Token\/embeddings is \[\d+, 16\] in .*, the config wants \[\d+, 32\]/);
   });
 });
