@@ -4,7 +4,8 @@
  * `inspect` (the records of any TFRecord file of tf.train.Example) print JSON lines;
  * `prepare` and `vocab` come with the rest of the data pipeline; `trie build` makes the
  * prefix tree of KB keys that constrained decoding follows; `generate` decodes with a
- * unilm or lm model (beam search or sampling), one JSON line per input.
+ * unilm or lm model (beam search or sampling), one JSON line per input; `convert` moves a
+ * model between our tfjs LayersModel, Google BERT TF checkpoints and Hugging Face safetensors.
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, positiveInt, positiveNumber, runProgram, UserError } from './common.js';
