@@ -17,6 +17,7 @@ import { TrainingError } from '../src/train/step.js';
 import { readFile } from 'node:fs/promises';
 import { AuthConfigError, loadTls } from '../src/comm/auth.js';
 import { CoordinatorError } from '../src/coordinator/coordinator.js';
+import { ConvertError } from '../src/checkpoint/model-sources.js';
 import { startRun } from '../src/coordinator/start.js';
 import { readRunFile, RUN_FILE_EXAMPLE, RunConfigError } from '../src/coordinator/run-config.js';
 import type { OptimizerConfig } from '../src/optim/config.js';
@@ -38,6 +39,8 @@ interface StartOptions {
   backend: BackendChoice;
   preset?: string;
   bertConfig?: string;
+  /** A tfjs LayersModel folder to start from. */
+  init?: string;
   /** The run file (run.yaml). */
   config?: string;
   application: Application;
@@ -124,6 +127,12 @@ async function start(opts: StartOptions, command: Command): Promise<void> {
       throw new UserError(`cannot read the model config ${opts.bertConfig}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
     model = parseBertConfig(raw, opts.bertConfig);
+  } else if (opts.init && opts.preset === undefined) {
+    // the model of --init, unless a preset or a config says otherwise (then its shapes are checked against it)
+    const { openLayersModelFolder } = await import('../src/checkpoint/model-sources.js');
+    model = (await openLayersModelFolder(opts.init).catch((e: Error) => {
+      throw new UserError(`--init ${opts.init}: ${e.message}`);
+    })).config;
   }
   const optimizer = opts.optimizer ? await readOptimizerConfig(opts.optimizer) : (fileOptimizer ?? DEFAULTS.optimizer);
   const stop = new AbortController();
@@ -142,6 +151,7 @@ async function start(opts: StartOptions, command: Command): Promise<void> {
     {
       runDir: opts.runDir,
       resume: opts.resume,
+      init: opts.init,
       data: opts.data,
       model,
       application: opts.application,
@@ -217,6 +227,7 @@ function buildProgram(): Command {
     .option('--config <run.yaml>', 'the run file: YAML or JSON whose keys are these options in camelCase (example below); options given here win')
     .addOption(new Option('--preset <L..-H..>', `model size preset: layers and hidden size (default ${DEFAULTS.preset})`).argParser(preset).conflicts('bertConfig'))
     .option('--bert-config <bert_config.json>', 'model from a Google bert_config.json (instead of --preset)')
+    .option('--init <dir>', 'start from the weights of this tfjs LayersModel folder (pretrain convert --to tfjs, coordinator export), MLM head included, instead of the seeded initialization; its config is the model unless --preset/--bert-config (then the shapes must agree); the optimizer starts fresh')
     .addOption(new Option('--application <name>', 'encoder: BERT MLM; unilm: seq2seq; lm: left-to-right').choices(APPLICATIONS).default(DEFAULTS.application))
     .option('--steps <n>', `training steps (default ${DEFAULTS.steps})`, positiveInt)
     .option('--data <dir>', 'train on shards made by `pretrain prepare` (mlm: --application encoder; seq2seq: unilm) instead of the sample corpus')
@@ -319,6 +330,7 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [JournalError, EXIT_FAILURE],
   [AuditError, EXIT_FAILURE],
   [CoordinatorError, EXIT_FAILURE],
+  [ConvertError, EXIT_USAGE],
   [RunConfigError, EXIT_USAGE],
   [LogConfigError, EXIT_USAGE],
   [AuthConfigError, EXIT_USAGE],

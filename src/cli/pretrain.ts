@@ -5,7 +5,8 @@
  * `prepare` and `vocab` come with the rest of the data pipeline; `trie build` makes the
  * prefix tree of KB keys that constrained decoding follows; `generate` decodes with a
  * unilm or lm model (beam search or sampling), one JSON line per input; `checkpoint inspect`
- * lists the variables of a TensorFlow checkpoint.
+ * lists the variables of a TensorFlow checkpoint; `convert` moves a model between our tfjs
+ * LayersModel, Google BERT TF checkpoints and Hugging Face safetensors.
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { createProgram, EXIT_FAILURE, EXIT_USAGE, nonNegativeInt, positiveInt, positiveNumber, runProgram, UserError } from './common.js';
@@ -24,6 +25,9 @@ import { Vocab, VocabError } from '../data/vocab.js';
 import { buildTrieFromTsv, buildWarnings, loadTrie, TrieError, writeTrie } from '../decode/trie.js';
 import { GenerationError, ModelPartsError } from '../decode/errors.js';
 import { TfCheckpoint, TfCheckpointError } from '../checkpoint/tf-checkpoint.js';
+import { ConvertError } from '../checkpoint/model-sources.js';
+import { SafetensorsError } from '../checkpoint/safetensors.js';
+import { ConfigError } from '../model/config.js';
 
 /** Writes a line, waiting when stdout is full (a pipe into a slow reader). */
 function emit(line: string): Promise<void> | void {
@@ -355,6 +359,34 @@ async function checkpointInspect(where: string, opts: { values?: number }): Prom
   }
 }
 
+interface ConvertCliOptions {
+  from: 'tf-checkpoint' | 'safetensors' | 'tfjs';
+  to: 'tfjs' | 'safetensors';
+  config?: string;
+  application?: 'encoder' | 'unilm' | 'lm';
+  overwrite?: boolean;
+}
+
+async function convertCommand(input: string, output: string, opts: ConvertCliOptions): Promise<void> {
+  if (opts.application !== undefined && opts.to !== 'tfjs') throw new UserError('--application applies to --to tfjs only (a Hugging Face BertForMaskedLM has no attention kind to choose); drop it');
+  if (!existsSync(input) && !(opts.from === 'tf-checkpoint' && existsSync(`${input}.index`))) throw new UserError(`${input} does not exist`);
+  if (opts.to === 'tfjs') {
+    // only the tfjs output builds a model
+    const { selectBackend } = await import('../backend/index.js');
+    await selectBackend('cpu');
+  }
+  const { convertModel } = await import('../checkpoint/convert.js');
+  const started = performance.now();
+  const result = await convertModel({ from: opts.from, to: opts.to, input, output, config: opts.config, application: opts.application, overwrite: opts.overwrite });
+  for (const note of result.notes) console.error(`pretrain: ${note.startsWith('warning: ') ? note : `note: ${note.replace(/^note: /, '')}`}`);
+  const c = result.config;
+  console.log(
+    `converted ${input} (${opts.from}, config ${result.configFile}) to ${opts.to}: ${result.weights} weights, ${result.parameters} parameters ` +
+      `(L${c.num_hidden_layers}-H${c.hidden_size}, vocab ${c.vocab_size})${result.optimizerVariables > 0 ? `, ${result.optimizerVariables} optimizer variables skipped` : ''}; ` +
+      `wrote ${result.written.join(', ')} in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+  );
+}
+
 function buildProgram(): Command {
   const program = createProgram('pretrain', 'Data tools for pretraining: build a vocabulary, prepare TFRecord shards, tokenize text, inspect records, list TensorFlow checkpoints');
   program
@@ -472,6 +504,27 @@ function buildProgram(): Command {
     .option('--no-lower-case', 'keep case and accents (cased vocabularies)')
     .addHelpText('after', '\nExamples:\n  $ pretrain generate --model runs/model --vocab vocab.txt --beam 4 "今天天气怎么样"\n  $ pretrain generate --model runs/model --vocab vocab.txt --sample --top-p 0.9 --num-samples 3 < questions.txt\n')
     .action(generateCommand);
+  program
+    .command('convert')
+    .description(
+      'Convert a BERT model (weights checked against the config: every missing, unexpected or mis-shaped variable is named) between our tfjs LayersModel, ' +
+        'Google BERT TensorFlow checkpoints (read only) and Hugging Face safetensors. --to tfjs writes model.json + weights.bin + bert_config.json ' +
+        '(for generate --model, coordinator start --init); --to safetensors writes model.safetensors + config.json for BertForMaskedLM.from_pretrained(OUT).',
+    )
+    .argument('<in>', 'tfjs: the model folder; safetensors: a folder with model.safetensors (+ config.json) or the file; tf-checkpoint: the prefix (bert_model.ckpt) or its folder')
+    .argument('<out>', 'the output folder (made if missing)')
+    .addOption(new Option('--from <format>', 'what <in> is').choices(['tf-checkpoint', 'safetensors', 'tfjs']).makeOptionMandatory())
+    .addOption(new Option('--to <format>', 'what to write').choices(['tfjs', 'safetensors']).makeOptionMandatory())
+    .option('--config <bert_config.json>', 'the model config (Google bert_config.json or Hugging Face config.json); default: config.json or bert_config.json beside <in> (tfjs: read from the model)')
+    .addOption(new Option('--application <app>', '--to tfjs: the attention of the model written (default: the input\'s if tfjs, else encoder)').choices(['encoder', 'unilm', 'lm']))
+    .option('--overwrite', 'replace a model already in <out>')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  $ pretrain convert --from tf-checkpoint --to tfjs chinese_L-12_H-768_A-12/bert_model.ckpt runs/bert-tfjs\n' +
+        '  $ pretrain convert --from tfjs --to safetensors runs/model runs/model-hf      # BertForMaskedLM.from_pretrained("runs/model-hf")\n' +
+        '  $ pretrain convert --from safetensors --to tfjs bert-base-chinese/ runs/bert-tfjs --application unilm\n',
+    )
+    .action(convertCommand);
   return program;
 }
 
@@ -487,6 +540,10 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [PrepareError, EXIT_USAGE],
   [GenerationError, EXIT_USAGE],
   [ModelPartsError, EXIT_USAGE],
+  [ConvertError, EXIT_USAGE],
+  [ConfigError, EXIT_USAGE],
+  [TfCheckpointError, EXIT_FAILURE],
+  [SafetensorsError, EXIT_FAILURE],
   [TFRecordError, EXIT_FAILURE],
   [RangeError, EXIT_FAILURE],
 ]);

@@ -30,6 +30,8 @@ export interface Assignment {
   peers: string[];
   runJson: string;
   restoreStep: number;
+  /** The state of `restoreStep` follows, also when that is 0 (the initial weights of --init). */
+  stateFollows: boolean;
 }
 export interface WireRecord {
   id: number;

@@ -26,6 +26,10 @@ import { ControlServer, type WorkerSession } from '../control/server.js';
 import { type ReplicaState, StateAssembler, stateChunks } from '../control/state-transfer.js';
 import { checkApplication, splitByDocument } from '../data/dataset.js';
 import { RecordStore } from '../data/record-store.js';
+import { importWeights } from '../checkpoint/convert.js';
+import { ConvertError, openLayersModelFolder } from '../checkpoint/model-sources.js';
+import { ConfigError } from '../model/config.js';
+import { createOptimizer } from '../optim/config.js';
 import { type CommittedStep, DataLedger } from '../run/ledger.js';
 import { Journal, JOURNAL_FILE, JOURNAL_FORMAT, type JournalEntry } from '../run/journal.js';
 import type { CoordinatorMetrics } from '../metrics/metrics.js';
@@ -76,6 +80,12 @@ export interface CoordinatorOptions {
    * the same command again), and one that holds none starts a new run.
    */
   readonly resume: boolean;
+  /**
+   * `--init`: a tfjs LayersModel folder (ours, e.g. from `pretrain convert`) whose weights the
+   * run starts from instead of the seeded initialization; checked against the run's model.
+   * Recorded in the journal: a resumed run reads it again only when it has no checkpoint.
+   */
+  readonly init?: string | undefined;
   /** A log line (its text, and for the JSON log its fields and level; see src/log/logger.ts). */
   readonly log: LogFn;
   readonly logEvery: number;
@@ -209,6 +219,10 @@ export class Coordinator {
       const started = opened.replay.entries.find((e) => e.type === 'start');
       if (started?.settings) checkSameRun(started.settings, journalFile, o);
       else if (checkpoint) checkSameRun(settingsOfConfig(checkpoint.state.config), checkpoint.dir, o);
+      // the initial weights are read only for a run that starts from step 0: a resumed run's checkpoint has them
+      const initDir = o.init ?? (typeof started?.settings?.['init'] === 'string' ? started.settings['init'] : undefined);
+      const initial = !checkpoint && initDir !== undefined ? await readInitialState(initDir, o.spec) : undefined;
+      if (initial) o.log(`initial weights: ${initial.params.length} weights from ${initDir} (--init)${initial.notes.length > 0 ? `; ${initial.notes.join('; ')}` : ''}`, { init: initDir });
       if (lastCommitted >= o.steps) throw new CoordinatorError(`the run in ${o.runDir} has done ${lastCommitted} steps already; ask for more with --steps (now ${o.steps})`);
       const spec: RunSpec = { ...o.spec, runId: o.runId, manifest: store.manifest, perTokenFeature: store.perTokenFeature };
       const config: JsonValue = JSON.parse(JSON.stringify({ spec: { ...spec, manifest: undefined }, globalBatch: o.globalBatch })) as JsonValue;
@@ -269,7 +283,8 @@ export class Coordinator {
       // journal's last committed step, else sends every worker the checkpoint
       let workers = this.ready.filter((w) => !w.gone).slice(0, o.workers);
       for (const extra of this.ready.filter((w) => !w.gone).slice(o.workers)) this.send(extra, { kind: 'stop', stop: { reason: 'the run has its workers' } });
-      let restoreFrom: ReplicaState | undefined = checkpoint;
+      // a run from step 0 with --init (or one resumed before its first checkpoint): the imported weights
+      let restoreFrom: ReplicaState | undefined = checkpoint ?? initial;
       if (resuming) {
         const fromLive = lastCommitted > this.step && workers.every((w) => w.heldRunId === o.runId && w.heldStep === lastCommitted);
         if (fromLive) {
@@ -302,7 +317,7 @@ export class Coordinator {
         const peers = members.map((w) => w.dataAddress);
         members.forEach((w, rank) => {
           const restoring = state !== undefined && restore.includes(w);
-          this.send(w, { kind: 'assign', assign: { generation: this.generation, rank, peers, runJson, restoreStep: restoring ? this.step : 0 } });
+          this.send(w, { kind: 'assign', assign: { generation: this.generation, rank, peers, runJson, restoreStep: restoring ? this.step : 0, stateFollows: restoring } });
           if (restoring) for (const chunk of stateChunks(state, { workerId: w.id, generation: this.generation, step: this.step })) this.send(w, { kind: 'state', state: chunk });
         });
       };
@@ -688,8 +703,26 @@ export class Coordinator {
  * global batch and clipping. Recompute, micro-batches and the number of workers do not, and
  * may change when a run is resumed.
  */
-export function runSettings(o: Pick<CoordinatorOptions, 'spec' | 'globalBatch'>): Record<string, JsonValue> {
-  return JSON.parse(JSON.stringify({ model: o.spec.model, application: o.spec.application, seed: o.spec.seed, optimizer: o.spec.optimizer, clipNorm: o.spec.clipNorm, globalBatch: o.globalBatch })) as Record<string, JsonValue>;
+export function runSettings(o: Pick<CoordinatorOptions, 'spec' | 'globalBatch' | 'init'>): Record<string, JsonValue> {
+  const init = o.init === undefined ? undefined : path.resolve(o.init);
+  return JSON.parse(JSON.stringify({ model: o.spec.model, application: o.spec.application, seed: o.spec.seed, optimizer: o.spec.optimizer, clipNorm: o.spec.clipNorm, globalBatch: o.globalBatch, init })) as Record<string, JsonValue>;
+}
+
+/**
+ * The replica state a run starts from with `--init`: the folder's weights, checked against
+ * the run's model (names and shapes, the MLM head included), and a fresh optimizer state.
+ */
+export async function readInitialState(dir: string, spec: Pick<RunSpec, 'model' | 'optimizer' | 'application'>): Promise<ReplicaState & { notes: string[] }> {
+  try {
+    const folder = await openLayersModelFolder(dir);
+    const imported = await importWeights(folder.source, 'ours', spec.model);
+    const notes = [...imported.notes];
+    if (folder.application !== spec.application) notes.push(`the model in ${dir} was trained as ${folder.application}, the run is ${spec.application}`);
+    return { params: imported.weights, optimizer: createOptimizer(spec.optimizer).getState(), notes };
+  } catch (e) {
+    // the folder is the user's to fix (exit 2), not a failed run
+    throw e instanceof ConvertError || e instanceof ConfigError ? new ConvertError(`--init ${dir}: ${e.message}`) : e;
+  }
 }
 
 /** The same settings read from a checkpoint's config (`{spec, globalBatch}`). */
@@ -705,6 +738,7 @@ const SETTING_FLAGS: Record<string, string> = {
   optimizer: '--optimizer',
   clipNorm: '--clip-norm',
   globalBatch: '--global-batch',
+  init: '--init',
 };
 
 /** A resumed run must be the same run: refused, naming each setting that differs and where the run's value was read. */
@@ -712,6 +746,8 @@ function checkSameRun(saved: Record<string, unknown>, source: string, o: Coordin
   const now = runSettings(o);
   const differ: string[] = [];
   for (const [key, flag] of Object.entries(SETTING_FLAGS)) {
+    // a resume need not repeat --init: the run's own is used
+    if (key === 'init' && now[key] === undefined) continue;
     if (JSON.stringify(saved[key]) !== JSON.stringify(now[key])) differ.push(`${flag} (the run has ${JSON.stringify(saved[key])}, now ${JSON.stringify(now[key])})`);
   }
   if (differ.length > 0) throw new CoordinatorError(`${o.runDir} holds a run with other settings (${source}): ${differ.join('; ')}. Resume with the run's settings, or start a new run in another directory`);

@@ -21,6 +21,7 @@ const runFileSchema = z
   .object({
     preset: z.string().regex(/^L\d+-H\d+$/, 'expected the form L<layers>-H<hidden>, e.g. L4-H256'),
     bertConfig: z.string().min(1),
+    init: z.string().min(1),
     application: z.enum(APPLICATIONS as unknown as [Application, ...Application[]]),
     data: z.string().min(1),
     optimizer: z.unknown(),

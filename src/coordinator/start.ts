@@ -32,6 +32,8 @@ export interface StartSettings {
   runDir?: string;
   resume?: string;
   data?: string;
+  /** `--init`: a tfjs LayersModel folder the run starts from (see CoordinatorOptions.init). */
+  init?: string;
   /** A bert_config.json already parsed, or a preset name. */
   model: BertConfig | string;
   application: Application;
@@ -192,6 +194,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     maxFailures: settings.maxFailures ?? 20,
     stepTimeoutMs: settings.stepTimeoutMs,
     resume: settings.resume !== undefined,
+    init: settings.init,
     logEvery: settings.logEvery,
     log: settings.log,
     stop,

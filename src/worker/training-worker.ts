@@ -231,9 +231,9 @@ export class TrainingWorker {
     this.communicator = new Communicator(this.server!, { generation: a.generation, rank: a.rank, peers: a.peers, deadlineMs: spec.collectiveDeadlineMs });
     const { objective, optimizer, params } = this.replica;
     this.trainer = new Trainer({ objective, optimizer, params, clipNorm: spec.clipNorm, recompute: spec.recompute, reducer: this.communicator, compression: spec.allreduceCompression });
-    if (a.restoreStep > 0) this.restoring = { step: a.restoreStep, assembler: new StateAssembler(`the coordinator (step ${a.restoreStep})`) };
+    if (a.restoreStep > 0 || a.stateFollows) this.restoring = { step: a.restoreStep, assembler: new StateAssembler(`the coordinator (step ${a.restoreStep})`) };
     this.options.metrics?.assigned(a.rank, a.peers.length, a.generation);
-    this.options.log(`worker ${this.workerId}: generation ${a.generation}, rank ${a.rank} of ${a.peers.length}${a.restoreStep > 0 ? `, restoring step ${a.restoreStep}` : ''}`, {
+    this.options.log(`worker ${this.workerId}: generation ${a.generation}, rank ${a.rank} of ${a.peers.length}${a.restoreStep > 0 ? `, restoring step ${a.restoreStep}` : a.stateFollows ? ', receiving the initial weights' : ''}`, {
       worldSize: a.peers.length,
       restoreStep: a.restoreStep > 0 ? a.restoreStep : undefined,
     });
