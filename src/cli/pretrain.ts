@@ -22,6 +22,7 @@ import { BertTokenizer } from '../data/tokenizer.js';
 import { Vocab, VocabError } from '../data/vocab.js';
 import { buildTrieFromTsv, buildWarnings, loadTrie, TrieError, writeTrie } from '../decode/trie.js';
 import { GenerationError, ModelPartsError } from '../decode/errors.js';
+import { addFinetuneCommands, FINETUNE_USER_ERRORS } from './finetune.js';
 
 /** Writes a line, waiting when stdout is full (a pipe into a slow reader). */
 function emit(line: string): Promise<void> | void {
@@ -421,6 +422,7 @@ function buildProgram(): Command {
     .option('--no-lower-case', 'keep case and accents (cased vocabularies)')
     .addHelpText('after', '\nExamples:\n  $ pretrain generate --model runs/model --vocab vocab.txt --beam 4 "今天天气怎么样"\n  $ pretrain generate --model runs/model --vocab vocab.txt --sample --top-p 0.9 --num-samples 3 < questions.txt\n')
     .action(generateCommand);
+  addFinetuneCommands(program);
   return program;
 }
 
@@ -436,6 +438,7 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [PrepareError, EXIT_USAGE],
   [GenerationError, EXIT_USAGE],
   [ModelPartsError, EXIT_USAGE],
+  ...FINETUNE_USER_ERRORS,
   [TFRecordError, EXIT_FAILURE],
   [RangeError, EXIT_FAILURE],
 ]);
