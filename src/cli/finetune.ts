@@ -10,7 +10,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { decodeLines } from '../data/corpus.js';
 import { BertTokenizer } from '../data/tokenizer.js';
 import { Vocab } from '../data/vocab.js';
-import { FinetuneDataError, parseExampleLine, readExamples } from '../finetune/data.js';
+import { checkSets, FinetuneDataError, parseExampleLine, readExamples } from '../finetune/data.js';
 import { ClassifierModelError } from '../finetune/model.js';
 import { nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, UserError } from './common.js';
 
@@ -76,6 +76,7 @@ async function finetuneCommand(opts: FinetuneCliOptions): Promise<void> {
   const train = await readExamples(opts.train);
   const dev = await readExamples(opts.dev);
   const test = opts.test === undefined ? undefined : await readExamples(opts.test);
+  checkSets(train, [dev, ...(test ? [test] : [])]);
 
   const { selectBackend } = await import('../backend/index.js');
   const { loadModel } = await import('../checkpoint/layers-model-io.js');

@@ -110,6 +110,22 @@ export function labelsOf(train: ExampleSet): string[] {
   return [...new Set(train.examples.map((e) => e.label!))].sort();
 }
 
+/**
+ * The label names, after checking the sets against the training set: the same kind (single
+ * sentences or pairs), at least 2 labels, and no label the training set lacks.
+ */
+export function checkSets(train: ExampleSet, others: readonly ExampleSet[]): string[] {
+  for (const set of others) {
+    if (set.pairs !== train.pairs) {
+      throw new FinetuneDataError(`${set.file} holds ${set.pairs ? 'sentence pairs' : 'single sentences'} but ${train.file} holds ${train.pairs ? 'sentence pairs' : 'single sentences'}`);
+    }
+  }
+  const labels = labelsOf(train);
+  if (labels.length < 2) throw new FinetuneDataError(`${train.file} has only one label (${JSON.stringify(labels[0])}); a classifier needs at least 2`);
+  for (const set of others) labelIds(set, labels, train.file);
+  return labels;
+}
+
 /** Label ids of a labelled set; a label the training data lacks is named with its file:line. */
 export function labelIds(set: ExampleSet, labels: readonly string[], trainFile: string): Int32Array {
   const index = new Map(labels.map((l, i) => [l, i]));

@@ -15,7 +15,7 @@ import { loadModel, saveModel } from '../checkpoint/layers-model-io.js';
 import type { BertTokenizer } from '../data/tokenizer.js';
 import { createOptimizer, type OptimizerConfig, VariableParameters } from '../optim/index.js';
 import { stepDropoutSeed, Trainer } from '../train/trainer.js';
-import { classificationBatch, type EncodedExample, encodeExamples, type Example, type ExampleSet, labelIds, labelsOf } from './data.js';
+import { checkSets, classificationBatch, type EncodedExample, encodeExamples, type Example, type ExampleSet, labelIds } from './data.js';
 import { argmaxRows, type ClassificationMetrics, classificationMetrics } from './metrics.js';
 import { buildClassifier, checkClassifier, ClassifierModelError } from './model.js';
 import { ClassificationObjective } from './objective.js';
@@ -146,13 +146,7 @@ export async function finetune(options: FinetuneOptions): Promise<FinetuneReport
   const { tokenizer, train, dev, test, epochs, batchSize, maxLength, seed } = options;
   const log = options.log ?? (() => undefined);
   const selectBy = options.selectBy ?? 'accuracy';
-  for (const set of [dev, ...(test ? [test] : [])]) {
-    if (set.pairs !== train.pairs) {
-      throw new ClassifierModelError(`${set.file} holds ${set.pairs ? 'sentence pairs' : 'single sentences'} but ${train.file} holds ${train.pairs ? 'sentence pairs' : 'single sentences'}`);
-    }
-  }
-  const labels = labelsOf(train);
-  if (labels.length < 2) throw new ClassifierModelError(`${train.file} has only one label (${JSON.stringify(labels[0])}); a classifier needs at least 2`);
+  const labels = checkSets(train, [dev, ...(test ? [test] : [])]);
   const trainLabels = labelIds(train, labels, train.file);
   const devLabels = labelIds(dev, labels, train.file);
   const testLabels = test ? labelIds(test, labels, train.file) : undefined;
