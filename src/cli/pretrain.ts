@@ -28,6 +28,7 @@ import { TfCheckpoint, TfCheckpointError } from '../checkpoint/tf-checkpoint.js'
 import { ConvertError } from '../checkpoint/model-sources.js';
 import { SafetensorsError } from '../checkpoint/safetensors.js';
 import { ConfigError } from '../model/config.js';
+import { addFinetuneCommands, FINETUNE_USER_ERRORS } from './finetune.js';
 
 /** Writes a line, waiting when stdout is full (a pipe into a slow reader). */
 function emit(line: string): Promise<void> | void {
@@ -525,6 +526,7 @@ function buildProgram(): Command {
         '  $ pretrain convert --from safetensors --to tfjs bert-base-chinese/ runs/bert-tfjs --application unilm\n',
     )
     .action(convertCommand);
+  addFinetuneCommands(program);
   return program;
 }
 
@@ -544,6 +546,7 @@ process.exitCode = await runProgram(buildProgram(), process.argv, [
   [ConfigError, EXIT_USAGE],
   [TfCheckpointError, EXIT_FAILURE],
   [SafetensorsError, EXIT_FAILURE],
+  ...FINETUNE_USER_ERRORS,
   [TFRecordError, EXIT_FAILURE],
   [RangeError, EXIT_FAILURE],
 ]);

@@ -17,7 +17,17 @@ import * as tf from '@tensorflow/tfjs-core';
 import { type Batch, countTargets } from '../batch.js';
 import type { Optimizer } from '../optim/optimizer.js';
 import type { ParameterAccess } from '../optim/parameters.js';
-import { type PretrainingObjective, TrainingError } from './step.js';
+import type { NamedWeight } from '../model/weights.js';
+import { type StepOptions, type StepResult, TrainingError } from './step.js';
+
+/**
+ * What the trainer differentiates: `PretrainingObjective` (MLM, seq2seq), or fine-tuning's
+ * `ClassificationObjective` (a batch's targets hold each sample's label at its first position).
+ */
+export interface TrainingObjective {
+  readonly weights: NamedWeight[];
+  compute(batch: Batch, options?: StepOptions): StepResult;
+}
 
 /** Sums flat buffers across the replicas of a run, in place (a communicator's all-reduce). */
 export interface GradientReducer {
@@ -25,7 +35,7 @@ export interface GradientReducer {
 }
 
 export interface TrainerOptions {
-  objective: PretrainingObjective;
+  objective: TrainingObjective;
   optimizer: Optimizer;
   params: ParameterAccess;
   /** Global-norm clipping threshold; 0 turns clipping off (the norm is still reported). */

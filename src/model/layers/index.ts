@@ -7,3 +7,4 @@ export { LayerNorm } from './layer-norm.js';
 export { SeededDropout, BiasAdd, Residual } from './dropout.js';
 export { activation } from './activations.js';
 export { seededDropout, type CallKwargs } from './base.js';
+export { FirstToken } from './pooling.js';
