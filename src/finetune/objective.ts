@@ -18,11 +18,11 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
-import { type Batch, countTargets, sliceBatch } from '../batch.js';
+import { type Batch, countTargets } from '../batch.js';
 import { LAYER } from '../model/build.js';
 import { trainableWeights, type NamedWeight } from '../model/weights.js';
 import { GraphExecutor } from '../train/graph-executor.js';
-import { leanGradients } from '../train/lean-gradients.js';
+import { type AccumulatedGradients, accumulateGradients } from '../train/accumulate.js';
 import { sparseSoftmaxCrossEntropy } from '../train/loss.js';
 import { type StepOptions, type StepResult, TrainingError } from '../train/step.js';
 import type { TrainingObjective } from '../train/trainer.js';
@@ -47,11 +47,8 @@ export interface ClassificationStepResult extends StepResult {
   adversarialLoss: number;
 }
 
-interface Accumulated {
-  grads: tf.Tensor[];
-  lossSum: number;
-  correct: number;
-}
+/** Mutable: the FGM pass adds its gradients into `grads`. */
+type Accumulated = { -readonly [K in keyof AccumulatedGradients]: AccumulatedGradients[K] };
 
 export class ClassificationObjective implements TrainingObjective {
   readonly weights: NamedWeight[];
@@ -127,35 +124,7 @@ export class ClassificationObjective implements TrainingObjective {
 
   /** Gradients of the loss sum over `normalizer`, summed over the micro-batches. */
   private accumulate(batch: Batch, parts: number, normalizer: number, options: StepOptions): Accumulated {
-    const variables = this.weights.map((w) => w.variable);
-    let grads: tf.Tensor[] | undefined;
-    let lossSum = 0;
-    let correct = 0;
-    for (let p = 0; p < parts; p++) {
-      const start = Math.floor((p * batch.batchSize) / parts);
-      const micro = sliceBatch(batch, start, Math.floor(((p + 1) * batch.batchSize) / parts));
-      if (countTargets(micro) === 0) continue;
-      let hits: tf.Tensor | undefined;
-      const seed = options.dropoutSeed;
-      const firstSample = (options.firstSample ?? 0) + start;
-      const { value, grads: microGrads } = leanGradients(() => {
-        const { loss, correct: c } = this.lossOf(micro, normalizer, { training: seed !== undefined, dropoutSeed: seed, firstSample, recompute: options.recompute });
-        hits = tf.keep(c);
-        return loss;
-      }, variables);
-      lossSum += value.dataSync()[0]! * normalizer;
-      correct += hits!.dataSync()[0]!;
-      value.dispose();
-      hits!.dispose();
-      const filled = microGrads.map((g, i) => g ?? tf.zerosLike(variables[i]!));
-      if (!grads) grads = filled;
-      else {
-        const summed = grads.map((g, i) => tf.add(g, filled[i]!));
-        tf.dispose([...grads, ...filled]);
-        grads = summed;
-      }
-    }
-    return { grads: grads!, lossSum, correct };
+    return accumulateGradients(batch, parts, normalizer, this.weights.map((w) => w.variable), (micro, n, run) => this.lossOf(micro, n, run), options);
   }
 
   private lossOf(

@@ -4,9 +4,9 @@ import { LAYER } from '../model/build.js';
 import { reshape } from '../model/layers/ops.js';
 import { trainableWeights, type NamedWeight } from '../model/weights.js';
 import { GraphExecutor } from './graph-executor.js';
-import { leanGradients } from './lean-gradients.js';
+import { accumulateGradients } from './accumulate.js';
 import { sparseSoftmaxCrossEntropy } from './loss.js';
-import { type Batch, countTargets, sliceBatch } from '../batch.js';
+import { type Batch, countTargets } from '../batch.js';
 
 /** A training run that cannot go on (no targets, a diverged loss): reported in one line, not as a defect. */
 export class TrainingError extends Error {
@@ -86,34 +86,8 @@ export class PretrainingObjective {
     }
     const normalizer = options.normalizer ?? total;
     const variables = this.weights.map((w) => w.variable);
-    let grads: tf.Tensor[] | undefined;
-    let lossSum = 0;
-    let correct = 0;
-    for (let p = 0; p < parts; p++) {
-      const start = Math.floor((p * batch.batchSize) / parts);
-      const micro = sliceBatch(batch, start, Math.floor(((p + 1) * batch.batchSize) / parts));
-      if (countTargets(micro) === 0) continue;
-      let hits: tf.Tensor | undefined;
-      const seed = options.dropoutSeed;
-      const firstSample = (options.firstSample ?? 0) + start;
-      const { value, grads: microGrads } = leanGradients(() => {
-        const { loss, correct: c } = this.lossOf(micro, normalizer, { training: seed !== undefined, dropoutSeed: seed, firstSample, recompute: options.recompute });
-        hits = tf.keep(c);
-        return loss;
-      }, variables);
-      lossSum += value.dataSync()[0]! * normalizer;
-      correct += hits!.dataSync()[0]!;
-      value.dispose();
-      hits!.dispose();
-      const filled = microGrads.map((g, i) => g ?? tf.zerosLike(variables[i]!));
-      if (!grads) grads = filled;
-      else {
-        const summed = grads.map((g, i) => tf.add(g, filled[i]!));
-        tf.dispose([...grads, ...filled]);
-        grads = summed;
-      }
-    }
-    return { loss: lossSum / total, lossSum, correct, accuracy: correct / total, targets: total, grads: grads! };
+    const { grads, lossSum, correct } = accumulateGradients(batch, parts, normalizer, variables, (micro, n, run) => this.lossOf(micro, n, run), options);
+    return { loss: lossSum / total, lossSum, correct, accuracy: correct / total, targets: total, grads };
   }
 
   /** Loss and accuracy with dropout off and no gradients. */
