@@ -1,7 +1,9 @@
 #!/usr/bin/env node
-// Sentence-pair classification on the shipped sample corpus, in one command:
-//   node examples/classify/run.mjs [--steps 300] [--seeds 3] [--out runs/classify]   (npm run example:classify)
-// The task: do two lines come from the same Song ci? Built from data/sample/corpus.txt (public
+// Classification on the shipped sample corpus, in one command:
+//   node examples/classify/run.mjs [--task source|same-ci] [--steps 300] [--seeds 3] [--out runs/classify]   (npm run example:classify)
+// --task source (the default): is a fragment of 4 to 8 characters from the Analects or from a
+// Song ci? Chapters and ci split by document as below; fragments balanced between the two.
+// --task same-ci: do two lines come from the same Song ci? Built from data/sample/corpus.txt (public
 // domain; documents 21 onwards are ci, the first 20 are the Analects), split BY DOCUMENT into
 // train / dev / test (70 / 15 / 15%), so no ci of the dev or test set is seen in training.
 // For each ci: pairs of two of its lines ("same") and pairs of one of its lines with a line of
@@ -27,6 +29,8 @@ const ANALECTS = 20;
 
 const { values: opts } = parseArgs({
   options: {
+    // source: is a fragment of a line from the Analects or from a Song ci; same-ci: do two lines come from the same ci
+    task: { type: 'string', default: 'source' },
     steps: { type: 'string', default: '300' },
     seeds: { type: 'string', default: '3' },
     epochs: { type: 'string', default: '3' },
@@ -81,9 +85,35 @@ for (let i = order.length - 1; i > 0; i--) {
 const cut1 = Math.round(order.length * 0.7);
 const cut2 = Math.round(order.length * 0.85);
 const splits = { train: order.slice(0, cut1), dev: order.slice(cut1, cut2), test: order.slice(cut2) };
+// the Analects' 20 chapters split the same way: 14 / 3 / 3
+const chapters = analects.map((_, i) => i);
+for (let i = chapters.length - 1; i > 0; i--) {
+  const j = Math.floor(rand() * (i + 1));
+  [chapters[i], chapters[j]] = [chapters[j], chapters[i]];
+}
+const analectsSplits = { train: chapters.slice(0, 14), dev: chapters.slice(14, 17), test: chapters.slice(17) };
 const perDoc = Number(opts['pairs-per-doc']);
 const counts = {};
-for (const [name, ids] of Object.entries(splits)) {
+/** A random run of 4 to 8 characters of a line: short enough that the source is not given away by a line's length or its opening words. */
+const fragment = (line) => {
+  const chars = [...line];
+  const n = Math.min(chars.length, 4 + Math.floor(rand() * 5));
+  const at = Math.floor(rand() * (chars.length - n + 1));
+  return chars.slice(at, at + n).join('');
+};
+if (opts.task === 'source') {
+  for (const [name, ids] of Object.entries(splits)) {
+    const fromAnalects = analectsSplits[name].flatMap((c) => analects[c]).filter((l) => [...l].length >= 4).map((l) => [fragment(l), 'analects']);
+    const fromCi = ids.flatMap((d) => ci[d]).map((l) => [fragment(l), 'ci']);
+    // as many of each: the larger side is sampled down
+    const n = Math.min(fromAnalects.length, fromCi.length);
+    const take = (list) => list.map((r) => [rand(), r]).sort((a, b) => a[0] - b[0]).slice(0, n).map(([, r]) => r);
+    const rows = [...take(fromAnalects), ...take(fromCi)].map((r) => [rand(), r]).sort((a, b) => a[0] - b[0]).map(([, r]) => r);
+    counts[name] = rows.length;
+    writeFileSync(path.join(out, `${name}.tsv`), rows.map((r) => r.join('\t')).join('\n') + '\n');
+  }
+  console.log(`task: is a fragment of 4-8 characters from the Analects or from a Song ci? split by chapter and by ci; fragments train ${counts.train}, dev ${counts.dev}, test ${counts.test} (half each)`);
+} else for (const [name, ids] of Object.entries(splits)) {
   const rows = [];
   for (const d of ids) {
     const lines = ci[d];
@@ -101,11 +131,11 @@ for (const [name, ids] of Object.entries(splits)) {
   counts[name] = rows.length;
   writeFileSync(path.join(out, `${name}.tsv`), rows.map((r) => r.join('\t')).join('\n') + '\n');
 }
-console.log(`task: do two lines come from the same ci? ${ci.length} ci split by document ${splits.train.length}/${splits.dev.length}/${splits.test.length}; pairs train ${counts.train}, dev ${counts.dev}, test ${counts.test} (half "same")`);
+if (opts.task !== 'source') console.log(`task: do two lines come from the same ci? ${ci.length} ci split by document ${splits.train.length}/${splits.dev.length}/${splits.test.length}; pairs train ${counts.train}, dev ${counts.dev}, test ${counts.test} (half "same")`);
 
 // pretraining on the Analects and the training ci only, then export
 const pretrainCorpus = path.join(out, 'pretrain-corpus.txt');
-writeFileSync(pretrainCorpus, [...analects, ...splits.train.map((d) => ci[d])].map((d) => d.join('\n')).join('\n\n') + '\n');
+writeFileSync(pretrainCorpus, [...analectsSplits.train.map((c) => analects[c]), ...splits.train.map((d) => ci[d])].map((d) => d.join('\n')).join('\n\n') + '\n');
 const data = path.join(out, 'mlm');
 run(PRETRAIN, ['prepare', '--corpus', pretrainCorpus, '--vocab', VOCAB, '--out', data, '--max-length', '64', '--force', '--no-progress']);
 const runDir = path.join(out, `run-${Date.now()}`);
@@ -121,7 +151,7 @@ const results = { none: [], fgm: [] };
 for (const seed of seeds) {
   for (const method of ['none', 'fgm']) {
     const args = ['finetune', '--model', model, '--vocab', VOCAB, '--train', path.join(out, 'train.tsv'), '--dev', path.join(out, 'dev.tsv'), '--test', path.join(out, 'test.tsv'),
-      '--out', path.join(out, `cls-${method}-${seed}`), '--overwrite', '--epochs', opts.epochs, '--batch-size', '32', '--lr', opts.lr, '--warmup', '0.1', '--max-length', '40', '--seed', String(seed),
+      '--out', path.join(out, `cls-${method}-${seed}`), '--overwrite', '--epochs', opts.epochs, '--batch-size', '32', '--lr', opts.lr, '--warmup', '0.1', '--max-length', opts.task === 'source' ? '16' : '40', '--seed', String(seed),
       ...(method === 'fgm' ? ['--adversarial', 'fgm', '--epsilon', opts.epsilon] : [])];
     const report = JSON.parse(run(PRETRAIN, args).trim().split('\n').at(-1));
     results[method].push(report.test.accuracy);
@@ -139,8 +169,8 @@ function stats(values) {
 }
 const plain = stats(results.none);
 const fgm = stats(results.fgm);
-console.log(`\ntest accuracy over ${seeds.length} seed(s) (${counts.test} pairs of unseen ci; mean ± sample std [min, max]):`);
+console.log(`\ntest accuracy over ${seeds.length} seed(s) (${counts.test} ${opts.task === 'source' ? 'fragments of unseen chapters and ci' : 'pairs of unseen ci'}; mean ± sample std [min, max]):`);
 console.log(`plain            ${pct(plain.mean)} ± ${pct(plain.std)} [${pct(plain.min)}, ${pct(plain.max)}]`);
 console.log(`FGM epsilon ${opts.epsilon.padEnd(4)} ${pct(fgm.mean)} ± ${pct(fgm.std)} [${pct(fgm.min)}, ${pct(fgm.max)}]`);
-console.log(`\nreproduce: node examples/classify/run.mjs --steps ${opts.steps} --seeds ${opts.seeds} --epochs ${opts.epochs} --epsilon ${opts.epsilon} --lr ${opts.lr}`);
-console.log(JSON.stringify({ task: 'same-ci line pairs', pretrainSteps: Number(opts.steps), seeds: seeds.length, epochs: Number(opts.epochs), epsilon: Number(opts.epsilon), trainPairs: counts.train, devPairs: counts.dev, testPairs: counts.test, plain: { accuracies: results.none, ...plain }, fgm: { accuracies: results.fgm, ...fgm } }));
+console.log(`\nreproduce: node examples/classify/run.mjs --task ${opts.task} --steps ${opts.steps} --seeds ${opts.seeds} --epochs ${opts.epochs} --epsilon ${opts.epsilon} --lr ${opts.lr}`);
+console.log(JSON.stringify({ task: opts.task === 'source' ? 'source of a fragment (Analects or Song ci)' : 'same-ci line pairs', pretrainSteps: Number(opts.steps), seeds: seeds.length, epochs: Number(opts.epochs), epsilon: Number(opts.epsilon), trainExamples: counts.train, devExamples: counts.dev, testExamples: counts.test, plain: { accuracies: results.none, ...plain }, fgm: { accuracies: results.fgm, ...fgm } }));
