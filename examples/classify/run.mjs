@@ -58,18 +58,9 @@ function run(script, args) {
   return r.stdout;
 }
 
-/** mulberry32 */
-function random(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const rand = random(2024);
+// the project's seeded generator (the demo runs after `npm run build`)
+const { seededRandom } = await import(new URL('../../dist/src/data/masking.js', import.meta.url).href);
+const rand = seededRandom(2024);
 const pick = (list) => list[Math.floor(rand() * list.length)];
 
 // the documents: the Analects, then the ci; lines of at least 4 characters

@@ -19,6 +19,7 @@ import { checkSets, classificationBatch, type EncodedExample, encodeExamples, ty
 import { argmaxRows, type ClassificationMetrics, classificationMetrics } from './metrics.js';
 import { buildClassifier, checkClassifier, ClassifierModelError } from './model.js';
 import { ClassificationObjective } from './objective.js';
+import { seededRandom } from '../data/masking.js';
 
 export const FINETUNE_FORMAT = 'tfjs-pretrain-finetune/1';
 export const LABELS_FILE = 'labels.json';
@@ -94,18 +95,6 @@ export interface FinetuneConfigFile {
   training: Record<string, unknown>;
 }
 
-/** mulberry32: the data order of a seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function shuffled(n: number, rand: () => number): number[] {
   const order = Array.from({ length: n }, (_, i) => i);
   for (let i = n - 1; i > 0; i--) {
@@ -174,7 +163,8 @@ export async function finetune(options: FinetuneOptions): Promise<FinetuneReport
       `${epochs} epoch(s) of ${stepsPerEpoch} steps (batch ${batchSize}, warm-up ${warmupSteps} steps), ${options.adversarial ? `FGM epsilon ${options.adversarial.epsilon}` : 'no adversarial training'}`,
   );
 
-  const rand = random(seed);
+  // the data order of a seed: the project's one seeded generator, on a stream of its own
+  const rand = seededRandom(seed, 0xf17e);
   const reports: EpochReport[] = [];
   let best: { score: number; epoch: number; dev: ClassificationMetrics; values: Float32Array[] } | undefined;
   let step = 0;
