@@ -133,3 +133,13 @@ export async function runProgram(program: Command, argv: string[], userErrors: [
     return EXIT_FAILURE;
   }
 }
+
+/** Writes a line to stdout, waiting when it is full (a pipe into a slow reader). */
+export function emit(line: string): Promise<void> | void {
+  if (!process.stdout.write(`${line}\n`)) return new Promise((resolve) => process.stdout.once('drain', () => resolve()));
+}
+
+/** A warning on stderr, `pretrain: warning: ...`. */
+export function warn(message: string): void {
+  console.error(`pretrain: warning: ${message}`);
+}

@@ -12,7 +12,7 @@ import { BertTokenizer } from '../data/tokenizer.js';
 import { Vocab } from '../data/vocab.js';
 import { checkSets, FinetuneDataError, parseExampleLine, readExamples } from '../finetune/data.js';
 import { ClassifierModelError } from '../finetune/model.js';
-import { nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, UserError } from './common.js';
+import { emit, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, UserError } from './common.js';
 
 /** The error classes of these commands whose message is enough (exit 2). */
 export const FINETUNE_USER_ERRORS: [new (...args: never[]) => Error, number][] = [
@@ -29,10 +29,6 @@ function share(value: string): number {
   const n = Number(value);
   if (value.trim() === '' || !(n >= 0 && n < 1)) throw new InvalidArgumentError(`expected a number in [0, 1), got "${value}".`);
   return n;
-}
-
-function emit(line: string): Promise<void> | void {
-  if (!process.stdout.write(`${line}\n`)) return new Promise((resolve) => process.stdout.once('drain', () => resolve()));
 }
 
 type BackendName = 'auto' | 'tensorflow' | 'wasm' | 'cpu';

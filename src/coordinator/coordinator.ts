@@ -257,7 +257,8 @@ export class Coordinator {
             this.joinWaiter?.();
           },
           onGone: (s) => this.onGone(s),
-          onReport: (r, s) => this.onReport(r, s),
+          // the server found the session by the report's workerId: who sent it is who it names
+          onReport: (r) => this.onReport(r),
           onStateChunk: (chunk: StateChunk, s) => {
             const asked = this.state;
             if (!asked) throw new CoordinatorError('state that was not asked for');
@@ -584,9 +585,8 @@ export class Coordinator {
   }
 
   /** A report of another generation or step is late or stray: fenced (refused, never counted). */
-  private onReport(r: StepReport, from: WorkerSession): string | undefined {
+  private onReport(r: StepReport): string | undefined {
     const expected = this.expected;
-    if (r.workerId !== from.id) return `a report for worker ${r.workerId} from worker ${from.id}`;
     if (r.generation !== this.generation) return `report of step ${r.step} refused: it is of generation ${r.generation}, the run is at generation ${this.generation}`;
     if (!this.waiter || !expected || r.step !== expected.step) return `report of step ${r.step} refused: ${this.waiter && expected ? `step ${expected.step} is awaited` : 'no step is awaited (it was aborted)'}`;
     const worker = expected.workers.find((w) => w.id === r.workerId);

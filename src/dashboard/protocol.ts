@@ -5,14 +5,10 @@
  * page correct for its own clock.
  */
 
-export interface RankPoint {
-  readonly rank: number;
-  readonly workerId: number;
-  readonly name: string;
-  readonly computeSeconds: number;
-  readonly reduceSeconds: number;
-  readonly tokens: number;
-}
+import type { RankOfStep } from '../coordinator/observer.js';
+
+/** One rank's part of a step: as the coordinator observed it (a type only, erased for the page). */
+export type RankPoint = RankOfStep;
 
 /** One committed step. */
 export interface StepPoint {

@@ -1,17 +1,17 @@
 /**
  * `coordinator export <run-dir>`: a checkpoint of a run as a tfjs LayersModel folder
- * (model.json + weights.bin, loadable with tf.loadLayersModel or src/checkpoint/layers-model-io)
- * plus the optimizer state beside it, for fine-tuning or for continuing elsewhere.
+ * (model.json + weights.bin + bert_config.json, loadable with tf.loadLayersModel or
+ * src/checkpoint/layers-model-io, and what `pretrain convert --from tfjs` reads) plus the
+ * optimizer state beside it, for fine-tuning or for continuing elsewhere.
  */
 import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { saveModel } from '../checkpoint/layers-model-io.js';
+import { exportWeights, writeLayersModel } from '../checkpoint/convert.js';
+import { ConvertError } from '../checkpoint/model-sources.js';
 import { checkpointName, type LoadedRunCheckpoint, loadLatestCheckpoint, loadRunCheckpoint } from '../checkpoint/run-checkpoint.js';
-import * as tf from '@tensorflow/tfjs-core';
-import { type Application, APPLICATIONS, buildTransformer, disposeTransformer } from '../model/build.js';
+import { type Application, APPLICATIONS } from '../model/build.js';
 import { parseBertConfig } from '../model/config.js';
-import { trainableWeights } from '../model/weights.js';
 import { saveOptimizerState } from '../optim/index.js';
 
 /** The optimizer state's file name inside an exported model's folder. */
@@ -67,7 +67,11 @@ async function findCheckpoint(runDir: string, step: number | undefined): Promise
   return latest.checkpoint;
 }
 
-/** Builds the run's model (the backend must be selected), loads the checkpoint's weights into it and saves it. */
+/**
+ * Writes the checkpoint's weights as the run's model (through `writeLayersModel`, the one
+ * place that builds a model from named weights; the backend must be selected) with the
+ * optimizer state beside it.
+ */
 export async function exportCheckpoint(o: ExportOptions): Promise<ExportResult> {
   await checkOutDir(o.out, o.overwrite ?? false);
   const checkpoint = await findCheckpoint(o.runDir, o.step);
@@ -75,27 +79,19 @@ export async function exportCheckpoint(o: ExportOptions): Promise<ExportResult> 
   if (!config?.spec) throw new ExportError(`${checkpoint.dir}/state.json has no run spec in its config: not a checkpoint of \`coordinator start\``);
   const { model: modelConfig, application } = config.spec;
   if (typeof application !== 'string' || !(APPLICATIONS as readonly string[]).includes(application)) throw new ExportError(`${checkpoint.dir}/state.json names no known application (${String(application)})`);
-  const model = buildTransformer(parseBertConfig(modelConfig, `${checkpoint.dir}/state.json (config.spec.model)`), { application: application as Application, withMlm: true, seed: 1 });
+  const bertConfig = parseBertConfig(modelConfig, `${checkpoint.dir}/state.json (config.spec.model)`);
+  // checked before anything is written: a mismatch is the checkpoint's fault, not the disk's
   try {
-    const byName = new Map(checkpoint.params.map((p) => [p.name, p]));
-    const weights = trainableWeights(model);
-    for (const w of weights) {
-      const p = byName.get(w.name);
-      if (!p) throw new ExportError(`${checkpoint.dir} has no weight ${w.name} of the run's model`);
-      if (p.data.length !== w.variable.size) throw new ExportError(`${checkpoint.dir}: ${w.name} has ${p.data.length} values, the model's ${w.variable.size}`);
-      const values = tf.tensor(p.data, w.variable.shape, 'float32');
-      w.variable.assign(values);
-      values.dispose();
-    }
-    if (byName.size !== weights.length) throw new ExportError(`${checkpoint.dir} has ${byName.size} weights, the run's model ${weights.length}`);
-    await saveRescued(o.out, async (dir) => {
-      await saveModel(model, dir);
-      await saveOptimizerState(path.join(dir, OPTIMIZER_STATE_FILE), checkpoint.optimizer);
-    });
-    return { checkpoint: checkpoint.dir, step: checkpoint.step, out: o.out, weights: weights.length };
-  } finally {
-    disposeTransformer(model);
+    exportWeights(checkpoint.params, 'ours', bertConfig);
+  } catch (err) {
+    if (err instanceof ConvertError) throw new ExportError(`${checkpoint.dir}: ${err.message}`);
+    throw err;
   }
+  await saveRescued(o.out, async (dir) => {
+    await writeLayersModel(dir, bertConfig, application as Application, checkpoint.params, true);
+    await saveOptimizerState(path.join(dir, OPTIMIZER_STATE_FILE), checkpoint.optimizer);
+  });
+  return { checkpoint: checkpoint.dir, step: checkpoint.step, out: o.out, weights: checkpoint.params.length };
 }
 
 /** Writes with `save`; when that fails, into a new temporary folder, named in the error, so nothing is lost. */
