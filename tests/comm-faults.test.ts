@@ -77,15 +77,17 @@ describe('a peer that closes mid-collective', () => {
     t.after(() => comms.forEach((c) => c.close()));
     const started = Date.now();
     const pending = comms[0]!.allReduce(new Float32Array(100)); // rank 1 never joins this collective
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    comms[1]!.close();
-    await servers[1]!.close();
-    await assert.rejects(pending, (e: unknown) => {
+    // the verdict is awaited from the start: the failure may come before the server has closed
+    const verdict = assert.rejects(pending, (e: unknown) => {
       assert.ok(e instanceof CollectiveError, String(e));
       assert.equal(e.peer?.rank, 1, e.message);
       assert.match(e.message, /closed generation 1|unreachable/);
       return true;
     });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    comms[1]!.close();
+    await servers[1]!.close();
+    await verdict;
     assert.ok(Date.now() - started < 10_000, 'it waited for the deadline');
   });
 });

@@ -6,14 +6,13 @@
  * as soon as the chunk they depend on has been received, so sending, receiving and adding
  * overlap and many chunks are in flight.
  */
-import type http2 from 'node:http2';
 import { CollectiveError, RpcError, Status, type FailureReason, type PeerRef } from './errors.js';
 import { addHalf, copyHalf, encodeHalf, roundHalfInPlace } from './fp16.js';
 import { ChunkAdder } from './simd-add.js';
 import { allReduceSchedule, chunks, FlatBuffers, type Transfer } from './flat.js';
-import { chunkPrefix, decodeChunk, decodeStatusReply, encodePullRequest, encodeStatusRequest, Encoding, Kind, PULL_PATH, STATUS_PATH, type PullRequest, type StatusReply } from './proto.js';
+import { chunkPrefix, decodeChunk, decodeChunkHead, decodeStatusReply, encodePullRequest, encodeStatusRequest, Encoding, Kind, PULL_PATH, STATUS_PATH, type ChunkHeader, type PullRequest, type StatusReply } from './proto.js';
 import type { CommServer, PullTarget } from './server.js';
-import { connect, parseAddress, startCall, unaryCall, type Call, type ServerCall } from './wire.js';
+import { connect, parseAddress, startCall, unaryCall, type Call, type ClientSession, type MessageRoute, type ServerCall } from './wire.js';
 
 export type Compression = 'none' | 'fp16';
 
@@ -55,6 +54,8 @@ interface Plan {
   readonly pulls: boolean;
   readonly served: boolean;
   payload(i: number): Uint8Array[];
+  /** Where receive i's payload may be read straight into (views of the caller's buffers), or undefined: it goes through apply. */
+  targets?(i: number): Uint8Array[] | undefined;
   apply(i: number, data: Uint8Array): void;
   finish?(): void;
 }
@@ -113,7 +114,7 @@ export class Communicator implements PullTarget {
    * several collectives ahead of its left neighbour: a broadcast root needs nothing from it.
    */
   readonly #early = new Map<number, { request: PullRequest; call: ServerCall }>();
-  #leftSession: http2.ClientHttp2Session | undefined;
+  #leftSession: ClientSession | undefined;
   /** Received chunks are assembled in its memory and added from there with SIMD. */
   readonly #adder: ChunkAdder;
   #broken: CollectiveError | undefined;
@@ -195,6 +196,8 @@ export class Communicator implements PullTarget {
         }
         return [bytesOf(out)];
       },
+      // all-gather steps copy what arrives: it can land in place
+      targets: (i) => (fp16 || receives[i]!.step < n - 1 ? undefined : flat.pieces(receives[i]!.offset, receives[i]!.length).map(bytesOf)),
       apply: (i, data) => {
         const t = receives[i]!;
         const reduce = t.step < n - 1;
@@ -252,6 +255,7 @@ export class Communicator implements PullTarget {
       pulls: n > 1 && d !== 0,
       served: n > 1 && d !== n - 1,
       payload: (i) => flat.pieces(all[i]!.offset, all[i]!.length).map(bytesOf),
+      targets: (i) => flat.pieces(all[i]!.offset, all[i]!.length).map(bytesOf),
       apply: (i, data) => {
         const src = view(data, Float32Array, 4);
         let at = 0;
@@ -335,7 +339,7 @@ export class Communicator implements PullTarget {
       return this.#fail(op, { rank: this.#right, reason: 'protocol', detail: `it called ${theirs} where this rank called ${mine}: every rank must call the same collectives in the same order` });
     }
     op.sendCall = call;
-    call.stream.on('close', () => {
+    call.onClose(() => {
       if (op.state === 'running' && !op.sendEnded) this.#fail(op, { rank: this.#right, reason: 'aborted', detail: 'it closed its pull in the middle of the collective' });
     });
     call.start();
@@ -353,16 +357,10 @@ export class Communicator implements PullTarget {
       const t = plan.sends[i]!;
       const bytes = t.length * plan.bytesPerElement;
       const prefix = chunkPrefix({ runId: this.runId, generation: this.generation, sequence: op.sequence, index: i, offset: t.offset, encoding: plan.encoding }, bytes);
-      const stream = call.stream;
       op.sent++;
       this.#bytesSent += bytes;
       op.outstanding += bytes + prefix.length;
-      stream.cork();
-      stream.write(prefix);
-      const payload = plan.payload(i);
-      payload.forEach((p, k) => stream.write(p, k === payload.length - 1 ? (e) => this.#written(op, bytes + prefix.length, e) : undefined));
-      if (payload.length === 0) stream.write(Buffer.alloc(0), (e) => this.#written(op, bytes + prefix.length, e));
-      stream.uncork();
+      call.write([prefix, ...plan.payload(i)], (e) => this.#written(op, bytes + prefix.length, e));
     }
     if (op.sent === plan.sends.length && op.outstanding === 0 && !op.sendEnded) {
       op.sendEnded = true;
@@ -398,6 +396,7 @@ export class Communicator implements PullTarget {
     const messageLimit = CHUNK_OVERHEAD + (plan.kind === Kind.ALL_GATHER ? plan.elements : this.#chunkElements) * plan.bytesPerElement;
     op.recvCall = startCall(this.#leftSession, PULL_PATH, encodePullRequest(request), { authorization: this.#server.token.header() }, messageLimit, op.deadline - Date.now(), {
       onMessage: (m) => this.#onChunk(op, m),
+      route: (head, bytes) => this.#route(op, head, bytes),
       onEnd: (error) => {
         if (op.state !== 'running' || op.recvEnded) return;
         if (error) return this.#fail(op, hintFromCallError(this.#left, error));
@@ -408,9 +407,44 @@ export class Communicator implements PullTarget {
     }, messageLimit <= this.#adder.assembly.length ? this.#adder.assembly : undefined);
   }
 
+  /** A whole chunk message (short ones, or a sender that put something the router cannot read first). */
   #onChunk(op: Op, message: Buffer): void {
     if (op.state !== 'running') throw new ProtocolViolation('collective over');
     const c = decodeChunk(message);
+    this.#check(op, c, c.data.byteLength);
+    op.plan.apply(op.received, c.data);
+    this.#received(op, c.data.byteLength);
+  }
+
+  /**
+   * Decides from a chunk's header where its payload goes, before the payload arrives: into
+   * the caller's buffers where it is copied as it is, else into the adder's memory and then
+   * through the plan's apply. Either way the socket reads it there directly.
+   */
+  #route(op: Op, head: Buffer, messageBytes: number): MessageRoute | undefined {
+    if (op.state !== 'running') throw new ProtocolViolation('collective over');
+    const parsed = decodeChunkHead(head);
+    if (!parsed || parsed.dataOffset + parsed.dataBytes !== messageBytes) return undefined;
+    const { header, dataOffset, dataBytes } = parsed;
+    this.#check(op, header, dataBytes);
+    const i = op.received;
+    const plan = op.plan;
+    const direct = plan.targets?.(i);
+    if (direct) return { headBytes: dataOffset, targets: direct, complete: () => this.#received(op, dataBytes) };
+    if (dataBytes > this.#adder.assembly.length) return undefined;
+    const into = this.#adder.assembly.subarray(0, dataBytes);
+    return {
+      headBytes: dataOffset,
+      targets: [into],
+      complete: () => {
+        plan.apply(i, into);
+        this.#received(op, dataBytes);
+      },
+    };
+  }
+
+  /** Throws ProtocolViolation unless the chunk is the one the schedule has due next. */
+  #check(op: Op, c: ChunkHeader, dataBytes: number): void {
     const plan = op.plan;
     const i = op.received;
     const t = plan.receives[i];
@@ -427,17 +461,20 @@ export class Communicator implements PullTarget {
                 ? `chunk ${c.index} at ${c.offset} where chunk ${i} at ${t.offset} was due`
                 : c.encoding !== plan.encoding
                   ? `encoding ${c.encoding} where ${plan.encoding} was agreed`
-                  : c.data.byteLength !== t.length * plan.bytesPerElement
-                    ? `${c.data.byteLength} payload bytes where ${t.length * plan.bytesPerElement} were due`
+                  : dataBytes !== t.length * plan.bytesPerElement
+                    ? `${dataBytes} payload bytes where ${t.length * plan.bytesPerElement} were due`
                     : undefined;
     if (problem) throw new ProtocolViolation(`it sent ${problem}; nothing of it was applied`);
-    plan.apply(i, c.data);
-    this.#bytesReceived += c.data.byteLength;
+  }
+
+  /** Receive op.received is applied: what it unblocks can be sent. */
+  #received(op: Op, dataBytes: number): void {
+    this.#bytesReceived += dataBytes;
     op.received++;
     this.#pump(op);
     // done with the last chunk: waiting for the status trailers would wait on the sender's
     // event loop, which may be busy with its own caller's work by then
-    if (op.received === plan.receives.length) {
+    if (op.received === op.plan.receives.length) {
       op.recvEnded = true;
       this.#maybeDone(op);
     }

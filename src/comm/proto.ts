@@ -109,6 +109,30 @@ export const encodeChunk = (m: Chunk): Uint8Array => encode(load().chunk, m);
 const DATA_TAG = (16 << 3) | 2; // field 16, length-delimited: two varint bytes 0x82 0x01
 const PAD_TAG = (15 << 3) | 2;
 
+/**
+ * The header of a Chunk from the message's first bytes, and where its data field's payload
+ * starts: undefined when the data field's length is not among those bytes (the message
+ * must then be decoded whole). The header fields are decoded exactly as decodeChunk would.
+ */
+export function decodeChunkHead(head: Uint8Array): { header: ChunkHeader; dataOffset: number; dataBytes: number } | undefined {
+  const reader = protobuf.Reader.create(head);
+  try {
+    while (reader.pos < reader.len) {
+      const start = reader.pos;
+      const tag = reader.uint32();
+      if (tag === DATA_TAG) {
+        const dataBytes = reader.uint32();
+        const { data: _, ...header } = decode<Chunk>(load().chunk, head.subarray(0, start));
+        return { header, dataOffset: reader.pos, dataBytes };
+      }
+      reader.skipType(tag & 7);
+    }
+  } catch (e) {
+    if (e instanceof DecodeError) throw e;
+  }
+  return undefined; // the head ended before the data field (protobufjs throws RangeError there)
+}
+
 function varint(n: number, out: number[]): void {
   while (n > 0x7f) {
     out.push((n & 0x7f) | 0x80);

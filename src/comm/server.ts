@@ -3,12 +3,11 @@
  * address), checks the join token on every call, fences calls by run id and generation,
  * and hands Pull calls to the Communicator of the current generation.
  */
-import type http2 from 'node:http2';
-import type { AddressInfo } from 'node:net';
 import type { JoinToken, TlsMaterial } from './auth.js';
 import { Status } from './errors.js';
 import { decodePullRequest, decodeStatusRequest, encodeStatusReply, PULL_PATH, STATUS_PATH, type PullRequest, type StatusReply } from './proto.js';
-import { createHttp2Server, FLOW_CONTROL_WINDOW, frameMessage, MAX_REQUEST_BYTES, readRequest, ServerCall } from './wire.js';
+import type { H2Stream, HeaderList } from './h2/session.js';
+import { frameMessage, GrpcServer, MAX_REQUEST_BYTES, ServerCall } from './wire.js';
 
 /** What the server needs of the communicator of a generation. */
 export interface PullTarget {
@@ -39,43 +38,21 @@ interface Held {
 }
 
 export class CommServer {
-  readonly #server: http2.Http2Server | http2.Http2SecureServer;
-  readonly #sessions = new Set<http2.ServerHttp2Session>();
+  #server: GrpcServer | undefined;
   readonly #held = new Set<Held>();
   #target: PullTarget | undefined;
   #newestGeneration = -1;
 
-  private constructor(
-    readonly options: CommServerOptions,
-    server: http2.Http2Server | http2.Http2SecureServer,
-  ) {
-    this.#server = server;
-    server.on('session', (session: http2.ServerHttp2Session) => {
-      this.#sessions.add(session);
-      session.on('close', () => this.#sessions.delete(session));
-      session.on('error', () => {});
-      session.once('localSettings', () => session.setLocalWindowSize(FLOW_CONTROL_WINDOW));
-    });
-    server.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => this.#onStream(stream, headers));
-    // a TLS handshake a peer fails (no or a foreign certificate) must not take the server down
-    server.on('tlsClientError', () => {});
-    server.on('sessionError', () => {});
-  }
+  private constructor(readonly options: CommServerOptions) {}
 
   static async listen(options: CommServerOptions): Promise<CommServer> {
-    const server = createHttp2Server(options.tls);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    return new CommServer(options, server);
+    const self = new CommServer(options);
+    self.#server = await GrpcServer.listen(options.host ?? '127.0.0.1', options.port ?? 0, options.tls, (stream, headers) => self.#onStream(stream, headers));
+    return self;
   }
 
   get port(): number {
-    return (this.#server.address() as AddressInfo).port;
+    return this.#server!.port;
   }
 
   /** host:port as peers should dial it (advertiseHost, else the listening host; 0.0.0.0 is only a wildcard). */
@@ -115,36 +92,26 @@ export class CommServer {
       this.#release(h);
       h.call.finish(Status.UNAVAILABLE, 'the peer server is shutting down');
     }
-    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    for (const s of this.#sessions) s.close();
-    const grace = setTimeout(() => {
-      for (const s of this.#sessions) s.destroy();
-    }, 1000);
-    await closed;
-    clearTimeout(grace);
+    await this.#server!.close();
   }
 
-  #onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  #onStream(stream: H2Stream, headers: HeaderList): void {
     const call = new ServerCall(stream);
     const path = headers[':path'];
     if (headers[':method'] !== 'POST' || !String(headers['content-type'] ?? '').startsWith('application/grpc')) {
-      stream.on('error', () => {});
-      if (!stream.closed) stream.respond({ ':status': 415 }, { endStream: true });
+      stream.sendHeaders([[':status', '415']], true);
       return;
     }
     // the token before anything else: no unauthenticated byte is parsed
-    if (!this.options.token.matches(typeof headers.authorization === 'string' ? headers.authorization : undefined)) {
+    if (!this.options.token.matches(headers.authorization)) {
       call.finish(Status.UNAUTHENTICATED, 'missing or wrong join token: every call must carry the run\'s token ("authorization: Bearer <token>")');
-      stream.resume();
       return;
     }
     if (path !== PULL_PATH && path !== STATUS_PATH) {
       call.finish(Status.UNIMPLEMENTED, `unknown method ${String(path)}`);
-      stream.resume();
       return;
     }
-    readRequest(
-      stream,
+    call.readRequest(
       MAX_REQUEST_BYTES,
       (bytes) => {
         try {
@@ -195,7 +162,7 @@ export class CommServer {
     };
     held.timer.unref();
     this.#held.add(held);
-    call.stream.once('close', () => this.#release(held));
+    call.onClose(() => this.#release(held));
   }
 
   #release(h: Held): void {
@@ -209,8 +176,7 @@ export class CommServer {
       return;
     }
     const reply: StatusReply = this.#target?.status() ?? { runId: this.options.runId, generation: Math.max(0, this.#newestGeneration), rank: 0, sequence: 0, active: false };
-    call.start();
-    call.stream.write(frameMessage(encodeStatusReply(reply)));
+    call.write([frameMessage(encodeStatusReply(reply))]);
     call.finish(Status.OK);
   }
 }

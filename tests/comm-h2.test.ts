@@ -1,0 +1,181 @@
+/**
+ * The data plane's own HTTP/2 (src/comm/h2) against itself and against node:http2 (nghttp2)
+ * on real sockets: direct reads into a message's destination, flow control toward a peer
+ * with the default 64 KiB windows, padding, CONTINUATION, small frames, and hostile bytes.
+ */
+import assert from 'node:assert/strict';
+import http2 from 'node:http2';
+import net from 'node:net';
+import { describe, it, type TestContext } from 'node:test';
+import { RpcError } from '../src/comm/errors.js';
+import type { H2Stream, HeaderList } from '../src/comm/h2/session.js';
+import { connect, frameMessage, GrpcServer, ROUTE_HEAD_BYTES, ServerCall, startCall, type CallHandlers, type ClientSession } from '../src/comm/wire.js';
+import { lcg } from './helpers.js';
+
+const HEAD = 40; // bytes of each test message before its payload
+
+/** A message: HEAD bytes of `head`, then the payload. */
+function message(head: number, payload: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.alloc(HEAD, head), payload]);
+}
+
+function randomBytes(seed: number, n: number): Uint8Array {
+  const next = lcg(seed);
+  return Uint8Array.from({ length: n }, () => Math.floor(next() * 256));
+}
+
+async function ourServer(t: TestContext, onStream: (stream: H2Stream, headers: HeaderList) => void): Promise<string> {
+  const server = await GrpcServer.listen('127.0.0.1', 0, undefined, onStream);
+  t.after(() => server.close());
+  return `127.0.0.1:${server.port}`;
+}
+
+/** Serves each request with `messages`, then status OK and a trailer. */
+function serve(messages: readonly Uint8Array[], trailer = 'done'): (stream: H2Stream) => void {
+  return (stream) => {
+    const call = new ServerCall(stream);
+    call.readRequest(
+      1024,
+      () => {
+        for (const m of messages) call.write([frameMessage(m)]);
+        call.finish(0, '', { 'comm-test': trailer });
+      },
+      (e) => call.finish(e.code, e.message),
+    );
+  };
+}
+
+interface Received {
+  messages: Buffer[];
+  routed: Buffer[];
+  /** Every message whole, in arrival order (routed ones put back together). */
+  whole: Buffer[];
+  error: RpcError | Error | null;
+}
+
+/** One call; messages longer than the route head are routed into fresh buffers in three pieces when `route` is set. */
+function call(session: ClientSession, route: boolean): Promise<Received> {
+  return new Promise((resolve) => {
+    const got: Received = { messages: [], routed: [], whole: [], error: null };
+    const handlers: CallHandlers = {
+      onMessage: (m) => {
+        got.messages.push(Buffer.from(m));
+        got.whole.push(Buffer.from(m));
+      },
+      onEnd: (error) => {
+        got.error = error;
+        resolve(got);
+      },
+    };
+    if (route) {
+      handlers.route = (head, bytes) => {
+        assert.ok(head.subarray(0, HEAD).every((b) => b === head[0]), 'the route sees the message head');
+        const payload = Buffer.alloc(bytes - HEAD);
+        const start = Buffer.from(head.subarray(0, HEAD));
+        const third = Math.floor(payload.length / 3);
+        return { headBytes: HEAD, targets: [payload.subarray(0, third), payload.subarray(third, 2 * third), payload.subarray(2 * third)], complete: () => {
+            got.routed.push(payload);
+            got.whole.push(Buffer.concat([start, payload]));
+          },
+        };
+      };
+    }
+    startCall(session, '/test.Service/Get', Buffer.from('request'), {}, 8 << 20, 20_000, handlers);
+  });
+}
+
+describe('HTTP/2 data plane (src/comm/h2)', () => {
+  it('reads large payloads straight into their destination; small messages and heads go through staging', async (t) => {
+    const payloads = [randomBytes(1, 3 << 20), randomBytes(2, 1 << 20), randomBytes(3, 5)];
+    const address = await ourServer(t, serve(payloads.map((p, i) => message(i, p))));
+    const session = connect(address, undefined);
+    t.after(() => session.destroy());
+    const got = await call(session, true);
+    assert.equal(got.error, null);
+    // the 5-byte payload's message is under the route head: it arrives whole
+    assert.deepEqual(got.routed.map((b) => b.length), [3 << 20, 1 << 20]);
+    assert.ok(got.routed[0]!.equals(payloads[0]!) && got.routed[1]!.equals(payloads[1]!), 'routed payloads differ');
+    assert.deepEqual(got.messages, [message(2, payloads[2]!)]);
+    const total = (4 << 20) + 2 * HEAD;
+    assert.ok(session.directBytes >= 0.95 * total, `only ${session.directBytes} of ${total} bytes were read in place`);
+    // the same session serves a second call, unrouted: every message assembled whole
+    const again = await call(session, false);
+    assert.equal(again.error, null);
+    assert.deepEqual(again.messages.map((m) => m.length), payloads.map((p) => p.length + HEAD));
+    assert.ok(again.messages[0]!.subarray(HEAD).equals(payloads[0]!));
+  });
+
+  it('our client reads a node:http2 server that pads every frame, sends 16 KiB frames and a trailer block split by CONTINUATION', async (t) => {
+    const payloads = [randomBytes(4, 300_000), randomBytes(5, 100), randomBytes(6, ROUTE_HEAD_BYTES - HEAD + 1)];
+    const bigTrailer = 'x'.repeat(40_000); // over one 16 KiB frame
+    const server = http2.createServer({ paddingStrategy: http2.constants.PADDING_STRATEGY_MAX });
+    server.on('stream', (stream) => {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc+proto' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0', 'comm-big': bigTrailer }));
+      for (const [i, p] of payloads.entries()) stream.write(frameMessage(message(i, p)));
+      stream.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const session = connect(`127.0.0.1:${(server.address() as net.AddressInfo).port}`, undefined);
+    // node:http2's close waits for its sessions to end: ours first
+    t.after(() => {
+      session.destroy();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    });
+    for (const route of [true, false]) {
+      const got = await call(session, route);
+      assert.equal(got.error, null, String(got.error));
+      const whole = got.whole;
+      assert.deepEqual(whole.map((m) => m.length), payloads.map((p) => p.length + HEAD));
+      whole.forEach((m, i) => assert.ok(m.equals(message(i, payloads[i]!)), `message ${i} differs (route ${route})`));
+      if (route) assert.equal(got.routed.length, 2, 'both long messages were routed');
+    }
+  });
+
+  it('our server respects a node:http2 client\'s default 64 KiB windows and small frames', async (t) => {
+    const payload = randomBytes(7, 3 << 20);
+    const address = await ourServer(t, serve([payload], 'flow'));
+    const client = http2.connect(`http://${address}`);
+    t.after(() => client.close());
+    const req = client.request({ ':method': 'POST', ':path': '/test.Service/Get', 'content-type': 'application/grpc' });
+    req.end(frameMessage(Buffer.from('request')));
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    const trailers = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
+      req.on('trailers', resolve);
+      req.on('error', reject);
+    });
+    await new Promise((resolve) => req.on('close', resolve));
+    assert.equal(trailers['grpc-status'], '0');
+    assert.equal(trailers['comm-test'], 'flow');
+    const body = Buffer.concat(chunks);
+    assert.equal(body.readUInt32BE(1), payload.length);
+    assert.ok(body.subarray(5).equals(payload));
+  });
+
+  it('a peer that does not speak HTTP/2, or breaks its framing, is cut off; the server goes on serving', async (t) => {
+    const address = await ourServer(t, serve([Buffer.from('ok')]));
+    const [host, port] = address.split(':');
+    const cutOff = (bytes: Buffer): Promise<Buffer> =>
+      new Promise((resolve) => {
+        const socket = net.connect(Number(port), host!, () => socket.write(bytes));
+        const got: Buffer[] = [];
+        socket.on('data', (b) => got.push(b));
+        socket.on('error', () => {});
+        socket.on('close', () => resolve(Buffer.concat(got)));
+        setTimeout(() => socket.destroy(), 5000).unref();
+      });
+    const http1 = await cutOff(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+    assert.ok(http1.length < 200, 'an HTTP/1 client gets at most our SETTINGS before the cut');
+    // a HEADERS frame announcing 1 MiB: header blocks are held in memory, so they are capped
+    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+    const huge = Buffer.from([0x10, 0, 0, 0x1, 0x4, 0, 0, 0, 1]);
+    const reply = await cutOff(Buffer.concat([preface, huge]));
+    assert.ok(reply.includes(Buffer.from('a frame of type 1 of 1048576 bytes is over 65536')), `the GOAWAY names the problem: ${reply.toString('latin1')}`);
+    const session = connect(address, undefined);
+    t.after(() => session.destroy());
+    const got = await call(session, false);
+    assert.equal(got.error, null);
+    assert.deepEqual(got.messages, [Buffer.from('ok')]);
+  });
+});
