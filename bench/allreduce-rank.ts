@@ -30,7 +30,7 @@ async function main(): Promise<void> {
   const tcp = await TcpRing.listen('127.0.0.1', config.chunkElements);
   const all = await joinLocalGroup({ grpc: server.address, tcp: tcp.address });
   const comm = new Communicator(server, { generation: 1, rank, peers: all.map((a) => String(a.grpc)), chunkElements: config.chunkElements, deadlineMs: 600_000, maxInFlightBytes: config.maxInFlightBytes });
-  await tcp.connect(String(all[(rank + 1) % n]!.tcp));
+  await tcp.connect(String(all[(rank - 1 + n) % n]!.tcp));
   // the transports take turns iteration by iteration, so that both see the same machine
   // (this one is shared: other work comes and goes)
   for (const [k, bytes] of config.sizes.entries()) {

@@ -391,10 +391,11 @@ export class H2Session {
     this.#handed = this.#largeFrames ? this.#staging!.subarray(0, HEAD_READ) : this.#staging!;
     this.#handedStream = undefined;
     const f = this.#frame;
-    if (f && f.type === FrameType.DATA && !this.#padPending && this.#dataLeft >= MIN_DIRECT) {
+    // in small frames a direct read would cost a syscall per frame: only large ones, or the rest of a large frame's
+    if (f && f.type === FrameType.DATA && !this.#padPending && this.#dataLeft > 0 && (this.#largeFrames || this.#dataLeft >= MIN_DIRECT)) {
       const stream = this.#streams.get(f.streamId);
       const target = stream && !stream.closed ? stream.handler.directTarget?.(this.#dataLeft) : undefined;
-      if (target && target.length >= MIN_DIRECT) {
+      if (target && target.length > 0 && (this.#largeFrames || target.length >= MIN_DIRECT)) {
         this.#handed = target;
         this.#handedStream = stream;
       }
