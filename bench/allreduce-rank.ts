@@ -17,6 +17,8 @@ export interface RankConfig {
   chunkElements: number;
   compression: 'none' | 'fp16';
   maxInFlightBytes: number;
+  /** Plain Float32Arrays instead of buffers from Communicator.allocate. */
+  plainBuffers: boolean;
 }
 
 /** Small integers: every partial sum is exact in float32, so the check is exact whatever the order. */
@@ -43,7 +45,7 @@ async function main(): Promise<void> {
       for (let r = 0; r < n; r++) sum += pattern(r, i);
       expected[i] = sum;
     }
-    const buf = new Float32Array(elements);
+    const buf = config.plainBuffers ? new Float32Array(elements) : comm.allocate(elements);
     const stats = new Map(config.transports.map((t) => [t, { times: [] as number[], cpuMicros: 0, correct: true }]));
     for (let it = 0; it < config.warmup + config.iters[k]!; it++) {
       for (const transport of config.transports) {

@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { DEFAULT_CHUNK_ELEMENTS } from '../src/comm/communicator.js';
 import { RankGroup } from '../src/comm/local-launch.js';
 import { median, table } from './common.js';
 import type { RankConfig } from './allreduce-rank.js';
@@ -45,10 +46,11 @@ const program = new Command('bench:allreduce')
   .addOption(new Option('--sizes <list>', 'buffer sizes in bytes, comma-separated (4096, 64KiB, 64MiB)').argParser(list(parseSize)).default(DEFAULT_SIZES, '1KiB to 256MiB, doubling'))
   .option('--warmup <n>', 'untimed iterations per size', nonNegative, 2)
   .option('--iters <n>', 'timed iterations per size (default: 5 to 20, fewer for large sizes)', positive)
-  .option('--chunk <bytes>', 'chunk size, the unit of pipelining', parseSize, 1 << 20)
+  .option('--chunk <bytes>', 'chunk size, the unit of pipelining (the Communicator\'s default)', parseSize, DEFAULT_CHUNK_ELEMENTS * 4)
   .option('--in-flight <bytes>', 'bytes written but not yet flushed, at most, per rank', parseSize, 32 << 20)
   .option('--compression <none|fp16>', 'compression of the gRPC all-reduce', 'none')
   .option('--no-tcp', 'skip the plain-TCP ring')
+  .option('--plain-buffers', 'reduce plain Float32Arrays (copied through the adder) instead of buffers from Communicator.allocate (added in place, as the trainer\'s gradients are)')
   .option('--profile <dir>', 'write a V8 CPU profile of every rank process into <dir> (node --cpu-prof)')
   .addHelpText('after', '\nExample: npm run bench:allreduce -- --ranks 2,4 --sizes 64MiB\nbusbw = algbw * 2(n-1)/n (nccl-tests); time is the median over iterations of the slowest rank;\ncpu ms is the CPU time (user + system) one rank spends per collective, mean over ranks.');
 
@@ -61,6 +63,7 @@ interface Options {
   inFlight: number;
   compression: string;
   tcp: boolean;
+  plainBuffers?: boolean;
   profile?: string;
 }
 
@@ -75,7 +78,7 @@ async function runRanks(n: number, o: Options): Promise<Map<string, Figure>> {
   const iters = o.sizes.map((b) => o.iters ?? Math.max(5, Math.min(20, Math.floor((512 << 20) / b))));
   const transports: RankConfig['transports'] = o.tcp ? ['grpc', 'tcp'] : ['grpc'];
   const token = randomBytes(24).toString('hex');
-  const config = (rank: number): RankConfig => ({ rank, n, sizes: o.sizes, transports, warmup: o.warmup, iters, chunkElements: o.chunk / 4, compression: o.compression as RankConfig['compression'], maxInFlightBytes: o.inFlight });
+  const config = (rank: number): RankConfig => ({ rank, n, sizes: o.sizes, transports, warmup: o.warmup, iters, chunkElements: o.chunk / 4, compression: o.compression as RankConfig['compression'], maxInFlightBytes: o.inFlight, plainBuffers: o.plainBuffers === true });
   const nodeArgs = o.profile ? ['--cpu-prof', `--cpu-prof-dir=${o.profile}`] : [];
   const group = await RankGroup.start(RANK_SCRIPT, n, { nodeArgs, env: (rank) => ({ ...process.env, BENCH_RANK: JSON.stringify(config(rank)), COMM_TOKEN: token }) });
   const results = new Map<string, Figure>();
@@ -120,9 +123,9 @@ async function main(): Promise<void> {
     }
     const header = ['size', 'count', 'grpc us', 'algbw GB/s', 'busbw GB/s', 'cpu ms', 'check'];
     if (o.tcp) header.push('tcp us', 'algbw GB/s', 'busbw GB/s', 'cpu ms', 'check', 'grpc/tcp');
-    table(`all-reduce, float32 sum, ${n} ranks on 127.0.0.1, chunk ${formatSize(o.chunk)}${o.compression === 'fp16' ? ', fp16 compression' : ''}`, header, rows);
+    table(`all-reduce, float32 sum, ${n} ranks on 127.0.0.1, chunk ${formatSize(o.chunk)}${o.compression === 'fp16' ? ', fp16 compression' : ''}, ${o.plainBuffers ? 'plain Float32Arrays' : 'buffers from Communicator.allocate'}`, header, rows);
   }
-  const args = [`--ranks ${o.ranks.join(',')}`, `--sizes ${o.sizes.map(formatSize).join(',')}`, `--warmup ${o.warmup}`, ...(o.iters ? [`--iters ${o.iters}`] : []), `--chunk ${formatSize(o.chunk)}`, `--in-flight ${formatSize(o.inFlight)}`, ...(o.compression !== 'none' ? [`--compression ${o.compression}`] : []), ...(o.tcp ? [] : ['--no-tcp'])];
+  const args = [`--ranks ${o.ranks.join(',')}`, `--sizes ${o.sizes.map(formatSize).join(',')}`, `--warmup ${o.warmup}`, ...(o.iters ? [`--iters ${o.iters}`] : []), `--chunk ${formatSize(o.chunk)}`, `--in-flight ${formatSize(o.inFlight)}`, ...(o.compression !== 'none' ? [`--compression ${o.compression}`] : []), ...(o.tcp ? [] : ['--no-tcp']), ...(o.plainBuffers ? ['--plain-buffers'] : [])];
   console.log(`\nreproduce: npm run bench:allreduce -- ${args.join(' ')}`);
   console.log(JSON.stringify(figures));
   if (!figures.correct) process.exitCode = 1;

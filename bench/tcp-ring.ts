@@ -9,7 +9,7 @@
  */
 import net from 'node:net';
 import { allReduceSchedule } from '../src/comm/flat.js';
-import { ChunkAdder } from '../src/comm/simd-add.js';
+import { ChunkAdder, ReductionBuffer } from '../src/comm/simd-add.js';
 
 /** Where the bytes of the collective in progress go, in order. */
 interface Receiving {
@@ -115,6 +115,9 @@ export class TcpRing {
   async allReduce(buf: Float32Array, n: number, p: number, maxInFlight = 32 << 20): Promise<void> {
     const { sends, sendAfter, receives } = allReduceSchedule(buf.length, n, p, this.chunkElements);
     const out = await this.#toRight;
+    // a ReductionBuffer is added into in place, as the gRPC data plane does
+    const rb = ReductionBuffer.holding([buf]);
+    const landing = rb && rb.landing.length >= this.chunkElements * 4 ? rb : undefined;
     let received = 0;
     let sent = 0;
     let outstanding = 0;
@@ -147,13 +150,16 @@ export class TcpRing {
           const t = receives[received]!;
           if (bytes !== t.length * 4) throw new Error(`chunk of ${bytes} bytes where ${t.length * 4} were due`);
           // reduce-scatter: into the adder's memory, then added; all-gather: in place
-          return t.step < n - 1 ? this.#adder.assembly.subarray(0, bytes) : Buffer.from(buf.buffer, buf.byteOffset + t.offset * 4, bytes);
+          if (t.step >= n - 1) return Buffer.from(buf.buffer, buf.byteOffset + t.offset * 4, bytes);
+          return (landing ? landing.landing : this.#adder.assembly).subarray(0, bytes);
         },
         complete: () => {
           const t = receives[received++]!;
           // from here bytes belong to the next collective
           if (received === receives.length) this.#receiving = undefined;
-          if (t.step < n - 1) this.#adder.add(buf.subarray(t.offset, t.offset + t.length), new Float32Array(this.#adder.assembly.buffer, 0, t.length));
+          const dst = buf.subarray(t.offset, t.offset + t.length);
+          if (t.step < n - 1 && landing) landing.addLanded(dst, 0);
+          else if (t.step < n - 1) this.#adder.add(dst, new Float32Array(this.#adder.assembly.buffer, 0, t.length));
           pump();
           done();
         },

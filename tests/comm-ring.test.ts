@@ -92,11 +92,12 @@ for (const n of [2, 3, 4, 5]) {
 
 for (const n of [2, 3]) {
   describe(`ring collectives, ${n} ranks, chunks of 256 KiB (payloads read in place)`, () => {
-    it('all-reduce (sum, mean, fp16) and broadcast of buffers whose chunks straddle buffer boundaries equal the reference', async (t) => {
+    it('all-reduce (sum, mean, fp16, into Communicator.allocate memory) and broadcast of buffers whose chunks straddle buffer boundaries equal the reference', async (t) => {
       const lengths = [300_001, 1, 70_001, 250_000];
       const steps: CommStep[] = [
         { op: 'allReduce', seed: 21, lengths, reduce: 'sum' },
         { op: 'allReduce', seed: 22, lengths, reduce: 'mean' },
+        { op: 'allReduce', seed: 25, lengths, reduce: 'sum', pinned: true },
         { op: 'allReduce', seed: 23, lengths: [200_000], reduce: 'sum', compression: 'fp16' },
         { op: 'broadcast', seed: 24, lengths, root: n - 1 },
       ];

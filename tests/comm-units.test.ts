@@ -7,7 +7,7 @@ import { AuthConfigError, JoinToken } from '../src/comm/auth.js';
 import { allReduceSchedule, FlatBuffers, segment } from '../src/comm/flat.js';
 import { addHalf, encodeHalf, fromHalf, roundHalfInPlace, toHalf } from '../src/comm/fp16.js';
 import { chunkPrefix, decodeChunk, Encoding } from '../src/comm/proto.js';
-import { ChunkAdder } from '../src/comm/simd-add.js';
+import { ChunkAdder, ReductionBuffer } from '../src/comm/simd-add.js';
 import { decodeGrpcMessage, encodeGrpcMessage, FramingError, MessageReader } from '../src/comm/wire.js';
 import { lcg } from './helpers.js';
 
@@ -116,6 +116,27 @@ describe('flat buffers and the ring schedule', () => {
 });
 
 describe('SIMD add', () => {
+  it('ReductionBuffer: its views are recognised, and a landed chunk is added into them in place, as float32 scalar code does', () => {
+    const data = ReductionBuffer.allocate(1003, 4096);
+    assert.ok(data.every((x) => x === 0), 'zeroed');
+    const rb = ReductionBuffer.holding([data.subarray(0, 10), data.subarray(10)]);
+    assert.ok(rb, 'views of one buffer are recognised');
+    assert.equal(ReductionBuffer.holding([new Float32Array(8)]), undefined);
+    assert.equal(ReductionBuffer.holding([data, new Float32Array(8)]), undefined, 'a list that leaves the buffer is not');
+    const rand = lcg(4);
+    for (const [start, length, at] of [[0, 1003, 0], [5, 7, 0], [17, 1, 12], [100, 333, 4]] as const) {
+      for (let i = 0; i < data.length; i++) data[i] = rand() - 0.5;
+      const before = Float32Array.from(data);
+      const src: Float32Array = new Float32Array(rb.landing.buffer, rb.landing.byteOffset + at, length);
+      for (let i = 0; i < length; i++) src[i] = rand() - 0.5;
+      rb.addLanded(data.subarray(start, start + length), at);
+      for (let i = 0; i < data.length; i++) {
+        const want: number = i >= start && i < start + length ? Math.fround(before[i]! + src[i - start]!) : before[i];
+        assert.equal(data[i], want, `[${i}] after adding ${length} at ${start}`);
+      }
+    }
+  });
+
   it('adds exactly as float32 scalar code does, for any length and 4-byte offset, from the assembly buffer or elsewhere', () => {
     const adder = new ChunkAdder(4096 + 64, 1024);
     const rand = lcg(9);
@@ -166,6 +187,34 @@ describe('wire format', () => {
       for (let at = 0; at < stream.length; at += step) r.push(stream.subarray(at, at + step));
       assert.deepEqual(got, messages);
       assert.equal(r.partial, false);
+    }
+    // with a router: the 300-byte message's payload after a 20-byte head goes into two targets, by copies or by direct reads
+    for (const step of [1, 7, 64, 1000]) {
+      for (const direct of [false, true]) {
+        const got: Buffer[] = [];
+        const routed: Buffer[] = [];
+        const targets = [Buffer.alloc(100), Buffer.alloc(180)];
+        const r = new MessageReader(300, (m) => got.push(Buffer.from(m)), undefined, (head, bytes) => {
+          assert.equal(bytes, 300);
+          assert.deepEqual(head.subarray(0, 20), Buffer.alloc(20, 7));
+          return { headBytes: 20, targets, complete: () => routed.push(Buffer.concat(targets)) };
+        });
+        let at = 0;
+        while (at < stream.length) {
+          const into = direct ? r.directTarget(step) : undefined;
+          if (into) {
+            into.set(stream.subarray(at, at + into.length));
+            r.advance(into.length);
+            at += into.length;
+          } else {
+            r.push(stream.subarray(at, at + step));
+            at += step;
+          }
+        }
+        assert.deepEqual(got, messages.slice(0, 2), `step ${step}, direct ${direct}`);
+        assert.deepEqual(routed, [Buffer.alloc(280, 7)]);
+        assert.equal(r.partial, false);
+      }
     }
     assert.throws(() => new MessageReader(299, () => {}).push(stream.subarray(11)), (e: unknown) => e instanceof FramingError && /300 bytes, over the limit of 299/.test(e.message));
     assert.throws(() => new MessageReader(10, () => {}).push(Buffer.from([1, 0, 0, 0, 1, 0])), /compressed/);

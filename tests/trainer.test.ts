@@ -53,7 +53,8 @@ describe('Trainer', () => {
     const optimizer: OptimizerConfig = { type: 'adam', learningRate: 1e-2 };
     const whole = replica(optimizer);
     const group = new InProcessGroup(2);
-    const shares = [replica(optimizer, group.member()), replica(optimizer, group.member())];
+    // the second replica keeps its gradients in memory its reducer offers (Communicator.allocate in a worker)
+    const shares = [replica(optimizer, group.member()), replica(optimizer, { ...group.member(), allocate: (n: number) => new Float32Array(n) })];
     for (let step = 1; step <= 3; step++) {
       const batch = mlmBatch(step, 5, 8, 40);
       const expected = await whole.trainer.step(batch, { dropoutSeed: step });
@@ -73,6 +74,20 @@ describe('Trainer', () => {
     assert.deepEqual(first, second, 'the replicas are identical');
     reference.forEach((w, i) => w.forEach((v, j) => assert.ok(Math.abs(v - first![i]![j]!) < 1e-5, `weight ${i}[${j}]: ${first![i]![j]} vs ${v}`)));
     [whole, ...shares].forEach((r) => r.dispose());
+  });
+
+  it('with memory from the reducer, the gradients reuse it and a step overwritten by a later reduce refuses to apply', async () => {
+    let allocations = 0;
+    const r = replica({ type: 'adam', learningRate: 1e-2 }, { ...new InProcessGroup(1).member(), allocate: (n: number) => (allocations++, new Float32Array(n)) });
+    const first = await r.trainer.reduce(mlmBatch(3, 2, 8, 40), { dropoutSeed: 1 });
+    const before = r.weights();
+    const second = await r.trainer.reduce(mlmBatch(4, 2, 8, 40), { dropoutSeed: 2 });
+    assert.throws(() => first.apply(), /overwritten by a later reduce/);
+    assert.deepEqual(r.weights(), before, 'the refused step changed nothing');
+    second.apply();
+    (await r.trainer.reduce(mlmBatch(5, 2, 8, 40), { dropoutSeed: 3 })).apply();
+    assert.equal(allocations, 1, 'one buffer for every step');
+    r.dispose();
   });
 
   it('reduce changes nothing until apply, and a step applies once', async () => {

@@ -1,8 +1,10 @@
 /**
  * dst += src for float32 chunks with WebAssembly SIMD (f32x4): the reduce-scatter's adds, about
  * three times the speed of a JavaScript loop here even with the copy of dst in and out.
- * Received messages are assembled straight into the module's memory, so the source needs no
- * copy. The module is 112 bytes, assembled below rather than built, so there is no build step.
+ * Received payloads are read straight into the module's memory, so the source needs no copy;
+ * a destination allocated as a ReductionBuffer lives in a module's memory too, and is added
+ * into in place. The module is 112 bytes, assembled below rather than built, so there is no
+ * build step.
  */
 
 const leb = (n: number): number[] => {
@@ -54,28 +56,84 @@ function module(): WebAssembly.Module | null {
 
 const PAGE = 65536;
 
+type AddFunction = (dst: number, src: number, n: number) => void;
+
+/** An instance of the add module whose memory holds `bytes` (from offset 0); undefined without SIMD. */
+function instantiate(bytes: number): { memory: WebAssembly.Memory; add: AddFunction } | undefined {
+  const m = module();
+  if (!m) return undefined;
+  const instance = new WebAssembly.Instance(m);
+  const memory = instance.exports.memory as WebAssembly.Memory;
+  memory.grow(Math.ceil(bytes / PAGE)); // once: growing would detach every view of the memory
+  return { memory, add: instance.exports.add as AddFunction };
+}
+
+const reductionBuffers = new WeakMap<ArrayBufferLike, ReductionBuffer>();
+
+/**
+ * Float32 memory that an all-reduce adds into without copying it: it lives in the memory of an
+ * add module, beside room for one received chunk. Allocate gradient buffers this way
+ * (Communicator.allocate) and each reduce-scatter chunk is read into `landing` by the socket
+ * and added in place by SIMD, where another buffer is copied into the module and back.
+ */
+export class ReductionBuffer {
+  readonly data: Float32Array;
+  /** Where a received chunk of at most `landing.length` bytes is read before it is added. */
+  readonly landing: Buffer;
+  readonly #add: AddFunction;
+
+  private constructor(elements: number, landingBytes: number, wasm: { memory: WebAssembly.Memory; add: AddFunction }) {
+    const landing = Math.ceil(landingBytes / 16) * 16;
+    this.landing = Buffer.from(wasm.memory.buffer, 0, landingBytes);
+    this.data = new Float32Array(wasm.memory.buffer, landing, elements);
+    this.#add = wasm.add;
+    reductionBuffers.set(wasm.memory.buffer, this);
+  }
+
+  /** A zeroed buffer of `elements` floats; a plain Float32Array where the engine has no WebAssembly SIMD. */
+  static allocate(elements: number, landingBytes: number): Float32Array {
+    if (!Number.isSafeInteger(elements) || elements < 0) throw new Error(`cannot allocate ${elements} elements`);
+    const landing = Math.ceil(landingBytes / 16) * 16;
+    const wasm = instantiate(landing + elements * 4);
+    return wasm ? new ReductionBuffer(elements, landingBytes, wasm).data : new Float32Array(elements);
+  }
+
+  /** The ReductionBuffer every one of `views` lies in, if they share one. */
+  static holding(views: readonly Float32Array[]): ReductionBuffer | undefined {
+    const first = views[0] && reductionBuffers.get(views[0].buffer);
+    return first && views.every((v) => v.buffer === views[0]!.buffer) ? first : undefined;
+  }
+
+  /** dst[i] += the floats at landing byte offset `at`; dst must be a view of this buffer. */
+  addLanded(dst: Float32Array, at: number): void {
+    const n = dst.length;
+    const simd = n & ~3;
+    if (simd > 0) this.#add(dst.byteOffset, at, simd);
+    if (simd < n) {
+      const src = new Float32Array(this.landing.buffer, at + simd * 4, n - simd);
+      for (let i = simd; i < n; i++) dst[i] += src[i - simd]!;
+    }
+  }
+}
+
 export class ChunkAdder {
   /** Where received messages are assembled (see MessageReader). */
   readonly assembly: Buffer;
-  readonly #add: ((dst: number, src: number, n: number) => void) | undefined;
+  readonly #add: AddFunction | undefined;
   readonly #scratch: Float32Array | undefined;
   readonly #scratchOffset: number;
 
   constructor(maxMessageBytes: number, maxChunkElements: number) {
-    const m = module();
     const assemblyBytes = Math.ceil(maxMessageBytes / 16) * 16;
-    if (!m) {
+    const wasm = instantiate(assemblyBytes + maxChunkElements * 4);
+    this.#scratchOffset = assemblyBytes;
+    if (!wasm) {
       this.assembly = Buffer.allocUnsafeSlow(maxMessageBytes);
-      this.#scratchOffset = 0;
       return;
     }
-    const instance = new WebAssembly.Instance(m);
-    const memory = instance.exports.memory as WebAssembly.Memory;
-    memory.grow(Math.ceil((assemblyBytes + maxChunkElements * 4) / PAGE));
-    this.assembly = Buffer.from(memory.buffer, 0, maxMessageBytes);
-    this.#scratchOffset = assemblyBytes;
-    this.#scratch = new Float32Array(memory.buffer, assemblyBytes, maxChunkElements);
-    this.#add = instance.exports.add as (dst: number, src: number, n: number) => void;
+    this.assembly = Buffer.from(wasm.memory.buffer, 0, maxMessageBytes);
+    this.#scratch = new Float32Array(wasm.memory.buffer, assemblyBytes, maxChunkElements);
+    this.#add = wasm.add;
   }
 
   /** dst[i] += src[i], where src is a float32 view (of the assembly buffer when it can be). */

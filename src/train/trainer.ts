@@ -32,6 +32,8 @@ export interface TrainingObjective {
 /** Sums flat buffers across the replicas of a run, in place (a communicator's all-reduce). */
 export interface GradientReducer {
   allReduce(buffers: Float32Array[], options: { op: 'sum'; compression?: 'none' | 'fp16' }): Promise<void>;
+  /** Zeroed memory this reducer sums fastest (Communicator.allocate: added into in place); optional. */
+  allocate?(elements: number): Float32Array;
 }
 
 export interface TrainerOptions {
@@ -108,7 +110,26 @@ export function stepDropoutSeed(runSeed: number, step: number): number {
 }
 
 export class Trainer {
+  /** Host gradients and the step statistics as views of one buffer from the reducer, reused every step. */
+  #host: { grads: Float32Array[]; stats: Float32Array } | undefined;
+  /** Marks the last reduced step as overwritten (its gradients live in #host). */
+  #supersede: (() => void) | undefined;
+
   constructor(readonly options: TrainerOptions) {}
+
+  /** Where this step's host gradients go: fresh arrays, or the reducer's memory when it offers some. */
+  #hostBuffers(): { grads: Float32Array[]; stats: Float32Array } {
+    const { objective, reducer } = this.options;
+    if (!reducer?.allocate) return { grads: objective.weights.map((w) => new Float32Array(w.variable.size)), stats: new Float32Array(3) };
+    if (!this.#host) {
+      const sizes = objective.weights.map((w) => w.variable.size);
+      const flat = reducer.allocate(sizes.reduce((a, b) => a + b, 0) + 3);
+      let at = 0;
+      const grads = sizes.map((n) => flat.subarray(at, (at += n)));
+      this.#host = { grads, stats: flat.subarray(at, at + 3) };
+    }
+    return this.#host;
+  }
 
   /** Gradients of the batch, all-reduced and clipped, ready to apply; nothing is changed yet. */
   async reduce(batch: Batch, placement: StepPlacement = {}): Promise<ReducedStep> {
@@ -119,9 +140,13 @@ export class Trainer {
     let lossSum = 0;
     let targets = 0;
     let correct = 0;
+    const host = this.#hostBuffers();
+    this.#supersede?.(); // before the shared host buffers are overwritten
+    this.#supersede = undefined;
     if (reducer && (batch.batchSize === 0 || countTargets(batch) === 0)) {
       // a replica whose share has no targets still takes part in the sum, with zeros
-      grads = objective.weights.map((w) => new Float32Array(w.variable.size));
+      grads = host.grads;
+      for (const g of grads) g.fill(0);
     } else {
       const microBatches = Math.min(this.options.microBatches ?? 1, batch.batchSize);
       const computeStart = performance.now();
@@ -135,14 +160,16 @@ export class Trainer {
       const copyStart = performance.now();
       computeSeconds = (copyStart - computeStart) / 1000;
       // host copies: the reducer and the clipping write into them, never into a tensor's memory
-      grads = result.grads.map((g) => new Float32Array(g.dataSync() as Float32Array));
+      grads = host.grads;
+      result.grads.forEach((g, i) => grads[i]!.set(g.dataSync() as Float32Array));
       copySeconds = (performance.now() - copyStart) / 1000;
       tf.dispose(result.grads);
       ({ lossSum, targets, correct } = result);
     }
     let reduceSeconds = 0;
     if (reducer) {
-      const stats = new Float32Array([lossSum, targets, correct]);
+      const stats = host.stats;
+      stats.set([lossSum, targets, correct]);
       const started = performance.now();
       if (this.options.compression === 'fp16') {
         await reducer.allReduce(grads, { op: 'sum', compression: 'fp16' });
@@ -164,6 +191,8 @@ export class Trainer {
     const gradNorm = hostGlobalNorm(grads);
     if (clipNorm > 0 && gradNorm > clipNorm) scaleInPlace(grads, clipNorm / gradNorm);
     let applied = false;
+    let superseded = false;
+    if (this.#host) this.#supersede = () => (superseded = true);
     return {
       loss,
       accuracy: correct / targets,
@@ -174,6 +203,7 @@ export class Trainer {
       copySeconds,
       apply: () => {
         if (applied) throw new Error('this step was applied already');
+        if (superseded) throw new Error('this step\'s gradients were overwritten by a later reduce (they share the reducer\'s memory): apply or drop a step before reducing the next');
         applied = true;
         const report = optimizer.apply(params, grads);
         // an accumulation micro-step applies nothing: the rate the coming update uses
