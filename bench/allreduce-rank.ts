@@ -48,7 +48,8 @@ async function main(): Promise<void> {
     const buf = config.plainBuffers ? new Float32Array(elements) : comm.allocate(elements);
     const stats = new Map(config.transports.map((t) => [t, { times: [] as number[], cpuMicros: 0, correct: true }]));
     for (let it = 0; it < config.warmup + config.iters[k]!; it++) {
-      for (const transport of config.transports) {
+      // which goes first alternates: the first after the barrier meets the other ranks' leftover work
+      for (const transport of it % 2 === 0 ? config.transports : [...config.transports].reverse()) {
         const s = stats.get(transport)!;
         buf.set(pristine);
         await comm.allGather([it]); // barrier: the timing starts together on every rank
