@@ -8,6 +8,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { RpcError } from '../src/comm/errors.js';
+import { encodeHeaders } from '../src/comm/h2/hpack.js';
 import type { H2Stream, HeaderList } from '../src/comm/h2/session.js';
 import { connect, frameMessage, GrpcServer, ROUTE_HEAD_BYTES, ServerCall, startCall, type CallHandlers, type ClientSession } from '../src/comm/wire.js';
 import { lcg } from './helpers.js';
@@ -177,5 +178,46 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
     const got = await call(session, false);
     assert.equal(got.error, null);
     assert.deepEqual(got.messages, [Buffer.from('ok')]);
+  });
+
+  it('a client that opens streams and never ends them gets at most 256; a stream answered early is reset, so it does not count', async (t) => {
+    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+    const frame = (type: number, flags: number, id: number, payload: Buffer): Buffer => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(id, 5);
+      return Buffer.concat([h, payload]);
+    };
+    const block = encodeHeaders([[':method', 'POST'], [':scheme', 'http'], [':path', '/test.Service/Get'], [':authority', 'x'], ['content-type', 'application/grpc']]);
+    /** The RST_STREAM codes the server sent, by stream, after `streams` HEADERS frames without END_STREAM. */
+    const resets = async (address: string, streams: number): Promise<Map<number, number>> => {
+      const [host, port] = address.split(':');
+      const socket = net.connect(Number(port), host!);
+      t.after(() => socket.destroy());
+      const frames = [preface, frame(0x4, 0, 0, Buffer.alloc(0))];
+      for (let i = 0; i < streams; i++) frames.push(frame(0x1, 0x4, 2 * i + 1, block)); // END_HEADERS only
+      socket.write(Buffer.concat(frames));
+      const got: Buffer[] = [];
+      socket.on('data', (b) => got.push(b));
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const out = new Map<number, number>();
+      const bytes = Buffer.concat(got);
+      for (let at = 0; at + 9 <= bytes.length; ) {
+        const length = bytes.readUIntBE(at, 3);
+        if (bytes[at + 3] === 0x3) out.set(bytes.readUInt32BE(at + 5) & 0x7fffffff, bytes.readUInt32BE(at + 9));
+        at += 9 + length;
+      }
+      return out;
+    };
+    // a server that waits for each request: the first 256 streams stay open, the rest are refused (REFUSED_STREAM = 7)
+    const waiting = await resets(await ourServer(t, serve([Buffer.from('ok')])), 300);
+    assert.deepEqual([...waiting.keys()], Array.from({ length: 44 }, (_, i) => 2 * (256 + i) + 1));
+    assert.ok([...waiting.values()].every((code) => code === 7));
+    // a server that answers at once (as an unauthenticated call is): each stream is reset with NO_ERROR after its status
+    const answering = await resets(await ourServer(t, (stream) => new ServerCall(stream).finish(16, 'no token')), 300);
+    assert.equal(answering.size, 300);
+    assert.ok([...answering.values()].every((code) => code === 0), 'none was refused');
   });
 });

@@ -58,6 +58,13 @@ const STAGING_BYTES = 256 << 10;
 /** Direct reads smaller than this go through the staging buffer: a syscall per small read costs more than the copy. */
 const MIN_DIRECT = 16 << 10;
 const MAX_CONTROL_PAYLOAD = 64 << 10;
+/** Streams a client may have open on a server at once (advertised; more are refused). */
+const MAX_PEER_STREAMS = 256;
+/**
+ * Bytes queued for a socket that does not take them, at most: more means the peer stopped
+ * reading while frames it provokes (PING, SETTINGS acknowledgements) pile up.
+ */
+const MAX_UNSENT_BYTES = 256 << 20;
 /**
  * While the peer sends large DATA frames, reads that are not direct take only this much: a
  * frame header and a message's head, so that the payload after them is not read into the
@@ -285,6 +292,7 @@ export class H2Session {
       [Setting.INITIAL_WINDOW_SIZE, w],
       [Setting.MAX_FRAME_SIZE, this.options.maxFrameBytes],
       [Setting.MAX_HEADER_LIST_SIZE, this.options.maxHeaderListBytes],
+      ...(this.role === 'server' ? [[Setting.MAX_CONCURRENT_STREAMS, MAX_PEER_STREAMS] as const] : []),
     ]);
     const out = [frame(FrameType.SETTINGS, 0, 0, settings)];
     // the connection window starts at 64 KiB whatever the settings say (RFC 9113 section 6.9.2)
@@ -297,6 +305,11 @@ export class H2Session {
     const socket = this.#socket;
     if (!socket || socket.destroyed || this.#closed) {
       if (callback) queueMicrotask(() => callback(this.#error ?? new Error('the HTTP/2 session is closed')));
+      return;
+    }
+    if (socket.writableLength > MAX_UNSENT_BYTES) {
+      this.destroy(new Error(`the peer stopped reading: over ${MAX_UNSENT_BYTES >> 20} MiB are waiting to be sent to it`));
+      if (callback) queueMicrotask(() => callback(this.#error));
       return;
     }
     socket.cork();
@@ -376,7 +389,10 @@ export class H2Session {
 
   #endLocal(stream: H2Stream): void {
     stream.localEnded = true;
-    if (stream.remoteEnded) this.#closeStream(stream, undefined);
+    if (stream.remoteEnded) return this.#closeStream(stream, undefined);
+    // a server whose response is complete asks the client to stop sending (RFC 9113 section
+    // 8.1): a peer that never ends its requests must not keep streams open here
+    if (this.role === 'server') this.resetStream(stream, H2Code.NO_ERROR);
   }
 
   // ---- receiving ----
@@ -614,7 +630,8 @@ export class H2Session {
     let stream = this.#streams.get(block.streamId);
     if (!stream) {
       if (this.role !== 'server' || this.#ours(block.streamId) || block.streamId <= this.#lastPeerStreamId) return; // closed or reset: ignored
-      if (this.#closing) {
+      if (this.#closing || this.#streams.size >= MAX_PEER_STREAMS) {
+        this.#lastPeerStreamId = block.streamId;
         this.#write([frame(FrameType.RST_STREAM, 0, block.streamId, u32(H2Code.REFUSED_STREAM))]);
         return;
       }
