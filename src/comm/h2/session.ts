@@ -426,9 +426,14 @@ export class H2Session {
     this.#directBytes += n;
     this.#dataLeft -= n;
     this.#frame!.left -= n;
-    this.#consumed(stream, n);
-    if (!stream.closed) stream.handler.onDirect?.(n);
-    if (this.#frame!.left === 0) this.#endFrame();
+    try {
+      this.#consumed(stream, n);
+      if (!stream.closed) stream.handler.onDirect?.(n);
+      if (this.#frame!.left === 0) this.#endFrame();
+    } catch (e) {
+      // nothing may escape into the socket's read callback: it would end the process
+      this.#protocolError(e instanceof H2ProtocolError ? e : new H2ProtocolError(H2Code.INTERNAL_ERROR, (e as Error).message));
+    }
   }
 
   #receive(bytes: Uint8Array): void {
