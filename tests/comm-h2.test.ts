@@ -6,6 +6,8 @@
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import net from 'node:net';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { describe, it, type TestContext } from 'node:test';
 import { RpcError } from '../src/comm/errors.js';
 import { encodeHeaders } from '../src/comm/h2/hpack.js';
@@ -219,5 +221,39 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
     const answering = await resets(await ourServer(t, (stream) => new ServerCall(stream).finish(16, 'no token')), 300);
     assert.equal(answering.size, 300);
     assert.ok([...answering.values()].every((code) => code === 0), 'none was refused');
+  });
+
+  it('a header block split into endless empty CONTINUATION frames does not grow the server\'s memory', async (t) => {
+    const address = await ourServer(t, serve([Buffer.from('ok')]));
+    const [host, port] = address.split(':');
+    const frame = (type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(id, 5);
+      return Buffer.concat([h, payload]);
+    };
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const socket = net.connect(Number(port), host!);
+    t.after(() => socket.destroy());
+    const got: Buffer[] = [];
+    socket.on('data', (b) => got.push(b));
+    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+    socket.write(Buffer.concat([preface, frame(0x4, 0, 0), frame(0x1, 0, 1, encodeHeaders([[':method', 'POST']]))])); // HEADERS without END_HEADERS
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    const batch = Buffer.concat(Array<Buffer>(100_000).fill(frame(0x9, 0, 1))); // empty CONTINUATION frames
+    for (let i = 0; i < 10; i++) await new Promise((resolve) => socket.write(batch, resolve));
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the server (this process) reads them
+    gc();
+    const grown = process.memoryUsage().heapUsed - before;
+    // the block ends; a PING after it is answered: the session survived
+    socket.write(Buffer.concat([frame(0x9, 0x4, 1, encodeHeaders([[':path', '/x']])), frame(0x6, 0, 0, Buffer.alloc(8, 7))]));
+    const pingAck = frame(0x6, 0x1, 0, Buffer.alloc(8, 7));
+    while (!Buffer.concat(got).includes(pingAck)) await new Promise((resolve) => setTimeout(resolve, 20));
+    // kept as one object per frame until the block ended, a million empty fragments held some 200 MB
+    assert.ok(grown < 20e6, `the heap grew by ${(grown / 1e6).toFixed(0)} MB over 9 MB of empty CONTINUATION frames`);
   });
 });
