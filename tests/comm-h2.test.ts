@@ -256,4 +256,35 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
     // kept as one object per frame until the block ended, a million empty fragments held some 200 MB
     assert.ok(grown < 20e6, `the heap grew by ${(grown / 1e6).toFixed(0)} MB over 9 MB of empty CONTINUATION frames`);
   });
+
+  it('a request that ends with a trailing HEADERS frame (END_STREAM there, not on DATA) is answered', async (t) => {
+    const address = await ourServer(t, serve([Buffer.from('ok')]));
+    const [host, port] = address.split(':');
+    const frame = (type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(id, 5);
+      return Buffer.concat([h, payload]);
+    };
+    const socket = net.connect(Number(port), host!);
+    t.after(() => socket.destroy());
+    const got: Buffer[] = [];
+    socket.on('data', (b) => got.push(b));
+    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+    const request = encodeHeaders([[':method', 'POST'], [':scheme', 'http'], [':path', '/test.Service/Get'], [':authority', 'x'], ['content-type', 'application/grpc']]);
+    socket.write(Buffer.concat([preface, frame(0x4, 0, 0), frame(0x1, 0x4, 1, request), frame(0x0, 0, 1, frameMessage(Buffer.from('request'))), frame(0x1, 0x5, 1, encodeHeaders([['x-trailer', '1']]))]));
+    /** The flags of the frames of `type` on stream 1 so far. */
+    const flagsOf = (type: number): number[] => {
+      const bytes = Buffer.concat(got);
+      const out: number[] = [];
+      for (let at = 0; at + 9 <= bytes.length; at += 9 + bytes.readUIntBE(at, 3)) if (bytes[at + 3] === type && bytes.readUInt32BE(at + 5) === 1) out.push(bytes[at + 4]!);
+      return out;
+    };
+    const deadline = Date.now() + 3000;
+    while (!flagsOf(0x1).some((f) => (f & 0x1) !== 0) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.ok(flagsOf(0x1).some((f) => (f & 0x1) !== 0), 'no response trailers (END_STREAM) within 3 s');
+  });
 });
+
