@@ -286,5 +286,46 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
     while (!flagsOf(0x1).some((f) => (f & 0x1) !== 0) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
     assert.ok(flagsOf(0x1).some((f) => (f & 0x1) !== 0), 'no response trailers (END_STREAM) within 3 s');
   });
+
+  it('a cancelled call\'s route targets are not written after its onEnd', { todo: 'the socket already holds the next direct-read buffer when cancel() runs (onread fixes it after each read); Communicator is safe only because it destroys the session before it rejects' }, async (t) => {
+    const frame = (type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(id, 5);
+      return Buffer.concat([h, payload]);
+    };
+    let peer: net.Socket | undefined;
+    const server = net.createServer((socket) => {
+      peer = socket;
+      socket.on('error', () => {});
+      socket.on('data', () => {});
+      socket.write(frame(0x4, 0, 0));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const session = connect(`127.0.0.1:${(server.address() as net.AddressInfo).port}`, undefined);
+    t.after(() => {
+      session.destroy();
+      server.close();
+    });
+    const target = Buffer.alloc(1 << 20);
+    let ended = false;
+    const c = startCall(session, '/test.Service/Get', Buffer.from('request'), {}, 4 << 20, 20_000, {
+      onMessage: () => {},
+      onEnd: () => (ended = true),
+      route: (_head, bytes) => ({ headBytes: 0, targets: [target.subarray(0, bytes)], complete: () => {} }),
+    });
+    while (!peer) await new Promise((resolve) => setTimeout(resolve, 10));
+    const response = Buffer.concat([frame(0x1, 0x4, 1, encodeHeaders([[':status', '200'], ['content-type', 'application/grpc']])), frame(0x0, 0, 1, frameMessage(Buffer.alloc(1 << 20, 0xab)))]);
+    peer.write(response.subarray(0, 300_000));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    c.cancel();
+    assert.ok(ended);
+    const snapshot = Buffer.from(target);
+    peer.write(response.subarray(300_000));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.ok(target.equals(snapshot), 'bytes landed in the target after the call ended');
+  });
 });
 
