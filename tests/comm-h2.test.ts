@@ -6,6 +6,8 @@
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import net from 'node:net';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { describe, it, type TestContext } from 'node:test';
 import { RpcError } from '../src/comm/errors.js';
 import { encodeHeaders } from '../src/comm/h2/hpack.js';
@@ -220,4 +222,110 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
     assert.equal(answering.size, 300);
     assert.ok([...answering.values()].every((code) => code === 0), 'none was refused');
   });
+
+  it('a header block split into endless empty CONTINUATION frames does not grow the server\'s memory', async (t) => {
+    const address = await ourServer(t, serve([Buffer.from('ok')]));
+    const [host, port] = address.split(':');
+    const frame = (type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(id, 5);
+      return Buffer.concat([h, payload]);
+    };
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const socket = net.connect(Number(port), host!);
+    t.after(() => socket.destroy());
+    const got: Buffer[] = [];
+    socket.on('data', (b) => got.push(b));
+    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+    socket.write(Buffer.concat([preface, frame(0x4, 0, 0), frame(0x1, 0, 1, encodeHeaders([[':method', 'POST']]))])); // HEADERS without END_HEADERS
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    const batch = Buffer.concat(Array<Buffer>(100_000).fill(frame(0x9, 0, 1))); // empty CONTINUATION frames
+    for (let i = 0; i < 10; i++) await new Promise((resolve) => socket.write(batch, resolve));
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the server (this process) reads them
+    gc();
+    const grown = process.memoryUsage().heapUsed - before;
+    // the block ends; a PING after it is answered: the session survived
+    socket.write(Buffer.concat([frame(0x9, 0x4, 1, encodeHeaders([[':path', '/x']])), frame(0x6, 0, 0, Buffer.alloc(8, 7))]));
+    const pingAck = frame(0x6, 0x1, 0, Buffer.alloc(8, 7));
+    while (!Buffer.concat(got).includes(pingAck)) await new Promise((resolve) => setTimeout(resolve, 20));
+    // kept as one object per frame until the block ended, a million empty fragments held some 200 MB
+    assert.ok(grown < 20e6, `the heap grew by ${(grown / 1e6).toFixed(0)} MB over 9 MB of empty CONTINUATION frames`);
+  });
+
+  it('a request that ends with a trailing HEADERS frame (END_STREAM there, not on DATA) is answered', async (t) => {
+    const address = await ourServer(t, serve([Buffer.from('ok')]));
+    const [host, port] = address.split(':');
+    const frame = (type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(id, 5);
+      return Buffer.concat([h, payload]);
+    };
+    const socket = net.connect(Number(port), host!);
+    t.after(() => socket.destroy());
+    const got: Buffer[] = [];
+    socket.on('data', (b) => got.push(b));
+    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+    const request = encodeHeaders([[':method', 'POST'], [':scheme', 'http'], [':path', '/test.Service/Get'], [':authority', 'x'], ['content-type', 'application/grpc']]);
+    socket.write(Buffer.concat([preface, frame(0x4, 0, 0), frame(0x1, 0x4, 1, request), frame(0x0, 0, 1, frameMessage(Buffer.from('request'))), frame(0x1, 0x5, 1, encodeHeaders([['x-trailer', '1']]))]));
+    /** The flags of the frames of `type` on stream 1 so far. */
+    const flagsOf = (type: number): number[] => {
+      const bytes = Buffer.concat(got);
+      const out: number[] = [];
+      for (let at = 0; at + 9 <= bytes.length; at += 9 + bytes.readUIntBE(at, 3)) if (bytes[at + 3] === type && bytes.readUInt32BE(at + 5) === 1) out.push(bytes[at + 4]!);
+      return out;
+    };
+    const deadline = Date.now() + 3000;
+    while (!flagsOf(0x1).some((f) => (f & 0x1) !== 0) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.ok(flagsOf(0x1).some((f) => (f & 0x1) !== 0), 'no response trailers (END_STREAM) within 3 s');
+  });
+
+  it('a cancelled call\'s route targets are not written after its onEnd', { todo: 'the socket already holds the next direct-read buffer when cancel() runs (onread fixes it after each read); Communicator is safe only because it destroys the session before it rejects' }, async (t) => {
+    const frame = (type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(id, 5);
+      return Buffer.concat([h, payload]);
+    };
+    let peer: net.Socket | undefined;
+    const server = net.createServer((socket) => {
+      peer = socket;
+      socket.on('error', () => {});
+      socket.on('data', () => {});
+      socket.write(frame(0x4, 0, 0));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const session = connect(`127.0.0.1:${(server.address() as net.AddressInfo).port}`, undefined);
+    t.after(() => {
+      session.destroy();
+      server.close();
+    });
+    const target = Buffer.alloc(1 << 20);
+    let ended = false;
+    const c = startCall(session, '/test.Service/Get', Buffer.from('request'), {}, 4 << 20, 20_000, {
+      onMessage: () => {},
+      onEnd: () => (ended = true),
+      route: (_head, bytes) => ({ headBytes: 0, targets: [target.subarray(0, bytes)], complete: () => {} }),
+    });
+    while (!peer) await new Promise((resolve) => setTimeout(resolve, 10));
+    const response = Buffer.concat([frame(0x1, 0x4, 1, encodeHeaders([[':status', '200'], ['content-type', 'application/grpc']])), frame(0x0, 0, 1, frameMessage(Buffer.alloc(1 << 20, 0xab)))]);
+    peer.write(response.subarray(0, 300_000));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    c.cancel();
+    assert.ok(ended);
+    const snapshot = Buffer.from(target);
+    peer.write(response.subarray(300_000));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.ok(target.equals(snapshot), 'bytes landed in the target after the call ended');
+  });
 });
+

@@ -379,7 +379,10 @@ export class ServerCall {
 
   constructor(readonly stream: H2Stream) {
     stream.handler = {
-      onHeaders: () => {}, // request trailers: gRPC clients send none
+      // request trailers: gRPC clients send none, but a peer may end its request with them
+      onHeaders: (_headers, endStream) => {
+        if (endStream) this.#onRequestEnd?.();
+      },
       onData: (bytes) => this.#onRequestData?.(bytes),
       onEnd: () => this.#onRequestEnd?.(),
       onClose: () => {

@@ -53,6 +53,7 @@ export class StreamResetError extends Error {
   }
 }
 
+const EMPTY = Buffer.alloc(0);
 const IGNORE: StreamHandler = { onHeaders() {}, onData() {}, onClose() {} };
 const STAGING_BYTES = 256 << 10;
 /** Direct reads smaller than this go through the staging buffer: a syscall per small read costs more than the copy. */
@@ -179,7 +180,8 @@ export class H2Session {
   #padPending = false;
   #dataLeft = 0;
   #padLeft = 0;
-  #block: { streamId: number; endStream: boolean; parts: Buffer[]; bytes: number } | undefined;
+  /** A header block being received: `data` holds its first `bytes` bytes (one buffer, however many frames brought them). */
+  #block: { streamId: number; endStream: boolean; data: Buffer; bytes: number } | undefined;
   // reading with onread
   readonly #staging: Buffer | undefined;
   #handed: Uint8Array | undefined;
@@ -209,7 +211,9 @@ export class H2Session {
     const session = new H2Session('client', options, direct);
     let socket: net.Socket;
     if (secure) {
+      // noDelay as on plain TCP: with Nagle on, a request's second and third small writes wait for the server's delayed ACK (about 40 ms a call)
       socket = tls.connect({ ...secure, host, port, ALPNProtocols: ['h2'] });
+      socket.setNoDelay(true);
       socket.on('data', (b: Buffer) => session.#receive(b));
     } else {
       socket = net.connect({ host, port, noDelay: true, onread: { buffer: () => session.#nextReadBuffer(), callback: (n, buf) => {
@@ -619,19 +623,30 @@ export class H2Session {
     }
     if (f.flags & Flag.PRIORITY) start += 5;
     if (start > end) throw new H2ProtocolError(H2Code.PROTOCOL_ERROR, 'HEADERS padding or priority longer than the frame');
-    this.#block = { streamId: f.streamId, endStream: (f.flags & Flag.END_STREAM) !== 0, parts: [], bytes: 0 };
+    this.#block = { streamId: f.streamId, endStream: (f.flags & Flag.END_STREAM) !== 0, data: EMPTY, bytes: 0 };
     this.#addToBlock(payload.subarray(start, end), (f.flags & Flag.END_HEADERS) !== 0);
   }
 
   #addToBlock(fragment: Buffer, last: boolean): void {
     const block = this.#block!;
-    block.parts.push(fragment);
-    block.bytes += fragment.length;
-    if (block.bytes > this.options.maxHeaderListBytes) throw new H2ProtocolError(H2Code.ENHANCE_YOUR_CALM, `a header block over ${this.options.maxHeaderListBytes} bytes`);
+    const bytes = block.bytes + fragment.length;
+    if (bytes > this.options.maxHeaderListBytes) throw new H2ProtocolError(H2Code.ENHANCE_YOUR_CALM, `a header block over ${this.options.maxHeaderListBytes} bytes`);
+    // copied into one buffer, not kept as a list of fragments: a peer that sends endless empty
+    // CONTINUATION frames must not grow this connection's memory (each fragment is an object)
+    if (block.bytes === 0) block.data = fragment;
+    else if (fragment.length > 0) {
+      if (block.data.length < bytes) {
+        const grown = Buffer.allocUnsafe(Math.min(Math.max(bytes, 2 * block.bytes), this.options.maxHeaderListBytes));
+        block.data.copy(grown, 0, 0, block.bytes);
+        block.data = grown;
+      }
+      fragment.copy(block.data, block.bytes);
+    }
+    block.bytes = bytes;
     if (!last) return;
     this.#block = undefined;
     // decoded even for a stream we no longer know: the dynamic table must stay in step
-    const headers = this.#decoder.decode(Buffer.concat(block.parts));
+    const headers = this.#decoder.decode(block.data.subarray(0, block.bytes));
     let stream = this.#streams.get(block.streamId);
     if (!stream) {
       if (this.role !== 'server' || this.#ours(block.streamId) || block.streamId <= this.#lastPeerStreamId) return; // closed or reset: ignored
