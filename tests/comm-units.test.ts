@@ -8,7 +8,8 @@ import { allReduceSchedule, FlatBuffers, segment } from '../src/comm/flat.js';
 import { addHalf, encodeHalf, fromHalf, roundHalfInPlace, toHalf } from '../src/comm/fp16.js';
 import { chunkPrefix, decodeChunk, Encoding } from '../src/comm/proto.js';
 import { ChunkAdder, ReductionBuffer } from '../src/comm/simd-add.js';
-import { decodeGrpcMessage, encodeGrpcMessage, FramingError, MessageReader } from '../src/comm/wire.js';
+import { HeaderDecoder, encodeHeaders } from '../src/comm/h2/hpack.js';
+import { decodeGrpcMessage, encodeGrpcMessage, FramingError, grpcTimeout, MessageReader } from '../src/comm/wire.js';
 import { lcg } from './helpers.js';
 
 describe('fp16 (round to nearest even)', () => {
@@ -218,6 +219,16 @@ describe('wire format', () => {
     }
     assert.throws(() => new MessageReader(299, () => {}).push(stream.subarray(11)), (e: unknown) => e instanceof FramingError && /300 bytes, over the limit of 299/.test(e.message));
     assert.throws(() => new MessageReader(10, () => {}).push(Buffer.from([1, 0, 0, 0, 1, 0])), /compressed/);
+  });
+
+  it('grpc-timeout keeps to 8 digits; HPACK literals decode, with any header name', () => {
+    assert.equal(grpcTimeout(0.2), '1m');
+    assert.equal(grpcTimeout(60_000), '60000m');
+    assert.equal(grpcTimeout(99_999_999), '99999999m');
+    assert.equal(grpcTimeout(100_000_000), '100000S');
+    assert.equal(grpcTimeout(1e14), '27777778H');
+    const decoded = new HeaderDecoder(1 << 16).decode(encodeHeaders([[':status', '200'], ['constructor', 'x'], ['toString', 'y'], ['a', '1'], ['a', '2']]));
+    assert.deepEqual({ ...decoded }, { ':status': '200', constructor: 'x', toString: 'y', a: '1, 2' });
   });
 
   it('grpc-message percent-encoding round-trips and leaves printable ASCII alone', () => {

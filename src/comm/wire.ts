@@ -241,6 +241,14 @@ export interface Call {
   cancel(): void;
 }
 
+/** grpc-timeout: at most 8 digits (gRPC over HTTP/2), in the finest unit that fits. */
+export function grpcTimeout(ms: number): string {
+  const value = Math.max(1, Math.ceil(ms));
+  if (value <= 99_999_999) return `${value}m`;
+  if (value / 1000 <= 99_999_999) return `${Math.ceil(value / 1000)}S`;
+  return `${Math.min(99_999_999, Math.ceil(value / 3_600_000))}H`;
+}
+
 /** Headers of every call: pseudo headers first (HTTP/2 requires it). */
 function requestHeaders(session: ClientSession, path: string, timeoutMs: number, metadata: Record<string, string>): [string, string][] {
   const authority = session.socket ? `${session.socket.remoteAddress ?? 'localhost'}:${session.socket.remotePort ?? 0}` : 'localhost';
@@ -251,7 +259,7 @@ function requestHeaders(session: ClientSession, path: string, timeoutMs: number,
     [':authority', authority],
     ['content-type', 'application/grpc+proto'],
     ['te', 'trailers'],
-    ['grpc-timeout', `${Math.max(1, Math.ceil(timeoutMs))}m`],
+    ['grpc-timeout', grpcTimeout(timeoutMs)],
     ...Object.entries(metadata).map(([k, v]) => [k.toLowerCase(), v] as [string, string]),
   ];
 }

@@ -62,7 +62,7 @@ export class HeaderDecoder {
     this.#decompressor.execute();
     const error = this.#error as Error | undefined; // set by the 'error' listener during execute()
     if (error) throw new H2ProtocolError(H2Code.COMPRESSION_ERROR, `a header block does not decode: ${error.message}`);
-    const out: HeaderList = {};
+    const out: HeaderList = Object.create(null) as HeaderList; // a peer's header named 'constructor' is just a header
     let bytes = 0;
     for (let f = this.#decompressor.read(); f; f = this.#decompressor.read()) {
       bytes += f.name.length + f.value.length + 32;

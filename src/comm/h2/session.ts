@@ -338,6 +338,12 @@ export class H2Session {
 
   /** @internal (H2Stream) */
   resetStream(stream: H2Stream, code: number): void {
+    if (this.#handedStream === stream && !this.#closed) {
+      // the socket holds a view of this stream's destination for its next read, and onread
+      // cannot take it back: only closing the connection keeps those bytes out of it
+      this.#error ??= new Error(`stream ${stream.id} was reset while the socket was reading into its destination; the connection is closed with it`);
+      return this.destroy();
+    }
     this.#write([frame(FrameType.RST_STREAM, 0, stream.id, u32(code))]);
     this.#closeStream(stream, code === H2Code.NO_ERROR ? undefined : new StreamResetError(code));
   }
@@ -408,9 +414,11 @@ export class H2Session {
   }
 
   #nextReadBuffer(): Uint8Array {
-    this.#handed = this.#largeFrames ? this.#staging!.subarray(0, HEAD_READ) : this.#staging!;
-    this.#handedStream = undefined;
     const f = this.#frame;
+    // small only where a frame header and a message head come next: the payload after them
+    // is then read in place; inside a frame that is not read in place, read as much as there is
+    this.#handed = this.#largeFrames && !f ? this.#staging!.subarray(0, HEAD_READ) : this.#staging!;
+    this.#handedStream = undefined;
     // in small frames a direct read would cost a syscall per frame: only large ones, or the rest of a large frame's
     if (f && f.type === FrameType.DATA && !this.#padPending && this.#dataLeft > 0 && (this.#largeFrames || this.#dataLeft >= MIN_DIRECT)) {
       const stream = this.#streams.get(f.streamId);
