@@ -9,7 +9,12 @@ import net from 'node:net';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { describe, it, type TestContext } from 'node:test';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { loadTls, type TlsMaterial } from '../src/comm/auth.js';
 import { RpcError } from '../src/comm/errors.js';
+import { makePki } from './fixtures/pki.js';
 import { encodeHeaders } from '../src/comm/h2/hpack.js';
 import type { H2Stream, HeaderList } from '../src/comm/h2/session.js';
 import { connect, frameMessage, GrpcServer, ROUTE_HEAD_BYTES, ServerCall, startCall, type CallHandlers, type ClientSession } from '../src/comm/wire.js';
@@ -27,8 +32,8 @@ function randomBytes(seed: number, n: number): Uint8Array {
   return Uint8Array.from({ length: n }, () => Math.floor(next() * 256));
 }
 
-async function ourServer(t: TestContext, onStream: (stream: H2Stream, headers: HeaderList) => void): Promise<string> {
-  const server = await GrpcServer.listen('127.0.0.1', 0, undefined, onStream);
+async function ourServer(t: TestContext, onStream: (stream: H2Stream, headers: HeaderList) => void, tls?: TlsMaterial): Promise<string> {
+  const server = await GrpcServer.listen('127.0.0.1', 0, tls, onStream);
   t.after(() => server.close());
   return `127.0.0.1:${server.port}`;
 }
@@ -106,6 +111,21 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
     assert.equal(again.error, null);
     assert.deepEqual(again.messages.map((m) => m.length), payloads.map((p) => p.length + HEAD));
     assert.ok(again.messages[0]!.subarray(HEAD).equals(payloads[0]!));
+  });
+
+  it('over mutual TLS too, large payloads are decrypted straight into their destination', async (t) => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'comm-h2-tls-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const material = loadTls(makePki(dir, 'h2'))!;
+    const payloads = [randomBytes(11, 2 << 20), randomBytes(12, 300_000)];
+    const address = await ourServer(t, serve(payloads.map((p, i) => message(i, p))), material);
+    const session = connect(address, material);
+    t.after(() => session.destroy());
+    const got = await call(session, true);
+    assert.equal(got.error, null, String(got.error));
+    got.whole.forEach((m, i) => assert.ok(m.equals(message(i, payloads[i]!)), `message ${i} differs`));
+    const total = payloads.reduce((n, p) => n + p.length, 0);
+    assert.ok(session.directBytes >= 0.9 * total, `only ${session.directBytes} of ${total} bytes were read in place`);
   });
 
   it('our client reads a node:http2 server that pads every frame, sends 16 KiB frames and a trailer block split by CONTINUATION', async (t) => {

@@ -207,20 +207,19 @@ export class H2Session {
 
   /** A client session to host:port, over TLS when `secure` is given (ALPN h2). */
   static connect(host: string, port: number, secure: tls.ConnectionOptions | undefined, options: SessionOptions = DEFAULT_SESSION_OPTIONS): H2Session {
-    const direct = !secure;
-    const session = new H2Session('client', options, direct);
-    let socket: net.Socket;
-    if (secure) {
-      // noDelay as on plain TCP: with Nagle on, a request's second and third small writes wait for the server's delayed ACK (about 40 ms a call)
-      socket = tls.connect({ ...secure, host, port, ALPNProtocols: ['h2'] });
-      socket.setNoDelay(true);
-      socket.on('data', (b: Buffer) => session.#receive(b));
-    } else {
-      socket = net.connect({ host, port, noDelay: true, onread: { buffer: () => session.#nextReadBuffer(), callback: (n, buf) => {
-            session.#onRead(n, buf);
-            return true;
-          } } });
-    }
+    const session = new H2Session('client', options, true);
+    // the socket reads into the buffer the session names (TLS decrypts into it)
+    const onread = {
+      buffer: () => session.#nextReadBuffer(),
+      callback: (n: number, buf: Uint8Array) => {
+        session.#onRead(n, buf);
+        return true;
+      },
+    };
+    // noDelay: with Nagle on, a request's second and third small writes wait for the server's delayed ACK (about 40 ms a call)
+    // tls.connect hands `onread` to its socket (lib/_tls_wrap.js) though @types/node leaves it out
+    const socket = secure ? tls.connect({ ...secure, host, port, ALPNProtocols: ['h2'], onread } as tls.ConnectionOptions) : net.connect({ host, port, noDelay: true, onread });
+    if (secure) socket.setNoDelay(true);
     session.#attach(socket);
     session.#write([PREFACE, ...session.#openingFrames()]);
     return session;
