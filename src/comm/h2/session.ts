@@ -5,7 +5,7 @@
  *
  * Why not node:http2: it hands every received DATA frame to JavaScript as a new buffer
  * through a Readable stream, and that path cost more CPU per byte than the whole ring
- * all-reduce of gloo (README, "Collective communication"). Here a client on plain TCP reads
+ * all-reduce of gloo (README, "Collective communication"). Here a client (TCP or TLS) reads
  * with `onread`: while a DATA frame's payload is due and the stream knows where it belongs
  * (a collective's destination), the socket reads straight into that place, so a received
  * float is copied once, by the kernel. Everything else goes through one reused staging
@@ -23,7 +23,7 @@ export interface StreamHandler {
   onHeaders(headers: HeaderList, endStream: boolean): void;
   /** Payload bytes of DATA frames, in order; the view is valid only during the call. */
   onData(bytes: Uint8Array): void;
-  /** Where up to `max` of the next payload bytes may be read straight into (plain-TCP clients), or undefined. */
+  /** Where up to `max` of the next payload bytes may be read straight into (clients; servers read requests through staging), or undefined. */
   directTarget?(max: number): Uint8Array | undefined;
   /** `bytes` payload bytes were read straight into the view directTarget returned last. */
   onDirect?(bytes: number): void;
