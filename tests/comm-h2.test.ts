@@ -22,6 +22,17 @@ import { lcg } from './helpers.js';
 
 const HEAD = 40; // bytes of each test message before its payload
 
+/** Raw HTTP/2 for the tests that play a peer byte by byte. */
+const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+function frame(type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(id, 5);
+  return Buffer.concat([h, payload]);
+}
+
 /** A message: HEAD bytes of `head`, then the payload. */
 function message(head: number, payload: Uint8Array): Buffer {
   return Buffer.concat([Buffer.alloc(HEAD, head), payload]);
@@ -191,7 +202,6 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
     const http1 = await cutOff(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
     assert.ok(http1.length < 200, 'an HTTP/1 client gets at most our SETTINGS before the cut');
     // a HEADERS frame announcing 1 MiB: header blocks are held in memory, so they are capped
-    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
     const huge = Buffer.from([0x10, 0, 0, 0x1, 0x4, 0, 0, 0, 1]);
     const reply = await cutOff(Buffer.concat([preface, huge]));
     assert.ok(reply.includes(Buffer.from('a frame of type 1 of 1048576 bytes is over 65536')), `the GOAWAY names the problem: ${reply.toString('latin1')}`);
@@ -203,15 +213,6 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
   });
 
   it('a client that opens streams and never ends them gets at most 256; a stream answered early is reset, so it does not count', async (t) => {
-    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
-    const frame = (type: number, flags: number, id: number, payload: Buffer): Buffer => {
-      const h = Buffer.alloc(9);
-      h.writeUIntBE(payload.length, 0, 3);
-      h[3] = type;
-      h[4] = flags;
-      h.writeUInt32BE(id, 5);
-      return Buffer.concat([h, payload]);
-    };
     const block = encodeHeaders([[':method', 'POST'], [':scheme', 'http'], [':path', '/test.Service/Get'], [':authority', 'x'], ['content-type', 'application/grpc']]);
     /** The RST_STREAM codes the server sent, by stream, after `streams` HEADERS frames without END_STREAM. */
     const resets = async (address: string, streams: number): Promise<Map<number, number>> => {
@@ -246,21 +247,12 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
   it('a header block split into endless empty CONTINUATION frames does not grow the server\'s memory', async (t) => {
     const address = await ourServer(t, serve([Buffer.from('ok')]));
     const [host, port] = address.split(':');
-    const frame = (type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer => {
-      const h = Buffer.alloc(9);
-      h.writeUIntBE(payload.length, 0, 3);
-      h[3] = type;
-      h[4] = flags;
-      h.writeUInt32BE(id, 5);
-      return Buffer.concat([h, payload]);
-    };
     v8.setFlagsFromString('--expose-gc');
     const gc = vm.runInNewContext('gc') as () => void;
     const socket = net.connect(Number(port), host!);
     t.after(() => socket.destroy());
     const got: Buffer[] = [];
     socket.on('data', (b) => got.push(b));
-    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
     socket.write(Buffer.concat([preface, frame(0x4, 0, 0), frame(0x1, 0, 1, encodeHeaders([[':method', 'POST']]))])); // HEADERS without END_HEADERS
     gc();
     const before = process.memoryUsage().heapUsed;
@@ -280,19 +272,10 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
   it('a request that ends with a trailing HEADERS frame (END_STREAM there, not on DATA) is answered', async (t) => {
     const address = await ourServer(t, serve([Buffer.from('ok')]));
     const [host, port] = address.split(':');
-    const frame = (type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer => {
-      const h = Buffer.alloc(9);
-      h.writeUIntBE(payload.length, 0, 3);
-      h[3] = type;
-      h[4] = flags;
-      h.writeUInt32BE(id, 5);
-      return Buffer.concat([h, payload]);
-    };
     const socket = net.connect(Number(port), host!);
     t.after(() => socket.destroy());
     const got: Buffer[] = [];
     socket.on('data', (b) => got.push(b));
-    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
     const request = encodeHeaders([[':method', 'POST'], [':scheme', 'http'], [':path', '/test.Service/Get'], [':authority', 'x'], ['content-type', 'application/grpc']]);
     socket.write(Buffer.concat([preface, frame(0x4, 0, 0), frame(0x1, 0x4, 1, request), frame(0x0, 0, 1, frameMessage(Buffer.from('request'))), frame(0x1, 0x5, 1, encodeHeaders([['x-trailer', '1']]))]));
     /** The flags of the frames of `type` on stream 1 so far. */
@@ -308,14 +291,6 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
   });
 
   it('a cancelled call\'s route targets are not written after its onEnd (a read into them was pending: the connection closes)', async (t) => {
-    const frame = (type: number, flags: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer => {
-      const h = Buffer.alloc(9);
-      h.writeUIntBE(payload.length, 0, 3);
-      h[3] = type;
-      h[4] = flags;
-      h.writeUInt32BE(id, 5);
-      return Buffer.concat([h, payload]);
-    };
     let peer: net.Socket | undefined;
     const server = net.createServer((socket) => {
       peer = socket;
