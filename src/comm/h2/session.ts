@@ -90,6 +90,7 @@ interface Pending {
   readonly callback: ((error?: Error) => void) | undefined;
 }
 
+/** One stream of a session: its flow-control windows, its ends, and the DATA waiting for window. */
 export class H2Stream {
   handler: StreamHandler = IGNORE;
   /** Bytes the peer may still receive from us on this stream. */
@@ -112,12 +113,6 @@ export class H2Stream {
   ) {
     this.sendWindow = sendWindow;
     this.recvWindow = recvWindow;
-  }
-
-  get queuedBytes(): number {
-    let n = 0;
-    for (const p of this.queue) for (let i = p.piece; i < p.pieces.length; i++) n += p.pieces[i]!.length - (i === p.piece ? p.offset : 0);
-    return n;
   }
 
   /** Sends a header block; `endStream` ends our side. */
