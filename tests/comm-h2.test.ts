@@ -215,7 +215,8 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
   it('a client that opens streams and never ends them gets at most 256; a stream answered early is reset, so it does not count', async (t) => {
     const block = encodeHeaders([[':method', 'POST'], [':scheme', 'http'], [':path', '/test.Service/Get'], [':authority', 'x'], ['content-type', 'application/grpc']]);
     /** The RST_STREAM codes the server sent, by stream, after `streams` HEADERS frames without END_STREAM. */
-    const resets = async (address: string, streams: number): Promise<Map<number, number>> => {
+    /** Waits until `expected` resets came (at most 5 s), then 200 ms more in case others follow. */
+    const resets = async (address: string, streams: number, expected: number): Promise<Map<number, number>> => {
       const [host, port] = address.split(':');
       const socket = net.connect(Number(port), host!);
       t.after(() => socket.destroy());
@@ -224,22 +225,27 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
       socket.write(Buffer.concat(frames));
       const got: Buffer[] = [];
       socket.on('data', (b) => got.push(b));
-      await new Promise((resolve) => setTimeout(resolve, 500));
-      const out = new Map<number, number>();
-      const bytes = Buffer.concat(got);
-      for (let at = 0; at + 9 <= bytes.length; ) {
-        const length = bytes.readUIntBE(at, 3);
-        if (bytes[at + 3] === 0x3) out.set(bytes.readUInt32BE(at + 5) & 0x7fffffff, bytes.readUInt32BE(at + 9));
-        at += 9 + length;
-      }
-      return out;
+      const parse = (): Map<number, number> => {
+        const out = new Map<number, number>();
+        const bytes = Buffer.concat(got);
+        for (let at = 0; at + 9 <= bytes.length; ) {
+          const length = bytes.readUIntBE(at, 3);
+          if (bytes[at + 3] === 0x3 && at + 13 <= bytes.length) out.set(bytes.readUInt32BE(at + 5) & 0x7fffffff, bytes.readUInt32BE(at + 9));
+          at += 9 + length;
+        }
+        return out;
+      };
+      const deadline = Date.now() + 5000;
+      while (parse().size < expected && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      return parse();
     };
     // a server that waits for each request: the first 256 streams stay open, the rest are refused (REFUSED_STREAM = 7)
-    const waiting = await resets(await ourServer(t, serve([Buffer.from('ok')])), 300);
+    const waiting = await resets(await ourServer(t, serve([Buffer.from('ok')])), 300, 44);
     assert.deepEqual([...waiting.keys()], Array.from({ length: 44 }, (_, i) => 2 * (256 + i) + 1));
     assert.ok([...waiting.values()].every((code) => code === 7));
     // a server that answers at once (as an unauthenticated call is): each stream is reset with NO_ERROR after its status
-    const answering = await resets(await ourServer(t, (stream) => new ServerCall(stream).finish(16, 'no token')), 300);
+    const answering = await resets(await ourServer(t, (stream) => new ServerCall(stream).finish(16, 'no token')), 300, 300);
     assert.equal(answering.size, 300);
     assert.ok([...answering.values()].every((code) => code === 0), 'none was refused');
   });
@@ -264,7 +270,9 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
     // the block ends; a PING after it is answered: the session survived
     socket.write(Buffer.concat([frame(0x9, 0x4, 1, encodeHeaders([[':path', '/x']])), frame(0x6, 0, 0, Buffer.alloc(8, 7))]));
     const pingAck = frame(0x6, 0x1, 0, Buffer.alloc(8, 7));
-    while (!Buffer.concat(got).includes(pingAck)) await new Promise((resolve) => setTimeout(resolve, 20));
+    const deadline = Date.now() + 10_000;
+    while (!Buffer.concat(got).includes(pingAck) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.ok(Buffer.concat(got).includes(pingAck), 'no PING acknowledgement within 10 s: the session did not survive');
     // kept as one object per frame until the block ended, a million empty fragments held some 200 MB
     assert.ok(grown < 20e6, `the heap grew by ${(grown / 1e6).toFixed(0)} MB over 9 MB of empty CONTINUATION frames`);
   });
@@ -311,7 +319,8 @@ describe('HTTP/2 data plane (src/comm/h2)', () => {
       onEnd: () => (ended = true),
       route: (_head, bytes) => ({ headBytes: 0, targets: [target.subarray(0, bytes)], complete: () => {} }),
     });
-    while (!peer) await new Promise((resolve) => setTimeout(resolve, 10));
+    for (const deadline = Date.now() + 5000; !peer && Date.now() < deadline; ) await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.ok(peer, 'the client did not connect within 5 s');
     const response = Buffer.concat([frame(0x1, 0x4, 1, encodeHeaders([[':status', '200'], ['content-type', 'application/grpc']])), frame(0x0, 0, 1, frameMessage(Buffer.alloc(1 << 20, 0xab)))]);
     peer.write(response.subarray(0, 300_000));
     await new Promise((resolve) => setTimeout(resolve, 100));
