@@ -9,7 +9,6 @@ import { startRanks } from './fixtures/comm-launch.js';
 import { bearer, stockClient } from './fixtures/grpc-stock.js';
 import { TOKEN } from './fixtures/comm-inprocess.js';
 import { makePki } from './fixtures/pki.js';
-import { connect, frameMessage, GrpcServer, ServerCall, unaryCall } from '../src/comm/wire.js';
 
 let dir: string;
 
@@ -47,26 +46,5 @@ describe('mutual TLS', () => {
     assert.equal(r0.reason, 'unreachable', String(r0.message));
     assert.equal(r1!.name, 'CollectiveError', JSON.stringify(r1));
     assert.match(String(r0.message), /unable to verify the first certificate.*signed by the run's CA/);
-  });
-
-  it('calls on one TLS session are not held back by Nagle: a request is three small writes', async (t) => {
-    const material = { ca: readFileSync(run.ca), cert: readFileSync(run.cert), key: readFileSync(run.key) };
-    const server = await GrpcServer.listen('127.0.0.1', 0, material, (stream) => {
-      const call = new ServerCall(stream);
-      call.readRequest(1024, () => {
-        call.write([frameMessage(Buffer.from('ok'))]);
-        call.finish(0);
-      }, (e) => call.finish(e.code, e.message));
-    });
-    t.after(() => server.close());
-    const session = connect(`127.0.0.1:${server.port}`, material);
-    t.after(() => session.destroy());
-    await unaryCall(session, '/test.Service/Get', Buffer.from('r'), {}, 5000); // the handshake
-    const calls = 20;
-    const start = performance.now();
-    for (let i = 0; i < calls; i++) await unaryCall(session, '/test.Service/Get', Buffer.from('r'), {}, 5000);
-    const perCall = (performance.now() - start) / calls;
-    // with Nagle on, each call waited for the server's delayed ACK (about 40 ms here)
-    assert.ok(perCall < 15, `${perCall.toFixed(1)} ms a call`);
   });
 });

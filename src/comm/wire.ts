@@ -10,7 +10,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { TlsMaterial } from './auth.js';
 import { RpcError, Status } from './errors.js';
-import { H2Session, StreamResetError, type H2Stream, type HeaderList, type SessionOptions, DEFAULT_SESSION_OPTIONS } from './h2/session.js';
+import { H2Session, StreamResetError, type H2Stream, type HeaderList, type SessionOptions, type StreamHandler, DEFAULT_SESSION_OPTIONS } from './h2/session.js';
 
 /** HTTP/2 receive window (stream and connection) that both sides advertise: the bulk path's speed limit. */
 export const FLOW_CONTROL_WINDOW = 32 << 20;
@@ -298,7 +298,7 @@ export function startCall(
     else if (reader.partial) end(new RpcError(Status.INTERNAL, 'the stream ended in the middle of a message'), true);
     else end(null);
   };
-  stream = session.request(requestHeaders(session, path, timeoutMs, metadata), {
+  const handler: StreamHandler = {
     onHeaders: (headers, endStream) => {
       if (ended) return;
       if (!responded) {
@@ -335,9 +335,13 @@ export function startCall(
       else if (error) end(error);
       else end(new RpcError(Status.INTERNAL, 'the response ended without a grpc-status'));
     },
-  }, SECRET_HEADERS);
-  stream.write([frameMessage(request)]);
-  stream.end();
+  };
+  // HEADERS, the request and END_STREAM in one write: small writes apart would wait on each other (Nagle)
+  session.corked(() => {
+    stream = session.request(requestHeaders(session, path, timeoutMs, metadata), handler, SECRET_HEADERS);
+    stream.write([frameMessage(request)]);
+    stream.end();
+  });
   return {
     cancel: () => {
       end(new RpcError(Status.CANCELLED, 'cancelled'));

@@ -248,6 +248,17 @@ export class H2Session {
     else this.#closeListeners.push(listener);
   }
 
+  /** Runs `fn` with the socket corked: what it writes leaves in one write (a request's HEADERS and DATA, for one). */
+  corked<T>(fn: () => T): T {
+    const socket = this.#socket;
+    socket?.cork();
+    try {
+      return fn();
+    } finally {
+      socket?.uncork();
+    }
+  }
+
   /** Opens a stream (client side) with a header block. */
   request(headers: ReadonlyArray<readonly [string, string]>, handler: StreamHandler, secret?: ReadonlySet<string>): H2Stream {
     if (this.role !== 'client') throw new Error('only a client session opens streams');
