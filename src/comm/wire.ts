@@ -10,16 +10,16 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { TlsMaterial } from './auth.js';
 import { RpcError, Status } from './errors.js';
+import { FRAME_HEADER_BYTES } from './h2/frames.js';
 import { H2Session, StreamResetError, type H2Stream, type HeaderList, type SessionOptions, type StreamHandler, DEFAULT_SESSION_OPTIONS } from './h2/session.js';
 
-/** HTTP/2 receive window (stream and connection) that both sides advertise: the bulk path's speed limit. */
-export const FLOW_CONTROL_WINDOW = 32 << 20;
 /** Largest request a server reads: requests are a few dozen bytes. */
 export const MAX_REQUEST_BYTES = 16 << 10;
 /** Bytes of a message's start a router sees before it decides where the rest goes. */
 export const ROUTE_HEAD_BYTES = 256;
 
-const SESSION_OPTIONS: SessionOptions = { ...DEFAULT_SESSION_OPTIONS, window: FLOW_CONTROL_WINDOW };
+/** A frame header, the gRPC length prefix and the route head: the small read where a large frame starts. */
+const SESSION_OPTIONS: SessionOptions = { ...DEFAULT_SESSION_OPTIONS, headReadBytes: FRAME_HEADER_BYTES + 5 + ROUTE_HEAD_BYTES };
 /** grpc-message: percent-encode every byte outside printable ASCII, and '%' itself (gRPC HTTP/2 spec). */
 export function encodeGrpcMessage(text: string): string {
   let out = '';
@@ -391,10 +391,7 @@ export class ServerCall {
 
   constructor(readonly stream: H2Stream) {
     stream.handler = {
-      // request trailers: gRPC clients send none, but a peer may end its request with them
-      onHeaders: (_headers, endStream) => {
-        if (endStream) this.#onRequestEnd?.();
-      },
+      onHeaders: () => {}, // request trailers: gRPC clients send none; their end comes as onEnd
       onData: (bytes) => this.#onRequestData?.(bytes),
       onEnd: () => this.#onRequestEnd?.(),
       onClose: () => {
@@ -439,7 +436,6 @@ export class ServerCall {
       if (code !== Status.OK) this.stream.dropQueued(new Error(`the call ended with status ${code}`));
       this.stream.end(status);
     }
-    this.#resetIfOpen(code === Status.OK ? undefined : 500);
   }
 
   /** Reads the one request message of the call, within the size limit. */
@@ -466,12 +462,6 @@ export class ServerCall {
     };
     if (this.stream.remoteEnded) queueMicrotask(done);
     else this.#onRequestEnd = done;
-  }
-
-  /** After a failure status, a peer that stopped reading never lets the stream end: reset it after a grace period. */
-  #resetIfOpen(graceMs: number | undefined): void {
-    if (graceMs === undefined) return;
-    setTimeout(() => this.stream.reset(), graceMs).unref();
   }
 }
 

@@ -134,18 +134,17 @@ export class Trainer {
   /** Gradients of the batch, all-reduced and clipped, ready to apply; nothing is changed yet. */
   async reduce(batch: Batch, placement: StepPlacement = {}): Promise<ReducedStep> {
     const { objective, optimizer, params, clipNorm, reducer } = this.options;
-    let grads: Float32Array[];
     let computeSeconds = 0;
     let copySeconds = 0;
     let lossSum = 0;
     let targets = 0;
     let correct = 0;
     const host = this.#hostBuffers();
+    const grads = host.grads;
     this.#supersede?.(); // before the shared host buffers are overwritten
     this.#supersede = undefined;
     if (reducer && (batch.batchSize === 0 || countTargets(batch) === 0)) {
       // a replica whose share has no targets still takes part in the sum, with zeros
-      grads = host.grads;
       for (const g of grads) g.fill(0);
     } else {
       const microBatches = Math.min(this.options.microBatches ?? 1, batch.batchSize);
@@ -160,7 +159,6 @@ export class Trainer {
       const copyStart = performance.now();
       computeSeconds = (copyStart - computeStart) / 1000;
       // host copies: the reducer and the clipping write into them, never into a tensor's memory
-      grads = host.grads;
       result.grads.forEach((g, i) => grads[i]!.set(g.dataSync() as Float32Array));
       copySeconds = (performance.now() - copyStart) / 1000;
       tf.dispose(result.grads);

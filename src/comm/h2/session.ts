@@ -27,7 +27,7 @@ export interface StreamHandler {
   directTarget?(max: number): Uint8Array | undefined;
   /** `bytes` payload bytes were read straight into the view directTarget returned last. */
   onDirect?(bytes: number): void;
-  /** The peer ended its side with a DATA frame (after the headers' endStream, onHeaders says so). */
+  /** The peer ended its side: on a DATA frame, or on a trailing header block (after its onHeaders). */
   onEnd?(): void;
   /** Exactly once: both sides ended (error undefined), or a reset or the connection's loss. */
   onClose(error: Error | undefined): void;
@@ -39,11 +39,18 @@ export interface SessionOptions {
   /** Largest frame the peer may send us. */
   readonly maxFrameBytes: number;
   readonly maxHeaderListBytes: number;
+  /**
+   * While the peer sends large DATA frames, reads that are not straight into a destination
+   * take only this much where a frame starts: its header and the head of the message it
+   * carries, so that the payload after them is read in place rather than copied from staging.
+   */
+  readonly headReadBytes: number;
   /** Server side: a new stream from the peer; set `stream.handler` before returning. */
   readonly onStream?: (stream: H2Stream, headers: HeaderList, endStream: boolean) => void;
 }
 
-export const DEFAULT_SESSION_OPTIONS: SessionOptions = { window: 32 << 20, maxFrameBytes: MAX_FRAME_LIMIT, maxHeaderListBytes: 64 << 10 };
+/** The 32 MiB receive windows (stream and connection) are the bulk path's speed limit. */
+export const DEFAULT_SESSION_OPTIONS: SessionOptions = { window: 32 << 20, maxFrameBytes: MAX_FRAME_LIMIT, maxHeaderListBytes: 64 << 10, headReadBytes: 4096 };
 
 /** A stream closed by the peer's RST_STREAM (or ours). */
 export class StreamResetError extends Error {
@@ -66,12 +73,6 @@ const MAX_PEER_STREAMS = 256;
  * reading while frames it provokes (PING, SETTINGS acknowledgements) pile up.
  */
 const MAX_UNSENT_BYTES = 256 << 20;
-/**
- * While the peer sends large DATA frames, reads that are not direct take only this much: a
- * frame header and a message's head, so that the payload after them is not read into the
- * staging buffer and copied, but read where it belongs.
- */
-const HEAD_READ = FRAME_HEADER_BYTES + 5 + 256;
 const LARGE_FRAME = 4 * MIN_DIRECT;
 
 /** The frame being received: `left` payload bytes are still to come. */
@@ -181,7 +182,7 @@ export class H2Session {
   readonly #staging: Buffer | undefined;
   #handed: Uint8Array | undefined;
   #handedStream: H2Stream | undefined;
-  /** The last DATA frame was large: expect the next to be too (see HEAD_READ). */
+  /** The last DATA frame was large: expect the next to be too (see headReadBytes). */
   #largeFrames = false;
   #directBytes = 0;
   #closing = false;
@@ -189,20 +190,21 @@ export class H2Session {
   #error: Error | undefined;
   readonly #closeListeners: ((error: Error | undefined) => void)[] = [];
 
-  private constructor(role: 'client' | 'server', options: SessionOptions, direct: boolean) {
+  private constructor(role: 'client' | 'server', options: SessionOptions) {
     this.role = role;
     this.options = options;
     this.#nextStreamId = role === 'client' ? 1 : 2;
     this.#prefaceLeft = role === 'server' ? PREFACE.length : 0;
     this.#decoder = new HeaderDecoder(options.maxHeaderListBytes);
-    this.#staging = direct ? Buffer.allocUnsafeSlow(STAGING_BYTES) : undefined;
+    // only clients read with onread (servers take requests from 'data' events)
+    this.#staging = role === 'client' ? Buffer.allocUnsafeSlow(STAGING_BYTES) : undefined;
     if (options.maxFrameBytes < DEFAULT_MAX_FRAME || options.maxFrameBytes > MAX_FRAME_LIMIT) throw new Error(`maxFrameBytes ${options.maxFrameBytes} is not in ${DEFAULT_MAX_FRAME}..${MAX_FRAME_LIMIT}`);
     if (options.window < DEFAULT_WINDOW || options.window > MAX_WINDOW) throw new Error(`window ${options.window} is not in ${DEFAULT_WINDOW}..${MAX_WINDOW}`);
   }
 
   /** A client session to host:port, over TLS when `secure` is given (ALPN h2). */
   static connect(host: string, port: number, secure: tls.ConnectionOptions | undefined, options: SessionOptions = DEFAULT_SESSION_OPTIONS): H2Session {
-    const session = new H2Session('client', options, true);
+    const session = new H2Session('client', options);
     // the socket reads into the buffer the session names (TLS decrypts into it)
     const onread = {
       buffer: () => session.#nextReadBuffer(),
@@ -222,7 +224,7 @@ export class H2Session {
 
   /** The server side of an accepted (and, with TLS, handshaken) socket. */
   static accept(socket: net.Socket, options: SessionOptions): H2Session {
-    const session = new H2Session('server', options, false);
+    const session = new H2Session('server', options);
     socket.setNoDelay(true);
     socket.on('data', (b: Buffer) => session.#receive(b));
     session.#attach(socket);
@@ -422,7 +424,7 @@ export class H2Session {
     const f = this.#frame;
     // small only where a frame header and a message head come next: the payload after them
     // is then read in place; inside a frame that is not read in place, read as much as there is
-    this.#handed = this.#largeFrames && !f ? this.#staging!.subarray(0, HEAD_READ) : this.#staging!;
+    this.#handed = this.#largeFrames && !f ? this.#staging!.subarray(0, this.options.headReadBytes) : this.#staging!;
     this.#handedStream = undefined;
     // in small frames a direct read would cost a syscall per frame: only large ones, or the rest of a large frame's
     if (f && f.type === FrameType.DATA && !this.#padPending && this.#dataLeft > 0 && (this.#largeFrames || this.#dataLeft >= MIN_DIRECT)) {
@@ -581,7 +583,7 @@ export class H2Session {
     switch (f.type) {
       case FrameType.DATA: {
         const stream = this.#streams.get(f.streamId);
-        if (stream && (f.flags & Flag.END_STREAM) !== 0) this.#remoteEnd(stream, true);
+        if (stream && (f.flags & Flag.END_STREAM) !== 0) this.#remoteEnd(stream);
         return;
       }
       case FrameType.HEADERS:
@@ -678,12 +680,12 @@ export class H2Session {
     if (stream.closed || stream.remoteEnded) return;
     if (block.endStream) stream.remoteEnded = true;
     stream.handler.onHeaders(headers, block.endStream);
-    if (block.endStream) this.#remoteEnd(stream, false);
+    if (block.endStream) this.#remoteEnd(stream);
   }
 
-  #remoteEnd(stream: H2Stream, notify: boolean): void {
+  #remoteEnd(stream: H2Stream): void {
     stream.remoteEnded = true;
-    if (notify && !stream.closed) stream.handler.onEnd?.();
+    if (!stream.closed) stream.handler.onEnd?.();
     if (stream.localEnded) this.#closeStream(stream, undefined);
   }
 
