@@ -19,6 +19,7 @@ import { AuthConfigError, loadTls } from '../src/comm/auth.js';
 import { CoordinatorError } from '../src/coordinator/coordinator.js';
 import { ConvertError } from '../src/checkpoint/model-sources.js';
 import { startRun } from '../src/coordinator/start.js';
+import { type Balance, BALANCES } from '../src/coordinator/shares.js';
 import { readRunFile, RUN_FILE_EXAMPLE, RunConfigError } from '../src/coordinator/run-config.js';
 import type { OptimizerConfig } from '../src/optim/config.js';
 import { ConfigError, parseBertConfig } from '../src/model/config.js';
@@ -53,6 +54,7 @@ interface StartOptions {
   globalBatch: number;
   microBatch: number;
   allreduceCompression: 'none' | 'fp16';
+  balance: Balance;
   localWorkers?: number;
   workers?: number;
   minWorkers: number;
@@ -160,6 +162,7 @@ async function start(opts: StartOptions, command: Command): Promise<void> {
       globalBatch: opts.globalBatch,
       microBatch: opts.microBatch,
       allreduceCompression: opts.allreduceCompression,
+      balance: opts.balance,
       seed: opts.seed,
       clipNorm: opts.clipNorm,
       recompute: opts.recompute ?? true,
@@ -243,6 +246,7 @@ function buildProgram(): Command {
     .option('--global-batch <n>', 'sequences per step, split across the workers', positiveInt, DEFAULTS.globalBatch)
     .option('--micro-batch <n>', 'sequences per micro-batch on a worker (gradients accumulated over its share; 0: the whole share at once)', nonNegativeInt, 0)
     .addOption(new Option('--allreduce-compression <kind>', 'fp16: gradients travel as float16, half the bytes, sums kept in float32 (the loss and counts stay exact); the update then differs from one worker\'s by the rounding (README)').choices(['none', 'fp16']).default('none'))
+    .addOption(new Option('--balance <how>', 'how a step\'s batch is split across the workers: measured (by each one\'s measured speed, so a slower core or node does not hold every step back) or even (runs with the same workers are bit-reproducible); what is learned is the same either way, within float rounding').choices([...BALANCES]).default('measured'))
     .option('--local-workers <n>', 'worker processes to start on this machine (default: one per core; 0: only workers started elsewhere)', nonNegativeInt)
     .option('--workers <n>', 'workers the run needs before it starts (default: --local-workers)', positiveInt)
     .option('--min-workers <n>', 'when a worker is lost, the others run its step again while at least n are left; below, the coordinator waits --rejoin-timeout for workers to join, then checkpoints and stops', positiveInt, 1)

@@ -12,8 +12,8 @@ interface CpuBackendLike {
  * would use the old weights. Writes go through assign.
  */
 
-/** The variable's own float32 storage (a view into the wasm heap, the cpu backend's array), if reachable. */
-function storageOf(variable: tf.Variable): Float32Array | undefined {
+/** A tensor's own float32 storage (a view into the wasm heap, the cpu backend's array), if reachable. */
+function storageOf(variable: tf.Tensor): Float32Array | undefined {
   if (variable.dtype !== 'float32') return undefined;
   const backend = tf.backend();
   const name = tf.getBackend();
@@ -35,7 +35,24 @@ function storageOf(variable: tf.Variable): Float32Array | undefined {
  * optimizer reads every weight every step), else into a fresh array.
  */
 export function readVariableCopy(variable: tf.Variable, target?: Float32Array): Float32Array {
-  const out = target && target.length === variable.size ? target : new Float32Array(variable.size);
-  out.set(storageOf(variable) ?? (variable.dataSync() as Float32Array));
+  return readTensorCopy(variable, target);
+}
+
+/**
+ * The same for any float32 tensor (a gradient into the trainer's host buffer): one copy
+ * straight from the backend's memory, where `dataSync` would copy twice and leave the
+ * garbage collector an array of the tensor's size.
+ */
+export function readTensorCopy(tensor: tf.Tensor, target?: Float32Array): Float32Array {
+  const out = target && target.length === tensor.size ? target : new Float32Array(tensor.size);
+  out.set(storageOf(tensor) ?? (tensor.dataSync() as Float32Array));
   return out;
+}
+
+/**
+ * Whether `tf.tensor(values)` copies `values` on the current backend (wasm moves them into
+ * its heap), so that the caller may reuse the array at once; the cpu backend keeps it.
+ */
+export function tensorCreationCopies(): boolean {
+  return tf.getBackend() === 'wasm';
 }

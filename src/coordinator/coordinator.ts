@@ -3,9 +3,9 @@
  * the exactly-once ledger and its journal, and the checkpoints; workers own the replicas.
  *
  * A step, as it binds (see also src/train/trainer.ts):
- * 1. the ledger hands out the step's records; rank r gets the contiguous share
- *    [r*B/W, (r+1)*B/W) of the global batch, with its position (`firstSample`), so masks
- *    and dropout do not depend on which worker has which sample;
+ * 1. the ledger hands out the step's records; each rank gets a contiguous share of the
+ *    global batch (sized by the workers' measured speeds, see shares.ts), with its position
+ *    (`firstSample`), so masks and dropout do not depend on which worker has which sample;
  * 2. every worker reduces its gradients with the others and reports;
  * 3. when every report is in and good, the commit is journaled (fsynced), then sent:
  *    workers apply the step only now. A failed or late step is aborted: nothing was
@@ -34,6 +34,7 @@ import { type CommittedStep, DataLedger } from '../run/ledger.js';
 import { Journal, JOURNAL_FILE, JOURNAL_FORMAT, type JournalEntry } from '../run/journal.js';
 import type { CoordinatorMetrics } from '../metrics/metrics.js';
 import { ranksOfStep, type RunObserver } from './observer.js';
+import { type Balance, ShareBalancer } from './shares.js';
 import type { LogFields, LogFn } from '../log/logger.js';
 
 export class CoordinatorError extends Error {
@@ -53,6 +54,8 @@ export interface CoordinatorOptions {
   readonly keepCheckpoints: number;
   /** Every this many steps the replicas' parameter digests are compared (0: never). */
   readonly checksumEvery: number;
+  /** How a step's batch is split across the ranks (default 'measured'; see shares.ts). */
+  readonly balance?: Balance;
   readonly workers: number;
   /** A lost worker's step is run again by the others while at least this many are left. */
   readonly minWorkers: number;
@@ -173,8 +176,11 @@ export class Coordinator {
   /** When workers of each name were lost: the backoff of a host that keeps failing. */
   private readonly failures = new Map<string, number[]>();
   private failureCount = 0;
+  private readonly balancer: ShareBalancer;
 
-  constructor(private readonly o: CoordinatorOptions) {}
+  constructor(private readonly o: CoordinatorOptions) {
+    this.balancer = new ShareBalancer(o.balance ?? 'measured');
+  }
 
   /** Where the run stands, for every log line: the generation and the last committed step (a line about another step names it). */
   get logContext(): LogFields {
@@ -390,9 +396,9 @@ export class Coordinator {
         // the digest of the state before this step: that of the step before it, committed everywhere
         const digest = o.checksumEvery > 0 && (step - 1) % o.checksumEvery === 0 && step > 1;
         const reports = this.expectReports(step, workers);
+        const shares = this.balancer.split(n, length, workers.map((w) => w.id));
         for (let rank = 0; rank < workers.length; rank++) {
-          const from = Math.floor((rank * n) / workers.length);
-          const to = Math.floor(((rank + 1) * n) / workers.length);
+          const { from, to } = shares[rank]!;
           const records = handed.records.slice(from, to).map((id, i) => ({ id, example: Buffer.from(examples[from + i]!) }));
           this.send(workers[rank]!, { kind: 'work', work: { generation: this.generation, step, epoch: handed.epoch, firstSample: from, globalBatch: n, records, length, digest } });
         }
@@ -453,6 +459,10 @@ export class Coordinator {
           }
           replicaChecks++;
         }
+        workers.forEach((w, rank) => {
+          const r = results.get(w.id)!;
+          this.balancer.observe(w.id, shares[rank]!.to - shares[rank]!.from, length, r.forwardBackwardSeconds, r.applySeconds + r.copySeconds);
+        });
         const committed = ledger.commit(step);
         await journal.append({ type: 'commit', step: committed.step, epoch: committed.epoch, positions: committed.positions.map((r) => [r[0], r[1]] as [number, number]) });
         for (const w of workers) this.send(w, { kind: 'commit', commit: { generation: this.generation, step } });
@@ -602,6 +612,7 @@ export class Coordinator {
 
   private onGone(s: WorkerSession): void {
     this.o.observer?.onWorkerGone(s);
+    this.balancer.forget(s.id);
     if (this.members.length === 0) {
       this.o.log(`worker ${s.id} (${s.name}) left before the run started: ${s.gone}`, { workerId: s.id, workerName: s.name }, 'warn');
       const i = this.ready.indexOf(s);

@@ -18,6 +18,7 @@ import { type BertConfig, presetConfig } from '../model/config.js';
 import { type OptimizerConfig } from '../optim/config.js';
 import { readManifest } from '../data/dataset.js';
 import { Coordinator, CoordinatorError, type CoordinatorSummary } from './coordinator.js';
+import type { Balance } from './shares.js';
 import { LocalWorkers } from './local-workers.js';
 import { guardObserver } from './observer.js';
 import { type Logger, type LogFn, pemSecrets } from '../log/logger.js';
@@ -43,6 +44,8 @@ export interface StartSettings {
   microBatch: number;
   /** See RunSpec. Default 'none'. */
   allreduceCompression?: 'none' | 'fp16';
+  /** How a step's batch is split across the ranks (see shares.ts). Default 'measured'. */
+  balance?: Balance;
   seed: number;
   clipNorm: number;
   recompute: boolean;
@@ -181,6 +184,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     checkpointEvery: settings.checkpointEvery,
     keepCheckpoints: settings.keep,
     checksumEvery: settings.checksumEvery,
+    balance: settings.balance ?? 'measured',
     workers,
     minWorkers: Math.min(settings.minWorkers, workers),
     token,

@@ -125,10 +125,13 @@ export class Optimizer {
   /**
    * Applies one gradient per parameter (in `params` order). With gradient accumulation,
    * only every k-th call steps; the others add to the sums and return `applied: false`.
+   * Non-finite gradients are refused before anything changes, at the cost of a pass over
+   * them; a caller that computed their norm already (finite only if every value is) says
+   * `gradientsFinite` and saves it.
    */
-  apply(params: ParameterAccess, grads: readonly Float32Array[]): StepReport {
+  apply(params: ParameterAccess, grads: readonly Float32Array[], options: { gradientsFinite?: boolean } = {}): StepReport {
     if (this.trainedBackup) throw new OptimizerError('the EMA weights are applied; call restoreTrained() before the next step');
-    this.checkParameters(params, grads);
+    this.checkParameters(params, grads, options.gradientsFinite === true);
     const k = this.accumulation?.steps ?? 1;
     if (k > 1) {
       for (let i = 0; i < grads.length; i++) {
@@ -177,12 +180,11 @@ export class Optimizer {
         else run(w - 1);
       };
       run(this.wrappers.length - 1);
-      value.set(proposed);
-      params.write(i, value);
+      params.write(i, proposed);
       if (this.ema) {
         const average = slots.get(this.averageSlot)!.data;
         const m = this.ema.momentum;
-        for (let j = 0; j < average.length; j++) average[j] = m * average[j]! + (1 - m) * value[j]!;
+        for (let j = 0; j < average.length; j++) average[j] = m * average[j]! + (1 - m) * proposed[j]!;
       }
       sum?.fill(0);
     }
@@ -252,7 +254,7 @@ export class Optimizer {
   }
 
   /** Everything that could fail is checked before anything changes: no step is ever half applied. */
-  private checkParameters(params: ParameterAccess, grads?: readonly Float32Array[]): void {
+  private checkParameters(params: ParameterAccess, grads?: readonly Float32Array[], knownFinite = false): void {
     if (this.paramNames === undefined) {
       this.paramNames = [...params.names];
     } else if (params.names.length !== this.paramNames.length || params.names.some((n, i) => n !== this.paramNames![i])) {
@@ -283,6 +285,7 @@ export class Optimizer {
       const g = grads[i]!;
       const n = sizeOf(params.shape(i));
       if (g.length !== n) throw new OptimizerError(`gradient of ${params.names[i]} has ${g.length} values, the parameter has ${n}`);
+      if (knownFinite) continue;
       // x * 0 is NaN exactly for NaN and infinities: one multiply-add per element, in four
       // independent sums so that the adds do not wait on each other
       let p0 = 0;

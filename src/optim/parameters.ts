@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { readVariableCopy } from '../backend/variable-storage.js';
+import { readVariableCopy, tensorCreationCopies } from '../backend/variable-storage.js';
 import type { NamedWeight } from '../model/weights.js';
 
 /**
@@ -74,8 +74,8 @@ export class VariableParameters implements ParameterAccess {
 
   write(index: number, values: Float32Array): void {
     const weight = this.weights[index]!;
-    // a copy: the cpu backend keeps the array it is given, and `values` may be a reused buffer
-    const fresh = tf.tensor(values.slice(), [...weight.shape], 'float32');
+    // the cpu backend keeps the array it is given, and `values` may be a reused buffer
+    const fresh = tf.tensor(tensorCreationCopies() ? values : values.slice(), [...weight.shape], 'float32');
     weight.variable.assign(fresh);
     fresh.dispose();
   }

@@ -10,11 +10,13 @@
  * 2. the reducer sums gradients and the statistics (loss sum, targets, hits) in one
  *    collective, and every replica divides by the global target count: the update of N
  *    replicas equals one process on the whole batch;
- * 3. clipping reads the global gradient, after the reduction;
- * 4. a non-finite loss stops the run before anything is applied.
+ * 3. clipping reads the global gradient, after the reduction; the division by the target
+ *    count and the clipping are one multiplication;
+ * 4. a non-finite loss or gradient stops the run before anything is applied.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { type Batch, countTargets } from '../batch.js';
+import { readTensorCopy } from '../backend/variable-storage.js';
 import type { Optimizer } from '../optim/optimizer.js';
 import type { ParameterAccess } from '../optim/parameters.js';
 import type { NamedWeight } from '../model/weights.js';
@@ -159,12 +161,15 @@ export class Trainer {
       const copyStart = performance.now();
       computeSeconds = (copyStart - computeStart) / 1000;
       // host copies: the reducer and the clipping write into them, never into a tensor's memory
-      result.grads.forEach((g, i) => grads[i]!.set(g.dataSync() as Float32Array));
+      result.grads.forEach((g, i) => readTensorCopy(g, grads[i]!));
       copySeconds = (performance.now() - copyStart) / 1000;
       tf.dispose(result.grads);
       ({ lossSum, targets, correct } = result);
     }
     let reduceSeconds = 0;
+    // one factor for the division by the global target count and the clipping, applied in
+    // one pass after the norm: each pass over the gradients costs as much as the all-reduce
+    let factor = 1;
     if (reducer) {
       const stats = host.stats;
       stats.set([lossSum, targets, correct]);
@@ -177,17 +182,23 @@ export class Trainer {
       }
       reduceSeconds = (performance.now() - started) / 1000;
       [lossSum, targets, correct] = [stats[0]!, stats[1]!, stats[2]!];
-      scaleInPlace(grads, 1 / targets);
+      factor = 1 / targets;
     }
+    const where = placement.step === undefined ? '' : ` at step ${placement.step}`;
     if (targets === 0) {
       throw new TrainingError(`${placement.step === undefined ? 'a step' : `step ${placement.step}`} has no target positions in the whole batch: check that the data has masked or target tokens`);
     }
     const loss = lossSum / targets;
     if (!Number.isFinite(loss)) {
-      throw new TrainingError(`the loss became ${loss}${placement.step === undefined ? '' : ` at step ${placement.step}`} (the weights were not updated): lower the learning rate${clipNorm > 0 ? '' : ' or clip the gradients (--clip-norm)'}`);
+      throw new TrainingError(`the loss became ${loss}${where} (the weights were not updated): lower the learning rate${clipNorm > 0 ? '' : ' or clip the gradients (--clip-norm)'}`);
     }
-    const gradNorm = hostGlobalNorm(grads);
-    if (clipNorm > 0 && gradNorm > clipNorm) scaleInPlace(grads, clipNorm / gradNorm);
+    // finite exactly when every gradient is (the optimizer need not look again)
+    const gradNorm = hostGlobalNorm(grads) * factor;
+    if (!Number.isFinite(gradNorm)) {
+      throw new TrainingError(`a gradient became ${gradNorm}${where} with a finite loss (the weights were not updated): lower the learning rate${clipNorm > 0 ? '' : ' or clip the gradients (--clip-norm)'}`);
+    }
+    if (clipNorm > 0 && gradNorm > clipNorm) factor *= clipNorm / gradNorm;
+    scaleInPlace(grads, factor);
     let applied = false;
     let superseded = false;
     if (this.#host) this.#supersede = () => (superseded = true);
@@ -203,7 +214,7 @@ export class Trainer {
         if (applied) throw new Error('this step was applied already');
         if (superseded) throw new Error('this step\'s gradients were overwritten by a later reduce (they share the reducer\'s memory): apply or drop a step before reducing the next');
         applied = true;
-        const report = optimizer.apply(params, grads);
+        const report = optimizer.apply(params, grads, { gradientsFinite: true });
         // an accumulation micro-step applies nothing: the rate the coming update uses
         return { applied: report.applied, lr: report.applied ? report.lr : optimizer.currentLearningRate };
       },

@@ -1,0 +1,114 @@
+/**
+ * How a step's global batch is split across the ranks. The split never changes what is
+ * learned: every sample keeps its global position (`firstSample`), so its masks and dropout
+ * do not depend on who computes it, and the all-reduce sums the same gradients (in a
+ * different order, so equal within float rounding, not bitwise, to another split).
+ *
+ * - 'even': rank r gets [r*B/W, (r+1)*B/W). Runs with the same workers are bit-reproducible.
+ * - 'measured' (default): shares follow each worker's measured speed, so that every rank
+ *   reaches the all-reduce at about the same time. A synchronous step waits for its slowest
+ *   rank; two cores of one machine, or two nodes of a cluster, are rarely equally fast (on
+ *   the 2-vCPU machines here one core ran a fixed loop 13% slower than the other for
+ *   minutes at a time).
+ *
+ * The model of a rank's time to the all-reduce is `fixed + samples * perSample`: `fixed`
+ * is what does not grow with its share (the previous step's optimizer update, the copy of
+ * its gradients), `perSample` the forward and backward pass per sample. Every share is
+ * padded to the global batch's longest record, so the samples of one step cost the same,
+ * but steps of longer records cost more: the averages are kept per position (samples times
+ * the step's length). Both are exponential moving averages of the workers' step reports.
+ */
+export type Balance = 'even' | 'measured';
+
+export const BALANCES: readonly Balance[] = ['even', 'measured'];
+
+/** [from, to) of the global batch, per rank. */
+export interface Share {
+  readonly from: number;
+  readonly to: number;
+}
+
+interface Estimate {
+  fixed: number;
+  perPosition: number;
+}
+
+/** Weight of the newest report in the averages: a core that turns slow is followed within a few steps. */
+const SMOOTHING = 0.4;
+
+export class ShareBalancer {
+  private readonly estimates = new Map<number, Estimate>();
+
+  constructor(readonly balance: Balance) {}
+
+  /**
+   * A worker's report of a step: `samples` of `length` positions it computed in
+   * `forwardBackwardSeconds`, and `fixedSeconds` that did not depend on its share. Shares
+   * of 0 samples teach nothing.
+   */
+  observe(workerId: number, samples: number, length: number, forwardBackwardSeconds: number, fixedSeconds: number): void {
+    if (!(samples > 0 && length > 0 && forwardBackwardSeconds > 0 && fixedSeconds >= 0)) return;
+    const perPosition = forwardBackwardSeconds / (samples * length);
+    const known = this.estimates.get(workerId);
+    if (!known) {
+      this.estimates.set(workerId, { fixed: fixedSeconds, perPosition });
+      return;
+    }
+    known.fixed += SMOOTHING * (fixedSeconds - known.fixed);
+    known.perPosition += SMOOTHING * (perPosition - known.perPosition);
+  }
+
+  /** A worker that left: a later worker of the same id (a restart) is measured afresh. */
+  forget(workerId: number): void {
+    this.estimates.delete(workerId);
+  }
+
+  /** Contiguous shares of `samples` (of `length` positions) for the workers in rank order; they cover [0, samples) exactly. */
+  split(samples: number, length: number, workerIds: readonly number[]): Share[] {
+    const counts = this.balance === 'measured' ? this.measuredCounts(samples, length, workerIds) : undefined;
+    return sharesOf(counts ?? evenCounts(samples, workerIds.length));
+  }
+
+  /** Counts that equalize the predicted times to the all-reduce; undefined until every worker was measured. */
+  private measuredCounts(samples: number, length: number, workerIds: readonly number[]): number[] | undefined {
+    const estimates = workerIds.map((id) => this.estimates.get(id));
+    if (workerIds.length < 2 || estimates.some((e) => e === undefined)) return undefined;
+    const known = (estimates as Estimate[]).map((e) => ({ fixed: e.fixed, perSample: e.perPosition * length }));
+    // fixed_r + c_r * perSample_r = T for every rank that gets samples, sum c_r = samples;
+    // a rank whose fixed time alone exceeds T gets none, and T is solved again without it
+    const active = new Set(known.map((_, r) => r));
+    let exact: number[] = [];
+    for (;;) {
+      let rate = 0;
+      let offset = 0;
+      for (const r of active) {
+        rate += 1 / known[r]!.perSample;
+        offset += known[r]!.fixed / known[r]!.perSample;
+      }
+      const time = (samples + offset) / rate;
+      exact = known.map((e, r) => (active.has(r) ? (time - e.fixed) / e.perSample : 0));
+      const idle = exact.findIndex((c, r) => active.has(r) && c < 0);
+      if (idle < 0) break;
+      active.delete(idle);
+    }
+    return roundToTotal(exact, samples);
+  }
+}
+
+function evenCounts(samples: number, ranks: number): number[] {
+  return Array.from({ length: ranks }, (_, r) => Math.floor(((r + 1) * samples) / ranks) - Math.floor((r * samples) / ranks));
+}
+
+/** Largest remainder: integer counts that sum to `total`, each within 1 of its exact value. */
+function roundToTotal(exact: readonly number[], total: number): number[] {
+  const counts = exact.map((c) => Math.max(0, Math.floor(c)));
+  let left = total - counts.reduce((a, b) => a + b, 0);
+  const byRemainder = exact.map((c, r) => ({ r, rest: c - Math.floor(c) })).sort((a, b) => b.rest - a.rest || a.r - b.r);
+  for (let i = 0; left > 0; i = (i + 1) % byRemainder.length, left--) counts[byRemainder[i]!.r]!++;
+  return counts;
+}
+
+function sharesOf(counts: readonly number[]): Share[] {
+  let at = 0;
+  return counts.map((c) => ({ from: at, to: (at += c) }));
+}
