@@ -4,12 +4,17 @@
  * global batch, so the scaling efficiency reads directly. The data is the sample corpus
  * prepared at the sequence length; the model's vocabulary is Google's Chinese BERT's size
  * (21128), which sets the cost of the output softmax, whatever the data's vocabulary.
+ *
+ * The machines here change speed by 20-30% within a minute (two vCPUs whose hosts are
+ * shared), so one run of each worker count compares two different machines. The runs are
+ * interleaved in rounds, the order reversed every other round, and the figures are the
+ * medians over the rounds (the efficiency: the median of each round's own ratio).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { positiveInt } from '../src/cli/common.js';
 import { startRun } from '../src/coordinator/start.js';
 import type { StepBreakdown } from '../src/coordinator/coordinator.js';
@@ -27,6 +32,8 @@ interface Options {
   recompute: boolean;
   backend: string;
   allreduceCompression: 'none' | 'fp16';
+  balance: 'even' | 'dynamic';
+  rounds: number;
 }
 
 const SAMPLE = fileURLToPath(new URL('../../data/sample/', import.meta.url));
@@ -38,11 +45,13 @@ function parse(argv: string[]): Options {
     .option('--vocab <n>', 'the model\'s vocabulary size', positiveInt, 21128)
     .option('--seq <n>', 'sequence length (the data is prepared at it)', positiveInt, 128)
     .option('--global-batch <n>', 'sequences per step', positiveInt, 16)
-    .option('--steps <n>', 'steps per run; the first is not timed', positiveInt, 12)
+    .option('--steps <n>', 'steps per run; the first is not timed', positiveInt, 10)
+    .option('--rounds <n>', 'rounds of runs (each worker count once per round, interleaved); figures are medians over the rounds', positiveInt, 3)
     .option('--workers <list>', 'worker counts to run', '1,2')
     .option('--recompute', 'recompute each block in backprop', false)
     .option('--backend <name>', 'backend of the workers', 'wasm')
-    .option('--allreduce-compression <kind>', 'none or fp16 (gradients as float16 in the all-reduce)', 'none');
+    .option('--allreduce-compression <kind>', 'none or fp16 (gradients as float16 in the all-reduce)', 'none')
+    .addOption(new Option('--balance <how>', 'how a step is split across the workers (coordinator start --balance)').choices(['dynamic', 'even']).default('dynamic'));
   program.parse(argv, { from: 'user' });
   return program.opts<Options>();
 }
@@ -55,65 +64,81 @@ async function main(): Promise<void> {
     const data = path.join(dir, 'data');
     await prepare({ corpus: [path.join(SAMPLE, 'corpus.txt')], vocab: path.join(SAMPLE, 'vocab.txt'), out: data, task: 'mlm', maxLength: opts.seq, seed: 1, recordsPerShard: 5000, documents: 'blank-line', lowerCase: true, force: false });
     const model = presetConfig(opts.preset, opts.vocab, { max_position_embeddings: Math.max(512, opts.seq) });
-    const results: Record<string, { tokensPerSecond: number; allreduceShare: number; coordinatorCpuShare: number; breakdown: StepBreakdown }> = {};
-    for (const workers of counts) {
-      const result = await startRun({
-        runDir: path.join(dir, `run-${workers}`),
-        data,
-        model,
-        application: 'encoder',
-        optimizer: { type: 'adafactor', learningRate: 0.01 },
-        steps: opts.steps,
-        globalBatch: opts.globalBatch,
-        microBatch: 0,
-        allreduceCompression: opts.allreduceCompression,
-        seed: 1,
-        clipNorm: 1,
-        recompute: opts.recompute,
-        checkpointEvery: opts.steps + 1,
-        keep: 1,
-        checksumEvery: 0,
-        localWorkers: workers,
-        minWorkers: workers,
-        backend: opts.backend,
-        host: '127.0.0.1',
-        port: 0,
-        joinTimeoutMs: 120_000,
-        stepTimeoutMs: 600_000,
-        heartbeatTimeoutMs: 30_000,
-        logEvery: opts.steps,
-        log: () => {},
-      });
-      results[workers] = { tokensPerSecond: result.tokensPerSecond, allreduceShare: result.allreduceShare, coordinatorCpuShare: result.coordinatorCpuShare, breakdown: result.breakdown };
-      console.error(`${workers} worker(s): ${Math.round(result.tokensPerSecond)} tokens/s`);
+    type Result = { tokensPerSecond: number; allreduceShare: number; coordinatorCpuShare: number; breakdown: StepBreakdown };
+    const runs = new Map<number, Result[]>(counts.map((w) => [w, []]));
+    for (let round = 0; round < opts.rounds; round++) {
+      for (const workers of round % 2 === 0 ? counts : [...counts].reverse()) {
+        const result = await startRun({
+          runDir: path.join(dir, `run-${round}-${workers}`),
+          data,
+          model,
+          application: 'encoder',
+          optimizer: { type: 'adafactor', learningRate: 0.01 },
+          steps: opts.steps,
+          globalBatch: opts.globalBatch,
+          microBatch: 0,
+          allreduceCompression: opts.allreduceCompression,
+          balance: opts.balance,
+          seed: 1,
+          clipNorm: 1,
+          recompute: opts.recompute,
+          checkpointEvery: opts.steps + 1,
+          keep: 1,
+          checksumEvery: 0,
+          localWorkers: workers,
+          minWorkers: workers,
+          backend: opts.backend,
+          host: '127.0.0.1',
+          port: 0,
+          joinTimeoutMs: 120_000,
+          stepTimeoutMs: 600_000,
+          heartbeatTimeoutMs: 30_000,
+          logEvery: opts.steps,
+          log: () => {},
+        });
+        runs.get(workers)!.push({ tokensPerSecond: result.tokensPerSecond, allreduceShare: result.allreduceShare, coordinatorCpuShare: result.coordinatorCpuShare, breakdown: result.breakdown });
+        console.error(`round ${round + 1}/${opts.rounds}, ${workers} worker(s): ${Math.round(result.tokensPerSecond)} tokens/s`);
+      }
     }
-    const one = results[1]?.tokensPerSecond;
-    const two = results[2]?.tokensPerSecond;
-    table(
-      `MLM training through the runtime: ${opts.preset}, vocab ${opts.vocab}, seq ${opts.seq}, global batch ${opts.globalBatch}, AdaFactor${opts.recompute ? ', recompute' : ''}${opts.allreduceCompression === 'fp16' ? ', fp16 all-reduce' : ''}, ${opts.backend} workers`,
-      ['workers', 'tokens/s', 'all-reduce share', 'coordinator CPU'],
-      counts.map((w) => [w, Math.round(results[w]!.tokensPerSecond), `${(100 * results[w]!.allreduceShare).toFixed(1)}%`, `${(100 * results[w]!.coordinatorCpuShare).toFixed(1)}%`]),
-    );
+    const median = (xs: readonly number[]): number => {
+      const sorted = [...xs].sort((a, b) => a - b);
+      const mid = sorted.length >> 1;
+      return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+    };
+    const medianOf = (w: number, pick: (r: Result) => number): number => median(runs.get(w)!.map(pick));
     const ms = (x: number) => Math.round(1000 * x);
+    const phases = ['stepSeconds', 'forwardBackwardSeconds', 'copySeconds', 'reduceSeconds', 'waitSeconds', 'applySeconds', 'otherSeconds'] as const;
+    const breakdown = (w: number) => Object.fromEntries(phases.map((k) => [k, medianOf(w, (r) => r.breakdown[k])])) as Record<(typeof phases)[number], number>;
     table(
-      'where a step goes, ms per step, along the rank with the longest forward+backward (all-reduce: its own, which waits for nobody; the others waited up to `wait` longer in theirs; apply: the optimizer update; other: data, messages, the journal, clipping)',
+      `MLM training through the runtime: ${opts.preset}, vocab ${opts.vocab}, seq ${opts.seq}, global batch ${opts.globalBatch}, AdaFactor${opts.recompute ? ', recompute' : ''}${opts.allreduceCompression === 'fp16' ? ', fp16 all-reduce' : ''}, ${opts.backend} workers, balance ${opts.balance}; medians of ${opts.rounds} round(s)`,
+      ['workers', 'tokens/s', 'each round', 'all-reduce share', 'coordinator CPU'],
+      counts.map((w) => [w, Math.round(medianOf(w, (r) => r.tokensPerSecond)), runs.get(w)!.map((r) => Math.round(r.tokensPerSecond)).join(' / '), `${(100 * medianOf(w, (r) => r.allreduceShare)).toFixed(1)}%`, `${(100 * medianOf(w, (r) => r.coordinatorCpuShare)).toFixed(1)}%`]),
+    );
+    table(
+      'where a step goes, ms per step (medians over the rounds), along the rank with the longest forward+backward (all-reduce: its own, which waits for nobody; the others waited up to `wait` longer in theirs; apply: the optimizer update; other: data, messages, the journal, clipping)',
       ['workers', 'step', 'forward+backward', 'copy out', 'all-reduce', 'wait', 'apply', 'other'],
       counts.map((w) => {
-        const b = results[w]!.breakdown;
+        const b = breakdown(w);
         return [w, ms(b.stepSeconds), ms(b.forwardBackwardSeconds), ms(b.copySeconds), ms(b.reduceSeconds), ms(b.waitSeconds), ms(b.applySeconds), ms(b.otherSeconds)];
       }),
     );
-    const efficiency = one && two ? two / (2 * one) : null;
-    if (efficiency !== null) console.log(`\nscaling efficiency, 2 workers against twice 1: ${efficiency.toFixed(3)}`);
-    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --workers ${opts.workers}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''}`);
+    const ones = runs.get(1);
+    const twos = runs.get(2);
+    const perRound = ones && twos ? ones.map((one, i) => twos[i]!.tokensPerSecond / (2 * one.tokensPerSecond)) : [];
+    const efficiency = perRound.length > 0 ? median(perRound) : null;
+    if (efficiency !== null) console.log(`\nscaling efficiency, 2 workers against twice 1: ${efficiency.toFixed(3)} (median; each round: ${perRound.map((e) => e.toFixed(3)).join(' / ')})`);
+    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''} --balance ${opts.balance}`);
+    const widest = Math.max(...counts);
     console.log(
       JSON.stringify({
         preset: opts.preset,
-        tokensPerSec: Object.fromEntries(counts.map((w) => [String(w), Math.round(results[w]!.tokensPerSecond)])),
+        tokensPerSec: Object.fromEntries(counts.map((w) => [String(w), Math.round(medianOf(w, (r) => r.tokensPerSecond))])),
         scalingEfficiency: efficiency === null ? null : Number(efficiency.toFixed(3)),
-        allreduceShare: Number((results[Math.max(...counts)]!.allreduceShare).toFixed(3)),
-        coordinatorCpuShare: Number((results[Math.max(...counts)]!.coordinatorCpuShare).toFixed(3)),
-        stepMs: Object.fromEntries(counts.map((w) => [String(w), Object.fromEntries(Object.entries(results[w]!.breakdown).map(([k, v]) => [k.replace(/Seconds$/, ''), ms(v)]))])),
+        allreduceShare: Number(medianOf(widest, (r) => r.allreduceShare).toFixed(3)),
+        coordinatorCpuShare: Number(medianOf(widest, (r) => r.coordinatorCpuShare).toFixed(3)),
+        rounds: opts.rounds,
+        scalingEfficiencyPerRound: perRound.map((e) => Number(e.toFixed(3))),
+        stepMs: Object.fromEntries(counts.map((w) => [String(w), Object.fromEntries(Object.entries(breakdown(w)).map(([k, v]) => [k.replace(/Seconds$/, ''), ms(v)]))])),
       }),
     );
   } finally {

@@ -62,7 +62,7 @@ describe('backoff of a worker that keeps failing', () => {
 });
 
 describe('coordinator under faults (real processes on 127.0.0.1)', () => {
-  it('refuses a report of an older generation or of a step it does not await (fenced), naming why', async () => {
+  it('refuses a report or a claim of an older generation or of a step it does not await (fenced), naming why', async () => {
     const runDir = path.join(dir, 'fenced');
     const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 0, ['--workers', '1', '--join-timeout', '30'])], { stdio: ['ignore', 'pipe', 'pipe'] });
     const output = collect(child);
@@ -80,13 +80,82 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
       const assigned = instructions.find((i) => i.kind === 'assign')!;
       assert.ok(assigned.kind === 'assign' && assigned.assign.generation >= 1);
       const generation = assigned.assign.generation;
-      const report = { workerId, ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: 0 };
+      const report = { workerId, ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: 0, samples: 1 };
+      const claimRefusal = (claim: { generation: number; step: number }) => client!.claim({ workerId, ...claim }).then(() => 'granted', (e: Error) => e.message);
+      assert.match(await claimRefusal({ generation: generation - 1, step: 1 }), new RegExp(`claim for step 1 refused: it is of generation ${generation - 1}, the run is at generation ${generation}`));
+      assert.match(await claimRefusal({ generation, step: 7 }), /claim for step 7 refused: step 1 is in progress/);
+      assert.deepEqual((await client.claim({ workerId, generation, step: 1 })).records, [], 'one worker: nothing of step 1 is left to claim');
       assert.match(String(await client.report({ ...report, generation: generation - 1, step: 1 })), new RegExp(`report of step 1 refused: it is of generation ${generation - 1}, the run is at generation ${generation}`));
       assert.match(String(await client.report({ ...report, generation, step: 7 })), /report of step 7 refused: step 1 is awaited/);
       assert.doesNotMatch(output.text, /^step +1\//m, 'nothing was committed from a fenced report');
       stream.cancel();
     } finally {
       client?.close();
+      child.kill('SIGKILL');
+      await exitOf(child, 10_000).catch(() => undefined);
+    }
+  });
+
+  it('claims: the last quarter of a step goes in shrinking pieces to whoever asks, each record once; a step whose records were not all computed is not committed', async () => {
+    const runDir = path.join(dir, 'claims');
+    const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 0, ['--workers', '2', '--join-timeout', '30', '--global-batch', '16', '--step-timeout', '3'])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const output = collect(child);
+    const clients: ControlClient[] = [];
+    const beats: NodeJS.Timeout[] = [];
+    try {
+      await waitFor(() => /listening on/.test(output.text), 30_000, () => output.text);
+      const token = new JoinToken(readFileSync(path.join(runDir, 'join-token'), 'utf8').trim());
+      const forged = await Promise.all(
+        ['fast', 'slow'].map(async (name) => {
+          const client = new ControlClient(address(output.text), token);
+          clients.push(client);
+          const { workerId } = await client.join({ name, backend: 'cpu', freeMemoryBytes: 0, runId: '', heldStep: 0, generation: 0 }, 10_000);
+          const instructions: Instruction[] = [];
+          const stream = client.instructions(workerId, '127.0.0.1:9');
+          stream.on('data', (i: Instruction) => instructions.push(i));
+          stream.on('error', () => undefined);
+          // alive to the coordinator's heartbeat checks, as a real worker's thread keeps it
+          const beating = setInterval(() => void client.heartbeat({ workerId, generation: 0, step: 0 }).catch(() => undefined), 200);
+          beats.push(beating);
+          return { client, workerId, instructions, stream };
+        }),
+      );
+      const work = async (w: (typeof forged)[number], step: number) => {
+        await waitFor(() => w.instructions.some((i) => i.kind === 'work' && i.work.step === step), 30_000, () => JSON.stringify(w.instructions.map((i) => i.kind)));
+        const i = w.instructions.find((x) => x.kind === 'work' && x.work.step === step)!;
+        return i.kind === 'work' ? i.work : assert.fail('not work');
+      };
+      const [fast, slow] = forged as [(typeof forged)[number], (typeof forged)[number]];
+      const [fastWork, slowWork] = await Promise.all([work(fast, 1), work(slow, 1)]);
+      assert.ok(fastWork.claim && slowWork.claim, 'with 2 workers and --balance dynamic, records are left to claim');
+      // the shares: [0, 6) and [6, 12) of 16; records 12-15 are claimable
+      assert.deepEqual([fastWork.firstSample, fastWork.records.length, slowWork.firstSample, slowWork.records.length], [0, 6, 6, 6]);
+      const generation = fastWork.generation;
+      const pieces: { firstSample: number; ids: number[] }[] = [];
+      for (;;) {
+        const reply = await fast.client.claim({ workerId: fast.workerId, generation, step: 1 });
+        if (reply.records.length === 0) break;
+        pieces.push({ firstSample: reply.firstSample, ids: reply.records.map((r) => r.id) });
+      }
+      assert.deepEqual(pieces.map((p) => [p.firstSample, p.ids.length]), [[12, 1], [13, 1], [14, 1], [15, 1]], 'ceil(remaining / 4) each: one record at a time');
+      const everyId = [...fastWork.records, ...slowWork.records].map((r) => r.id).concat(pieces.flatMap((p) => p.ids));
+      assert.equal(new Set(everyId).size, 16, 'no record is handed out twice');
+      assert.deepEqual((await slow.client.claim({ workerId: slow.workerId, generation, step: 1 })).records, [], 'nothing is left for the slow one');
+      const report = { ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0.1, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0.1, copySeconds: 0, applySeconds: 0, generation };
+      await fast.client.report({ ...report, workerId: fast.workerId, step: 1, samples: 10 });
+      await slow.client.report({ ...report, workerId: slow.workerId, step: 1, samples: 6 });
+      await waitFor(() => /^step +1\//m.test(output.text), 30_000, () => output.text);
+      // step 2: the reports cover 12 of 16 records (nobody claimed the rest): not committed
+      await Promise.all([work(fast, 2), work(slow, 2)]);
+      await fast.client.report({ ...report, workerId: fast.workerId, step: 2, samples: 6 });
+      await slow.client.report({ ...report, workerId: slow.workerId, step: 2, samples: 6 });
+      assert.equal(await exitOf(child, 30_000), 1);
+      assert.match(output.text, /step 2: the workers computed 12 of its 16 records and left 4 unclaimed; nothing was applied/);
+      assert.doesNotMatch(output.text, /^step +2\//m, 'step 2 was not committed');
+      for (const w of forged) w.stream.cancel();
+    } finally {
+      for (const b of beats) clearInterval(b);
+      for (const c of clients) c.close();
       child.kill('SIGKILL');
       await exitOf(child, 10_000).catch(() => undefined);
     }

@@ -28,8 +28,8 @@ describe('splitting a step across the ranks', () => {
     assert.deepEqual(sizes(even.split(16, 128, [1, 2])), [8, 8]);
   });
 
-  it('measured: even until every rank has been measured, then inversely to each one\'s time per sample', () => {
-    const b = new ShareBalancer('measured');
+  it('dynamic: even until every rank has been measured, then inversely to each one\'s time per sample', () => {
+    const b = new ShareBalancer('dynamic');
     assert.deepEqual(sizes(b.split(12, 10, [1, 2])), [6, 6]);
     b.observe(1, 6, 10, 1.2, 0); // 0.02 s per position
     assert.deepEqual(sizes(b.split(12, 10, [1, 2])), [6, 6], 'worker 2 not measured yet');
@@ -41,21 +41,21 @@ describe('splitting a step across the ranks', () => {
     assert.deepEqual(sizes(b.split(12, 40, [1, 2])), [4, 8]);
   });
 
-  it('measured: a rank with a longer fixed time gets fewer samples, none if its fixed time alone is the longest', () => {
-    const b = new ShareBalancer('measured');
+  it('dynamic: a rank with a longer fixed time gets fewer samples, none if its fixed time alone is the longest', () => {
+    const b = new ShareBalancer('dynamic');
     b.observe(1, 8, 100, 0.8, 0); // 1 ms per position: 0.1 s per sample
     b.observe(2, 8, 100, 0.8, 0.4); // as fast, 0.4 s of fixed work
     // T = (16 + 0/0.1 + 0.4/0.1) / (2/0.1) = 1.0 s: rank 0 gets 10, rank 1 gets 6
     assert.deepEqual(sizes(b.split(16, 100, [1, 2])), [10, 6]);
-    const c = new ShareBalancer('measured');
+    const c = new ShareBalancer('dynamic');
     c.observe(1, 4, 100, 0.4, 0);
     c.observe(2, 4, 100, 0.4, 5);
     c.observe(3, 4, 100, 0.4, 0);
     assert.deepEqual(sizes(c.split(6, 100, [1, 2, 3])), [3, 0, 3]);
   });
 
-  it('measured: follows a rank that slows down, and a forgotten worker is measured afresh', () => {
-    const b = new ShareBalancer('measured');
+  it('dynamic: follows a rank that slows down, and a forgotten worker is measured afresh', () => {
+    const b = new ShareBalancer('dynamic');
     b.observe(1, 8, 10, 0.8, 0);
     b.observe(2, 8, 10, 0.8, 0);
     assert.deepEqual(sizes(b.split(16, 10, [1, 2])), [8, 8]);
@@ -76,10 +76,10 @@ describe('splitting a step across the ranks', () => {
     assert.deepEqual(sizes(b.split(16, 10, [1, 2])), [8, 8]);
   });
 
-  it('measured: any measured speeds give contiguous shares that cover the batch, each within 1 of its exact value', () => {
+  it('dynamic: any measured speeds give contiguous shares that cover the batch, each within 1 of its exact value', () => {
     const rand = lcg(11);
     for (let trial = 0; trial < 200; trial++) {
-      const b = new ShareBalancer('measured');
+      const b = new ShareBalancer('dynamic');
       const ranks = 2 + Math.floor(rand() * 6);
       const ids = Array.from({ length: ranks }, (_, r) => r + 1);
       const perSample = ids.map(() => 0.05 + rand());

@@ -76,6 +76,41 @@ describe('Trainer', () => {
     [whole, ...shares].forEach((r) => r.dispose());
   });
 
+  it('a replica that takes its share in pieces (claims) ends as one process on the whole batch; an empty first share is fine', async () => {
+    const optimizer: OptimizerConfig = { type: 'adam', learningRate: 1e-2 };
+    const whole = replica(optimizer);
+    const group = new InProcessGroup(2);
+    const shares = [replica(optimizer, group.member()), replica(optimizer, { ...group.member(), allocate: (n: number) => new Float32Array(n) })];
+    for (let step = 1; step <= 2; step++) {
+      const batch = mlmBatch(10 + step, 7, 8, 40);
+      const expected = await whole.trainer.step(batch, { dropoutSeed: step });
+      // replica 0: [0, 2) then claims [4, 5) and [6, 7); replica 1: nothing up front, then [2, 4) and [5, 6)
+      const pieces = (ranges: [number, number][]) => {
+        const left = [...ranges];
+        return async () => {
+          const next = left.shift();
+          return next && { batch: sliceBatch(batch, next[0], next[1]), firstSample: next[0], microBatches: next[1] - next[0] };
+        };
+      };
+      const [a, b] = await Promise.all([
+        shares[0]!.trainer.reduce(sliceBatch(batch, 0, 2), { dropoutSeed: step }, pieces([[4, 5], [6, 7]])),
+        shares[1]!.trainer.reduce(sliceBatch(batch, 2, 2), { dropoutSeed: step, firstSample: 2 }, pieces([[2, 4], [5, 6]])),
+      ]);
+      for (const r of [a!, b!]) {
+        assert.equal(r.targets, expected.targets);
+        assert.ok(Math.abs(r.loss - expected.loss) < 1e-5, `step ${step}: loss ${r.loss} vs ${expected.loss}`);
+        assert.ok(Math.abs(r.gradNorm - expected.gradNorm) < 1e-4 * expected.gradNorm, `step ${step}: norm ${r.gradNorm} vs ${expected.gradNorm}`);
+        r.apply();
+      }
+    }
+    const reference = whole.weights();
+    const [first, second] = shares.map((s) => s.weights());
+    assert.deepEqual(first, second, 'the replicas are identical');
+    reference.forEach((w, i) => w.forEach((v, j) => assert.ok(Math.abs(v - first![i]![j]!) < 1e-5, `weight ${i}[${j}]: ${first![i]![j]} vs ${v}`)));
+    await assert.rejects(whole.trainer.reduce(mlmBatch(1, 2, 8, 40), {}, async () => undefined), /need a reducer/);
+    [whole, ...shares].forEach((r) => r.dispose());
+  });
+
   it('with memory from the reducer, the gradients reuse it and a step overwritten by a later reduce refuses to apply', async () => {
     let allocations = 0;
     const r = replica({ type: 'adam', learningRate: 1e-2 }, { ...new InProcessGroup(1).member(), allocate: (n: number) => (allocations++, new Float32Array(n)) });

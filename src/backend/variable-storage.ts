@@ -56,3 +56,4 @@ export function readTensorCopy(tensor: tf.Tensor, target?: Float32Array): Float3
 export function tensorCreationCopies(): boolean {
   return tf.getBackend() === 'wasm';
 }
+

@@ -1,6 +1,6 @@
 /** The worker's side of the control plane: every call carries the token and has a deadline. */
 import * as grpc from '@grpc/grpc-js';
-import { CHANNEL_OPTIONS, controlClient, type HeartbeatRequest, type Instruction, type JoinReply, type JoinRequest, type StateChunk, type StepReport } from './messages.js';
+import { CHANNEL_OPTIONS, type ClaimReply, type ClaimRequest, controlClient, type HeartbeatRequest, type Instruction, type JoinReply, type JoinRequest, type StateChunk, type StepReport } from './messages.js';
 import type { Credential, TlsFiles } from './server.js';
 
 const UNARY_DEADLINE_MS = 15_000;
@@ -83,6 +83,11 @@ export class ControlClient {
       if (err.code === grpc.status.FAILED_PRECONDITION) return err.details;
       throw e;
     }
+  }
+
+  /** The next records of the step in progress; none when nothing is left. Refusals (another generation or step) reject. */
+  async claim(request: ClaimRequest): Promise<ClaimReply> {
+    return this.unary<ClaimRequest, ClaimReply>('Claim', request);
   }
 
   /** Streams the chunks, honouring back-pressure. */

@@ -46,6 +46,18 @@ export interface Work {
   records: WireRecord[];
   length: number;
   digest: boolean;
+  /** More records of the step can be claimed (Claim) once this share is done. */
+  claim: boolean;
+}
+export interface ClaimRequest {
+  workerId: number;
+  generation: number;
+  step: number;
+}
+export interface ClaimReply {
+  firstSample: number;
+  /** Empty: nothing is left to claim. */
+  records: WireRecord[];
 }
 export interface Commit {
   generation: number;
@@ -106,6 +118,8 @@ export interface StepReport {
   copySeconds: number;
   /** The optimizer update of the step committed before this one. */
   applySeconds: number;
+  /** Records this worker computed: its share and its claims. */
+  samples: number;
 }
 export type Ack = Record<string, never>;
 

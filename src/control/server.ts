@@ -8,7 +8,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { HealthStatus } from './health.js';
 import {
-  type Ack, controlService, type HeartbeatRequest, type Instruction, type InstructionsRequest, type JoinReply, type JoinRequest,
+  type Ack, type ClaimReply, type ClaimRequest, controlService, type HeartbeatRequest, type Instruction, type InstructionsRequest, type JoinReply, type JoinRequest,
   MAX_CONTROL_MESSAGE_BYTES, type StateChunk, type StepReport,
 } from './messages.js';
 
@@ -47,6 +47,8 @@ export interface ControlHandlers {
   /** Returns why the report is refused (another generation or step: fenced), or undefined when taken. */
   onReport(report: StepReport, session: WorkerSession): string | undefined;
   onStateChunk(chunk: StateChunk, session: WorkerSession): void;
+  /** The next records of the step in progress for this worker (none when nothing is left), or why the claim is refused. */
+  onClaim(request: ClaimRequest, session: WorkerSession): ClaimReply | string;
   /** The worker's state upload ended (all chunks sent) or failed. */
   onStateEnd(session: WorkerSession, error: Error | undefined): void;
 }
@@ -92,6 +94,7 @@ export class ControlServer {
       Heartbeat: (call: grpc.ServerUnaryCall<HeartbeatRequest, Ack>, callback: Callback<Ack>) => holder.control!.heartbeat(call, callback),
       Report: (call: grpc.ServerUnaryCall<StepReport, Ack>, callback: Callback<Ack>) => holder.control!.report(call, callback),
       PutState: (call: grpc.ServerReadableStream<StateChunk, Ack>, callback: Callback<Ack>) => holder.control!.putState(call, callback),
+      Claim: (call: grpc.ServerUnaryCall<ClaimRequest, ClaimReply>, callback: Callback<ClaimReply>) => holder.control!.claim(call, callback),
     });
     const health = new HealthStatus();
     health.addTo(server);
@@ -156,6 +159,16 @@ export class ControlServer {
     const refused = this.options.handlers.onReport(call.request, session);
     if (refused !== undefined) return callback(refuse(grpc.status.FAILED_PRECONDITION, refused));
     callback(null, {});
+  }
+
+  private claim(call: grpc.ServerUnaryCall<ClaimRequest, ClaimReply>, callback: Callback<ClaimReply>): void {
+    if (!this.authorized(call.metadata)) return callback(refuse(grpc.status.UNAUTHENTICATED, 'wrong or missing join token'));
+    const session = this.session(call.request.workerId);
+    if (!session) return callback(refuse(grpc.status.NOT_FOUND, `worker ${call.request.workerId} is not part of the run`));
+    session.lastHeartbeat = Date.now();
+    const reply = this.options.handlers.onClaim(call.request, session);
+    if (typeof reply === 'string') return callback(refuse(grpc.status.FAILED_PRECONDITION, reply));
+    callback(null, reply);
   }
 
   private putState(call: grpc.ServerReadableStream<StateChunk, Ack>, callback: Callback<Ack>): void {

@@ -4,8 +4,10 @@
  *
  * A step, as it binds (see also src/train/trainer.ts):
  * 1. the ledger hands out the step's records; each rank gets a contiguous share of the
- *    global batch (sized by the workers' measured speeds, see shares.ts), with its position
- *    (`firstSample`), so masks and dropout do not depend on which worker has which sample;
+ *    global batch with its position (`firstSample`), so masks and dropout do not depend on
+ *    which worker has which sample; with --balance dynamic the shares follow the workers'
+ *    measured speeds and the last part of the batch is claimed in pieces (see shares.ts);
+ *    a step commits only if its records were computed exactly once between the workers;
  * 2. every worker reduces its gradients with the others and reports;
  * 3. when every report is in and good, the commit is journaled (fsynced), then sent:
  *    workers apply the step only now. A failed or late step is aborted: nothing was
@@ -20,7 +22,7 @@ import * as path from 'node:path';
 import type { JoinToken, TlsMaterial } from '../comm/auth.js';
 import { checkpointName, type LoadedRunCheckpoint, loadLatestCheckpoint, saveRunCheckpoint } from '../checkpoint/run-checkpoint.js';
 import type { JsonValue } from '../checkpoint/run-checkpoint.js';
-import type { StateChunk, StepReport } from '../control/messages.js';
+import type { ClaimReply, ClaimRequest, StateChunk, StepReport } from '../control/messages.js';
 import type { RunSpec } from '../control/run-spec.js';
 import { ControlServer, type WorkerSession } from '../control/server.js';
 import { type ReplicaState, StateAssembler, stateChunks } from '../control/state-transfer.js';
@@ -34,7 +36,7 @@ import { type CommittedStep, DataLedger } from '../run/ledger.js';
 import { Journal, JOURNAL_FILE, JOURNAL_FORMAT, type JournalEntry } from '../run/journal.js';
 import type { CoordinatorMetrics } from '../metrics/metrics.js';
 import { ranksOfStep, type RunObserver } from './observer.js';
-import { type Balance, ShareBalancer } from './shares.js';
+import { type Balance, claimableSamples, claimSize, ShareBalancer } from './shares.js';
 import type { LogFields, LogFn } from '../log/logger.js';
 
 export class CoordinatorError extends Error {
@@ -54,7 +56,7 @@ export interface CoordinatorOptions {
   readonly keepCheckpoints: number;
   /** Every this many steps the replicas' parameter digests are compared (0: never). */
   readonly checksumEvery: number;
-  /** How a step's batch is split across the ranks (default 'measured'; see shares.ts). */
+  /** How a step's batch is split across the ranks (default 'dynamic'; see shares.ts). */
   readonly balance?: Balance;
   readonly workers: number;
   /** A lost worker's step is run again by the others while at least this many are left. */
@@ -177,9 +179,11 @@ export class Coordinator {
   private readonly failures = new Map<string, number[]>();
   private failureCount = 0;
   private readonly balancer: ShareBalancer;
+  /** The claimable part of the step in progress: records [next, end) of its batch, for its members. */
+  private pool: { step: number; generation: number; ranks: number; next: number; end: number; records: readonly number[]; examples: readonly Uint8Array[] } | undefined;
 
   constructor(private readonly o: CoordinatorOptions) {
-    this.balancer = new ShareBalancer(o.balance ?? 'measured');
+    this.balancer = new ShareBalancer(o.balance ?? 'dynamic');
   }
 
   /** Where the run stands, for every log line: the generation and the last committed step (a line about another step names it). */
@@ -265,6 +269,7 @@ export class Coordinator {
           onGone: (s) => this.onGone(s),
           // the server found the session by the report's workerId: who sent it is who it names
           onReport: (r) => this.onReport(r),
+          onClaim: (request) => this.onClaim(request),
           onStateChunk: (chunk: StateChunk, s) => {
             const asked = this.state;
             if (!asked) throw new CoordinatorError('state that was not asked for');
@@ -396,15 +401,22 @@ export class Coordinator {
         // the digest of the state before this step: that of the step before it, committed everywhere
         const digest = o.checksumEvery > 0 && (step - 1) % o.checksumEvery === 0 && step > 1;
         const reports = this.expectReports(step, workers);
-        const shares = this.balancer.split(n, length, workers.map((w) => w.id));
+        const claimable = claimableSamples(n, workers.length, o.balance ?? 'dynamic');
+        const shares = this.balancer.split(n - claimable, length, workers.map((w) => w.id));
+        this.pool = claimable > 0 ? { step, generation: this.generation, ranks: workers.length, next: n - claimable, end: n, records: handed.records, examples } : undefined;
         for (let rank = 0; rank < workers.length; rank++) {
           const { from, to } = shares[rank]!;
           const records = handed.records.slice(from, to).map((id, i) => ({ id, example: Buffer.from(examples[from + i]!) }));
-          this.send(workers[rank]!, { kind: 'work', work: { generation: this.generation, step, epoch: handed.epoch, firstSample: from, globalBatch: n, records, length, digest } });
+          this.send(workers[rank]!, { kind: 'work', work: { generation: this.generation, step, epoch: handed.epoch, firstSample: from, globalBatch: n, records, length, digest, claim: claimable > 0 } });
         }
         let results: Map<number, StepReport>;
         try {
           results = await reports;
+          const computed = [...results.values()].reduce((sum, r) => sum + r.samples, 0);
+          const unclaimed = this.pool ? this.pool.end - this.pool.next : 0;
+          if (computed !== n || unclaimed > 0) {
+            throw new CoordinatorError(`step ${step}: the workers computed ${computed} of its ${n} records${unclaimed > 0 ? ` and left ${unclaimed} unclaimed` : ''}; nothing was applied (a defect: please report it)`);
+          }
         } catch (e) {
           ledger.abort(step);
           o.metrics?.stepAborted();
@@ -459,10 +471,11 @@ export class Coordinator {
           }
           replicaChecks++;
         }
-        workers.forEach((w, rank) => {
+        this.pool = undefined;
+        for (const w of workers) {
           const r = results.get(w.id)!;
-          this.balancer.observe(w.id, shares[rank]!.to - shares[rank]!.from, length, r.forwardBackwardSeconds, r.applySeconds + r.copySeconds);
-        });
+          this.balancer.observe(w.id, r.samples, length, r.forwardBackwardSeconds, r.applySeconds + r.copySeconds);
+        }
         const committed = ledger.commit(step);
         await journal.append({ type: 'commit', step: committed.step, epoch: committed.epoch, positions: committed.positions.map((r) => [r[0], r[1]] as [number, number]) });
         for (const w of workers) this.send(w, { kind: 'commit', commit: { generation: this.generation, step } });
@@ -608,6 +621,20 @@ export class Coordinator {
     this.waiter.reports.set(r.workerId, r);
     if (this.waiter.reports.size === expected.workers.length) this.waiter.resolve();
     return undefined;
+  }
+
+  /** The next piece of the step in progress for a member; none when nothing is left. */
+  private onClaim(r: ClaimRequest): ClaimReply | string {
+    const pool = this.pool;
+    const expected = this.waiter ? this.expected : undefined;
+    if (r.generation !== this.generation) return `claim for step ${r.step} refused: it is of generation ${r.generation}, the run is at generation ${this.generation}`;
+    if (!expected || expected.step !== r.step) return `claim for step ${r.step} refused: ${expected ? `step ${expected.step} is in progress` : 'no step is in progress (it was aborted)'}`;
+    if (!expected.workers.some((w) => w.id === r.workerId)) return `claim for step ${r.step} refused: worker ${r.workerId} is not a member of generation ${this.generation}`;
+    if (!pool || pool.step !== r.step || pool.generation !== r.generation) return { firstSample: 0, records: [] };
+    const from = pool.next;
+    const to = from + claimSize(pool.end - from, pool.ranks);
+    pool.next = to;
+    return { firstSample: from, records: pool.records.slice(from, to).map((id, i) => ({ id, example: Buffer.from(pool.examples[from + i]!) })) };
   }
 
   private onGone(s: WorkerSession): void {

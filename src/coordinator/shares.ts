@@ -5,11 +5,14 @@
  * different order, so equal within float rounding, not bitwise, to another split).
  *
  * - 'even': rank r gets [r*B/W, (r+1)*B/W). Runs with the same workers are bit-reproducible.
- * - 'measured' (default): shares follow each worker's measured speed, so that every rank
- *   reaches the all-reduce at about the same time. A synchronous step waits for its slowest
- *   rank; two cores of one machine, or two nodes of a cluster, are rarely equally fast (on
- *   the 2-vCPU machines here one core ran a fixed loop 13% slower than the other for
- *   minutes at a time).
+ * - 'dynamic' (default): a synchronous step waits for its slowest rank, and two cores of
+ *   one machine, or two nodes of a cluster, are rarely equally fast. So the first three
+ *   quarters of the batch are split by each worker's measured speed, and the last quarter
+ *   is handed out in shrinking pieces to whichever worker asks first (Claim), so that the
+ *   ranks reach the all-reduce within about one sample of each other. Measured speeds
+ *   follow a core that stays slow; the claims absorb what changes from step to step (on
+ *   the 2-vCPU machines here, a rank's time per sample moved by 25% from one step to the
+ *   next, and one core ran 75% slower than the other for minutes).
  *
  * The model of a rank's time to the all-reduce is `fixed + samples * perSample`: `fixed`
  * is what does not grow with its share (the previous step's optimizer update, the copy of
@@ -18,9 +21,23 @@
  * but steps of longer records cost more: the averages are kept per position (samples times
  * the step's length). Both are exponential moving averages of the workers' step reports.
  */
-export type Balance = 'even' | 'measured';
+export type Balance = 'even' | 'dynamic';
 
-export const BALANCES: readonly Balance[] = ['even', 'measured'];
+export const BALANCES: readonly Balance[] = ['even', 'dynamic'];
+
+/** How many of a step's samples are left for the workers to claim (the rest is split up front). */
+export function claimableSamples(samples: number, ranks: number, balance: Balance): number {
+  return balance === 'dynamic' && ranks > 1 ? Math.floor(samples / 4) : 0;
+}
+
+/**
+ * The size of the next claim out of `remaining` samples: large while much is left, down to
+ * one sample at the end (guided self-scheduling), so few claims cost their round trip and
+ * the last ones finish close together.
+ */
+export function claimSize(remaining: number, ranks: number): number {
+  return Math.min(remaining, Math.max(1, Math.ceil(remaining / (2 * ranks))));
+}
 
 /** [from, to) of the global batch, per rank. */
 export interface Share {
@@ -65,7 +82,7 @@ export class ShareBalancer {
 
   /** Contiguous shares of `samples` (of `length` positions) for the workers in rank order; they cover [0, samples) exactly. */
   split(samples: number, length: number, workerIds: readonly number[]): Share[] {
-    const counts = this.balance === 'measured' ? this.measuredCounts(samples, length, workerIds) : undefined;
+    const counts = this.balance === 'dynamic' ? this.measuredCounts(samples, length, workerIds) : undefined;
     return sharesOf(counts ?? evenCounts(samples, workerIds.length));
   }
 

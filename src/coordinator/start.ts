@@ -44,7 +44,7 @@ export interface StartSettings {
   microBatch: number;
   /** See RunSpec. Default 'none'. */
   allreduceCompression?: 'none' | 'fp16';
-  /** How a step's batch is split across the ranks (see shares.ts). Default 'measured'. */
+  /** How a step's batch is split across the ranks (see shares.ts). Default 'dynamic'. */
   balance?: Balance;
   seed: number;
   clipNorm: number;
@@ -184,7 +184,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
     checkpointEvery: settings.checkpointEvery,
     keepCheckpoints: settings.keep,
     checksumEvery: settings.checksumEvery,
-    balance: settings.balance ?? 'measured',
+    balance: settings.balance ?? 'dynamic',
     workers,
     minWorkers: Math.min(settings.minWorkers, workers),
     token,

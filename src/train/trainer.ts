@@ -65,6 +65,15 @@ export interface StepPlacement {
   firstSample?: number;
 }
 
+/** More samples of the same step (a worker's claims): the gradients of every piece are added up before the all-reduce. */
+export interface StepPiece {
+  readonly batch: Batch;
+  /** Index of the piece's first sample in the global batch: its dropout masks follow from it. */
+  readonly firstSample: number;
+  /** Micro-batches to split the piece into (default: the trainer's `microBatches`). */
+  readonly microBatches?: number;
+}
+
 export interface ReducedStep {
   /** Mean loss and accuracy over the global batch's targets. */
   readonly loss: number;
@@ -74,7 +83,7 @@ export interface ReducedStep {
   readonly gradNorm: number;
   /** Seconds spent in the all-reduce (0 without a reducer). */
   readonly reduceSeconds: number;
-  /** Seconds of forward and backward (the objective), and of copying the gradients out of tfjs into host buffers. */
+  /** Seconds of forward and backward (the objective), and of adding up the pieces' gradients and copying them out of tfjs into host buffers. */
   readonly computeSeconds: number;
   readonly copySeconds: number;
   /**
@@ -133,8 +142,12 @@ export class Trainer {
     return this.#host;
   }
 
-  /** Gradients of the batch, all-reduced and clipped, ready to apply; nothing is changed yet. */
-  async reduce(batch: Batch, placement: StepPlacement = {}): Promise<ReducedStep> {
+  /**
+   * Gradients of the batch, all-reduced and clipped, ready to apply; nothing is changed yet.
+   * `more`: further pieces of the step for this replica, asked for once the batch is done
+   * and until it resolves undefined (a worker claiming records the others have not taken).
+   */
+  async reduce(batch: Batch, placement: StepPlacement = {}, more?: () => Promise<StepPiece | undefined>): Promise<ReducedStep> {
     const { objective, optimizer, params, clipNorm, reducer } = this.options;
     let computeSeconds = 0;
     let copySeconds = 0;
@@ -145,27 +158,41 @@ export class Trainer {
     const grads = host.grads;
     this.#supersede?.(); // before the shared host buffers are overwritten
     this.#supersede = undefined;
-    if (reducer && (batch.batchSize === 0 || countTargets(batch) === 0)) {
-      // a replica whose share has no targets still takes part in the sum, with zeros
-      for (const g of grads) g.fill(0);
-    } else {
-      const microBatches = Math.min(this.options.microBatches ?? 1, batch.batchSize);
+    if (more && !reducer) throw new Error('pieces of a step add up gradient sums: they need a reducer');
+    // the pieces' gradients add up in the backend (SIMD adds), then leave it in one copy
+    let summed: tf.Tensor[] | undefined;
+    const computePiece = (piece: StepPiece): void => {
+      // a piece without targets adds nothing (a replica's share may be empty: it still takes part in the sum)
+      if (reducer && (piece.batch.batchSize === 0 || countTargets(piece.batch) === 0)) return;
       const computeStart = performance.now();
-      const result = objective.compute(batch, {
+      const result = objective.compute(piece.batch, {
         recompute: this.options.recompute,
-        microBatches,
+        microBatches: Math.min(piece.microBatches ?? this.options.microBatches ?? 1, piece.batch.batchSize),
         dropoutSeed: placement.dropoutSeed,
-        firstSample: placement.firstSample,
+        firstSample: piece.firstSample,
         normalizer: reducer ? 1 : undefined,
       });
-      const copyStart = performance.now();
-      computeSeconds = (copyStart - computeStart) / 1000;
-      // host copies: the reducer and the clipping write into them, never into a tensor's memory
-      result.grads.forEach((g, i) => readTensorCopy(g, grads[i]!));
-      copySeconds = (performance.now() - copyStart) / 1000;
-      tf.dispose(result.grads);
-      ({ lossSum, targets, correct } = result);
-    }
+      const addStart = performance.now();
+      computeSeconds += (addStart - computeStart) / 1000;
+      if (!summed) summed = result.grads;
+      else {
+        const previous = summed;
+        summed = previous.map((g, i) => tf.add(g, result.grads[i]!));
+        tf.dispose([...previous, ...result.grads]);
+      }
+      copySeconds += (performance.now() - addStart) / 1000;
+      lossSum += result.lossSum;
+      targets += result.targets;
+      correct += result.correct;
+    };
+    computePiece({ batch, firstSample: placement.firstSample ?? 0 });
+    if (more) for (let piece = await more(); piece; piece = await more()) computePiece(piece);
+    const copyStart = performance.now();
+    // host copies: the reducer and the clipping write into them, never into a tensor's memory
+    if (summed) summed.forEach((g, i) => readTensorCopy(g, grads[i]!));
+    else for (const g of grads) g.fill(0);
+    tf.dispose(summed ?? []);
+    copySeconds += (performance.now() - copyStart) / 1000;
     let reduceSeconds = 0;
     // one factor for the division by the global target count and the clipping, applied in
     // one pass after the norm: each pass over the gradients costs as much as the all-reduce

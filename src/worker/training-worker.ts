@@ -14,14 +14,14 @@ import { Communicator } from '../comm/communicator.js';
 import type { JoinToken, TlsMaterial } from '../comm/auth.js';
 import { CommServer } from '../comm/server.js';
 import { ControlClient, ControlError } from '../control/client.js';
-import type { Assignment, Instruction, StateChunk, StepReport, Work } from '../control/messages.js';
+import type { Assignment, Instruction, StateChunk, StepReport, WireRecord, Work } from '../control/messages.js';
 import { parseRunSpec, type RunSpec } from '../control/run-spec.js';
 import { type ReplicaState, StateAssembler, stateChunks } from '../control/state-transfer.js';
 import { batchFromRecords, decodeRecord } from '../data/dataset.js';
 import { buildTransformer, disposeTransformer } from '../model/build.js';
 import { createOptimizer, type Optimizer, VariableParameters } from '../optim/index.js';
 import { PretrainingObjective } from '../train/step.js';
-import { type ReducedStep, stepDropoutSeed, Trainer } from '../train/trainer.js';
+import { type ReducedStep, type StepPiece, stepDropoutSeed, Trainer } from '../train/trainer.js';
 import type { WorkerMetrics } from '../metrics/metrics.js';
 import type { HeartbeatThreadData } from './heartbeat-thread.js';
 import type { LogFields, LogFn } from '../log/logger.js';
@@ -263,26 +263,39 @@ export class TrainingWorker {
     const started = performance.now();
     const report: StepReport = {
       workerId: this.workerId, generation: w.generation, step: w.step, ok: false, error: '', loss: 0, accuracy: 0, targets: 0, gradNorm: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 0, paramDigest: '', learningRate: 0,
-      forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: this.lastApplySeconds,
+      forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: this.lastApplySeconds, samples: 0,
     };
     try {
       if (w.digest) report.paramDigest = parameterDigest(replica.objective);
-      const records = w.records.map((r) => ({ id: r.id, record: decodeRecord(r.example, spec.manifest, spec.perTokenFeature, `record ${r.id}`) }));
-      const batch = batchFromRecords(spec.manifest, records, spec.application, spec.seed, w.epoch, w.length);
-      const microBatches = spec.microBatch > 0 ? Math.max(1, Math.ceil(records.length / spec.microBatch)) : 1;
-      const trainer = microBatches === this.trainer.options.microBatches ? this.trainer : (this.trainer = new Trainer({ ...this.trainer.options, microBatches }));
+      let samples = 0;
+      let tokens = 0;
+      // every piece is padded to the global batch's longest record, as one share would be
+      const piece = (wire: readonly WireRecord[], firstSample: number): StepPiece => {
+        const records = wire.map((r) => ({ id: r.id, record: decodeRecord(r.example, spec.manifest, spec.perTokenFeature, `record ${r.id}`) }));
+        samples += records.length;
+        tokens += records.reduce((sum, r) => sum + r.record.tokenIds.length, 0);
+        const microBatches = spec.microBatch > 0 ? Math.max(1, Math.ceil(records.length / spec.microBatch)) : 1;
+        return { batch: batchFromRecords(spec.manifest, records, spec.application, spec.seed, w.epoch, w.length), firstSample, microBatches };
+      };
+      const first = piece(w.records, w.firstSample);
+      const control = this.control!;
+      const more = w.claim
+        ? async (): Promise<StepPiece | undefined> => {
+            const claimed = await control.claim({ workerId: this.workerId, generation: w.generation, step: w.step });
+            return claimed.records.length > 0 ? piece(claimed.records, claimed.firstSample) : undefined;
+          }
+        : undefined;
       const [sent, received] = [this.communicator?.bytesSent ?? 0, this.communicator?.bytesReceived ?? 0];
-      const reduced = await trainer.reduce(batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample });
+      const reduced = await this.trainer.reduce(first.batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample }, more);
       this.pending.set(w.step, reduced);
-      const tokens = records.reduce((sum, r) => sum + r.record.tokenIds.length, 0);
-      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, reduceSeconds: reduced.reduceSeconds, learningRate: replica.optimizer.currentLearningRate, forwardBackwardSeconds: reduced.computeSeconds, copySeconds: reduced.copySeconds });
+      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, samples, reduceSeconds: reduced.reduceSeconds, learningRate: replica.optimizer.currentLearningRate, forwardBackwardSeconds: reduced.computeSeconds, copySeconds: reduced.copySeconds });
       this.options.metrics?.stepReduced({
         computeSeconds: reduced.computeSeconds,
         copySeconds: reduced.copySeconds,
         reduceSeconds: reduced.reduceSeconds,
         bytesSent: (this.communicator?.bytesSent ?? 0) - sent,
         bytesReceived: (this.communicator?.bytesReceived ?? 0) - received,
-        samples: records.length,
+        samples,
         tokens,
       });
     } catch (e) {
