@@ -143,32 +143,31 @@ export class ControlServer {
     this.options.handlers.onReady(session);
   }
 
-  private heartbeat(call: grpc.ServerUnaryCall<HeartbeatRequest, Ack>, callback: Callback<Ack>): void {
+  /**
+   * A unary call of a joined worker: the token checked, the worker's session found (and
+   * heard from: any call counts as a heartbeat), then `answer` gives the reply or the reason
+   * for refusing it (FAILED_PRECONDITION: fenced).
+   */
+  private memberCall<Req extends { workerId: number }, Res>(call: grpc.ServerUnaryCall<Req, Res>, callback: Callback<Res>, answer: (session: WorkerSession) => Res | string): void {
     if (!this.authorized(call.metadata)) return callback(refuse(grpc.status.UNAUTHENTICATED, 'wrong or missing join token'));
     const session = this.session(call.request.workerId);
     if (!session) return callback(refuse(grpc.status.NOT_FOUND, `worker ${call.request.workerId} is not part of the run`));
     session.lastHeartbeat = Date.now();
-    callback(null, {});
+    const reply = answer(session);
+    if (typeof reply === 'string') return callback(refuse(grpc.status.FAILED_PRECONDITION, reply));
+    callback(null, reply);
+  }
+
+  private heartbeat(call: grpc.ServerUnaryCall<HeartbeatRequest, Ack>, callback: Callback<Ack>): void {
+    this.memberCall(call, callback, () => ({}));
   }
 
   private report(call: grpc.ServerUnaryCall<StepReport, Ack>, callback: Callback<Ack>): void {
-    if (!this.authorized(call.metadata)) return callback(refuse(grpc.status.UNAUTHENTICATED, 'wrong or missing join token'));
-    const session = this.session(call.request.workerId);
-    if (!session) return callback(refuse(grpc.status.NOT_FOUND, `worker ${call.request.workerId} is not part of the run`));
-    session.lastHeartbeat = Date.now();
-    const refused = this.options.handlers.onReport(call.request, session);
-    if (refused !== undefined) return callback(refuse(grpc.status.FAILED_PRECONDITION, refused));
-    callback(null, {});
+    this.memberCall(call, callback, (session) => this.options.handlers.onReport(call.request, session) ?? {});
   }
 
   private claim(call: grpc.ServerUnaryCall<ClaimRequest, ClaimReply>, callback: Callback<ClaimReply>): void {
-    if (!this.authorized(call.metadata)) return callback(refuse(grpc.status.UNAUTHENTICATED, 'wrong or missing join token'));
-    const session = this.session(call.request.workerId);
-    if (!session) return callback(refuse(grpc.status.NOT_FOUND, `worker ${call.request.workerId} is not part of the run`));
-    session.lastHeartbeat = Date.now();
-    const reply = this.options.handlers.onClaim(call.request, session);
-    if (typeof reply === 'string') return callback(refuse(grpc.status.FAILED_PRECONDITION, reply));
-    callback(null, reply);
+    this.memberCall(call, callback, (session) => this.options.handlers.onClaim(call.request, session));
   }
 
   private putState(call: grpc.ServerReadableStream<StateChunk, Ack>, callback: Callback<Ack>): void {
