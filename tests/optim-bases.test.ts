@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Adam, AdaFactor, type AdaFactorOptions, factoredAxes, HostParameters, Optimizer, Sgd } from '../src/optim/index.js';
 import { lcg } from './helpers.js';
+import { adafactorMatrixKernel, KERNEL_MIN_ELEMENTS } from '../src/optim/adafactor-kernel.js';
 
 // ---------------------------------------------------------------------------------------
 // N-d array helpers (row-major flat data + shape)
@@ -338,6 +339,69 @@ describe('AdaFactor against a float64 reference', () => {
       assertParamsClose(plist[0]!.values, ref.params[0]!, step, `w after step ${step}`);
     }
     assert.deepEqual(slotNames(opt), ['w#adafactor/vc', 'w#adafactor/vr']);
+  });
+
+  for (const shape of [[300, 259], [257, 301]]) {
+    it(`factored [${shape.join(', ')}], large enough for the wasm SIMD passes (odd widths: the scalar tails too): vr, vc and parameters over 3 steps`, () => {
+      assert.ok(shape[0]! * shape[1]! >= KERNEL_MIN_ELEMENTS, 'the kernel path runs');
+      assert.ok(adafactorMatrixKernel() !== null, 'the kernel loads here (kernels.wasm is built)');
+      const { opt, ref, params, plist, rand } = setup(new AdaFactor({ beta1: 0.9 }), { beta1: 0.9 }, [{ name: 'w', shape }], 14);
+      for (let step = 1; step <= 3; step++) {
+        const grads = [gradValues(rand, shape[0]! * shape[1]!, step === 2 ? 0.3 : 0.05)];
+        opt.apply(params, grads);
+        ref.step(grads);
+        assertSlotClose(slotOf(opt, 'w#adafactor/vr').data, ref.params[0]!.vr!.data, `vr after step ${step}`);
+        assertSlotClose(slotOf(opt, 'w#adafactor/vc').data, ref.params[0]!.vc!.data, `vc after step ${step}`);
+        assertSlotClose(slotOf(opt, 'w#adafactor/m').data, ref.params[0]!.m!, `m after step ${step}`, 1e-6);
+        assertParamsClose(plist[0]!.values, ref.params[0]!, step, `w after step ${step}`);
+      }
+    });
+  }
+
+  it('the SIMD passes equal their float64 formulas: lo and hi updated, u = g / sqrt(lo hi / mean(vr) + eps1), the sums of u^2 and value^2', () => {
+    const rand = lcg(21);
+    for (const [rows, cols, loIsVr] of [[300, 259, true], [263, 257, false]] as const) {
+      const n = rows * cols;
+      const g = gradValues(rand, n, 0.01);
+      const value = paramValues(rand, n);
+      const lo = Float32Array.from({ length: cols }, () => rand() * 1e-4);
+      const hi = Float32Array.from({ length: rows }, () => rand() * 1e-4);
+      const [lo0, hi0] = [Float64Array.from(lo), Float64Array.from(hi)];
+      const u = new Float32Array(n);
+      const b2 = 0.8;
+      const eps1 = 1e-30;
+      const got = adafactorMatrixKernel()!.run(g, value, u, lo, hi, rows, cols, b2, eps1, loIsVr);
+      got.finish();
+      const colSums = new Float64Array(cols);
+      const rowSums = new Float64Array(rows);
+      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) {
+        const s2 = g[r * cols + c]! ** 2 + eps1;
+        colSums[c]! += s2;
+        rowSums[r]! += s2;
+      }
+      const loRef = lo0.map((v, c) => b2 * v + ((1 - b2) * colSums[c]!) / rows);
+      const hiRef = hi0.map((v, r) => b2 * v + ((1 - b2) * rowSums[r]!) / cols);
+      assertSlotClose(lo, loRef, `lo of [${rows}, ${cols}]`);
+      assertSlotClose(hi, hiRef, `hi of [${rows}, ${cols}]`);
+      const vr = loIsVr ? lo : hi;
+      const inverseMean = vr.length / vr.reduce((a, b) => a + b, 0);
+      let squares = 0;
+      let valueSquares = 0;
+      const uRef = new Float64Array(n);
+      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) {
+        const k = r * cols + c;
+        uRef[k] = g[k]! / Math.sqrt(lo[c]! * hi[r]! * inverseMean + eps1);
+        squares += uRef[k]! ** 2;
+        valueSquares += value[k]! ** 2;
+      }
+      assertAllClose(u, uRef, (k) => 1e-6 * Math.abs(uRef[k]!), `u of [${rows}, ${cols}]`);
+      assert.ok(Math.abs(got.squares - squares) < 1e-6 * squares, `sum of u^2: ${got.squares} vs ${squares}`);
+      assert.ok(Math.abs(got.valueSquares - valueSquares) < 1e-6 * valueSquares, `sum of value^2: ${got.valueSquares} vs ${valueSquares}`);
+      // the same passes again from the same statistics, finished with a step: value - step * u
+      const stepped = new Float32Array(n);
+      adafactorMatrixKernel()!.run(g, value, stepped, Float32Array.from(lo0), Float32Array.from(hi0), rows, cols, b2, eps1, loIsVr).finish(0.01);
+      assertAllClose(stepped, uRef.map((x, k) => value[k]! - 0.01 * x), (k) => 1e-6 * Math.abs(value[k]!) + 2e-6 * 0.01 * Math.abs(uRef[k]!), `value - 0.01 u of [${rows}, ${cols}]`);
+    }
   });
 
   it('factored rank 3 [256, 3, 130] (largest dims not the last two): vr [1, 3, 130], vc [256, 3, 1], parameters over 2 steps', () => {

@@ -1,5 +1,6 @@
 import { type BaseRule, NamePatterns, type ParamStep, rms } from './rule.js';
 import type { SlotSpec } from './slots.js';
+import { adafactorMatrixKernel, KERNEL_MIN_ELEMENTS, type MatrixPasses } from './adafactor-kernel.js';
 
 export interface AdaFactorOptions {
   /** null: relative step min(1/sqrt(t), 1e-2), times 0.05 without parameter scaling. */
@@ -119,10 +120,17 @@ export class AdaFactor implements BaseRule {
     let squares = 0;
     // the sum of value^2 for the parameter scale, when a pass above read the values already
     let valueSquares: number | undefined;
+    // the SIMD passes of a large matrix: u is still in the kernel's memory
+    let kernelPasses: MatrixPasses | undefined;
     if (axes) {
       const b = blocks(p.shape, axes.a1, axes.a2);
-      if (b.outer === 1 && b.mid === 1 && b.inner === 1) {
-        ({ squares, valueSquares } = this.matrixUpdate(p, b.a1First ? p.slot('vr') : p.slot('vc'), b.a1First ? p.slot('vc') : p.slot('vr'), b.x, b.y, b.a1First, b2));
+      const [lo, hi] = b.a1First ? [p.slot('vr'), p.slot('vc')] : [p.slot('vc'), p.slot('vr')];
+      const kernel = b.outer === 1 && b.mid === 1 && b.inner === 1 && b.x * b.y >= KERNEL_MIN_ELEMENTS ? adafactorMatrixKernel() : null;
+      if (kernel) {
+        kernelPasses = kernel.run(g, value, u, lo, hi, b.x, b.y, b2, eps1, b.a1First);
+        ({ squares, valueSquares } = kernelPasses);
+      } else if (b.outer === 1 && b.mid === 1 && b.inner === 1) {
+        ({ squares, valueSquares } = this.matrixUpdate(p, lo, hi, b.x, b.y, b.a1First, b2));
       } else {
         squares = this.factoredUpdate(p, b, b2);
       }
@@ -142,6 +150,7 @@ export class AdaFactor implements BaseRule {
       const scale = valueSquares === undefined ? rms(value) : value.length === 0 ? 0 : Math.sqrt(valueSquares / value.length);
       lr *= Math.max(scale, o.epsilon2);
     }
+    if (kernelPasses) kernelPasses.finish(o.beta1 > 0 ? undefined : lr / clip);
     if (o.beta1 > 0) {
       const m = p.slot('m');
       const b1 = o.beta1;
@@ -150,7 +159,7 @@ export class AdaFactor implements BaseRule {
         const mi = (m[i] = b1 * m[i]! + c * u[i]!);
         u[i] = value[i]! - lr * Math.fround(mi);
       }
-    } else {
+    } else if (!kernelPasses) {
       const step = lr / clip;
       for (let i = 0; i < u.length; i++) u[i] = value[i]! - step * u[i]!;
     }
@@ -225,7 +234,8 @@ export class AdaFactor implements BaseRule {
   /**
    * The same for an X x Y matrix (every dense kernel and embedding), without the block index
    * arithmetic; its last pass also sums value^2 (in index order, as `rms` does) for the
-   * parameter scale, saving a pass over the values.
+   * parameter scale, saving a pass over the values. Large matrices run on wasm SIMD instead
+   * (adafactor-kernel.ts), equal to these loops to float32 rounding.
    */
   private matrixUpdate(p: ParamStep, lo: Float32Array, hi: Float32Array, X: number, Y: number, a1First: boolean, b2: number): { squares: number; valueSquares: number } {
     const { grad: g, proposed: u, value } = p;

@@ -40,7 +40,8 @@ const KERNELS_WASM = new URL('../simd/kernels.wasm', import.meta.url);
 
 let compiled: WebAssembly.Module | undefined;
 
-function kernelModule(): WebAssembly.Module {
+/** The compiled kernels module: also instantiated on memories of their own (the optimizer's, src/optim/adafactor-kernel.ts). */
+export function kernelModule(): WebAssembly.Module {
   if (compiled === undefined) {
     let bytes: Uint8Array<ArrayBuffer>;
     try {
