@@ -108,6 +108,15 @@ describe('Trainer', () => {
     assert.deepEqual(first, second, 'the replicas are identical');
     reference.forEach((w, i) => w.forEach((v, j) => assert.ok(Math.abs(v - first![i]![j]!) < 1e-5, `weight ${i}[${j}]: ${first![i]![j]} vs ${v}`)));
     await assert.rejects(whole.trainer.reduce(mlmBatch(1, 2, 8, 40), {}, async () => undefined), /need a reducer/);
+    // each piece is split into the micro-batches it asks for (a worker's --micro-batch), the first one too
+    const trainer = shares[0]!.trainer;
+    const seen: number[] = [];
+    const objective = trainer.options.objective;
+    const counting = new Trainer({ ...trainer.options, objective: { weights: objective.weights, compute: (b, o) => (seen.push(o?.microBatches ?? 1), objective.compute(b, o)) }, reducer: new InProcessGroup(1).member() });
+    const batch = mlmBatch(30, 6, 8, 40);
+    const pieces = [{ batch: sliceBatch(batch, 3, 6), firstSample: 3, microBatches: 3 }];
+    (await counting.reduce(sliceBatch(batch, 0, 3), { dropoutSeed: 1, microBatches: 2 }, async () => pieces.shift())).apply();
+    assert.deepEqual(seen, [2, 3]);
     [whole, ...shares].forEach((r) => r.dispose());
   });
 

@@ -63,6 +63,8 @@ export interface StepPlacement {
   dropoutSeed?: number;
   /** Index of the batch's first sample in the global batch (a worker's share). */
   firstSample?: number;
+  /** Micro-batches to split the batch into (default: the trainer's `microBatches`). */
+  microBatches?: number;
 }
 
 /** More samples of the same step (a worker's claims): the gradients of every piece are added up before the all-reduce. */
@@ -216,7 +218,7 @@ export class Trainer {
       targets += result.targets;
       correct += result.correct;
     };
-    computePiece({ batch, firstSample: placement.firstSample ?? 0 });
+    computePiece({ batch, firstSample: placement.firstSample ?? 0, microBatches: placement.microBatches });
     if (more) for (let piece = await more(); piece; piece = await more()) computePiece(piece);
     const copyStart = performance.now();
     // host copies: the reducer and the clipping write into them, never into a tensor's memory

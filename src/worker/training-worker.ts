@@ -286,7 +286,7 @@ export class TrainingWorker {
           }
         : undefined;
       const [sent, received] = [this.communicator?.bytesSent ?? 0, this.communicator?.bytesReceived ?? 0];
-      const reduced = await this.trainer.reduce(first.batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample }, more);
+      const reduced = await this.trainer.reduce(first.batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample, microBatches: first.microBatches }, more);
       this.pending.set(w.step, reduced);
       Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, samples, reduceSeconds: reduced.reduceSeconds, learningRate: replica.optimizer.currentLearningRate, forwardBackwardSeconds: reduced.computeSeconds, copySeconds: reduced.copySeconds });
       this.options.metrics?.stepReduced({
