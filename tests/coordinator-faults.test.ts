@@ -81,10 +81,10 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
       assert.ok(assigned.kind === 'assign' && assigned.assign.generation >= 1);
       const generation = assigned.assign.generation;
       const report = { workerId, ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: 0, samples: 1 };
-      const claimRefusal = (claim: { generation: number; step: number }) => client!.claim({ workerId, ...claim }).then(() => 'granted', (e: Error) => e.message);
+      const claimRefusal = (claim: { generation: number; step: number }) => client!.claim({ workerId, sequence: 1, ...claim }).then(() => 'granted', (e: Error) => e.message);
       assert.match(await claimRefusal({ generation: generation - 1, step: 1 }), new RegExp(`claim for step 1 refused: it is of generation ${generation - 1}, the run is at generation ${generation}`));
       assert.match(await claimRefusal({ generation, step: 7 }), /claim for step 7 refused: step 1 is in progress/);
-      assert.deepEqual((await client.claim({ workerId, generation, step: 1 })).records, [], 'one worker: nothing of step 1 is left to claim');
+      assert.deepEqual((await client.claim({ workerId, generation, step: 1, sequence: 1 })).records, [], 'one worker: nothing of step 1 is left to claim');
       assert.match(String(await client.report({ ...report, generation: generation - 1, step: 1 })), new RegExp(`report of step 1 refused: it is of generation ${generation - 1}, the run is at generation ${generation}`));
       assert.match(String(await client.report({ ...report, generation, step: 7 })), /report of step 7 refused: step 1 is awaited/);
       assert.doesNotMatch(output.text, /^step +1\//m, 'nothing was committed from a fenced report');
@@ -96,7 +96,7 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
     }
   });
 
-  it('claims: the last quarter of a step goes in shrinking pieces to whoever asks, each record once; a step whose records were not all computed is not committed', async () => {
+  it('claims: the last quarter of a step goes in shrinking pieces to whoever asks, each record once (a claim sent again gets the same records); a step whose records were not all computed is not committed', async () => {
     const runDir = path.join(dir, 'claims');
     const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 0, ['--workers', '2', '--join-timeout', '30', '--global-batch', '16', '--step-timeout', '3'])], { stdio: ['ignore', 'pipe', 'pipe'] });
     const output = collect(child);
@@ -132,15 +132,20 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
       assert.deepEqual([fastWork.firstSample, fastWork.records.length, slowWork.firstSample, slowWork.records.length], [0, 6, 6, 6]);
       const generation = fastWork.generation;
       const pieces: { firstSample: number; ids: number[] }[] = [];
-      for (;;) {
-        const reply = await fast.client.claim({ workerId: fast.workerId, generation, step: 1 });
+      for (let sequence = 1; ; sequence++) {
+        const reply = await fast.client.claim({ workerId: fast.workerId, generation, step: 1, sequence });
         if (reply.records.length === 0) break;
         pieces.push({ firstSample: reply.firstSample, ids: reply.records.map((r) => r.id) });
+        if (sequence === 2) {
+          // the same claim again (its reply lost on the way): the same records, nothing skipped
+          const again = await fast.client.claim({ workerId: fast.workerId, generation, step: 1, sequence });
+          assert.deepEqual([again.firstSample, again.records.map((r) => r.id)], [reply.firstSample, pieces.at(-1)!.ids]);
+        }
       }
       assert.deepEqual(pieces.map((p) => [p.firstSample, p.ids.length]), [[12, 1], [13, 1], [14, 1], [15, 1]], 'ceil(remaining / 4) each: one record at a time');
       const everyId = [...fastWork.records, ...slowWork.records].map((r) => r.id).concat(pieces.flatMap((p) => p.ids));
       assert.equal(new Set(everyId).size, 16, 'no record is handed out twice');
-      assert.deepEqual((await slow.client.claim({ workerId: slow.workerId, generation, step: 1 })).records, [], 'nothing is left for the slow one');
+      assert.deepEqual((await slow.client.claim({ workerId: slow.workerId, generation, step: 1, sequence: 1 })).records, [], 'nothing is left for the slow one');
       const report = { ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0.1, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0.1, copySeconds: 0, applySeconds: 0, generation };
       await fast.client.report({ ...report, workerId: fast.workerId, step: 1, samples: 10 });
       await slow.client.report({ ...report, workerId: slow.workerId, step: 1, samples: 6 });

@@ -370,7 +370,7 @@ describe('AdaFactor against a float64 reference', () => {
       const u = new Float32Array(n);
       const b2 = 0.8;
       const eps1 = 1e-30;
-      const got = adafactorMatrixKernel()!.run(g, value, u, lo, hi, rows, cols, b2, eps1, loIsVr);
+      const got = adafactorMatrixKernel()!.run(g, value, u, lo, hi, rows, cols, b2, eps1, loIsVr)!;
       got.finish();
       const colSums = new Float64Array(cols);
       const rowSums = new Float64Array(rows);
@@ -399,7 +399,7 @@ describe('AdaFactor against a float64 reference', () => {
       assert.ok(Math.abs(got.valueSquares - valueSquares) < 1e-6 * valueSquares, `sum of value^2: ${got.valueSquares} vs ${valueSquares}`);
       // the same passes again from the same statistics, finished with a step: value - step * u
       const stepped = new Float32Array(n);
-      adafactorMatrixKernel()!.run(g, value, stepped, Float32Array.from(lo0), Float32Array.from(hi0), rows, cols, b2, eps1, loIsVr).finish(0.01);
+      adafactorMatrixKernel()!.run(g, value, stepped, Float32Array.from(lo0), Float32Array.from(hi0), rows, cols, b2, eps1, loIsVr)!.finish(0.01);
       assertAllClose(stepped, uRef.map((x, k) => value[k]! - 0.01 * x), (k) => 1e-6 * Math.abs(value[k]!) + 2e-6 * 0.01 * Math.abs(uRef[k]!), `value - 0.01 u of [${rows}, ${cols}]`);
     }
   });

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
+import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../src/backend/index.js';
 import { sliceBatch } from '../src/batch.js';
 import { buildTransformer, disposeTransformer } from '../src/model/build.js';
@@ -117,6 +118,10 @@ describe('Trainer', () => {
     const pieces = [{ batch: sliceBatch(batch, 3, 6), firstSample: 3, microBatches: 3 }];
     (await counting.reduce(sliceBatch(batch, 0, 3), { dropoutSeed: 1, microBatches: 2 }, async () => pieces.shift())).apply();
     assert.deepEqual(seen, [2, 3]);
+    // a claim that fails after the share was computed: the step fails, and no gradient tensor is left behind
+    const before = tf.memory().numTensors;
+    await assert.rejects(counting.reduce(sliceBatch(batch, 0, 3), { dropoutSeed: 1 }, async () => Promise.reject(new Error('claim refused'))), /claim refused/);
+    assert.equal(tf.memory().numTensors, before, 'the share\'s gradients were disposed');
     [whole, ...shares].forEach((r) => r.dispose());
   });
 

@@ -44,7 +44,8 @@ export function readVariableCopy(variable: tf.Variable, target?: Float32Array): 
  * garbage collector an array of the tensor's size.
  */
 export function readTensorCopy(tensor: tf.Tensor, target?: Float32Array): Float32Array {
-  const out = target && target.length === tensor.size ? target : new Float32Array(tensor.size);
+  if (target && target.length !== tensor.size) throw new Error(`a tensor of ${tensor.size} values read into ${target.length}`);
+  const out = target ?? new Float32Array(tensor.size);
   out.set(storageOf(tensor) ?? (tensor.dataSync() as Float32Array));
   return out;
 }

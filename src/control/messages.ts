@@ -53,6 +53,8 @@ export interface ClaimRequest {
   workerId: number;
   generation: number;
   step: number;
+  /** This worker's claims in the step, from 1: the same number again gets the same reply. */
+  sequence: number;
 }
 export interface ClaimReply {
   firstSample: number;

@@ -180,7 +180,7 @@ export class Coordinator {
   private failureCount = 0;
   private readonly balancer: ShareBalancer;
   /** The claimable part of the step in progress: records [next, end) of its batch, for its members. */
-  private pool: { step: number; generation: number; ranks: number; next: number; end: number; records: readonly number[]; examples: readonly Uint8Array[] } | undefined;
+  private pool: { step: number; generation: number; ranks: number; next: number; end: number; records: readonly number[]; examples: readonly Uint8Array[]; answered: Map<number, { sequence: number; reply: ClaimReply }> } | undefined;
 
   constructor(private readonly o: CoordinatorOptions) {
     this.balancer = new ShareBalancer(o.balance ?? 'dynamic');
@@ -403,7 +403,7 @@ export class Coordinator {
         const reports = this.expectReports(step, workers);
         const claimable = claimableSamples(n, workers.length, o.balance ?? 'dynamic');
         const shares = this.balancer.split(n - claimable, length, workers.map((w) => w.id));
-        this.pool = claimable > 0 ? { step, generation: this.generation, ranks: workers.length, next: n - claimable, end: n, records: handed.records, examples } : undefined;
+        this.pool = claimable > 0 ? { step, generation: this.generation, ranks: workers.length, next: n - claimable, end: n, records: handed.records, examples, answered: new Map() } : undefined;
         for (let rank = 0; rank < workers.length; rank++) {
           const { from, to } = shares[rank]!;
           const records = handed.records.slice(from, to).map((id, i) => ({ id, example: Buffer.from(examples[from + i]!) }));
@@ -418,6 +418,7 @@ export class Coordinator {
             throw new CoordinatorError(`step ${step}: the workers computed ${computed} of its ${n} records${unclaimed > 0 ? ` and left ${unclaimed} unclaimed` : ''}; nothing was applied (a defect: please report it)`);
           }
         } catch (e) {
+          this.pool = undefined;
           ledger.abort(step);
           o.metrics?.stepAborted();
           o.observer?.onStepAborted(step, (e as Error).message);
@@ -631,10 +632,15 @@ export class Coordinator {
     if (!expected || expected.step !== r.step) return `claim for step ${r.step} refused: ${expected ? `step ${expected.step} is in progress` : 'no step is in progress (it was aborted)'}`;
     if (!expected.workers.some((w) => w.id === r.workerId)) return `claim for step ${r.step} refused: worker ${r.workerId} is not a member of generation ${this.generation}`;
     if (!pool || pool.step !== r.step || pool.generation !== r.generation) return { firstSample: 0, records: [] };
+    // a retry of a claim whose reply was lost gets that reply again
+    const last = pool.answered.get(r.workerId);
+    if (last && last.sequence === r.sequence) return last.reply;
     const from = pool.next;
     const to = from + claimSize(pool.end - from, pool.ranks);
     pool.next = to;
-    return { firstSample: from, records: pool.records.slice(from, to).map((id, i) => ({ id, example: Buffer.from(pool.examples[from + i]!) })) };
+    const reply = { firstSample: from, records: pool.records.slice(from, to).map((id, i) => ({ id, example: Buffer.from(pool.examples[from + i]!) })) };
+    pool.answered.set(r.workerId, { sequence: r.sequence, reply });
+    return reply;
   }
 
   private onGone(s: WorkerSession): void {

@@ -120,7 +120,8 @@ function evenCounts(samples: number, ranks: number): number[] {
 function roundToTotal(exact: readonly number[], total: number): number[] {
   const counts = exact.map((c) => Math.max(0, Math.floor(c)));
   let left = total - counts.reduce((a, b) => a + b, 0);
-  const byRemainder = exact.map((c, r) => ({ r, rest: c - Math.floor(c) })).sort((a, b) => b.rest - a.rest || a.r - b.r);
+  // only ranks that take part (exact > 0) get the leftovers: a rank left out stays out
+  const byRemainder = exact.map((c, r) => ({ r, c, rest: c - Math.floor(c) })).filter((e) => e.c > 0).sort((a, b) => b.rest - a.rest || a.r - b.r);
   for (let i = 0; left > 0; i = (i + 1) % byRemainder.length, left--) counts[byRemainder[i]!.r]!++;
   return counts;
 }

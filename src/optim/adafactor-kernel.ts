@@ -29,9 +29,16 @@ class MatrixKernel {
     this.exports = new WebAssembly.Instance(kernelModule(), { env: { memory: this.memory } }).exports as unknown as AdaFactorExports;
   }
 
-  private reserve(bytes: number): void {
+  /** False when the memory cannot grow that far (wasm32's 4 GiB, or the host's memory). */
+  private reserve(bytes: number): boolean {
     const have = this.memory.buffer.byteLength;
-    if (bytes > have) this.memory.grow(Math.ceil((bytes - have) / PAGE));
+    if (bytes <= have) return true;
+    try {
+      this.memory.grow(Math.ceil((bytes - have) / PAGE));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -40,9 +47,11 @@ class MatrixKernel {
    * decay `b2`, `u` receives g / sqrt(v + eps1) with v = lo[c] hi[r] / mean(vr), where vr is
    * `lo` when `loIsVr`, else `hi`. Returns the sums of u^2 and of value^2, and `finish`,
    * which writes into `u` either u itself (for a first moment kept in JavaScript) or, given
-   * the step (the learning rate over the clipping), value - step * u.
+   * the step (the learning rate over the clipping), value - step * u. Undefined, with
+   * nothing changed, when the matrix does not fit the kernel's memory: the caller runs the
+   * JavaScript passes instead.
    */
-  run(g: Float32Array, value: Float32Array, u: Float32Array, lo: Float32Array, hi: Float32Array, rows: number, cols: number, b2: number, eps1: number, loIsVr: boolean): MatrixPasses {
+  run(g: Float32Array, value: Float32Array, u: Float32Array, lo: Float32Array, hi: Float32Array, rows: number, cols: number, b2: number, eps1: number, loIsVr: boolean): MatrixPasses | undefined {
     const n = rows * cols;
     const gAt = 0;
     const valueAt = align(gAt + 4 * n);
@@ -52,7 +61,7 @@ class MatrixKernel {
     const colSumsAt = align(hiAt + 4 * rows);
     const rowSumsAt = align(colSumsAt + 8 * cols);
     const sumsAt = align(rowSumsAt + 8 * rows);
-    this.reserve(sumsAt + 16);
+    if (!this.reserve(sumsAt + 16)) return undefined;
     // views after the growth: growing detaches the old ones
     const buffer = this.memory.buffer;
     new Float32Array(buffer, gAt, n).set(g);

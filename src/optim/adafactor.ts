@@ -126,8 +126,8 @@ export class AdaFactor implements BaseRule {
       const b = blocks(p.shape, axes.a1, axes.a2);
       const [lo, hi] = b.a1First ? [p.slot('vr'), p.slot('vc')] : [p.slot('vc'), p.slot('vr')];
       const kernel = b.outer === 1 && b.mid === 1 && b.inner === 1 && b.x * b.y >= KERNEL_MIN_ELEMENTS ? adafactorMatrixKernel() : null;
-      if (kernel) {
-        kernelPasses = kernel.run(g, value, u, lo, hi, b.x, b.y, b2, eps1, b.a1First);
+      kernelPasses = kernel?.run(g, value, u, lo, hi, b.x, b.y, b2, eps1, b.a1First);
+      if (kernelPasses) {
         ({ squares, valueSquares } = kernelPasses);
       } else if (b.outer === 1 && b.mid === 1 && b.inner === 1) {
         ({ squares, valueSquares } = this.matrixUpdate(p, lo, hi, b.x, b.y, b.a1First, b2));

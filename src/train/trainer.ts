@@ -189,9 +189,9 @@ export class Trainer {
     let correct = 0;
     const host = this.#hostBuffers();
     const grads = host.grads;
+    if (more && !reducer) throw new Error('pieces of a step add up gradient sums: they need a reducer');
     this.#supersede?.(); // before the shared host buffers are overwritten
     this.#supersede = undefined;
-    if (more && !reducer) throw new Error('pieces of a step add up gradient sums: they need a reducer');
     // the pieces' gradients add up in the backend (SIMD adds), then leave it in one copy
     let summed: tf.Tensor[] | undefined;
     const computePiece = (piece: StepPiece): void => {
@@ -210,22 +210,31 @@ export class Trainer {
       if (!summed) summed = result.grads;
       else {
         const previous = summed;
-        summed = previous.map((g, i) => tf.add(g, result.grads[i]!));
-        tf.dispose([...previous, ...result.grads]);
+        try {
+          summed = tf.tidy(() => previous.map((g, i) => tf.add(g, result.grads[i]!)));
+        } finally {
+          tf.dispose([...previous, ...result.grads]);
+          // on failure nothing is left to add to: the step fails as a whole
+          if (summed === previous) summed = undefined;
+        }
       }
       copySeconds += (performance.now() - addStart) / 1000;
       lossSum += result.lossSum;
       targets += result.targets;
       correct += result.correct;
     };
-    computePiece({ batch, firstSample: placement.firstSample ?? 0, microBatches: placement.microBatches });
-    if (more) for (let piece = await more(); piece; piece = await more()) computePiece(piece);
-    const copyStart = performance.now();
-    // host copies: the reducer and the clipping write into them, never into a tensor's memory
-    if (summed) summed.forEach((g, i) => readTensorCopy(g, grads[i]!));
-    else for (const g of grads) g.fill(0);
-    tf.dispose(summed ?? []);
-    copySeconds += (performance.now() - copyStart) / 1000;
+    try {
+      computePiece({ batch, firstSample: placement.firstSample ?? 0, microBatches: placement.microBatches });
+      if (more) for (let piece = await more(); piece; piece = await more()) computePiece(piece);
+      const copyStart = performance.now();
+      // host copies: the reducer and the clipping write into them, never into a tensor's memory
+      if (summed) summed.forEach((g, i) => readTensorCopy(g, grads[i]!));
+      else for (const g of grads) g.fill(0);
+      copySeconds += (performance.now() - copyStart) / 1000;
+    } finally {
+      // a piece that fails (a refused claim, a bad record) leaves no gradients behind
+      tf.dispose(summed ?? []);
+    }
     let reduceSeconds = 0;
     // one factor for the division by the global target count and the clipping, applied in
     // one pass after the norm: each pass over the gradients costs as much as the all-reduce

@@ -7,6 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
+import * as grpc from '@grpc/grpc-js';
 import { Worker } from 'node:worker_threads';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { type BackendChoice, selectBackend } from '../backend/index.js';
@@ -14,7 +15,7 @@ import { Communicator } from '../comm/communicator.js';
 import type { JoinToken, TlsMaterial } from '../comm/auth.js';
 import { CommServer } from '../comm/server.js';
 import { ControlClient, ControlError } from '../control/client.js';
-import type { Assignment, Instruction, StateChunk, StepReport, WireRecord, Work } from '../control/messages.js';
+import type { Assignment, ClaimReply, ClaimRequest, Instruction, StateChunk, StepReport, WireRecord, Work } from '../control/messages.js';
 import { parseRunSpec, type RunSpec } from '../control/run-spec.js';
 import { type ReplicaState, StateAssembler, stateChunks } from '../control/state-transfer.js';
 import { batchFromRecords, decodeRecord } from '../data/dataset.js';
@@ -279,9 +280,10 @@ export class TrainingWorker {
       };
       const first = piece(w.records, w.firstSample);
       const control = this.control!;
+      let sequence = 0;
       const more = w.claim
         ? async (): Promise<StepPiece | undefined> => {
-            const claimed = await control.claim({ workerId: this.workerId, generation: w.generation, step: w.step });
+            const claimed = await claimWithRetries(control, { workerId: this.workerId, generation: w.generation, step: w.step, sequence: ++sequence });
             return claimed.records.length > 0 ? piece(claimed.records, claimed.firstSample) : undefined;
           }
         : undefined;
@@ -311,6 +313,24 @@ export class TrainingWorker {
     if (!this.replica) throw new Error('state requested before the run was assigned');
     if (step !== this.step) throw new Error(`state of step ${step} requested, this worker holds step ${this.step}`);
     await this.control!.putState(stateChunks(captureReplicaState(this.replica), { workerId: this.workerId, generation, step }));
+  }
+}
+
+/**
+ * A claim, sent again (same sequence: the same records) when its call failed on the way, up
+ * to three times: a lost reply must not fail the step. A refusal (the step is no longer in
+ * progress, a stale generation) is final.
+ */
+async function claimWithRetries(control: ControlClient, request: ClaimRequest): Promise<ClaimReply> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await control.claim(request);
+    } catch (e) {
+      const code = (e as { code?: number }).code;
+      const final = code === grpc.status.FAILED_PRECONDITION || code === grpc.status.UNAUTHENTICATED || code === grpc.status.NOT_FOUND;
+      if (final || attempt >= 3) throw e;
+      await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
+    }
   }
 }
 
