@@ -62,7 +62,7 @@ describe('backoff of a worker that keeps failing', () => {
 });
 
 describe('coordinator under faults (real processes on 127.0.0.1)', () => {
-  it('refuses a report or a claim of an older generation or of a step it does not await (fenced), naming why', async () => {
+  it('refuses a worker of another protocol version, and a report or a claim of an older generation or of a step it does not await (fenced), naming why', async () => {
     const runDir = path.join(dir, 'fenced');
     const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 0, ['--workers', '1', '--join-timeout', '30'])], { stdio: ['ignore', 'pipe', 'pipe'] });
     const output = collect(child);
@@ -71,6 +71,8 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
       await waitFor(() => /listening on/.test(output.text), 30_000, () => output.text);
       // a worker of our own making, to send what a real one never would
       client = new ControlClient(address(output.text), new JoinToken(readFileSync(path.join(runDir, 'join-token'), 'utf8').trim()));
+      // a worker of another version is turned away at the door
+      await assert.rejects(client.join({ name: 'old', backend: 'cpu', freeMemoryBytes: 0, runId: '', heldStep: 0, generation: 0, protocol: 1 }, 10_000), /refused this worker: the worker speaks control protocol 1, this coordinator 2: run the same version/);
       const { workerId } = await client.join({ name: 'forger', backend: 'cpu', freeMemoryBytes: 0, runId: '', heldStep: 0, generation: 0 }, 10_000);
       const instructions: Instruction[] = [];
       const stream = client.instructions(workerId, '127.0.0.1:9');

@@ -1,6 +1,6 @@
 /** The worker's side of the control plane: every call carries the token and has a deadline. */
 import * as grpc from '@grpc/grpc-js';
-import { CHANNEL_OPTIONS, type ClaimReply, type ClaimRequest, controlClient, type HeartbeatRequest, type Instruction, type JoinReply, type JoinRequest, type StateChunk, type StepReport } from './messages.js';
+import { CHANNEL_OPTIONS, CONTROL_PROTOCOL, type ClaimReply, type ClaimRequest, controlClient, type HeartbeatRequest, type Instruction, type JoinReply, type JoinRequest, type StateChunk, type StepReport } from './messages.js';
 import type { Credential, TlsFiles } from './server.js';
 
 const UNARY_DEADLINE_MS = 15_000;
@@ -50,7 +50,7 @@ export class ControlClient {
   /** Joins the run; `waitMs`: how long to keep trying while the coordinator is not up yet. */
   async join(request: JoinRequest, waitMs = 30_000): Promise<JoinReply> {
     try {
-      return await this.unary<JoinRequest, JoinReply>('Join', request, waitMs, true);
+      return await this.unary<JoinRequest, JoinReply>('Join', { ...request, protocol: request.protocol ?? CONTROL_PROTOCOL }, waitMs, true);
     } catch (e) {
       const err = e as grpc.ServiceError;
       // the status stays on the error for callers that act on it
@@ -60,6 +60,7 @@ export class ControlClient {
       if (err.code === grpc.status.UNAUTHENTICATED) {
         throw new ControlError(`the coordinator at ${this.address} refused this worker's join token: give the run's token (PRETRAIN_TOKEN_FILE)`, err.code);
       }
+      if (err.code === grpc.status.FAILED_PRECONDITION) throw new ControlError(`the coordinator at ${this.address} refused this worker: ${err.details}`, err.code);
       throw e;
     }
   }

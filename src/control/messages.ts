@@ -15,6 +15,8 @@ export interface JoinRequest {
   runId: string;
   heldStep: number;
   generation: number;
+  /** The control protocol the worker speaks; ControlClient.join fills in CONTROL_PROTOCOL. */
+  protocol?: number;
 }
 export interface JoinReply {
   runId: string;
@@ -124,6 +126,13 @@ export interface StepReport {
   samples: number;
 }
 export type Ack = Record<string, never>;
+
+/**
+ * The control protocol's version: 2 added claims (Work.claim, Claim, StepReport.samples).
+ * A worker and a coordinator of different versions would fail every step; the coordinator
+ * refuses such a worker when it joins.
+ */
+export const CONTROL_PROTOCOL = 2;
 
 /** Largest message either side accepts: a step's records or one state chunk, with room. */
 export const MAX_CONTROL_MESSAGE_BYTES = 64 << 20;

@@ -9,7 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthStatus } from './health.js';
 import {
   type Ack, type ClaimReply, type ClaimRequest, controlService, type HeartbeatRequest, type Instruction, type InstructionsRequest, type JoinReply, type JoinRequest,
-  MAX_CONTROL_MESSAGE_BYTES, type StateChunk, type StepReport,
+  CONTROL_PROTOCOL, MAX_CONTROL_MESSAGE_BYTES, type StateChunk, type StepReport,
 } from './messages.js';
 
 /** The run's join token (src/comm/auth.ts JoinToken): checked in constant time, never logged. */
@@ -120,6 +120,9 @@ export class ControlServer {
     if (!this.authorized(call.metadata)) return callback(refuse(grpc.status.UNAUTHENTICATED, 'wrong or missing join token'));
     if (this.closed) return callback(refuse(grpc.status.UNAVAILABLE, 'the coordinator is shutting down'));
     const r = call.request;
+    if (r.protocol !== CONTROL_PROTOCOL) {
+      return callback(refuse(grpc.status.FAILED_PRECONDITION, `the worker speaks control protocol ${r.protocol ?? 0}, this coordinator ${CONTROL_PROTOCOL}: run the same version of tfjs-pretrain on both`));
+    }
     const now = Date.now();
     const session: WorkerSession = { id: this.nextId++, name: r.name.slice(0, 200), dataAddress: '', heldRunId: r.runId.slice(0, 100), heldStep: r.heldStep, heldGeneration: r.generation, backend: r.backend.slice(0, 40), lastHeartbeat: now, stream: undefined, gone: undefined };
     this.sessions.set(session.id, session);
