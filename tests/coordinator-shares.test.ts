@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { type Share, ShareBalancer } from '../src/coordinator/shares.js';
+import { claimableSamples, claimSize, type Share, ShareBalancer } from '../src/coordinator/shares.js';
 import { lcg } from './helpers.js';
 
 const sizes = (shares: readonly Share[]): number[] => shares.map((s) => s.to - s.from);
@@ -74,6 +74,18 @@ describe('splitting a step across the ranks', () => {
     b.observe(1, 0, 10, 0, 0);
     b.observe(1, 4, 10, Number.NaN, 0);
     assert.deepEqual(sizes(b.split(16, 10, [1, 2])), [8, 8]);
+  });
+
+  it('claims: a quarter of the batch with 2 or more ranks and --balance dynamic; pieces shrink from ceil(left / 2W) to one', () => {
+    assert.equal(claimableSamples(16, 2, 'dynamic'), 4);
+    assert.equal(claimableSamples(64, 8, 'dynamic'), 16);
+    assert.equal(claimableSamples(3, 2, 'dynamic'), 0);
+    assert.equal(claimableSamples(16, 1, 'dynamic'), 0, 'one worker has nobody to wait for');
+    assert.equal(claimableSamples(16, 2, 'even'), 0);
+    const pieces: number[] = [];
+    for (let left = 16; left > 0; left -= pieces.at(-1)!) pieces.push(claimSize(left, 2));
+    assert.deepEqual(pieces, [4, 3, 3, 2, 1, 1, 1, 1]);
+    assert.equal(claimSize(0, 2), 0, 'nothing left: an empty reply');
   });
 
   it('dynamic: any measured speeds give contiguous shares that cover the batch, each within 1 of its exact value', () => {
