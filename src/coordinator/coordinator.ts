@@ -298,12 +298,21 @@ export class Coordinator {
       // a run from step 0 with --init (or one resumed before its first checkpoint): the imported weights
       let restoreFrom: ReplicaState | undefined = checkpoint ?? initial;
       if (resuming) {
-        const fromLive = lastCommitted > this.step && workers.every((w) => w.heldRunId === o.runId && w.heldStep === lastCommitted);
+        // the step every live replica holds, if they agree: the journal's last commit, or the
+        // one before it when the coordinator died between journaling a commit and the workers
+        // receiving it (that commit is then void: its records run again, nothing was applied)
+        const held = workers.map((w) => (w.heldRunId === o.runId ? w.heldStep : -1));
+        const liveStep = held.every((h) => h === held[0]) ? held[0]! : -1;
+        const fromLive = liveStep > this.step && liveStep <= lastCommitted;
         if (fromLive) {
-          for (const commit of laterCommits) ledger.redo(commit);
-          this.step = lastCommitted;
+          for (const commit of laterCommits) if (commit.step <= liveStep) ledger.redo(commit);
+          this.step = liveStep;
           restoreFrom = undefined;
-          o.log(`resuming from the live workers, which hold step ${lastCommitted}, the journal's last commit: no step lost`);
+          o.log(
+            liveStep === lastCommitted
+              ? `resuming from the live workers, which hold step ${liveStep}, the journal's last commit: no step lost`
+              : `resuming from the live workers, which hold step ${liveStep}: the journal's commit${lastCommitted - liveStep > 1 ? 's' : ''} of step${lastCommitted - liveStep > 1 ? 's' : ''} ${liveStep + 1}${lastCommitted - liveStep > 1 ? `-${lastCommitted}` : ''} never reached them (the coordinator stopped first), so ${lastCommitted - liveStep > 1 ? 'they are' : 'it is'} void and run${lastCommitted - liveStep > 1 ? '' : 's'} again`,
+          );
           await journal.append({ type: 'resume', fromStep: this.step });
         } else {
           if (lastCommitted > this.step) o.log(`the workers do not all hold step ${lastCommitted}, the journal's last commit: resuming from ${checkpoint ? checkpoint.name : 'the start'}, steps ${this.step + 1}-${lastCommitted} run again`);
