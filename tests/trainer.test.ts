@@ -49,13 +49,27 @@ function replica(optimizer: OptimizerConfig, reducer?: GradientReducer) {
   return { trainer, weights, dispose: () => disposeTransformer(model) };
 }
 
+/**
+ * One process on whole batches, and two replicas that all-reduce their shares (Adam); the
+ * second keeps its gradients in memory its reducer offers (Communicator.allocate in a worker).
+ */
+function wholeAndTwoReplicas() {
+  const optimizer: OptimizerConfig = { type: 'adam', learningRate: 1e-2 };
+  const group = new InProcessGroup(2);
+  return { whole: replica(optimizer), shares: [replica(optimizer, group.member()), replica(optimizer, { ...group.member(), allocate: (n: number) => new Float32Array(n) })] };
+}
+
+/** The replicas are identical, and equal the whole-batch process's weights to 1e-5. */
+function assertReplicasMatchWhole(whole: ReturnType<typeof replica>, shares: ReturnType<typeof replica>[]): void {
+  const reference = whole.weights();
+  const [first, second] = shares.map((s) => s.weights());
+  assert.deepEqual(first, second, 'the replicas are identical');
+  reference.forEach((w, i) => w.forEach((v, j) => assert.ok(Math.abs(v - first![i]![j]!) < 1e-5, `weight ${i}[${j}]: ${first![i]![j]} vs ${v}`)));
+}
+
 describe('Trainer', () => {
   it('replicas that all-reduce their shares of a batch end with the parameters of one process on the whole batch (dropout, clipping, Adam)', async () => {
-    const optimizer: OptimizerConfig = { type: 'adam', learningRate: 1e-2 };
-    const whole = replica(optimizer);
-    const group = new InProcessGroup(2);
-    // the second replica keeps its gradients in memory its reducer offers (Communicator.allocate in a worker)
-    const shares = [replica(optimizer, group.member()), replica(optimizer, { ...group.member(), allocate: (n: number) => new Float32Array(n) })];
+    const { whole, shares } = wholeAndTwoReplicas();
     for (let step = 1; step <= 3; step++) {
       const batch = mlmBatch(step, 5, 8, 40);
       const expected = await whole.trainer.step(batch, { dropoutSeed: step });
@@ -70,18 +84,12 @@ describe('Trainer', () => {
         assert.ok(Math.abs(r.gradNorm - expected.gradNorm) < 1e-4 * expected.gradNorm, `step ${step}: norm ${r.gradNorm} vs ${expected.gradNorm}`);
       }
     }
-    const reference = whole.weights();
-    const [first, second] = shares.map((s) => s.weights());
-    assert.deepEqual(first, second, 'the replicas are identical');
-    reference.forEach((w, i) => w.forEach((v, j) => assert.ok(Math.abs(v - first![i]![j]!) < 1e-5, `weight ${i}[${j}]: ${first![i]![j]} vs ${v}`)));
+    assertReplicasMatchWhole(whole, shares);
     [whole, ...shares].forEach((r) => r.dispose());
   });
 
   it('a replica that takes its share in pieces (claims) ends as one process on the whole batch; an empty first share is fine', async () => {
-    const optimizer: OptimizerConfig = { type: 'adam', learningRate: 1e-2 };
-    const whole = replica(optimizer);
-    const group = new InProcessGroup(2);
-    const shares = [replica(optimizer, group.member()), replica(optimizer, { ...group.member(), allocate: (n: number) => new Float32Array(n) })];
+    const { whole, shares } = wholeAndTwoReplicas();
     for (let step = 1; step <= 2; step++) {
       const batch = mlmBatch(10 + step, 7, 8, 40);
       const expected = await whole.trainer.step(batch, { dropoutSeed: step });
@@ -104,10 +112,7 @@ describe('Trainer', () => {
         r.apply();
       }
     }
-    const reference = whole.weights();
-    const [first, second] = shares.map((s) => s.weights());
-    assert.deepEqual(first, second, 'the replicas are identical');
-    reference.forEach((w, i) => w.forEach((v, j) => assert.ok(Math.abs(v - first![i]![j]!) < 1e-5, `weight ${i}[${j}]: ${first![i]![j]} vs ${v}`)));
+    assertReplicasMatchWhole(whole, shares);
     await assert.rejects(whole.trainer.reduce(mlmBatch(1, 2, 8, 40), {}, async () => undefined), /need a reducer/);
     // each piece is split into the micro-batches it asks for (a worker's --micro-batch), the first one too
     const trainer = shares[0]!.trainer;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../src/backend/index.js';
-import { readVariableCopy } from '../src/backend/variable-storage.js';
+import { readTensorCopy } from '../src/backend/variable-storage.js';
 import { createOptimizer, VariableParameters } from '../src/optim/index.js';
 
 for (const backend of ['cpu', 'wasm'] as const) {
@@ -24,7 +24,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
       assert.deepEqual([...rows.dataSync()], [1, 1, 1, 1], 'a slice keeps its values');
       assert.deepEqual([...shared.dataSync()], new Array(16).fill(1), 'a clone keeps its values');
       assert.equal(seen[0], 1, 'an earlier dataSync result keeps its values');
-      const copy = readVariableCopy(w);
+      const copy = readTensorCopy(w);
       copy[0] = 99;
       assert.equal(w.dataSync()[0], 2, 'a read is the caller\u2019s copy');
       tf.dispose([before, after, rows, shared, x, w]);

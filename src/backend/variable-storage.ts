@@ -13,35 +13,29 @@ interface CpuBackendLike {
  */
 
 /** A tensor's own float32 storage (a view into the wasm heap, the cpu backend's array), if reachable. */
-function storageOf(variable: tf.Tensor): Float32Array | undefined {
-  if (variable.dtype !== 'float32') return undefined;
+function storageOf(tensor: tf.Tensor): Float32Array | undefined {
+  if (tensor.dtype !== 'float32') return undefined;
   const backend = tf.backend();
   const name = tf.getBackend();
   if (name === 'wasm') {
     const wasm = backend as unknown as WasmBackendLike;
-    const data = wasm.dataIdMap.get(variable.dataId);
+    const data = wasm.dataIdMap.get(tensor.dataId);
     if (!data || typeof data.memoryOffset !== 'number') return undefined;
-    return new Float32Array(wasm.wasm.HEAPU8.buffer, data.memoryOffset, variable.size);
+    return new Float32Array(wasm.wasm.HEAPU8.buffer, data.memoryOffset, tensor.size);
   }
   if (name === 'cpu') {
-    const stored = (backend as unknown as CpuBackendLike).data.get(variable.dataId)?.values;
-    return stored instanceof Float32Array && stored.length === variable.size ? stored : undefined;
+    const stored = (backend as unknown as CpuBackendLike).data.get(tensor.dataId)?.values;
+    return stored instanceof Float32Array && stored.length === tensor.size ? stored : undefined;
   }
   return undefined;
 }
 
 /**
- * A copy of a variable's values, into `target` when given (no allocation per read: an
- * optimizer reads every weight every step), else into a fresh array.
- */
-export function readVariableCopy(variable: tf.Variable, target?: Float32Array): Float32Array {
-  return readTensorCopy(variable, target);
-}
-
-/**
- * The same for any float32 tensor (a gradient into the trainer's host buffer): one copy
- * straight from the backend's memory, where `dataSync` would copy twice and leave the
- * garbage collector an array of the tensor's size.
+ * A copy of a float32 tensor's values (a variable the optimizer reads, a gradient the trainer
+ * reads into its host buffer), into `target` when given (no allocation per read: this runs
+ * for every weight every step), else into a fresh array: one copy straight from the
+ * backend's memory, where `dataSync` would copy twice and leave the garbage collector an
+ * array of the tensor's size.
  */
 export function readTensorCopy(tensor: tf.Tensor, target?: Float32Array): Float32Array {
   if (target && target.length !== tensor.size) throw new Error(`a tensor of ${tensor.size} values read into ${target.length}`);

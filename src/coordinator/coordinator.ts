@@ -308,11 +308,8 @@ export class Coordinator {
           for (const commit of laterCommits) if (commit.step <= liveStep) ledger.redo(commit);
           this.step = liveStep;
           restoreFrom = undefined;
-          o.log(
-            liveStep === lastCommitted
-              ? `resuming from the live workers, which hold step ${liveStep}, the journal's last commit: no step lost`
-              : `resuming from the live workers, which hold step ${liveStep}: the journal's commit${lastCommitted - liveStep > 1 ? 's' : ''} of step${lastCommitted - liveStep > 1 ? 's' : ''} ${liveStep + 1}${lastCommitted - liveStep > 1 ? `-${lastCommitted}` : ''} never reached them (the coordinator stopped first), so ${lastCommitted - liveStep > 1 ? 'they are' : 'it is'} void and run${lastCommitted - liveStep > 1 ? '' : 's'} again`,
-          );
+          const unapplied = lastCommitted === liveStep + 1 ? `commit of step ${lastCommitted} never reached them (the coordinator stopped first), so it is void and runs again` : `commits of steps ${liveStep + 1}-${lastCommitted} never reached them (the coordinator stopped first), so they are void and run again`;
+          o.log(`resuming from the live workers, which hold step ${liveStep}${liveStep === lastCommitted ? ", the journal's last commit: no step lost" : `: the journal's ${unapplied}`}`);
           await journal.append({ type: 'resume', fromStep: this.step });
         } else {
           if (lastCommitted > this.step) o.log(`the workers do not all hold step ${lastCommitted}, the journal's last commit: resuming from ${checkpoint ? checkpoint.name : 'the start'}, steps ${this.step + 1}-${lastCommitted} run again`);
@@ -410,7 +407,7 @@ export class Coordinator {
         // the digest of the state before this step: that of the step before it, committed everywhere
         const digest = o.checksumEvery > 0 && (step - 1) % o.checksumEvery === 0 && step > 1;
         const reports = this.expectReports(step, workers);
-        const claimable = claimableSamples(n, workers.length, o.balance ?? 'dynamic');
+        const claimable = claimableSamples(n, workers.length, this.balancer.balance);
         const shares = this.balancer.split(n - claimable, length, workers.map((w) => w.id));
         this.pool = claimable > 0 ? { step, generation: this.generation, ranks: workers.length, next: n - claimable, end: n, records: handed.records, examples, answered: new Map() } : undefined;
         for (let rank = 0; rank < workers.length; rank++) {

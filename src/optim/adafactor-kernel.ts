@@ -1,7 +1,9 @@
 /**
  * AdaFactor's factored update of a large matrix with wasm SIMD (src/backend/simd/adafactor.ts):
  * the gradient and the values are copied into a memory of the optimizer's own, the two
- * passes run there four lanes at a time, and the update comes back in one copy. Three
+ * passes run there four lanes at a time, and the update comes back in one copy. Only the
+ * arithmetic lives here: the moments' decay between the passes is AdaFactor's
+ * (`decayFactoredMoments`), shared with its JavaScript passes. Three
  * copies and two SIMD passes cost about a third of the JavaScript passes on the token
  * embedding. Results equal `AdaFactor.matrixUpdate`'s to float32 rounding: products are
  * float32, sums float64.
@@ -42,16 +44,13 @@ class MatrixKernel {
   }
 
   /**
-   * The passes of `AdaFactor.matrixUpdate` for a rows x cols matrix `g` (`value` the same
-   * shape): `lo` (length cols, the mean over rows) and `hi` (length rows) are updated with
-   * decay `b2`, `u` receives g / sqrt(v + eps1) with v = lo[c] hi[r] / mean(vr), where vr is
-   * `lo` when `loIsVr`, else `hi`. Returns the sums of u^2 and of value^2, and `finish`,
-   * which writes into `u` either u itself (for a first moment kept in JavaScript) or, given
-   * the step (the learning rate over the clipping), value - step * u. Undefined, with
-   * nothing changed, when the matrix does not fit the kernel's memory: the caller runs the
-   * JavaScript passes instead.
+   * The first pass of `AdaFactor.matrixUpdate` for a rows x cols matrix `g` (`value` the
+   * same shape): both are copied in, and the sums of g^2 + eps1 over each column and each
+   * row come back (views of the kernel's memory, valid until the next `load`). Undefined,
+   * with nothing changed, when the matrix does not fit the kernel's memory: the caller runs
+   * the JavaScript passes instead.
    */
-  run(g: Float32Array, value: Float32Array, u: Float32Array, lo: Float32Array, hi: Float32Array, rows: number, cols: number, b2: number, eps1: number, loIsVr: boolean): MatrixPasses | undefined {
+  load(g: Float32Array, value: Float32Array, rows: number, cols: number, eps1: number): LoadedMatrix | undefined {
     const n = rows * cols;
     const gAt = 0;
     const valueAt = align(gAt + 4 * n);
@@ -67,26 +66,36 @@ class MatrixKernel {
     new Float32Array(buffer, gAt, n).set(g);
     new Float32Array(buffer, valueAt, n).set(value);
     this.exports.adafactorSquares(gAt, rows, cols, colSumsAt, rowSumsAt, eps1);
-    const colSums = new Float64Array(buffer, colSumsAt, cols);
-    const rowSums = new Float64Array(buffer, rowSumsAt, rows);
-    for (let r = 0; r < rows; r++) hi[r] = b2 * hi[r]! + ((1 - b2) * rowSums[r]!) / cols;
-    for (let c = 0; c < cols; c++) lo[c] = b2 * lo[c]! + ((1 - b2) * colSums[c]!) / rows;
-    const vr = loIsVr ? lo : hi;
-    let vrSum = 0;
-    for (let j = 0; j < vr.length; j++) vrSum += vr[j]!;
-    new Float32Array(buffer, loAt, cols).set(lo);
-    new Float32Array(buffer, hiAt, rows).set(hi);
-    this.exports.adafactorUpdate(gAt, valueAt, uAt, loAt, hiAt, vr.length / vrSum, eps1, rows, cols, sumsAt);
-    const sums = new Float64Array(buffer, sumsAt, 2);
     return {
-      squares: sums[0]!,
-      valueSquares: sums[1]!,
-      finish: (step) => {
-        if (step !== undefined) this.exports.adafactorStep(valueAt, uAt, n, step);
-        u.set(new Float32Array(buffer, uAt, n));
+      colSums: new Float64Array(buffer, colSumsAt, cols),
+      rowSums: new Float64Array(buffer, rowSumsAt, rows),
+      /**
+       * The second pass, given the decayed `lo` (per column) and `hi` (per row) and
+       * 1 / mean(vr): u = g / sqrt(lo[c] hi[r] / mean(vr) + eps1), with the sums of u^2 and
+       * of value^2; `finish` then writes u, or value - step * u, into the caller's `u`.
+       */
+      update: (lo, hi, inverseMean, u) => {
+        new Float32Array(buffer, loAt, cols).set(lo);
+        new Float32Array(buffer, hiAt, rows).set(hi);
+        this.exports.adafactorUpdate(gAt, valueAt, uAt, loAt, hiAt, inverseMean, eps1, rows, cols, sumsAt);
+        const sums = new Float64Array(buffer, sumsAt, 2);
+        return {
+          squares: sums[0]!,
+          valueSquares: sums[1]!,
+          finish: (step) => {
+            if (step !== undefined) this.exports.adafactorStep(valueAt, uAt, n, step);
+            u.set(new Float32Array(buffer, uAt, n));
+          },
+        };
       },
     };
   }
+}
+
+export interface LoadedMatrix {
+  readonly colSums: Float64Array;
+  readonly rowSums: Float64Array;
+  update(lo: Float32Array, hi: Float32Array, inverseMean: number, u: Float32Array): MatrixPasses;
 }
 
 export interface MatrixPasses {

@@ -126,8 +126,9 @@ export class AdaFactor implements BaseRule {
       const b = blocks(p.shape, axes.a1, axes.a2);
       const [lo, hi] = b.a1First ? [p.slot('vr'), p.slot('vc')] : [p.slot('vc'), p.slot('vr')];
       const kernel = b.outer === 1 && b.mid === 1 && b.inner === 1 && b.x * b.y >= KERNEL_MIN_ELEMENTS ? adafactorMatrixKernel() : null;
-      kernelPasses = kernel?.run(g, value, u, lo, hi, b.x, b.y, b2, eps1, b.a1First);
-      if (kernelPasses) {
+      const loaded = kernel?.load(g, value, b.x, b.y, eps1);
+      if (loaded) {
+        kernelPasses = loaded.update(lo, hi, decayFactoredMoments(lo, hi, loaded.colSums, loaded.rowSums, b2, b.a1First), u);
         ({ squares, valueSquares } = kernelPasses);
       } else if (b.outer === 1 && b.mid === 1 && b.inner === 1) {
         ({ squares, valueSquares } = this.matrixUpdate(p, lo, hi, b.x, b.y, b.a1First, b2));
@@ -240,22 +241,18 @@ export class AdaFactor implements BaseRule {
   private matrixUpdate(p: ParamStep, lo: Float32Array, hi: Float32Array, X: number, Y: number, a1First: boolean, b2: number): { squares: number; valueSquares: number } {
     const { grad: g, proposed: u, value } = p;
     const eps1 = this.options.epsilon1;
-    const sumLo = new Float64Array(Y);
+    const colSums = new Float64Array(Y);
+    const rowSums = new Float64Array(X);
     for (let x = 0, k = 0; x < X; x++) {
       let rowSum = 0;
       for (let y = 0; y < Y; y++, k++) {
         const g2 = g[k]! * g[k]! + eps1;
-        sumLo[y]! += g2;
+        colSums[y]! += g2;
         rowSum += g2;
       }
-      hi[x] = b2 * hi[x]! + ((1 - b2) * rowSum) / Y;
+      rowSums[x] = rowSum;
     }
-    for (let y = 0; y < Y; y++) lo[y] = b2 * lo[y]! + ((1 - b2) * sumLo[y]!) / X;
-    // mean of vr over a2: vr = lo (over y) when a1 is the row axis, else hi (over x)
-    const vr = a1First ? lo : hi;
-    let vrSum = 0;
-    for (let j = 0; j < vr.length; j++) vrSum += vr[j]!;
-    const inverseMean = vr.length / vrSum;
+    const inverseMean = decayFactoredMoments(lo, hi, colSums, rowSums, b2, a1First);
     let squares = 0;
     let valueSquares = 0;
     for (let x = 0, k = 0; x < X; x++) {
@@ -268,4 +265,22 @@ export class AdaFactor implements BaseRule {
     }
     return { squares, valueSquares };
   }
+}
+
+/**
+ * The factored second moment of an X x Y matrix, from the sums of g^2 + eps1 over each
+ * column (`colSums`, length Y) and each row (`rowSums`, length X): `lo` (per column) and
+ * `hi` (per row) decay by b2 towards their means. Returns 1 / mean(vr), vr being `lo` when a1
+ * is the row axis, else `hi`: v = lo[y] hi[x] / mean(vr). The JavaScript passes and the SIMD
+ * kernel's share it.
+ */
+export function decayFactoredMoments(lo: Float32Array, hi: Float32Array, colSums: ArrayLike<number>, rowSums: ArrayLike<number>, b2: number, a1First: boolean): number {
+  const X = hi.length;
+  const Y = lo.length;
+  for (let x = 0; x < X; x++) hi[x] = b2 * hi[x]! + ((1 - b2) * rowSums[x]!) / Y;
+  for (let y = 0; y < Y; y++) lo[y] = b2 * lo[y]! + ((1 - b2) * colSums[y]!) / X;
+  const vr = a1First ? lo : hi;
+  let vrSum = 0;
+  for (let j = 0; j < vr.length; j++) vrSum += vr[j]!;
+  return vr.length / vrSum;
 }

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { readVariableCopy, tensorCreationCopies } from '../backend/variable-storage.js';
+import { readTensorCopy, tensorCreationCopies } from '../backend/variable-storage.js';
 import type { NamedWeight } from '../model/weights.js';
 
 /**
@@ -69,7 +69,7 @@ export class VariableParameters implements ParameterAccess {
   read(index: number): Float32Array {
     const variable = this.weights[index]!.variable;
     if (this.buffer.length < variable.size) this.buffer = new Float32Array(variable.size);
-    return readVariableCopy(variable, this.buffer.subarray(0, variable.size));
+    return readTensorCopy(variable, this.buffer.subarray(0, variable.size));
   }
 
   write(index: number, values: Float32Array): void {
