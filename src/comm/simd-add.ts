@@ -7,6 +7,8 @@
  * build step.
  */
 
+import { registerSimdMemory } from '../backend/buffer-passes.js';
+
 const leb = (n: number): number[] => {
   const out: number[] = [];
   do {
@@ -95,6 +97,7 @@ export class ReductionBuffer {
     if (!Number.isSafeInteger(elements) || elements < 0) throw new Error(`cannot allocate ${elements} elements`);
     const landing = Math.ceil(landingBytes / 16) * 16;
     const wasm = instantiate(landing + elements * 4);
+    if (wasm) registerSimdMemory(wasm.memory);
     return wasm ? new ReductionBuffer(elements, landingBytes, wasm).data : new Float32Array(elements);
   }
 

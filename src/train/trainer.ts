@@ -17,6 +17,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type Batch, countTargets } from '../batch.js';
 import { readTensorCopy } from '../backend/variable-storage.js';
+import { scaleBy, sumOfSquares } from '../backend/buffer-passes.js';
 import type { Optimizer } from '../optim/optimizer.js';
 import type { ParameterAccess } from '../optim/parameters.js';
 import type { NamedWeight } from '../model/weights.js';
@@ -106,46 +107,18 @@ export interface TrainStepReport {
 }
 
 /**
- * The L2 norm of all buffers together, accumulated in float64. These passes over every
- * gradient run once a step each, so they are unrolled by four with independent sums (about
- * 30% faster here than the plain loop).
+ * The L2 norm of all buffers together, accumulated in float64 (on SIMD where the buffers lie
+ * in the reducer's memory, see src/backend/buffer-passes.ts).
  */
 export function hostGlobalNorm(buffers: readonly Float32Array[]): number {
-  let s0 = 0;
-  let s1 = 0;
-  let s2 = 0;
-  let s3 = 0;
-  for (const b of buffers) {
-    const end4 = b.length & ~3;
-    let i = 0;
-    for (; i < end4; i += 4) {
-      const a = b[i]!;
-      const c = b[i + 1]!;
-      const d = b[i + 2]!;
-      const e = b[i + 3]!;
-      s0 += a * a;
-      s1 += c * c;
-      s2 += d * d;
-      s3 += e * e;
-    }
-    for (; i < b.length; i++) s0 += b[i]! * b[i]!;
-  }
-  return Math.sqrt(s0 + s1 + s2 + s3);
+  let sum = 0;
+  for (const b of buffers) sum += sumOfSquares(b);
+  return Math.sqrt(sum);
 }
 
 function scaleInPlace(buffers: readonly Float32Array[], factor: number): void {
   if (factor === 1) return;
-  for (const b of buffers) {
-    const end4 = b.length & ~3;
-    let i = 0;
-    for (; i < end4; i += 4) {
-      b[i]! *= factor;
-      b[i + 1]! *= factor;
-      b[i + 2]! *= factor;
-      b[i + 3]! *= factor;
-    }
-    for (; i < b.length; i++) b[i]! *= factor;
-  }
+  for (const b of buffers) scaleBy(b, factor);
 }
 
 /** Seed of step `step`'s dropout masks: one function, so every process of a run draws the same masks. */

@@ -1,0 +1,47 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { scaleBy, simdPassesFor, sumOfSquares } from '../src/backend/buffer-passes.js';
+import { ReductionBuffer } from '../src/comm/simd-add.js';
+
+/** Seeded values over many magnitudes, with a few exact zeros and negatives. */
+function values(n: number, seed: number): Float32Array {
+  let state = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    const u = state / 4294967296;
+    out[i] = i % 97 === 0 ? 0 : (u - 0.5) * 10 ** ((i % 13) - 6);
+  }
+  return out;
+}
+
+describe('gradient passes on SIMD', () => {
+  it('a reduction buffer is passed over by the SIMD kernels, a plain array by the loops', () => {
+    const simd = ReductionBuffer.allocate(64, 1024);
+    assert.ok(simdPassesFor(simd), 'a communicator\'s gradients should get the SIMD passes');
+    assert.ok(!simdPassesFor(new Float32Array(64)));
+  });
+
+  // odd lengths and offsets: the lanes' tail and unaligned views
+  for (const [length, offset] of [[1, 0], [3, 1], [4, 0], [7, 5], [1000, 3], [65_537, 2]] as const) {
+    it(`the sum of squares and the scaling equal the loops bit for bit (${length} values at offset ${offset})`, () => {
+      const flat = ReductionBuffer.allocate(length + offset + 8, 1024);
+      const onSimd = flat.subarray(offset, offset + length);
+      const plain = values(length, length + offset);
+      onSimd.set(plain);
+      assert.ok(simdPassesFor(onSimd));
+      assert.equal(sumOfSquares(onSimd), sumOfSquares(plain));
+      // against a float64 closed form, to the rounding of a float64 sum
+      let exact = 0;
+      for (const x of plain) exact += x * x;
+      assert.ok(Math.abs(sumOfSquares(plain) - exact) <= 1e-12 * exact + 1e-300, `${sumOfSquares(plain)} vs ${exact}`);
+      const factor = 1 / 3.7;
+      scaleBy(onSimd, factor);
+      scaleBy(plain, factor);
+      assert.deepEqual(onSimd, plain);
+      assert.equal(plain[length - 1], Math.fround(values(length, length + offset)[length - 1]! * factor));
+      // the neighbours of the view are untouched
+      assert.ok(flat.subarray(0, offset).every((x) => x === 0) && flat.subarray(offset + length).every((x) => x === 0));
+    });
+  }
+});
