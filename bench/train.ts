@@ -9,18 +9,28 @@
  * shared), so one run of each worker count compares two different machines. The runs are
  * interleaved in rounds, the order reversed every other round, and the figures are the
  * medians over the rounds (the efficiency: the median of each round's own ratio).
+ *
+ * Two figures do not depend on how fast the machine is at the moment:
+ * - the busy share: the share of the workers' time spent in forward+backward, read within
+ *   each run; the runtime efficiency is the 2-worker busy share over the 1-worker one (what
+ *   the runtime itself costs: the all-reduce, the optimizer update, messages, waits);
+ * - the core ceiling, measured in every round (bench/core-ceiling.ts): each core alone and
+ *   both at once, with no communication. Its core speed ratio says how unequal the two
+ *   vCPUs were in those minutes: a 1-worker run on the faster one caps the scaling
+ *   efficiency at (1 + ratio) / 2, whatever the runtime does.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
-import { positiveInt } from '../src/cli/common.js';
+import { nonNegativeInt, positiveInt } from '../src/cli/common.js';
 import { startRun } from '../src/coordinator/start.js';
 import type { StepBreakdown } from '../src/coordinator/coordinator.js';
 import { prepare } from '../src/data/prepare.js';
 import { presetConfig } from '../src/model/config.js';
 import { table } from './common.js';
+import { type CoreCeiling, measureCoreCeiling } from './core-ceiling.js';
 
 interface Options {
   preset: string;
@@ -34,6 +44,7 @@ interface Options {
   allreduceCompression: 'none' | 'fp16';
   balance: 'even' | 'dynamic';
   rounds: number;
+  ceilingSeconds: number;
 }
 
 const SAMPLE = fileURLToPath(new URL('../../data/sample/', import.meta.url));
@@ -47,6 +58,7 @@ function parse(argv: string[]): Options {
     .option('--global-batch <n>', 'sequences per step', positiveInt, 16)
     .option('--steps <n>', 'steps per run; the first is not timed', positiveInt, 10)
     .option('--rounds <n>', 'rounds of runs (each worker count once per round, interleaved); figures are medians over the rounds', positiveInt, 3)
+    .option('--ceiling-seconds <n>', 'seconds of each run of the core ceiling in every round (one process, then two at once, with no communication); 0 skips it', nonNegativeInt, 10)
     .option('--workers <list>', 'worker counts to run', '1,2')
     .option('--recompute', 'recompute each block in backprop', false)
     .option('--backend <name>', 'backend of the workers', 'wasm')
@@ -66,7 +78,15 @@ async function main(): Promise<void> {
     const model = presetConfig(opts.preset, opts.vocab, { max_position_embeddings: Math.max(512, opts.seq) });
     type Result = { tokensPerSecond: number; allreduceShare: number; coordinatorCpuShare: number; breakdown: StepBreakdown };
     const runs = new Map<number, Result[]>(counts.map((w) => [w, []]));
+    const ceilings: CoreCeiling[] = [];
     for (let round = 0; round < opts.rounds; round++) {
+      if (opts.ceilingSeconds > 0) {
+        // a worker's share of the step: the forward+backward each of 2 workers runs
+        const job = { preset: opts.preset, vocab: opts.vocab, seq: opts.seq, batch: Math.ceil(opts.globalBatch / 2), seconds: opts.ceilingSeconds, backend: opts.backend };
+        const ceiling = await measureCoreCeiling(job, round % 2 === 1);
+        ceilings.push(ceiling);
+        console.error(`round ${round + 1}/${opts.rounds}, core ceiling ${ceiling.ceiling.toFixed(3)}, core speed ratio ${ceiling.coreSpeedRatio.toFixed(3)} (forward+backward ${ceiling.aloneMs.map(Math.round).join(' and ')} ms alone, ${ceiling.pairMs.map(Math.round).join(' and ')} ms side by side)`);
+      }
       for (const workers of round % 2 === 0 ? counts : [...counts].reverse()) {
         const result = await startRun({
           runDir: path.join(dir, `run-${round}-${workers}`),
@@ -115,11 +135,11 @@ async function main(): Promise<void> {
       counts.map((w) => [w, Math.round(medianOf(w, (r) => r.tokensPerSecond)), runs.get(w)!.map((r) => Math.round(r.tokensPerSecond)).join(' / '), `${(100 * medianOf(w, (r) => r.allreduceShare)).toFixed(1)}%`, `${(100 * medianOf(w, (r) => r.coordinatorCpuShare)).toFixed(1)}%`]),
     );
     table(
-      'where a step goes, ms per step (medians over the rounds), along the rank with the longest forward+backward (all-reduce: its own, which waits for nobody; the others waited up to `wait` longer in theirs; apply: the optimizer update; other: data, messages, the journal, clipping)',
-      ['workers', 'step', 'forward+backward', 'copy out', 'all-reduce', 'wait', 'apply', 'other'],
+      'where a step goes, ms per step (medians over the rounds), along the rank with the longest forward+backward (all-reduce: its own, which waits for nobody; the others waited up to `wait` longer in theirs; apply: the optimizer update; other: data, messages, the journal, clipping; busy share: the share of all the workers\' time spent in forward+backward)',
+      ['workers', 'step', 'forward+backward', 'copy out', 'all-reduce', 'wait', 'apply', 'other', 'busy share'],
       counts.map((w) => {
         const b = breakdown(w);
-        return [w, ms(b.stepSeconds), ms(b.forwardBackwardSeconds), ms(b.copySeconds), ms(b.reduceSeconds), ms(b.waitSeconds), ms(b.applySeconds), ms(b.otherSeconds)];
+        return [w, ms(b.stepSeconds), ms(b.forwardBackwardSeconds), ms(b.copySeconds), ms(b.reduceSeconds), ms(b.waitSeconds), ms(b.applySeconds), ms(b.otherSeconds), `${(100 * medianOf(w, (r) => r.breakdown.busyShare)).toFixed(1)}%`];
       }),
     );
     const ones = runs.get(1);
@@ -127,7 +147,17 @@ async function main(): Promise<void> {
     const perRound = ones && twos ? ones.map((one, i) => twos[i]!.tokensPerSecond / (2 * one.tokensPerSecond)) : [];
     const efficiency = perRound.length > 0 ? median(perRound) : null;
     if (efficiency !== null) console.log(`\nscaling efficiency, 2 workers against twice 1: ${efficiency.toFixed(3)} (median; each round: ${perRound.map((e) => e.toFixed(3)).join(' / ')})`);
-    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''} --balance ${opts.balance}`);
+    const runtimePerRound = ones && twos ? ones.map((one, i) => twos[i]!.breakdown.busyShare / one.breakdown.busyShare) : [];
+    const runtimeEfficiency = runtimePerRound.length > 0 ? median(runtimePerRound) : null;
+    if (runtimeEfficiency !== null) console.log(`runtime efficiency, the 2-worker busy share over the 1-worker one: ${runtimeEfficiency.toFixed(3)} (median; each round: ${runtimePerRound.map((e) => e.toFixed(3)).join(' / ')})`);
+    if (ceilings.length > 0) {
+      table(
+        `core ceiling: forward+backward of ${Math.ceil(opts.globalBatch / 2)} sequences for ${opts.ceilingSeconds} s, ${ceilings[0]!.pinned ? 'pinned to core 0, to core 1, then on both at once' : 'one process, again, then two at once (no taskset: not pinned)'}, no communication. ceiling: the pair's samples/s over the sum of the lone runs'; speed ratio: the slower core's over the faster's`,
+        ['round', 'core 0 ms', 'core 1 ms', 'both at once ms', 'ceiling', 'speed ratio', 'efficiency cap (1 + ratio) / 2'],
+        ceilings.map((c, i) => [i + 1, Math.round(c.aloneMs[0]), Math.round(c.aloneMs[1]), c.pairMs.map(Math.round).join(' / '), c.ceiling.toFixed(3), c.coreSpeedRatio.toFixed(3), ((1 + c.coreSpeedRatio) / 2).toFixed(3)]),
+      );
+    }
+    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers} --ceiling-seconds ${opts.ceilingSeconds}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''} --balance ${opts.balance}`);
     const widest = Math.max(...counts);
     console.log(
       JSON.stringify({
@@ -138,6 +168,11 @@ async function main(): Promise<void> {
         coordinatorCpuShare: Number(medianOf(widest, (r) => r.coordinatorCpuShare).toFixed(3)),
         rounds: opts.rounds,
         scalingEfficiencyPerRound: perRound.map((e) => Number(e.toFixed(3))),
+        busyShare: Object.fromEntries(counts.map((w) => [String(w), Number(medianOf(w, (r) => r.breakdown.busyShare).toFixed(3))])),
+        runtimeEfficiency: runtimeEfficiency === null ? null : Number(runtimeEfficiency.toFixed(3)),
+        runtimeEfficiencyPerRound: runtimePerRound.map((e) => Number(e.toFixed(3))),
+        coreCeilingPerRound: ceilings.map((c) => Number(c.ceiling.toFixed(3))),
+        coreSpeedRatioPerRound: ceilings.map((c) => Number(c.coreSpeedRatio.toFixed(3))),
         stepMs: Object.fromEntries(counts.map((w) => [String(w), Object.fromEntries(Object.entries(breakdown(w)).map(([k, v]) => [k.replace(/Seconds$/, ''), ms(v)]))])),
       }),
     );

@@ -105,16 +105,25 @@ const TRAIN_BENCH = fileURLToPath(new URL('../bench/train.js', import.meta.url))
 
 describe('bench:train', () => {
   it('runs 1 and 2 workers through the runtime, in rounds, and ends with the named figures (tiny sizes)', async () => {
-    const stdout = await runBench(TRAIN_BENCH, ['--preset', 'L1-H32', '--vocab', '3275', '--seq', '32', '--global-batch', '4', '--steps', '2', '--rounds', '2', '--backend', 'cpu'], 180_000);
+    const stdout = await runBench(TRAIN_BENCH, ['--preset', 'L1-H32', '--vocab', '3275', '--seq', '32', '--global-batch', '4', '--steps', '2', '--rounds', '2', '--backend', 'cpu', '--ceiling-seconds', '1'], 240_000);
     const lines = stdout.trimEnd().split('\n');
     assert.match(stdout, /MLM training through the runtime: L1-H32/);
     assert.match(lines.at(-2)!, /^reproduce: npm run bench:train -- --preset L1-H32/);
-    const figures = JSON.parse(lines.at(-1)!) as { preset: string; tokensPerSec: Record<string, number>; scalingEfficiency: number; allreduceShare: number; scalingEfficiencyPerRound: number[] };
+    const figures = JSON.parse(lines.at(-1)!) as {
+      preset: string; tokensPerSec: Record<string, number>; scalingEfficiency: number; allreduceShare: number; scalingEfficiencyPerRound: number[];
+      busyShare: Record<string, number>; runtimeEfficiency: number; coreCeilingPerRound: number[]; coreSpeedRatioPerRound: number[];
+    };
     assert.equal(figures.preset, 'L1-H32');
     assert.equal(figures.scalingEfficiencyPerRound.length, 2, 'one ratio per round');
     for (const w of ['1', '2']) assert.ok(Number.isFinite(figures.tokensPerSec[w]) && figures.tokensPerSec[w]! > 0, JSON.stringify(figures));
     assert.ok(Number.isFinite(figures.scalingEfficiency) && figures.scalingEfficiency > 0, JSON.stringify(figures));
     assert.ok(figures.allreduceShare > 0 && figures.allreduceShare < 1, JSON.stringify(figures));
+    for (const w of ['1', '2']) assert.ok(figures.busyShare[w]! > 0 && figures.busyShare[w]! <= 1, JSON.stringify(figures));
+    assert.ok(Math.abs(figures.runtimeEfficiency - figures.busyShare['2']! / figures.busyShare['1']!) < 0.5, 'the runtime efficiency is a ratio of busy shares');
+    // the core ceiling ran in both rounds: two lone runs and a pair, with finite figures
+    assert.equal(figures.coreCeilingPerRound.length, 2);
+    assert.ok(figures.coreCeilingPerRound.every((c) => c > 0 && Number.isFinite(c)), JSON.stringify(figures));
+    assert.ok(figures.coreSpeedRatioPerRound.every((r) => r > 0 && r <= 1), JSON.stringify(figures));
   });
 });
 
