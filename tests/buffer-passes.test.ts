@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { scaleBy, simdPassesFor, sumOfSquares } from '../src/backend/buffer-passes.js';
+import { addInto, scaleBy, simdPassesFor, sumOfSquares } from '../src/backend/buffer-passes.js';
 import { ReductionBuffer } from '../src/comm/simd-add.js';
 
 /** Seeded values over many magnitudes, with a few exact zeros and negatives. */
@@ -44,4 +44,22 @@ describe('gradient passes on SIMD', () => {
       assert.ok(flat.subarray(0, offset).every((x) => x === 0) && flat.subarray(offset + length).every((x) => x === 0));
     });
   }
+
+  it('a piece added through a staging slice smaller than it equals float32 adds, with the staging in the same memory or not', () => {
+    const n = 1003;
+    const flat = ReductionBuffer.allocate(n + 64, 1024);
+    const [dst, staging] = [flat.subarray(1, n + 1), flat.subarray(n + 3, n + 3 + 40)];
+    const src = values(n, 5);
+    const base = values(n, 6);
+    dst.set(base);
+    addInto(dst, src, staging);
+    const expected = base.map((x, i) => Math.fround(x + src[i]!));
+    assert.deepEqual(dst, expected);
+    // a plain destination, or a staging in another memory: the loop, with the same bits
+    const plain = new Float32Array(base);
+    addInto(plain, src, new Float32Array(40));
+    assert.deepEqual(plain, expected);
+    assert.equal(flat[0], 0, 'nothing before the destination was written');
+    assert.throws(() => addInto(dst, src.subarray(1), staging), /adding 1002 values into 1003/);
+  });
 });

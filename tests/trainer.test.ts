@@ -3,6 +3,7 @@ import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../src/backend/index.js';
 import { sliceBatch } from '../src/batch.js';
+import { ReductionBuffer } from '../src/comm/simd-add.js';
 import { buildTransformer, disposeTransformer } from '../src/model/build.js';
 import { createOptimizer, type OptimizerConfig, VariableParameters } from '../src/optim/index.js';
 import { PretrainingObjective } from '../src/train/step.js';
@@ -51,12 +52,13 @@ function replica(optimizer: OptimizerConfig, reducer?: GradientReducer) {
 
 /**
  * One process on whole batches, and two replicas that all-reduce their shares (Adam); the
- * second keeps its gradients in memory its reducer offers (Communicator.allocate in a worker).
+ * second keeps its gradients in memory its reducer offers (Communicator.allocate in a worker:
+ * a reduction buffer, where the norm, the scaling and the pieces' sums run on SIMD).
  */
 function wholeAndTwoReplicas() {
   const optimizer: OptimizerConfig = { type: 'adam', learningRate: 1e-2 };
   const group = new InProcessGroup(2);
-  return { whole: replica(optimizer), shares: [replica(optimizer, group.member()), replica(optimizer, { ...group.member(), allocate: (n: number) => new Float32Array(n) })] };
+  return { whole: replica(optimizer), shares: [replica(optimizer, group.member()), replica(optimizer, { ...group.member(), allocate: (n: number) => ReductionBuffer.allocate(n, 1024) })] };
 }
 
 /** The replicas are identical, and equal the whole-batch process's weights to 1e-5. */

@@ -1,6 +1,6 @@
 /**
  * Passes over every float32 host gradient of a step: the sum of squares (for the global
- * norm) and the scaling. A buffer that lies in a WebAssembly memory registered here (the
+ * norm), the scaling, and the sum of a worker's pieces. A buffer that lies in a WebAssembly memory registered here (the
  * reduction buffer a communicator allocates, src/comm/simd-add.ts) is passed over by the
  * SIMD kernels of src/backend/simd/gradient-passes.ts in place: about a tenth of the time of
  * the loops below. Both give the same bits: a replica with SIMD and a single process
@@ -11,6 +11,7 @@ import { kernelModule } from './wasm/simd-module.js';
 interface PassExports {
   sumOfSquares(x: number, n: number): number;
   scaleBy(x: number, n: number, factor: number): void;
+  addTo(dst: number, src: number, n: number): void;
 }
 
 const passesOn = new WeakMap<ArrayBufferLike, PassExports>();
@@ -79,4 +80,23 @@ export function scaleBy(buffer: Float32Array, factor: number): void {
     buffer[i + 3]! *= factor;
   }
   for (; i < buffer.length; i++) buffer[i]! *= factor;
+}
+
+/**
+ * dst[i] += src[i] (float32 adds, as tf.add's), where src may lie anywhere (the tfjs heap):
+ * it is staged through `staging` in slices when dst and staging lie in one registered
+ * memory, so the adds run on SIMD; otherwise a loop adds it.
+ */
+export function addInto(dst: Float32Array, src: Float32Array, staging: Float32Array | undefined): void {
+  if (src.length !== dst.length) throw new Error(`adding ${src.length} values into ${dst.length}`);
+  const simd = passesOn.get(dst.buffer);
+  if (simd && staging && staging.buffer === dst.buffer && staging.length > 0) {
+    for (let from = 0; from < dst.length; from += staging.length) {
+      const n = Math.min(staging.length, dst.length - from);
+      staging.set(src.subarray(from, from + n));
+      simd.addTo(dst.byteOffset + 4 * from, staging.byteOffset, n);
+    }
+    return;
+  }
+  for (let i = 0; i < dst.length; i++) dst[i]! += src[i]!;
 }

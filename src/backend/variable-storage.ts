@@ -40,8 +40,13 @@ function storageOf(tensor: tf.Tensor): Float32Array | undefined {
 export function readTensorCopy(tensor: tf.Tensor, target?: Float32Array): Float32Array {
   if (target && target.length !== tensor.size) throw new Error(`a tensor of ${tensor.size} values read into ${target.length}`);
   const out = target ?? new Float32Array(tensor.size);
-  out.set(storageOf(tensor) ?? (tensor.dataSync() as Float32Array));
+  out.set(readTensorView(tensor));
   return out;
+}
+
+/** The tensor's values, to read at once and not keep: a view of the backend's memory where it can be, else a copy. */
+export function readTensorView(tensor: tf.Tensor): Float32Array {
+  return storageOf(tensor) ?? (tensor.dataSync() as Float32Array);
 }
 
 /**

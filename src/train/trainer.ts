@@ -16,8 +16,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { type Batch, countTargets } from '../batch.js';
-import { readTensorCopy } from '../backend/variable-storage.js';
-import { scaleBy, sumOfSquares } from '../backend/buffer-passes.js';
+import { readTensorCopy, readTensorView } from '../backend/variable-storage.js';
+import { addInto, scaleBy, sumOfSquares } from '../backend/buffer-passes.js';
 import type { Optimizer } from '../optim/optimizer.js';
 import type { ParameterAccess } from '../optim/parameters.js';
 import type { NamedWeight } from '../model/weights.js';
@@ -126,24 +126,36 @@ export function stepDropoutSeed(runSeed: number, step: number): number {
   return (Math.imul(runSeed >>> 0, 1_000_003) + step) >>> 0;
 }
 
+/** Where a step's gradients are summed on the host; `staging`: the later pieces' gradients pass through it on their way in (see addInto). */
+interface HostBuffers {
+  grads: Float32Array[];
+  stats: Float32Array;
+  staging: Float32Array | undefined;
+}
+
+/** Floats of the staging slice: 1 MiB, which stays in the cache between its copy and its add. */
+const STAGING_ELEMENTS = 1 << 18;
+
 export class Trainer {
   /** Host gradients and the step statistics as views of one buffer from the reducer, reused every step. */
-  #host: { grads: Float32Array[]; stats: Float32Array } | undefined;
+  #host: HostBuffers | undefined;
   /** Marks the last reduced step as overwritten (its gradients live in #host). */
   #supersede: (() => void) | undefined;
 
   constructor(readonly options: TrainerOptions) {}
 
   /** Where this step's host gradients go: fresh arrays, or the reducer's memory when it offers some. */
-  #hostBuffers(): { grads: Float32Array[]; stats: Float32Array } {
+  #hostBuffers(): HostBuffers {
     const { objective, reducer } = this.options;
-    if (!reducer?.allocate) return { grads: objective.weights.map((w) => new Float32Array(w.variable.size)), stats: new Float32Array(3) };
+    if (!reducer?.allocate) return { grads: objective.weights.map((w) => new Float32Array(w.variable.size)), stats: new Float32Array(3), staging: undefined };
     if (!this.#host) {
       const sizes = objective.weights.map((w) => w.variable.size);
-      const flat = reducer.allocate(sizes.reduce((a, b) => a + b, 0) + 3);
+      const total = sizes.reduce((a, b) => a + b, 0);
+      const flat = reducer.allocate(total + 3 + STAGING_ELEMENTS);
       let at = 0;
       const grads = sizes.map((n) => flat.subarray(at, (at += n)));
-      this.#host = { grads, stats: flat.subarray(at, at + 3) };
+      // the reducer sums grads and stats; staging is the pieces' landing place, never sent
+      this.#host = { grads, stats: flat.subarray(at, at + 3), staging: flat.subarray(at + 3) };
     }
     return this.#host;
   }
@@ -165,8 +177,9 @@ export class Trainer {
     if (more && !reducer) throw new Error('pieces of a step add up gradient sums: they need a reducer');
     this.#supersede?.(); // before the shared host buffers are overwritten
     this.#supersede = undefined;
-    // the pieces' gradients add up in the backend (SIMD adds), then leave it in one copy
-    let summed: tf.Tensor[] | undefined;
+    // the first piece's gradients are copied out of tfjs, the later pieces' added to them
+    // (SIMD adds in the reducer's memory: no new tensor of the model's size per piece)
+    let piecesIn = 0;
     const computePiece = (piece: StepPiece): void => {
       // a piece without targets adds nothing (a replica's share may be empty: it still takes part in the sum)
       if (reducer && (piece.batch.batchSize === 0 || countTargets(piece.batch) === 0)) return;
@@ -180,34 +193,21 @@ export class Trainer {
       });
       const addStart = performance.now();
       computeSeconds += (addStart - computeStart) / 1000;
-      if (!summed) summed = result.grads;
-      else {
-        const previous = summed;
-        try {
-          summed = tf.tidy(() => previous.map((g, i) => tf.add(g, result.grads[i]!)));
-        } finally {
-          tf.dispose([...previous, ...result.grads]);
-          // on failure nothing is left to add to: the step fails as a whole
-          if (summed === previous) summed = undefined;
-        }
+      try {
+        // a piece that fails half-way leaves the host buffers half-added: the step fails as a whole
+        result.grads.forEach((g, i) => (piecesIn === 0 ? readTensorCopy(g, grads[i]!) : addInto(grads[i]!, readTensorView(g), host.staging)));
+      } finally {
+        tf.dispose(result.grads);
       }
+      piecesIn++;
       copySeconds += (performance.now() - addStart) / 1000;
       lossSum += result.lossSum;
       targets += result.targets;
       correct += result.correct;
     };
-    try {
-      computePiece({ batch, firstSample: placement.firstSample ?? 0, microBatches: placement.microBatches });
-      if (more) for (let piece = await more(); piece; piece = await more()) computePiece(piece);
-      const copyStart = performance.now();
-      // host copies: the reducer and the clipping write into them, never into a tensor's memory
-      if (summed) summed.forEach((g, i) => readTensorCopy(g, grads[i]!));
-      else for (const g of grads) g.fill(0);
-      copySeconds += (performance.now() - copyStart) / 1000;
-    } finally {
-      // a piece that fails (a refused claim, a bad record) leaves no gradients behind
-      tf.dispose(summed ?? []);
-    }
+    computePiece({ batch, firstSample: placement.firstSample ?? 0, microBatches: placement.microBatches });
+    if (more) for (let piece = await more(); piece; piece = await more()) computePiece(piece);
+    if (piecesIn === 0) for (const g of grads) g.fill(0);
     let reduceSeconds = 0;
     // one factor for the division by the global target count and the clipping, applied in
     // one pass after the norm: each pass over the gradients costs as much as the all-reduce

@@ -44,3 +44,16 @@ export function scaleBy(x: usize, n: i32, factor: f64): void {
     store<f32>(at, <f32>(<f64>load<f32>(at) * factor));
   }
 }
+
+/** dst[i] += src[i] for the n floats at dst and src (a worker's claimed pieces, added up). */
+export function addTo(dst: usize, src: usize, n: i32): void {
+  const whole = n & ~3;
+  for (let i = 0; i < whole; i += 4) {
+    const at = dst + (<usize>i << 2);
+    v128.store(at, f32x4.add(v128.load(at), v128.load(src + (<usize>i << 2))));
+  }
+  for (let i = whole; i < n; i++) {
+    const at = dst + (<usize>i << 2);
+    store<f32>(at, load<f32>(at) + load<f32>(src + (<usize>i << 2)));
+  }
+}
