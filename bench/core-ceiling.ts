@@ -1,19 +1,21 @@
 /**
- * What this machine's first two cores give, alone and together, with no communication: one
- * process pinned to core 0, one pinned to core 1, then two at once (one on each), each
- * running forward+backward of the same model on the same batch for the same seconds.
+ * What this machine's first two cores give, alone and together, with no communication: a
+ * process pinned to core 0 and one pinned to core 1 run forward+backward of the same model
+ * on the same batch, in short phases that take turns (core 0 alone, core 1 alone, both at
+ * once, three times over, the order rotating), so that a machine whose speed drifts from
+ * minute to minute drifts alike in every kind of phase.
  * - `ceiling`: the pair's samples/s over the sum of the lone runs'. Below 1, the cores slow
  *   each other down (a shared host core, memory); no data-parallel run can beat it.
- * - `coreSpeedRatio`: the slower core's speed over the faster's. The vCPUs here are not
- *   equal, and which one is slower changes from minute to minute: a 1-worker run on the
+ * - `coreSpeedRatio`: the slower core's speed over the faster's. A 1-worker run on the
  *   faster core caps the 2-worker scaling efficiency at (1 + ratio) / 2.
- * Without `taskset` nothing is pinned: both lone runs land where the scheduler puts them.
+ * Without `taskset` nothing is pinned: each process runs where the scheduler puts it.
  *
  * `measureCoreCeiling` runs in the benchmark; this file is also the child it starts
- * (`node dist/bench/core-ceiling.js '<json>'`): it builds the model, runs one step, prints
- * `ready`, waits for a line on stdin, and prints its figures as one JSON line.
+ * (`node dist/bench/core-ceiling.js '<json>'`): it builds the model, runs one pass, prints
+ * `ready`, then for each line `run <ms>` on stdin runs passes for that long and prints one
+ * JSON line of their count and milliseconds; `stop` (or the end of stdin) ends it.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -46,65 +48,99 @@ export interface CoreCeiling {
 
 const SELF = fileURLToPath(import.meta.url);
 const READY_TIMEOUT_MS = 180_000;
+/** Each kind of phase (core 0, core 1, both) runs this many times, in turns. */
+const TURNS = 3;
 
-/** Runs one child per entry at once, pinned to that core (undefined: not pinned); resolves with each one's mean milliseconds per forward+backward. */
-async function runTogether(job: CeilingJob, cores: readonly (number | undefined)[]): Promise<number[]> {
-  const children: ChildProcess[] = [];
-  const timeout = setTimeout(() => children.forEach((c) => c.kill('SIGKILL')), READY_TIMEOUT_MS + 4 * job.seconds * 1000);
-  try {
-    const results = cores.map((core) => {
-      const command = [process.execPath, SELF, JSON.stringify(job)];
-      const pinned = core === undefined ? command : ['taskset', '-c', String(core), ...command];
-      const child = spawn(pinned[0]!, pinned.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
-      children.push(child);
-      const lines = createInterface({ input: child.stdout! });
-      let resolveReady!: () => void;
-      const ready = new Promise<void>((resolve) => (resolveReady = resolve));
-      const figures = new Promise<number>((resolve, reject) => {
-        let meanMs: number | undefined;
-        lines.on('line', (line) => {
-          if (line === 'ready') resolveReady();
-          else if (line.startsWith('{')) meanMs = (JSON.parse(line) as { meanMs: number }).meanMs;
-        });
-        child.once('exit', (code, signal) => {
-          if (meanMs !== undefined && code === 0) resolve(meanMs);
-          else reject(new Error(`the core-ceiling child exited with ${signal ?? `code ${code}`} before its figures`));
-        });
-      });
-      // a child that dies before it is ready must not leave the others waiting
-      figures.catch(() => resolveReady());
-      return { ready, figures };
+interface Child {
+  /** Runs passes for `ms`; resolves with their count and total milliseconds. */
+  run(ms: number): Promise<{ passes: number; spentMs: number }>;
+  stop(): void;
+}
+
+async function startChild(job: CeilingJob, core: number | undefined): Promise<Child> {
+  const command = [process.execPath, SELF, JSON.stringify(job)];
+  const pinned = core === undefined ? command : ['taskset', '-c', String(core), ...command];
+  const child = spawn(pinned[0]!, pinned.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout! });
+  const waiting: { resolve: (line: string) => void; reject: (e: Error) => void }[] = [];
+  let failure: Error | undefined;
+  lines.on('line', (line) => waiting.shift()?.resolve(line));
+  child.once('exit', (code, signal) => {
+    failure = new Error(`the core-ceiling child exited with ${signal ?? `code ${code}`}`);
+    for (const w of waiting.splice(0)) w.reject(failure);
+  });
+  const nextLine = (timeoutMs: number): Promise<string> =>
+    new Promise((resolve, reject) => {
+      if (failure) return reject(failure);
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        reject(new Error(`the core-ceiling child said nothing for ${Math.round(timeoutMs / 1000)} s`));
+      }, timeoutMs);
+      waiting.push({ resolve: (line) => (clearTimeout(timer), resolve(line)), reject: (e) => (clearTimeout(timer), reject(e)) });
     });
-    await Promise.all(results.map((r) => r.ready));
-    for (const child of children) child.stdin!.end('go\n');
-    return await Promise.all(results.map((r) => r.figures));
-  } finally {
-    clearTimeout(timeout);
-    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+  try {
+    const ready = await nextLine(READY_TIMEOUT_MS);
+    if (ready !== 'ready') throw new Error(`the core-ceiling child said ${JSON.stringify(ready)} instead of ready`);
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw e;
   }
+  return {
+    async run(ms) {
+      child.stdin!.write(`run ${ms}\n`);
+      // a pass may take seconds and the last one ends past the phase
+      return JSON.parse(await nextLine(ms + READY_TIMEOUT_MS)) as { passes: number; spentMs: number };
+    },
+    stop() {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    },
+  };
 }
 
 function hasTaskset(): boolean {
   return spawnSync('taskset', ['-c', '0', 'true']).status === 0 && availableParallelism() >= 2;
 }
 
-/** Core 0 alone, core 1 alone, then both at once (the pair first when `pairFirst`). */
-export async function measureCoreCeiling(job: CeilingJob, pairFirst = false): Promise<CoreCeiling> {
+/** `job.seconds` of each kind of phase in all, in turns; `rotate` shifts which kind goes first. */
+export async function measureCoreCeiling(job: CeilingJob, rotate = 0): Promise<CoreCeiling> {
   const pinned = hasTaskset();
-  const [first, second] = pinned ? [0, 1] : [undefined, undefined];
-  const runs: (readonly (number | undefined)[])[] = [[first], [second], [first, second]];
-  const means = new Map<number, number[]>();
-  for (const i of pairFirst ? [2, 0, 1] : [0, 1, 2]) means.set(i, await runTogether(job, runs[i]!));
-  const aloneMs: [number, number] = [means.get(0)![0]!, means.get(1)![0]!];
-  const pairMs: [number, number] = [means.get(2)![0]!, means.get(2)![1]!];
-  const speed = (ms: number): number => 1 / ms;
-  return {
-    aloneMs,
-    pairMs,
-    ceiling: (speed(pairMs[0]) + speed(pairMs[1])) / (speed(aloneMs[0]) + speed(aloneMs[1])),
-    coreSpeedRatio: Math.min(...aloneMs) / Math.max(...aloneMs),
-    pinned,
-  };
+  const children: Child[] = [];
+  try {
+    children.push(...(await Promise.all([startChild(job, pinned ? 0 : undefined), startChild(job, pinned ? 1 : undefined)])));
+    const [zero, one] = children as [Child, Child];
+    // per kind of phase and child: passes and milliseconds
+    const totals = { zero: { passes: 0, spentMs: 0 }, one: { passes: 0, spentMs: 0 }, pairZero: { passes: 0, spentMs: 0 }, pairOne: { passes: 0, spentMs: 0 } };
+    const add = (into: { passes: number; spentMs: number }, r: { passes: number; spentMs: number }): void => {
+      into.passes += r.passes;
+      into.spentMs += r.spentMs;
+    };
+    const phaseMs = (1000 * job.seconds) / TURNS;
+    const kinds = [
+      async () => add(totals.zero, await zero.run(phaseMs)),
+      async () => add(totals.one, await one.run(phaseMs)),
+      async () => {
+        const [a, b] = await Promise.all([zero.run(phaseMs), one.run(phaseMs)]);
+        add(totals.pairZero, a);
+        add(totals.pairOne, b);
+      },
+    ];
+    for (let turn = 0; turn < TURNS; turn++) {
+      for (let k = 0; k < kinds.length; k++) await kinds[(k + turn + rotate) % kinds.length]!();
+    }
+    const mean = (t: { passes: number; spentMs: number }): number => t.spentMs / t.passes;
+    const aloneMs: [number, number] = [mean(totals.zero), mean(totals.one)];
+    const pairMs: [number, number] = [mean(totals.pairZero), mean(totals.pairOne)];
+    const speed = (ms: number): number => 1 / ms;
+    return {
+      aloneMs,
+      pairMs,
+      ceiling: (speed(pairMs[0]) + speed(pairMs[1])) / (speed(aloneMs[0]) + speed(aloneMs[1])),
+      coreSpeedRatio: Math.min(...aloneMs) / Math.max(...aloneMs),
+      pinned,
+    };
+  } finally {
+    for (const c of children) c.stop();
+  }
 }
 
 async function child(job: CeilingJob): Promise<void> {
@@ -115,16 +151,21 @@ async function child(job: CeilingJob): Promise<void> {
   const pass = (seed: number): void => tf.dispose(objective.compute(batch, { dropoutSeed: seed, normalizer: 1 }).grads);
   pass(0);
   console.log('ready');
-  await new Promise<void>((resolve) => process.stdin.once('data', () => resolve()));
-  const until = performance.now() + job.seconds * 1000;
-  let spent = 0;
   let passes = 0;
-  do {
-    const started = performance.now();
-    pass(++passes);
-    spent += performance.now() - started;
-  } while (performance.now() < until);
-  console.log(JSON.stringify({ meanMs: spent / passes, passes }));
+  for await (const line of createInterface({ input: process.stdin })) {
+    const [command, arg] = line.split(' ');
+    if (command !== 'run') break;
+    const until = performance.now() + Number(arg);
+    let spentMs = 0;
+    let count = 0;
+    do {
+      const started = performance.now();
+      pass(++passes);
+      spentMs += performance.now() - started;
+      count++;
+    } while (performance.now() < until);
+    console.log(JSON.stringify({ passes: count, spentMs }));
+  }
   process.exit(0);
 }
 

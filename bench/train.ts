@@ -14,6 +14,10 @@
  * - the busy share: the share of the workers' time spent in forward+backward, read within
  *   each run; the runtime efficiency is the 2-worker busy share over the 1-worker one (what
  *   the runtime itself costs: the all-reduce, the optimizer update, messages, waits);
+ * - the compute speed ratio: forward+backward seconds per sample (all ranks) with 1 worker
+ *   over with 2. Each round's efficiency is exactly its runtime efficiency times this ratio
+ *   (both runs train on the same records), so the two say whether the runtime or the
+ *   computation lost the rest;
  * - the core ceiling, measured in every round (bench/core-ceiling.ts): each core alone and
  *   both at once, with no communication. Its core speed ratio says how unequal the two
  *   vCPUs were in those minutes: a 1-worker run on the faster one caps the scaling
@@ -83,7 +87,7 @@ async function main(): Promise<void> {
       if (opts.ceilingSeconds > 0) {
         // a worker's share of the step: the forward+backward each of 2 workers runs
         const job = { preset: opts.preset, vocab: opts.vocab, seq: opts.seq, batch: Math.ceil(opts.globalBatch / 2), seconds: opts.ceilingSeconds, backend: opts.backend };
-        const ceiling = await measureCoreCeiling(job, round % 2 === 1);
+        const ceiling = await measureCoreCeiling(job, round);
         ceilings.push(ceiling);
         console.error(`round ${round + 1}/${opts.rounds}, core ceiling ${ceiling.ceiling.toFixed(3)}, core speed ratio ${ceiling.coreSpeedRatio.toFixed(3)} (forward+backward ${ceiling.aloneMs.map(Math.round).join(' and ')} ms alone, ${ceiling.pairMs.map(Math.round).join(' and ')} ms side by side)`);
       }
@@ -150,9 +154,12 @@ async function main(): Promise<void> {
     const runtimePerRound = ones && twos ? ones.map((one, i) => twos[i]!.breakdown.busyShare / one.breakdown.busyShare) : [];
     const runtimeEfficiency = runtimePerRound.length > 0 ? median(runtimePerRound) : null;
     if (runtimeEfficiency !== null) console.log(`runtime efficiency, the 2-worker busy share over the 1-worker one: ${runtimeEfficiency.toFixed(3)} (median; each round: ${runtimePerRound.map((e) => e.toFixed(3)).join(' / ')})`);
+    // per round, efficiency = runtime efficiency x compute speed ratio (the same records in both runs)
+    const computePerRound = ones && twos ? ones.map((one, i) => one.breakdown.forwardBackwardPerSampleSeconds / twos[i]!.breakdown.forwardBackwardPerSampleSeconds) : [];
+    if (computePerRound.length > 0) console.log(`compute speed ratio, forward+backward per sample with 1 worker over with 2: ${median(computePerRound).toFixed(3)} (median; each round: ${computePerRound.map((e) => e.toFixed(3)).join(' / ')}); each round's efficiency is its runtime efficiency times this`);
     if (ceilings.length > 0) {
       table(
-        `core ceiling: forward+backward of ${Math.ceil(opts.globalBatch / 2)} sequences for ${opts.ceilingSeconds} s, ${ceilings[0]!.pinned ? 'pinned to core 0, to core 1, then on both at once' : 'one process, again, then two at once (no taskset: not pinned)'}, no communication. ceiling: the pair's samples/s over the sum of the lone runs'; speed ratio: the slower core's over the faster's`,
+        `core ceiling: forward+backward of ${Math.ceil(opts.globalBatch / 2)} sequences for ${opts.ceilingSeconds} s of each kind, ${ceilings[0]!.pinned ? 'pinned to core 0 alone, core 1 alone, both at once' : 'one process alone, the other alone, both at once (no taskset: not pinned)'}, in turns, three times over, no communication. ceiling: the pair's samples/s over the sum of the lone runs'; speed ratio: the slower core's over the faster's`,
         ['round', 'core 0 ms', 'core 1 ms', 'both at once ms', 'ceiling', 'speed ratio', 'efficiency cap (1 + ratio) / 2'],
         ceilings.map((c, i) => [i + 1, Math.round(c.aloneMs[0]), Math.round(c.aloneMs[1]), c.pairMs.map(Math.round).join(' / '), c.ceiling.toFixed(3), c.coreSpeedRatio.toFixed(3), ((1 + c.coreSpeedRatio) / 2).toFixed(3)]),
       );
@@ -171,6 +178,7 @@ async function main(): Promise<void> {
         busyShare: Object.fromEntries(counts.map((w) => [String(w), Number(medianOf(w, (r) => r.breakdown.busyShare).toFixed(3))])),
         runtimeEfficiency: runtimeEfficiency === null ? null : Number(runtimeEfficiency.toFixed(3)),
         runtimeEfficiencyPerRound: runtimePerRound.map((e) => Number(e.toFixed(3))),
+        computeSpeedRatioPerRound: computePerRound.map((e) => Number(e.toFixed(3))),
         coreCeilingPerRound: ceilings.map((c) => Number(c.ceiling.toFixed(3))),
         coreSpeedRatioPerRound: ceilings.map((c) => Number(c.coreSpeedRatio.toFixed(3))),
         stepMs: Object.fromEntries(counts.map((w) => [String(w), Object.fromEntries(Object.entries(breakdown(w)).map(([k, v]) => [k.replace(/Seconds$/, ''), ms(v)]))])),

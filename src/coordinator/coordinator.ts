@@ -153,12 +153,17 @@ export interface StepBreakdown {
   readonly applySeconds: number;
   readonly otherSeconds: number;
   /**
-   * The share of the workers' time spent in forward+backward: the sum over the ranks of
-   * their forward+backward seconds over (ranks x the step's wall time). What the runtime
+   * The share of the workers' time spent in forward+backward: the sum over the ranks and
+   * the steps of their forward+backward seconds over (ranks x the steps' wall time). What the runtime
    * costs around the model's own work, read within one run, so a machine whose cores
    * change speed between runs does not blur it.
    */
   readonly busyShare: number;
+  /**
+   * Forward+backward seconds per sample, summed over the ranks: the compute speed. Two runs
+   * on the same records relate as: tokens/s ratio = busy share ratio x the inverse ratio of this.
+   */
+  readonly forwardBackwardPerSampleSeconds: number;
 }
 
 interface Waiter {
@@ -354,7 +359,7 @@ export class Coordinator {
       let seconds = 0;
       let replicaChecks = 0;
       let reduceSeconds = 0;
-      const phases = { forwardBackward: 0, copy: 0, reduce: 0, wait: 0, apply: 0, busy: 0, steps: 0 };
+      const phases = { forwardBackward: 0, copy: 0, reduce: 0, wait: 0, apply: 0, busy: 0, fbAllRanks: 0, samples: 0, steps: 0 };
       const cpuAtStart = process.cpuUsage();
       const wallAtStart = performance.now();
       let window = { loss: 0, steps: 0, seconds: 0, tokens: 0 };
@@ -513,7 +518,10 @@ export class Coordinator {
           phases.reduce += critical.reduceSeconds;
           phases.wait += longestReduce - critical.reduceSeconds;
           phases.apply += Math.max(...all.map((r) => r.applySeconds));
-          phases.busy += all.reduce((sum, r) => sum + r.forwardBackwardSeconds, 0) / (all.length * elapsed);
+          const fbAllRanks = all.reduce((sum, r) => sum + r.forwardBackwardSeconds, 0);
+          phases.busy += fbAllRanks / all.length;
+          phases.fbAllRanks += fbAllRanks;
+          phases.samples += n;
           phases.steps++;
         }
         window = { loss: window.loss + report.loss, steps: window.steps + 1, seconds: window.seconds + elapsed, tokens: window.tokens + stepTokens };
@@ -811,7 +819,7 @@ function checkSameRun(saved: Record<string, unknown>, source: string, o: Coordin
   if (differ.length > 0) throw new CoordinatorError(`${o.runDir} holds a run with other settings (${source}): ${differ.join('; ')}. Resume with the run's settings, or start a new run in another directory`);
 }
 
-function breakdownOf(seconds: number, p: { forwardBackward: number; copy: number; reduce: number; wait: number; apply: number; busy: number; steps: number }): StepBreakdown {
+function breakdownOf(seconds: number, p: { forwardBackward: number; copy: number; reduce: number; wait: number; apply: number; busy: number; fbAllRanks: number; samples: number; steps: number }): StepBreakdown {
   const mean = (x: number) => (p.steps > 0 ? x / p.steps : 0);
   const known = p.forwardBackward + p.copy + p.reduce + p.apply;
   return {
@@ -822,7 +830,8 @@ function breakdownOf(seconds: number, p: { forwardBackward: number; copy: number
     waitSeconds: mean(p.wait),
     applySeconds: mean(p.apply),
     otherSeconds: mean(Math.max(0, seconds - known)),
-    busyShare: mean(p.busy),
+    busyShare: seconds > 0 ? p.busy / seconds : 0,
+    forwardBackwardPerSampleSeconds: p.samples > 0 ? p.fbAllRanks / p.samples : 0,
   };
 }
 
