@@ -32,7 +32,7 @@ export interface CeilingJob {
   seq: number;
   /** Sequences per forward+backward. */
   batch: number;
-  /** How long each process runs once every process is ready. */
+  /** Seconds of each kind of phase (core 0 alone, core 1 alone, both) in all, over the turns. */
   seconds: number;
   backend: string;
 }
@@ -52,47 +52,56 @@ const READY_TIMEOUT_MS = 180_000;
 const TURNS = 3;
 
 interface Child {
+  /** Resolves once the child has built its model and run one pass. */
+  ready(): Promise<void>;
   /** Runs passes for `ms`; resolves with their count and total milliseconds. */
   run(ms: number): Promise<{ passes: number; spentMs: number }>;
   stop(): void;
 }
 
-async function startChild(job: CeilingJob, core: number | undefined): Promise<Child> {
+function startChild(job: CeilingJob, core: number | undefined): Child {
   const command = [process.execPath, SELF, JSON.stringify(job)];
   const pinned = core === undefined ? command : ['taskset', '-c', String(core), ...command];
   const child = spawn(pinned[0]!, pinned.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout! });
   const waiting: { resolve: (line: string) => void; reject: (e: Error) => void }[] = [];
   let failure: Error | undefined;
-  lines.on('line', (line) => waiting.shift()?.resolve(line));
-  child.once('exit', (code, signal) => {
-    failure = new Error(`the core-ceiling child exited with ${signal ?? `code ${code}`}`);
+  const fail = (e: Error): void => {
+    failure ??= e;
     for (const w of waiting.splice(0)) w.reject(failure);
-  });
+  };
+  lines.on('line', (line) => waiting.shift()?.resolve(line));
+  child.once('exit', (code, signal) => fail(new Error(`the core-ceiling child exited with ${signal ?? `code ${code}`}`)));
+  // a failed spawn, or a write to a child that is gone: a rejection, not an uncaught error
+  child.on('error', (e) => fail(new Error(`the core-ceiling child failed: ${e.message}`)));
+  child.stdin!.on('error', (e) => fail(new Error(`cannot write to the core-ceiling child: ${e.message}`)));
   const nextLine = (timeoutMs: number): Promise<string> =>
     new Promise((resolve, reject) => {
       if (failure) return reject(failure);
+      const waiter = {
+        resolve: (line: string) => (clearTimeout(timer), resolve(line)),
+        reject: (e: Error) => (clearTimeout(timer), reject(e)),
+      };
       const timer = setTimeout(() => {
+        waiting.splice(waiting.indexOf(waiter), 1);
         child.kill('SIGKILL');
         reject(new Error(`the core-ceiling child said nothing for ${Math.round(timeoutMs / 1000)} s`));
       }, timeoutMs);
-      waiting.push({ resolve: (line) => (clearTimeout(timer), resolve(line)), reject: (e) => (clearTimeout(timer), reject(e)) });
+      waiting.push(waiter);
     });
-  try {
-    const ready = await nextLine(READY_TIMEOUT_MS);
-    if (ready !== 'ready') throw new Error(`the core-ceiling child said ${JSON.stringify(ready)} instead of ready`);
-  } catch (e) {
-    child.kill('SIGKILL');
-    throw e;
-  }
   return {
+    async ready() {
+      const line = await nextLine(READY_TIMEOUT_MS);
+      if (line !== 'ready') throw new Error(`the core-ceiling child said ${JSON.stringify(line)} instead of ready`);
+    },
     async run(ms) {
+      if (failure) throw failure;
       child.stdin!.write(`run ${ms}\n`);
       // a pass may take seconds and the last one ends past the phase
       return JSON.parse(await nextLine(ms + READY_TIMEOUT_MS)) as { passes: number; spentMs: number };
     },
     stop() {
-      if (child.exitCode === null) child.kill('SIGKILL');
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     },
   };
 }
@@ -106,7 +115,9 @@ export async function measureCoreCeiling(job: CeilingJob, rotate = 0): Promise<C
   const pinned = hasTaskset();
   const children: Child[] = [];
   try {
-    children.push(...(await Promise.all([startChild(job, pinned ? 0 : undefined), startChild(job, pinned ? 1 : undefined)])));
+    // both are stopped below, whichever of them fails to start
+    children.push(startChild(job, pinned ? 0 : undefined), startChild(job, pinned ? 1 : undefined));
+    await Promise.all(children.map((c) => c.ready()));
     const [zero, one] = children as [Child, Child];
     // per kind of phase and child: passes and milliseconds
     const totals = { zero: { passes: 0, spentMs: 0 }, one: { passes: 0, spentMs: 0 }, pairZero: { passes: 0, spentMs: 0 }, pairOne: { passes: 0, spentMs: 0 } };

@@ -10,7 +10,8 @@
  * interleaved in rounds, the order reversed every other round, and the figures are the
  * medians over the rounds (the efficiency: the median of each round's own ratio).
  *
- * Two figures do not depend on how fast the machine is at the moment:
+ * So the benchmark also splits the efficiency into what the runtime costs and how fast the
+ * computation ran, and measures the machine itself:
  * - the busy share: the share of the workers' time spent in forward+backward, read within
  *   each run; the runtime efficiency is the 2-worker busy share over the 1-worker one (what
  *   the runtime itself costs: the all-reduce, the optimizer update, messages, waits);
@@ -62,7 +63,7 @@ function parse(argv: string[]): Options {
     .option('--global-batch <n>', 'sequences per step', positiveInt, 16)
     .option('--steps <n>', 'steps per run; the first is not timed', positiveInt, 10)
     .option('--rounds <n>', 'rounds of runs (each worker count once per round, interleaved); figures are medians over the rounds', positiveInt, 3)
-    .option('--ceiling-seconds <n>', 'seconds of each run of the core ceiling in every round (one process, then two at once, with no communication); 0 skips it', nonNegativeInt, 10)
+    .option('--ceiling-seconds <n>', 'seconds of each kind of phase of the core ceiling in every round (core 0 alone, core 1 alone, both at once; no communication); 0 skips it', nonNegativeInt, 10)
     .option('--workers <list>', 'worker counts to run', '1,2')
     .option('--recompute', 'recompute each block in backprop', false)
     .option('--backend <name>', 'backend of the workers', 'wasm')
@@ -140,7 +141,7 @@ async function main(): Promise<void> {
     );
     table(
       'where a step goes, ms per step (medians over the rounds), along the rank with the longest forward+backward (all-reduce: its own, which waits for nobody; the others waited up to `wait` longer in theirs; apply: the optimizer update; other: data, messages, the journal, clipping; busy share: the share of all the workers\' time spent in forward+backward)',
-      ['workers', 'step', 'forward+backward', 'copy out', 'all-reduce', 'wait', 'apply', 'other', 'busy share'],
+      ['workers', 'step', 'forward+backward', 'copy out + pieces', 'all-reduce', 'wait', 'apply', 'other', 'busy share'],
       counts.map((w) => {
         const b = breakdown(w);
         return [w, ms(b.stepSeconds), ms(b.forwardBackwardSeconds), ms(b.copySeconds), ms(b.reduceSeconds), ms(b.waitSeconds), ms(b.applySeconds), ms(b.otherSeconds), `${(100 * medianOf(w, (r) => r.breakdown.busyShare)).toFixed(1)}%`];
@@ -160,8 +161,8 @@ async function main(): Promise<void> {
     if (ceilings.length > 0) {
       table(
         `core ceiling: forward+backward of ${Math.ceil(opts.globalBatch / 2)} sequences for ${opts.ceilingSeconds} s of each kind, ${ceilings[0]!.pinned ? 'pinned to core 0 alone, core 1 alone, both at once' : 'one process alone, the other alone, both at once (no taskset: not pinned)'}, in turns, three times over, no communication. ceiling: the pair's samples/s over the sum of the lone runs'; speed ratio: the slower core's over the faster's`,
-        ['round', 'core 0 ms', 'core 1 ms', 'both at once ms', 'ceiling', 'speed ratio', 'efficiency cap (1 + ratio) / 2'],
-        ceilings.map((c, i) => [i + 1, Math.round(c.aloneMs[0]), Math.round(c.aloneMs[1]), c.pairMs.map(Math.round).join(' / '), c.ceiling.toFixed(3), c.coreSpeedRatio.toFixed(3), ((1 + c.coreSpeedRatio) / 2).toFixed(3)]),
+        ['round', 'core 0 ms', 'core 1 ms', 'both at once ms', 'ceiling', 'speed ratio', 'efficiency cap: ceiling x (1 + ratio) / 2'],
+        ceilings.map((c, i) => [i + 1, Math.round(c.aloneMs[0]), Math.round(c.aloneMs[1]), c.pairMs.map(Math.round).join(' / '), c.ceiling.toFixed(3), c.coreSpeedRatio.toFixed(3), ((c.ceiling * (1 + c.coreSpeedRatio)) / 2).toFixed(3)]),
       );
     }
     console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers} --ceiling-seconds ${opts.ceilingSeconds}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''} --balance ${opts.balance}`);

@@ -40,8 +40,9 @@ describe('gradient passes on SIMD', () => {
       scaleBy(plain, factor);
       assert.deepEqual(onSimd, plain);
       assert.equal(plain[length - 1], Math.fround(values(length, length + offset)[length - 1]! * factor));
-      // the neighbours of the view are untouched
+      // the neighbours of the view and the landing zone before it are untouched
       assert.ok(flat.subarray(0, offset).every((x) => x === 0) && flat.subarray(offset + length).every((x) => x === 0));
+      assert.ok(new Uint8Array(flat.buffer, 0, flat.byteOffset).every((b) => b === 0));
     });
   }
 
@@ -59,7 +60,10 @@ describe('gradient passes on SIMD', () => {
     const plain = new Float32Array(base);
     addInto(plain, src, new Float32Array(40));
     assert.deepEqual(plain, expected);
-    assert.equal(flat[0], 0, 'nothing before the destination was written');
+    // nothing but the destination and the staging slice was written: not the floats around them, not the landing zone before them
+    const outside = [...flat.subarray(0, 1), ...flat.subarray(n + 1, n + 3), ...flat.subarray(n + 3 + 40)];
+    assert.ok(outside.every((x) => x === 0), 'floats outside the destination and the staging were written');
+    assert.ok(new Uint8Array(flat.buffer, 0, flat.byteOffset).every((b) => b === 0), 'the landing zone was written');
     assert.throws(() => addInto(dst, src.subarray(1), staging), /adding 1002 values into 1003/);
   });
 });

@@ -2,8 +2,9 @@
  * Passes over every float32 host gradient of a step: the sum of squares (for the global
  * norm), the scaling, and the sum of a worker's pieces. A buffer that lies in a WebAssembly memory registered here (the
  * reduction buffer a communicator allocates, src/comm/simd-add.ts) is passed over by the
- * SIMD kernels of src/backend/simd/gradient-passes.ts in place: about a tenth of the time of
- * the loops below. Both give the same bits: a replica with SIMD and a single process
+ * SIMD kernels of src/backend/simd/gradient-passes.ts in place: 6 ms a pass over 8.8M
+ * gradients here, where the loops below took 9-40 ms (9 once the JIT has optimized them,
+ * which a loop run once a step may not be). Both give the same bits: a replica with SIMD and a single process
  * without it compute the same norm and the same scaled gradients.
  */
 import { kernelModule } from './wasm/simd-module.js';

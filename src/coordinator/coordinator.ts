@@ -160,8 +160,10 @@ export interface StepBreakdown {
    */
   readonly busyShare: number;
   /**
-   * Forward+backward seconds per sample, summed over the ranks: the compute speed. Two runs
-   * on the same records relate as: tokens/s ratio = busy share ratio x the inverse ratio of this.
+   * Forward+backward seconds per sample, summed over the ranks: the compute speed. For two
+   * runs on the same records with R1 and R2 ranks, tokens/s is proportional to ranks x busy
+   * share / this, so the scaling efficiency (tokens/s ratio over R2/R1) is the busy share
+   * ratio times the inverse ratio of this.
    */
   readonly forwardBackwardPerSampleSeconds: number;
 }

@@ -154,7 +154,7 @@ export class Trainer {
       const flat = reducer.allocate(total + 3 + STAGING_ELEMENTS);
       let at = 0;
       const grads = sizes.map((n) => flat.subarray(at, (at += n)));
-      // the reducer sums grads and stats; staging is the pieces' landing place, never sent
+      // the reducer sums grads and stats; staging is where the later pieces' gradients pass through (addInto), never sent
       this.#host = { grads, stats: flat.subarray(at, at + 3), staging: flat.subarray(at + 3) };
     }
     return this.#host;

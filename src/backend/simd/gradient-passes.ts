@@ -1,12 +1,13 @@
 // AssemblyScript, built with gemm.ts into dist/src/backend/simd/kernels.wasm.
 //
-// The two passes a training step makes over all its host gradients after the all-reduce
-// (src/train/trainer.ts): the sum of squares for the global norm, and the scaling by
-// 1 / targets and the clipping factor. They run on the memory the gradients already live in
-// (a communicator's reduction buffer, src/comm/simd-add.ts), so nothing is copied. Both
-// are bit for bit the JavaScript loops of src/backend/buffer-passes.ts: the squares and the
-// products are float64, four lane sums are kept (the tail goes to the first) and added left
-// to right, and each product is rounded once to float32.
+// The passes a training step makes over all its host gradients (src/train/trainer.ts): the
+// sum of a worker's claimed pieces, then after the all-reduce the sum of squares for the
+// global norm and the scaling by 1 / targets and the clipping factor. They run on the
+// memory the gradients already live in (a communicator's reduction buffer,
+// src/comm/simd-add.ts). All are bit for bit the JavaScript loops of
+// src/backend/buffer-passes.ts: the squares and the products are float64, four lane sums
+// are kept (the tail goes to the first) and added left to right, each product is rounded
+// once to float32, and the adds are float32.
 
 /** The sum of x^2 over the n floats at x. */
 export function sumOfSquares(x: usize, n: i32): f64 {
