@@ -32,7 +32,7 @@ export function mlmBatch(seed: number, batchSize: number, length: number, vocab:
   return { batchSize, length, tokenIds, segmentIds, targets };
 }
 
-export function median(xs: number[]): number {
+export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;

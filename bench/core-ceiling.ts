@@ -119,28 +119,26 @@ export async function measureCoreCeiling(job: CeilingJob, rotate = 0): Promise<C
     children.push(startChild(job, pinned ? 0 : undefined), startChild(job, pinned ? 1 : undefined));
     await Promise.all(children.map((c) => c.ready()));
     const [zero, one] = children as [Child, Child];
-    // per kind of phase and child: passes and milliseconds
-    const totals = { zero: { passes: 0, spentMs: 0 }, one: { passes: 0, spentMs: 0 }, pairZero: { passes: 0, spentMs: 0 }, pairOne: { passes: 0, spentMs: 0 } };
-    const add = (into: { passes: number; spentMs: number }, r: { passes: number; spentMs: number }): void => {
+    // passes and milliseconds per child: alone, and in the pair
+    type Tally = { passes: number; spentMs: number };
+    const tally = (): Tally => ({ passes: 0, spentMs: 0 });
+    const [alone, pair] = [[tally(), tally()], [tally(), tally()]];
+    const add = (into: Tally, r: Tally): void => {
       into.passes += r.passes;
       into.spentMs += r.spentMs;
     };
     const phaseMs = (1000 * job.seconds) / TURNS;
     const kinds = [
-      async () => add(totals.zero, await zero.run(phaseMs)),
-      async () => add(totals.one, await one.run(phaseMs)),
-      async () => {
-        const [a, b] = await Promise.all([zero.run(phaseMs), one.run(phaseMs)]);
-        add(totals.pairZero, a);
-        add(totals.pairOne, b);
-      },
+      async () => add(alone[0]!, await zero.run(phaseMs)),
+      async () => add(alone[1]!, await one.run(phaseMs)),
+      async () => (await Promise.all([zero.run(phaseMs), one.run(phaseMs)])).forEach((r, i) => add(pair[i]!, r)),
     ];
     for (let turn = 0; turn < TURNS; turn++) {
       for (let k = 0; k < kinds.length; k++) await kinds[(k + turn + rotate) % kinds.length]!();
     }
-    const mean = (t: { passes: number; spentMs: number }): number => t.spentMs / t.passes;
-    const aloneMs: [number, number] = [mean(totals.zero), mean(totals.one)];
-    const pairMs: [number, number] = [mean(totals.pairZero), mean(totals.pairOne)];
+    const meanMs = (t: Tally): number => t.spentMs / t.passes;
+    const aloneMs: [number, number] = [meanMs(alone[0]!), meanMs(alone[1]!)];
+    const pairMs: [number, number] = [meanMs(pair[0]!), meanMs(pair[1]!)];
     const speed = (ms: number): number => 1 / ms;
     return {
       aloneMs,

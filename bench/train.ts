@@ -20,9 +20,10 @@
  *   (both runs train on the same records), so the two say whether the runtime or the
  *   computation lost the rest;
  * - the core ceiling, measured in every round (bench/core-ceiling.ts): each core alone and
- *   both at once, with no communication. Its core speed ratio says how unequal the two
- *   vCPUs were in those minutes: a 1-worker run on the faster one caps the scaling
- *   efficiency at (1 + ratio) / 2, whatever the runtime does.
+ *   both at once, with no communication. Its ceiling says how much the cores slow each
+ *   other down, its core speed ratio how unequal the two vCPUs were in those minutes: a
+ *   1-worker run on the faster one caps the scaling efficiency at ceiling x (1 + ratio) / 2,
+ *   whatever the runtime does.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -34,7 +35,7 @@ import { startRun } from '../src/coordinator/start.js';
 import type { StepBreakdown } from '../src/coordinator/coordinator.js';
 import { prepare } from '../src/data/prepare.js';
 import { presetConfig } from '../src/model/config.js';
-import { table } from './common.js';
+import { median, table } from './common.js';
 import { type CoreCeiling, measureCoreCeiling } from './core-ceiling.js';
 
 interface Options {
@@ -125,11 +126,6 @@ async function main(): Promise<void> {
         console.error(`round ${round + 1}/${opts.rounds}, ${workers} worker(s): ${Math.round(result.tokensPerSecond)} tokens/s`);
       }
     }
-    const median = (xs: readonly number[]): number => {
-      const sorted = [...xs].sort((a, b) => a - b);
-      const mid = sorted.length >> 1;
-      return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-    };
     const medianOf = (w: number, pick: (r: Result) => number): number => median(runs.get(w)!.map(pick));
     const ms = (x: number) => Math.round(1000 * x);
     const phases = ['stepSeconds', 'forwardBackwardSeconds', 'copySeconds', 'reduceSeconds', 'waitSeconds', 'applySeconds', 'otherSeconds'] as const;
@@ -149,15 +145,19 @@ async function main(): Promise<void> {
     );
     const ones = runs.get(1);
     const twos = runs.get(2);
-    const perRound = ones && twos ? ones.map((one, i) => twos[i]!.tokensPerSecond / (2 * one.tokensPerSecond)) : [];
-    const efficiency = perRound.length > 0 ? median(perRound) : null;
-    if (efficiency !== null) console.log(`\nscaling efficiency, 2 workers against twice 1: ${efficiency.toFixed(3)} (median; each round: ${perRound.map((e) => e.toFixed(3)).join(' / ')})`);
-    const runtimePerRound = ones && twos ? ones.map((one, i) => twos[i]!.breakdown.busyShare / one.breakdown.busyShare) : [];
-    const runtimeEfficiency = runtimePerRound.length > 0 ? median(runtimePerRound) : null;
-    if (runtimeEfficiency !== null) console.log(`runtime efficiency, the 2-worker busy share over the 1-worker one: ${runtimeEfficiency.toFixed(3)} (median; each round: ${runtimePerRound.map((e) => e.toFixed(3)).join(' / ')})`);
+    /** A figure of each round, comparing its 1-worker and 2-worker runs (none without both counts). */
+    const perRound = (of: (one: Result, two: Result) => number): number[] => (ones && twos ? ones.map((one, i) => of(one, twos[i]!)) : []);
+    const summary = (what: string, values: readonly number[]): void => {
+      if (values.length > 0) console.log(`${what}: ${median(values).toFixed(3)} (median; each round: ${values.map((e) => e.toFixed(3)).join(' / ')})`);
+    };
+    const efficiencyPerRound = perRound((one, two) => two.tokensPerSecond / (2 * one.tokensPerSecond));
+    const runtimePerRound = perRound((one, two) => two.breakdown.busyShare / one.breakdown.busyShare);
     // per round, efficiency = runtime efficiency x compute speed ratio (the same records in both runs)
-    const computePerRound = ones && twos ? ones.map((one, i) => one.breakdown.forwardBackwardPerSampleSeconds / twos[i]!.breakdown.forwardBackwardPerSampleSeconds) : [];
-    if (computePerRound.length > 0) console.log(`compute speed ratio, forward+backward per sample with 1 worker over with 2: ${median(computePerRound).toFixed(3)} (median; each round: ${computePerRound.map((e) => e.toFixed(3)).join(' / ')}); each round's efficiency is its runtime efficiency times this`);
+    const computePerRound = perRound((one, two) => one.breakdown.forwardBackwardPerSampleSeconds / two.breakdown.forwardBackwardPerSampleSeconds);
+    console.log('');
+    summary('scaling efficiency, 2 workers against twice 1', efficiencyPerRound);
+    summary('runtime efficiency, the 2-worker busy share over the 1-worker one', runtimePerRound);
+    summary("compute speed ratio, forward+backward per sample with 1 worker over with 2 (each round's efficiency is its runtime efficiency times this)", computePerRound);
     if (ceilings.length > 0) {
       table(
         `core ceiling: forward+backward of ${Math.ceil(opts.globalBatch / 2)} sequences for ${opts.ceilingSeconds} s of each kind, ${ceilings[0]!.pinned ? 'pinned to core 0 alone, core 1 alone, both at once' : 'one process alone, the other alone, both at once (no taskset: not pinned)'}, in turns, three times over, no communication. ceiling: the pair's samples/s over the sum of the lone runs'; speed ratio: the slower core's over the faster's`,
@@ -167,21 +167,23 @@ async function main(): Promise<void> {
     }
     console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers} --ceiling-seconds ${opts.ceilingSeconds}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''} --balance ${opts.balance}`);
     const widest = Math.max(...counts);
+    const figure = (x: number): number => Number(x.toFixed(3));
+    const medianFigure = (values: readonly number[]): number | null => (values.length > 0 ? figure(median(values)) : null);
     console.log(
       JSON.stringify({
         preset: opts.preset,
         tokensPerSec: Object.fromEntries(counts.map((w) => [String(w), Math.round(medianOf(w, (r) => r.tokensPerSecond))])),
-        scalingEfficiency: efficiency === null ? null : Number(efficiency.toFixed(3)),
-        allreduceShare: Number(medianOf(widest, (r) => r.allreduceShare).toFixed(3)),
-        coordinatorCpuShare: Number(medianOf(widest, (r) => r.coordinatorCpuShare).toFixed(3)),
+        scalingEfficiency: medianFigure(efficiencyPerRound),
+        allreduceShare: figure(medianOf(widest, (r) => r.allreduceShare)),
+        coordinatorCpuShare: figure(medianOf(widest, (r) => r.coordinatorCpuShare)),
         rounds: opts.rounds,
-        scalingEfficiencyPerRound: perRound.map((e) => Number(e.toFixed(3))),
-        busyShare: Object.fromEntries(counts.map((w) => [String(w), Number(medianOf(w, (r) => r.breakdown.busyShare).toFixed(3))])),
-        runtimeEfficiency: runtimeEfficiency === null ? null : Number(runtimeEfficiency.toFixed(3)),
-        runtimeEfficiencyPerRound: runtimePerRound.map((e) => Number(e.toFixed(3))),
-        computeSpeedRatioPerRound: computePerRound.map((e) => Number(e.toFixed(3))),
-        coreCeilingPerRound: ceilings.map((c) => Number(c.ceiling.toFixed(3))),
-        coreSpeedRatioPerRound: ceilings.map((c) => Number(c.coreSpeedRatio.toFixed(3))),
+        scalingEfficiencyPerRound: efficiencyPerRound.map(figure),
+        busyShare: Object.fromEntries(counts.map((w) => [String(w), figure(medianOf(w, (r) => r.breakdown.busyShare))])),
+        runtimeEfficiency: medianFigure(runtimePerRound),
+        runtimeEfficiencyPerRound: runtimePerRound.map(figure),
+        computeSpeedRatioPerRound: computePerRound.map(figure),
+        coreCeilingPerRound: ceilings.map((c) => figure(c.ceiling)),
+        coreSpeedRatioPerRound: ceilings.map((c) => figure(c.coreSpeedRatio)),
         stepMs: Object.fromEntries(counts.map((w) => [String(w), Object.fromEntries(Object.entries(breakdown(w)).map(([k, v]) => [k.replace(/Seconds$/, ''), ms(v)]))])),
       }),
     );

@@ -1,11 +1,12 @@
 /**
  * Passes over every float32 host gradient of a step: the sum of squares (for the global
- * norm), the scaling, and the sum of a worker's pieces. A buffer that lies in a WebAssembly memory registered here (the
- * reduction buffer a communicator allocates, src/comm/simd-add.ts) is passed over by the
- * SIMD kernels of src/backend/simd/gradient-passes.ts in place: 6 ms a pass over 8.8M
- * gradients here, where the loops below took 9-40 ms (9 once the JIT has optimized them,
- * which a loop run once a step may not be). Both give the same bits: a replica with SIMD and a single process
- * without it compute the same norm and the same scaled gradients.
+ * norm), the scaling, and the sum of a worker's pieces. A buffer that lies in a WebAssembly
+ * memory registered here (the reduction buffer a communicator allocates,
+ * src/comm/simd-add.ts) is passed over in place by the SIMD kernels of
+ * src/backend/simd/gradient-passes.ts: 6 ms a pass over 8.8M gradients here, where the
+ * loops below took 9-40 ms (9 once the JIT has optimized them, which a loop run once a step
+ * may not be). Both give the same bits: a replica with SIMD and a single process without it
+ * compute the same norm and the same scaled gradients.
  */
 import { kernelModule } from './wasm/simd-module.js';
 
@@ -19,16 +20,15 @@ const passesOn = new WeakMap<ArrayBufferLike, PassExports>();
 
 /**
  * Lets the SIMD passes run on views of `memory`. The memory must not grow afterwards (growing
- * replaces its buffer, and the views with it). Returns false, and nothing changes, where
- * the kernels cannot be instantiated (the module not built, no SIMD): the loops run.
+ * replaces its buffer, and the views with it). Where the kernels cannot be instantiated (the
+ * module not built, no SIMD) nothing changes: the loops run (`simdPassesFor` says which).
  */
-export function registerSimdMemory(memory: WebAssembly.Memory): boolean {
+export function registerSimdMemory(memory: WebAssembly.Memory): void {
   try {
     const instance = new WebAssembly.Instance(kernelModule(), { env: { memory } });
     passesOn.set(memory.buffer, instance.exports as unknown as PassExports);
-    return true;
   } catch {
-    return false;
+    // the loops run
   }
 }
 

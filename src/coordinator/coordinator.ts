@@ -154,9 +154,9 @@ export interface StepBreakdown {
   readonly otherSeconds: number;
   /**
    * The share of the workers' time spent in forward+backward: the sum over the ranks and
-   * the steps of their forward+backward seconds over (ranks x the steps' wall time). What the runtime
-   * costs around the model's own work, read within one run, so a machine whose cores
-   * change speed between runs does not blur it.
+   * the steps of their forward+backward seconds over (ranks x the steps' wall time). What
+   * the runtime costs around the model's own work, read within one run, so a machine whose
+   * cores change speed between runs does not blur it.
    */
   readonly busyShare: number;
   /**
@@ -361,7 +361,7 @@ export class Coordinator {
       let seconds = 0;
       let replicaChecks = 0;
       let reduceSeconds = 0;
-      const phases = { forwardBackward: 0, copy: 0, reduce: 0, wait: 0, apply: 0, busy: 0, fbAllRanks: 0, samples: 0, steps: 0 };
+      const phases: Phases = { forwardBackward: 0, copy: 0, reduce: 0, wait: 0, apply: 0, busy: 0, fbAllRanks: 0, samples: 0, steps: 0 };
       const cpuAtStart = process.cpuUsage();
       const wallAtStart = performance.now();
       let window = { loss: 0, steps: 0, seconds: 0, tokens: 0 };
@@ -821,7 +821,24 @@ function checkSameRun(saved: Record<string, unknown>, source: string, o: Coordin
   if (differ.length > 0) throw new CoordinatorError(`${o.runDir} holds a run with other settings (${source}): ${differ.join('; ')}. Resume with the run's settings, or start a new run in another directory`);
 }
 
-function breakdownOf(seconds: number, p: { forwardBackward: number; copy: number; reduce: number; wait: number; apply: number; busy: number; fbAllRanks: number; samples: number; steps: number }): StepBreakdown {
+/**
+ * Sums over the timed steps: along each step's critical rank (forwardBackward, copy, reduce,
+ * apply), the other ranks' wait, the ranks' mean forward+backward (busy), their sum
+ * (fbAllRanks) and the samples.
+ */
+interface Phases {
+  forwardBackward: number;
+  copy: number;
+  reduce: number;
+  wait: number;
+  apply: number;
+  busy: number;
+  fbAllRanks: number;
+  samples: number;
+  steps: number;
+}
+
+function breakdownOf(seconds: number, p: Phases): StepBreakdown {
   const mean = (x: number) => (p.steps > 0 ? x / p.steps : 0);
   const known = p.forwardBackward + p.copy + p.reduce + p.apply;
   return {

@@ -210,7 +210,7 @@ export class Trainer {
     if (piecesIn === 0) for (const g of grads) g.fill(0);
     let reduceSeconds = 0;
     // one factor for the division by the global target count and the clipping, applied in
-    // one pass after the norm: each pass over the gradients costs as much as the all-reduce
+    // one pass after the norm: each pass reads and writes every gradient
     let factor = 1;
     if (reducer) {
       const stats = host.stats;
