@@ -16,6 +16,8 @@ interface PassExports {
   addTo(dst: number, src: number, n: number): void;
 }
 
+/** The kernels module instantiated on each registered memory, by the memory's buffer. */
+const instancesOn = new WeakMap<ArrayBufferLike, WebAssembly.Exports>();
 const passesOn = new WeakMap<ArrayBufferLike, PassExports>();
 
 /**
@@ -26,10 +28,22 @@ const passesOn = new WeakMap<ArrayBufferLike, PassExports>();
 export function registerSimdMemory(memory: WebAssembly.Memory): void {
   try {
     const instance = new WebAssembly.Instance(kernelModule(), { env: { memory } });
+    instancesOn.set(memory.buffer, instance.exports);
     passesOn.set(memory.buffer, instance.exports as unknown as PassExports);
   } catch {
     // the loops run
   }
+}
+
+/**
+ * The kernels module's exports on the registered memory every one of `views` lies in, if
+ * they share one: other kernels of the module (the optimizer's, src/optim/adafactor-kernel.ts)
+ * then run on the views in place, with byte offsets as pointers.
+ */
+export function simdKernelsOn(views: readonly Float32Array[]): WebAssembly.Exports | undefined {
+  const buffer = views[0]?.buffer;
+  if (!buffer || !views.every((v) => v.buffer === buffer)) return undefined;
+  return instancesOn.get(buffer);
 }
 
 /** Whether `buffer`'s passes run on SIMD. */

@@ -8,6 +8,7 @@
  * embedding. Results equal `AdaFactor.matrixUpdate`'s to float32 rounding: products are
  * float32, sums float64.
  */
+import { simdKernelsOn } from '../backend/buffer-passes.js';
 import { kernelModule } from '../backend/wasm/simd-module.js';
 
 interface AdaFactorExports {
@@ -55,41 +56,75 @@ class MatrixKernel {
     const gAt = 0;
     const valueAt = align(gAt + 4 * n);
     const uAt = align(valueAt + 4 * n);
-    const loAt = align(uAt + 4 * n);
-    const hiAt = align(loAt + 4 * cols);
-    const colSumsAt = align(hiAt + 4 * rows);
-    const rowSumsAt = align(colSumsAt + 8 * cols);
-    const sumsAt = align(rowSumsAt + 8 * rows);
-    if (!this.reserve(sumsAt + 16)) return undefined;
+    const statsAt = align(uAt + 4 * n);
+    if (!this.reserve(statsAt + statsBytes(rows, cols))) return undefined;
     // views after the growth: growing detaches the old ones
     const buffer = this.memory.buffer;
     new Float32Array(buffer, gAt, n).set(g);
     new Float32Array(buffer, valueAt, n).set(value);
-    this.exports.adafactorSquares(gAt, rows, cols, colSumsAt, rowSumsAt, eps1);
-    return {
-      colSums: new Float64Array(buffer, colSumsAt, cols),
-      rowSums: new Float64Array(buffer, rowSumsAt, rows),
-      /**
-       * The second pass, given the decayed `lo` (per column) and `hi` (per row) and
-       * 1 / mean(vr): u = g / sqrt(lo[c] hi[r] / mean(vr) + eps1), with the sums of u^2 and
-       * of value^2; `finish` then writes u, or value - step * u, into the caller's `u`.
-       */
-      update: (lo, hi, inverseMean, u) => {
-        new Float32Array(buffer, loAt, cols).set(lo);
-        new Float32Array(buffer, hiAt, rows).set(hi);
-        this.exports.adafactorUpdate(gAt, valueAt, uAt, loAt, hiAt, inverseMean, eps1, rows, cols, sumsAt);
-        const sums = new Float64Array(buffer, sumsAt, 2);
-        return {
-          squares: sums[0]!,
-          valueSquares: sums[1]!,
-          finish: (step) => {
-            if (step !== undefined) this.exports.adafactorStep(valueAt, uAt, n, step);
-            u.set(new Float32Array(buffer, uAt, n));
-          },
-        };
-      },
-    };
+    return passes(this.exports, buffer, { g: gAt, value: valueAt, u: uAt, stats: statsAt }, rows, cols, eps1);
   }
+}
+
+/** Bytes of the per-row and per-column statistics of a rows x cols matrix, as `passes` lays them out from a 16-byte boundary. */
+function statsBytes(rows: number, cols: number): number {
+  return align(4 * cols) + align(4 * rows) + align(8 * cols) + align(8 * rows) + 16;
+}
+
+/** Floats of scratch `inPlaceMatrixPasses` needs for a rows x cols matrix (with room to align it). */
+export function scratchElementsFor(rows: number, cols: number): number {
+  return Math.ceil((statsBytes(rows, cols) + 16) / 4);
+}
+
+/**
+ * The two passes on `exports`' memory, with the matrix at byte offsets `at.g`, `at.value`
+ * and `at.u` and the statistics laid out from `at.stats`. When `out` is given, `finish`
+ * copies u there; otherwise u is already where the caller reads it.
+ */
+function passes(exports: AdaFactorExports, buffer: ArrayBufferLike, at: { g: number; value: number; u: number; stats: number }, rows: number, cols: number, eps1: number): LoadedMatrix {
+  const n = rows * cols;
+  const loAt = at.stats;
+  const hiAt = loAt + align(4 * cols);
+  const colSumsAt = hiAt + align(4 * rows);
+  const rowSumsAt = colSumsAt + align(8 * cols);
+  const sumsAt = rowSumsAt + align(8 * rows);
+  exports.adafactorSquares(at.g, rows, cols, colSumsAt, rowSumsAt, eps1);
+  return {
+    colSums: new Float64Array(buffer, colSumsAt, cols),
+    rowSums: new Float64Array(buffer, rowSumsAt, rows),
+    update: (lo, hi, inverseMean, u) => {
+      new Float32Array(buffer, loAt, cols).set(lo);
+      new Float32Array(buffer, hiAt, rows).set(hi);
+      exports.adafactorUpdate(at.g, at.value, at.u, loAt, hiAt, inverseMean, eps1, rows, cols, sumsAt);
+      const sums = new Float64Array(buffer, sumsAt, 2);
+      return {
+        squares: sums[0]!,
+        valueSquares: sums[1]!,
+        finish: (step) => {
+          if (step !== undefined) exports.adafactorStep(at.value, at.u, n, step);
+          // in place, u is the caller's array already
+          if (u.buffer !== buffer || u.byteOffset !== at.u) u.set(new Float32Array(buffer, at.u, n));
+        },
+      };
+    },
+  };
+}
+
+/**
+ * The same passes with no copy, where `g`, `value`, `u` and `scratch` lie in one memory the
+ * kernels are registered on (a worker's reduction buffer, src/backend/buffer-passes.ts):
+ * the matrix is read and u written where they are, and only the statistics go to `scratch`.
+ * Undefined when they do not, or `scratch` is too small: the caller copies (`load`).
+ * Same functions on the same values: the same bits as `load`.
+ */
+export function inPlaceMatrixPasses(g: Float32Array, value: Float32Array, u: Float32Array, scratch: Float32Array, rows: number, cols: number, eps1: number): LoadedMatrix | undefined {
+  const n = rows * cols;
+  if (g.length !== n || value.length !== n || u.length !== n) return undefined;
+  const exports = simdKernelsOn([g, value, u, scratch]) as unknown as AdaFactorExports | undefined;
+  if (!exports || typeof exports.adafactorSquares !== 'function') return undefined;
+  const statsAt = align(scratch.byteOffset);
+  if (statsAt + statsBytes(rows, cols) > scratch.byteOffset + scratch.byteLength) return undefined;
+  return passes(exports, g.buffer, { g: g.byteOffset, value: value.byteOffset, u: u.byteOffset, stats: statsAt }, rows, cols, eps1);
 }
 
 export interface LoadedMatrix {

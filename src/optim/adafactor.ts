@@ -1,6 +1,6 @@
 import { type BaseRule, NamePatterns, type ParamStep, rms } from './rule.js';
 import type { SlotSpec } from './slots.js';
-import { adafactorMatrixKernel, KERNEL_MIN_ELEMENTS, type MatrixPasses } from './adafactor-kernel.js';
+import { adafactorMatrixKernel, inPlaceMatrixPasses, KERNEL_MIN_ELEMENTS, type MatrixPasses, scratchElementsFor } from './adafactor-kernel.js';
 
 export interface AdaFactorOptions {
   /** null: relative step min(1/sqrt(t), 1e-2), times 0.05 without parameter scaling. */
@@ -96,6 +96,14 @@ export class AdaFactor implements BaseRule {
     return specs;
   }
 
+  /** The statistics of the SIMD passes over a large matrix, run in place when the optimizer has a workspace. */
+  scratchElements(shape: readonly number[]): number {
+    const axes = factoredAxes(shape, this.options.minDimSizeToFactor);
+    if (!axes) return 0;
+    const b = blocks(shape, axes.a1, axes.a2);
+    return b.outer === 1 && b.mid === 1 && b.inner === 1 && b.x * b.y >= KERNEL_MIN_ELEMENTS ? scratchElementsFor(b.x, b.y) : 0;
+  }
+
   learningRate(step: number): number {
     const { learningRate, multiplyByParameterScale } = this.options;
     if (learningRate !== null) return learningRate;
@@ -125,8 +133,9 @@ export class AdaFactor implements BaseRule {
     if (axes) {
       const b = blocks(p.shape, axes.a1, axes.a2);
       const [lo, hi] = b.a1First ? [p.slot('vr'), p.slot('vc')] : [p.slot('vc'), p.slot('vr')];
-      const kernel = b.outer === 1 && b.mid === 1 && b.inner === 1 && b.x * b.y >= KERNEL_MIN_ELEMENTS ? adafactorMatrixKernel() : null;
-      const loaded = kernel?.load(g, value, b.x, b.y, eps1);
+      const large = b.outer === 1 && b.mid === 1 && b.inner === 1 && b.x * b.y >= KERNEL_MIN_ELEMENTS;
+      // in place where the optimizer's workspace shares the gradient's memory, else copied into the kernel's
+      const loaded = large ? ((p.scratch && inPlaceMatrixPasses(g, value, u, p.scratch, b.x, b.y, eps1)) || adafactorMatrixKernel()?.load(g, value, b.x, b.y, eps1)) : undefined;
       if (loaded) {
         kernelPasses = loaded.update(lo, hi, decayFactoredMoments(lo, hi, loaded.colSums, loaded.rowSums, b2, b.a1First), u);
         ({ squares, valueSquares } = kernelPasses);

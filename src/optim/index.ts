@@ -2,7 +2,7 @@ export { AdaFactor, ADAFACTOR_DEFAULTS, type AdaFactorOptions, factoredAxes } fr
 export { Adam, ADAM_DEFAULTS, type AdamOptions } from './adam.js';
 export { Sgd, SGD_DEFAULTS, type SgdOptions } from './sgd.js';
 export { createOptimizer, DEFAULT_EXCLUDE, type OptimizerConfig, OptimizerConfigError, parseOptimizerConfig, readOptimizerConfig } from './config.js';
-export { Optimizer, OptimizerError, type OptimizerState, type StepReport } from './optimizer.js';
+export { Optimizer, OptimizerError, type OptimizerState, type OptimizerWorkspace, type StepReport } from './optimizer.js';
 export { HostParameters, type ParameterAccess, VariableParameters } from './parameters.js';
 export type { BaseRule, ParamStep, UpdateWrapper } from './rule.js';
 export type { NamedArray, SlotSpec } from './slots.js';

@@ -26,6 +26,22 @@ export interface StepReport {
   readonly lr: number;
 }
 
+/**
+ * Memory the optimizer works in instead of arrays of its own (Optimizer.apply): a worker
+ * passes views of its reduction buffer, where the gradients lie, so that the base rule's
+ * SIMD passes read the gradient and the values and write the proposed update in place
+ * (AdaFactor's, src/optim/adafactor-kernel.ts) instead of copying them in and out.
+ * Sizes: `Optimizer.workspaceElements`.
+ */
+export interface OptimizerWorkspace {
+  /** Each parameter's values are read into it. */
+  readonly value: Float32Array;
+  /** Where the new values are proposed. */
+  readonly proposed: Float32Array;
+  /** The base rule's temporaries (ParamStep.scratch). */
+  readonly scratch: Float32Array;
+}
+
 export class OptimizerError extends Error {
   override name = 'OptimizerError';
 }
@@ -122,14 +138,22 @@ export class Optimizer {
     return this.store.bytes();
   }
 
+  /** The floats each part of an `OptimizerWorkspace` needs for parameters of these shapes. */
+  workspaceElements(shapes: readonly (readonly number[])[]): { value: number; proposed: number; scratch: number } {
+    const largest = shapes.reduce((n, s) => Math.max(n, sizeOf(s)), 0);
+    const scratch = shapes.reduce((n, s) => Math.max(n, this.base.scratchElements?.(s) ?? 0), 0);
+    return { value: largest, proposed: largest, scratch };
+  }
+
   /**
    * Applies one gradient per parameter (in `params` order). With gradient accumulation,
    * only every k-th call steps; the others add to the sums and return `applied: false`.
    * Non-finite gradients are refused before anything changes, at the cost of a pass over
    * them; a caller that computed their norm already (finite only if every value is) says
-   * `gradientsFinite` and saves it.
+   * `gradientsFinite` and saves it. `workspace`: see OptimizerWorkspace; the update is the
+   * same with or without it.
    */
-  apply(params: ParameterAccess, grads: readonly Float32Array[], options: { gradientsFinite?: boolean } = {}): StepReport {
+  apply(params: ParameterAccess, grads: readonly Float32Array[], options: { gradientsFinite?: boolean; workspace?: OptimizerWorkspace } = {}): StepReport {
     if (this.trainedBackup) throw new OptimizerError('the EMA weights are applied; call restoreTrained() before the next step');
     this.checkParameters(params, grads, options.gradientsFinite === true);
     const k = this.accumulation?.steps ?? 1;
@@ -144,10 +168,12 @@ export class Optimizer {
     }
     const t = this.iterations + 1;
     const lr = this.learningRateAt(this.iterations);
+    const workspace = options.workspace;
     for (let i = 0; i < params.names.length; i++) {
       const name = params.names[i]!;
       const shape = params.shape(i);
-      const value = params.read(i);
+      const n = sizeOf(shape);
+      const value = params.read(i, workspace && workspace.value.length >= n ? workspace.value.subarray(0, n) : undefined);
       const slots = this.slotsOf(params, i, value);
       let grad = grads[i]!;
       let sum: Float32Array | undefined;
@@ -156,14 +182,20 @@ export class Optimizer {
         for (let j = 0; j < sum.length; j++) sum[j] = sum[j]! / k;
         grad = sum;
       }
-      if (this.scratch.length < value.length) this.scratch = new Float32Array(value.length);
-      const proposed = this.scratch.subarray(0, value.length);
+      let proposed: Float32Array;
+      if (workspace && workspace.proposed.length >= n) {
+        proposed = workspace.proposed.subarray(0, n);
+      } else {
+        if (this.scratch.length < n) this.scratch = new Float32Array(n);
+        proposed = this.scratch.subarray(0, n);
+      }
       const stepFor = (prefix: string): ParamStep => ({
         name,
         shape,
         value,
         grad,
         proposed,
+        scratch: workspace?.scratch,
         step: t,
         lr,
         slot: (slotName: string) => {

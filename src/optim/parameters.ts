@@ -13,9 +13,12 @@ export interface ParameterAccess {
   shape(index: number): readonly number[];
   /**
    * The current values, as an array the optimizer may modify and hand back to `write`;
-   * valid until the next `read` (implementations may reuse it), so keep a copy.
+   * valid until the next `read` (implementations may reuse it), so keep a copy. `into`: an
+   * array of the parameter's size to copy them into, which an implementation that copies
+   * anyway uses (the optimizer's workspace); one that holds the values on the host returns
+   * its own array.
    */
-  read(index: number): Float32Array;
+  read(index: number, into?: Float32Array): Float32Array;
   /** Stores new values; `values` is the caller's from then on (implementations copy it if they keep it). */
   write(index: number, values: Float32Array): void;
 }
@@ -66,8 +69,9 @@ export class VariableParameters implements ParameterAccess {
     return this.weights[index]!.shape;
   }
 
-  read(index: number): Float32Array {
+  read(index: number, into?: Float32Array): Float32Array {
     const variable = this.weights[index]!.variable;
+    if (into) return readTensorCopy(variable, into);
     if (this.buffer.length < variable.size) this.buffer = new Float32Array(variable.size);
     return readTensorCopy(variable, this.buffer.subarray(0, variable.size));
   }

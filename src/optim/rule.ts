@@ -15,6 +15,12 @@ export interface ParamStep {
   readonly grad: Float32Array;
   /** The new value proposed so far. */
   readonly proposed: Float32Array;
+  /**
+   * Free floats for the rule's temporaries (at least its `scratchElements` for this shape),
+   * in the memory `value`, `grad` and `proposed` share when the optimizer has a workspace
+   * (see Optimizer.apply); absent otherwise.
+   */
+  readonly scratch?: Float32Array;
   /** t: the 1-based number of this optimizer step (micro-steps of accumulation do not count). */
   readonly step: number;
   /** This step's learning rate after every schedule. */
@@ -33,6 +39,8 @@ export interface BaseRule {
   /** The learning rate of step t before any schedule wrapper. */
   learningRate(step: number): number;
   propose(p: ParamStep): void;
+  /** Floats of `ParamStep.scratch` the rule can use for a parameter of this shape (none when absent). */
+  scratchElements?(shape: readonly number[]): number;
 }
 
 /** A derived-optimizer piece; every member is optional. */

@@ -18,7 +18,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { type Batch, countTargets } from '../batch.js';
 import { readTensorCopy, readTensorView } from '../backend/variable-storage.js';
 import { addInto, scaleBy, sumOfSquares } from '../backend/buffer-passes.js';
-import type { Optimizer } from '../optim/optimizer.js';
+import type { Optimizer, OptimizerWorkspace } from '../optim/optimizer.js';
 import type { ParameterAccess } from '../optim/parameters.js';
 import type { NamedWeight } from '../model/weights.js';
 import { type StepOptions, type StepResult, TrainingError } from './step.js';
@@ -126,11 +126,16 @@ export function stepDropoutSeed(runSeed: number, step: number): number {
   return (Math.imul(runSeed >>> 0, 1_000_003) + step) >>> 0;
 }
 
-/** Where a step's gradients are summed on the host; `staging`: the later pieces' gradients pass through it on their way in (see addInto). */
+/**
+ * Where a step's gradients are summed on the host; `staging`: the later pieces' gradients
+ * pass through it on their way in (see addInto); `workspace`: where the optimizer reads the
+ * values and proposes the update, in the same memory, so that its SIMD passes need no copy.
+ */
 interface HostBuffers {
   grads: Float32Array[];
   stats: Float32Array;
   staging: Float32Array | undefined;
+  workspace: OptimizerWorkspace | undefined;
 }
 
 /** Floats of the staging slice: 1 MiB, which stays in the cache between its copy and its add. */
@@ -146,16 +151,18 @@ export class Trainer {
 
   /** Where this step's host gradients go: fresh arrays, or the reducer's memory when it offers some. */
   #hostBuffers(): HostBuffers {
-    const { objective, reducer } = this.options;
-    if (!reducer?.allocate) return { grads: objective.weights.map((w) => new Float32Array(w.variable.size)), stats: new Float32Array(3), staging: undefined };
+    const { objective, reducer, optimizer } = this.options;
+    if (!reducer?.allocate) return { grads: objective.weights.map((w) => new Float32Array(w.variable.size)), stats: new Float32Array(3), staging: undefined, workspace: undefined };
     if (!this.#host) {
       const sizes = objective.weights.map((w) => w.variable.size);
       const total = sizes.reduce((a, b) => a + b, 0);
-      const flat = reducer.allocate(total + 3 + STAGING_ELEMENTS);
+      const room = optimizer.workspaceElements(objective.weights.map((w) => w.shape));
+      const flat = reducer.allocate(total + 3 + STAGING_ELEMENTS + room.value + room.proposed + room.scratch);
       let at = 0;
-      const grads = sizes.map((n) => flat.subarray(at, (at += n)));
-      // the reducer sums grads and stats; staging is where the later pieces' gradients pass through (addInto), never sent
-      this.#host = { grads, stats: flat.subarray(at, at + 3), staging: flat.subarray(at + 3) };
+      const next = (n: number): Float32Array => flat.subarray(at, (at += n));
+      const grads = sizes.map(next);
+      // the reducer sums grads and stats; the rest is never sent
+      this.#host = { grads, stats: next(3), staging: next(STAGING_ELEMENTS), workspace: { value: next(room.value), proposed: next(room.proposed), scratch: next(room.scratch) } };
     }
     return this.#host;
   }
@@ -256,7 +263,7 @@ export class Trainer {
         if (applied) throw new Error('this step was applied already');
         if (superseded) throw new Error('this step\'s gradients were overwritten by a later reduce (they share the reducer\'s memory): apply or drop a step before reducing the next');
         applied = true;
-        const report = optimizer.apply(params, grads, { gradientsFinite: true });
+        const report = optimizer.apply(params, grads, { gradientsFinite: true, workspace: host.workspace });
         // an accumulation micro-step applies nothing: the rate the coming update uses
         return { applied: report.applied, lr: report.applied ? report.lr : optimizer.currentLearningRate };
       },
