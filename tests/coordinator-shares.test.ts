@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { claimableSamples, claimSize, type Share, ShareBalancer } from '../src/coordinator/shares.js';
+import { claimableSamples, claimSize, type Share, ShareBalancer, stepOrder } from '../src/coordinator/shares.js';
 import { lcg } from './helpers.js';
 
 const sizes = (shares: readonly Share[]): number[] => shares.map((s) => s.to - s.from);
@@ -86,6 +86,22 @@ describe('splitting a step across the ranks', () => {
     for (let left = 16; left > 0; left -= pieces.at(-1)!) pieces.push(claimSize(left, 2));
     assert.deepEqual(pieces, [4, 3, 3, 2, 1, 1, 1, 1]);
     assert.equal(claimSize(0, 2), 0, 'nothing left: an empty reply');
+  });
+
+  it('a step\'s order puts its shortest quarter last, longest first, the rest in the ledger\'s order; the same records, whatever the ranks', () => {
+    // record id -> length
+    const lengths = [50, 10, 90, 30, 10, 70, 20, 60, 40];
+    const records = [8, 1, 2, 0, 4, 3, 6, 5, 7];
+    const ordered = stepOrder(records, lengths);
+    // the quarter (2 of 9) shortest: ids 1 and 4 (both 10: the ledger's order breaks the tie)
+    assert.deepEqual(ordered, [8, 2, 0, 3, 6, 5, 7, 1, 4]);
+    assert.deepEqual([...ordered].sort(), [...records].sort(), 'a permutation');
+    const tail = ordered.slice(-claimableSamples(records.length, 2, 'dynamic')).map((id) => lengths[id]!);
+    const rest = ordered.slice(0, -tail.length).map((id) => lengths[id]!);
+    assert.ok(Math.max(...tail) <= Math.min(...rest), 'what is claimed is the shortest');
+    const longest = stepOrder([0, 1, 2, 3, 4, 5, 6, 7], [5, 1, 3, 2, 8, 4, 9, 7]);
+    assert.deepEqual(longest.slice(-2), [3, 1], 'longest first among the last: lengths 2 then 1');
+    assert.deepEqual(stepOrder([3, 1, 2], [1, 2, 3, 4]), [3, 1, 2], 'fewer than four records: no quarter to move');
   });
 
   it('dynamic: any measured speeds give contiguous shares that cover the batch, each within 1 of its exact value', () => {

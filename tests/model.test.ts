@@ -14,7 +14,7 @@ import { trainableWeights } from '../src/model/weights.js';
 import { GraphExecutor } from '../src/train/graph-executor.js';
 import { leanGradients } from '../src/train/lean-gradients.js';
 import { PretrainingObjective, TrainingError } from '../src/train/step.js';
-import { nextTokenTargets, sliceBatch } from '../src/batch.js';
+import { type Batch, nextTokenTargets, sliceBatch } from '../src/batch.js';
 import { mlmBatch, tinyConfig } from './helpers.js';
 
 before(async () => {
@@ -307,6 +307,35 @@ describe('gradients', () => {
       combined.dispose();
     });
     tf.dispose([...whole.grads, ...noDropout.grads, ...head.grads, ...tail.grads]);
+    disposeTransformer(model);
+  });
+
+  it('a sample padded to its own length draws the masks of the whole batch when dropout counts over the batch\'s length (maskLength): pieces = whole', () => {
+    const model = buildTransformer(tinyConfig({ hidden_dropout_prob: 0.3, attention_probs_dropout_prob: 0.3, initializer_range: 0.2 }), { seed: 7 });
+    const objective = new PretrainingObjective(model);
+    // samples of 8, 7 and 6 real positions (mlmBatch pads b % 3 positions)
+    const batch = mlmBatch(19, 6, 8, 40);
+    const trimmed = (b: number): Batch => {
+      const one = sliceBatch(batch, b, b + 1);
+      const used = batch.length - (b % 3);
+      return { batchSize: 1, length: used, tokenIds: one.tokenIds.slice(0, used), segmentIds: one.segmentIds.slice(0, used), targets: one.targets.slice(0, used) };
+    };
+    assert.ok(trimmed(1).length < batch.length && trimmed(2).length < batch.length, 'some samples are shorter than the batch');
+    const whole = objective.compute(batch, { dropoutSeed: 5, normalizer: 1 });
+    const sumOfPieces = (maskLength: number | undefined) => {
+      const pieces = Array.from({ length: batch.batchSize }, (_, b) => objective.compute(trimmed(b), { dropoutSeed: 5, firstSample: b, maskLength, normalizer: 1 }));
+      const grads = whole.grads.map((_, i) => tf.tidy(() => tf.addN(pieces.map((p) => p.grads[i]!))));
+      const lossSum = pieces.reduce((sum, p) => sum + p.lossSum, 0);
+      for (const p of pieces) tf.dispose(p.grads);
+      return { grads, lossSum };
+    };
+    const counted = sumOfPieces(batch.length);
+    assert.ok(Math.abs(counted.lossSum - whole.lossSum) < 1e-4 * whole.lossSum, `loss sum ${counted.lossSum} vs ${whole.lossSum}`);
+    whole.grads.forEach((g, i) => assert.ok(maxAbsDiff(g.dataSync(), counted.grads[i]!.dataSync()) < 1e-5, `gradient ${i}`));
+    // counted over each piece's own length instead, the shorter samples draw other masks
+    const own = sumOfPieces(undefined);
+    assert.ok(Math.abs(own.lossSum - whole.lossSum) > 1e-3, `without maskLength the masks differ: ${own.lossSum} vs ${whole.lossSum}`);
+    tf.dispose([...whole.grads, ...counted.grads, ...own.grads]);
     disposeTransformer(model);
   });
 

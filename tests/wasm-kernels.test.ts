@@ -13,7 +13,7 @@ import {
   installedWasmKernelFixes,
   uninstallWasmKernelFixes,
 } from '../src/backend/wasm-kernels.js';
-import { FUSED_KERNEL, hasFusedKernel } from '../src/backend/fused-kernels.js';
+import { dropoutRuns, FUSED_KERNEL, hasFusedKernel } from '../src/backend/fused-kernels.js';
 import { activation } from '../src/model/layers/activations.js';
 import { seededDropout } from '../src/model/layers/base.js';
 import { LayerNorm } from '../src/model/layers/layer-norm.js';
@@ -215,6 +215,11 @@ describe('BatchMatMul', () => {
     }, 'edges');
   });
 
+  test('a few rows by a long operand, transposed or not (the MLM head of a short piece: no packing), odd K and N, match cpu', async () => {
+    await assertSameOnBoth(() => [1, 2, 7, 8, 9].flatMap((m) => [3, 259, 300].flatMap((k) =>
+      [false, true].flatMap((tb) => [1001, 256, 7].map((n) => matMulCase([], [], m, k, n, false, tb, 300 + m + k + n))))), 'few rows');
+  });
+
   test('mixed broadcast [2,1] x [3] equals per-slice products', () => {
     // cpu broadcasts batches by index modulo, which is wrong for this shape,
     // so compare against explicit per-slice 2D products instead.
@@ -342,6 +347,34 @@ describe('SeededDropout (fused, wasm) against the tfjs-ops dropout (cpu)', () =>
     assert.deepEqual(wasm[1]!.values, wasm[0]!.values, 'wasm: halves = whole');
     assert.deepEqual(wasm[0]!.values, cpu[0]!.values, 'wasm = cpu');
     assert.notDeepEqual(cpu[2]!.values, cpu[0]!.values.slice(0, n), 'an offset of one draws another mask');
+  });
+
+  test('runs of a tensor counted over a longer shape start where the closed form says', () => {
+    const [b, l, h] = [2, 3, 4];
+    const rows = dropoutRuns([b, l, h], [b, 5, h]);
+    assert.equal(rows.length, l * h, '[batch, length, hidden]: one run per sample');
+    assert.deepEqual([...rows.starts], [0, 5 * h]);
+    const probs = dropoutRuns([2, 2, 3, 3], [2, 2, 5, 5]);
+    assert.equal(probs.length, 3, 'attention probabilities: one run per row');
+    const expected: number[] = [];
+    for (let s = 0; s < 2; s++) for (let head = 0; head < 2; head++) for (let i = 0; i < 3; i++) expected.push(((s * 2 + head) * 5 + i) * 5);
+    assert.deepEqual([...probs.starts], expected);
+    assert.deepEqual([...dropoutRuns([2, 3], [2, 3]).starts], [0], 'the same shape: one run');
+    assert.throws(() => dropoutRuns([2, 6, 4], [2, 5, 4]), /no shorter axis/);
+  });
+
+  test('counted over a longer length, a shorter tensor draws the longer one\'s mask on its positions (cpu and wasm alike)', async () => {
+    const masks = (): tf.Tensor[] => {
+      const long = seededDropout(tf.ones([2, 3, 7, 7]), 0.5, 9, 0x77, 0);
+      const short = seededDropout(tf.ones([2, 3, 4, 4]), 0.5, 9, 0x77, 0, [2, 3, 7, 7]);
+      const own = seededDropout(tf.ones([2, 3, 4, 4]), 0.5, 9, 0x77, 0);
+      return [tf.slice(long, [0, 0, 0, 0], [2, 3, 4, 4]), short, own];
+    };
+    const { cpu, wasm } = await onCpuAndWasm(masks);
+    assert.deepEqual(cpu[1]!.values, cpu[0]!.values, 'cpu: the short tensor\'s mask is the corner of the long one\'s');
+    assert.deepEqual(wasm[1]!.values, wasm[0]!.values, 'wasm: likewise');
+    assert.deepEqual(wasm[1]!.values, cpu[1]!.values, 'wasm = cpu');
+    assert.notDeepEqual(cpu[2]!.values, cpu[0]!.values, 'counted over its own shape, it draws another mask');
   });
 
   test('another seed or salt draws another mask', async () => {

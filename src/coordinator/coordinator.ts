@@ -36,7 +36,7 @@ import { type CommittedStep, DataLedger } from '../run/ledger.js';
 import { Journal, JOURNAL_FILE, JOURNAL_FORMAT, type JournalEntry } from '../run/journal.js';
 import type { CoordinatorMetrics } from '../metrics/metrics.js';
 import { ranksOfStep, type RunObserver } from './observer.js';
-import { type Balance, claimableSamples, claimSize, ShareBalancer } from './shares.js';
+import { type Balance, claimableSamples, claimSize, ShareBalancer, stepOrder } from './shares.js';
 import type { LogFields, LogFn } from '../log/logger.js';
 
 export class CoordinatorError extends Error {
@@ -414,19 +414,21 @@ export class Coordinator {
         const t0 = performance.now();
         const handed = ledger.next(step);
         if (!handed) throw new CoordinatorError(`the ledger has no records for step ${step}`);
-        const n = handed.records.length;
-        const examples = await Promise.all(handed.records.map((id) => store.read(id)));
-        // every share is padded to the global batch's longest record (see batchFromRecords)
-        const length = handed.records.reduce((longest, id) => Math.max(longest, lengths[id]!), 1);
+        // the records in their places in the global batch: the shortest quarter last (see stepOrder)
+        const ordered = stepOrder(handed.records, lengths);
+        const n = ordered.length;
+        const examples = await Promise.all(ordered.map((id) => store.read(id)));
+        // dropout counts every sample's positions over the step's longest record, whatever its piece is padded to
+        const length = ordered.reduce((longest, id) => Math.max(longest, lengths[id]!), 1);
         // the digest of the state before this step: that of the step before it, committed everywhere
         const digest = o.checksumEvery > 0 && (step - 1) % o.checksumEvery === 0 && step > 1;
         const reports = this.expectReports(step, workers);
         const claimable = claimableSamples(n, workers.length, this.balancer.balance);
         const shares = this.balancer.split(n - claimable, length, workers.map((w) => w.id));
-        this.pool = claimable > 0 ? { step, generation: this.generation, ranks: workers.length, next: n - claimable, end: n, records: handed.records, examples, answered: new Map() } : undefined;
+        this.pool = claimable > 0 ? { step, generation: this.generation, ranks: workers.length, next: n - claimable, end: n, records: ordered, examples, answered: new Map() } : undefined;
         for (let rank = 0; rank < workers.length; rank++) {
           const { from, to } = shares[rank]!;
-          const records = handed.records.slice(from, to).map((id, i) => ({ id, example: Buffer.from(examples[from + i]!) }));
+          const records = ordered.slice(from, to).map((id, i) => ({ id, example: Buffer.from(examples[from + i]!) }));
           this.send(workers[rank]!, { kind: 'work', work: { generation: this.generation, step, epoch: handed.epoch, firstSample: from, globalBatch: n, records, length, digest, claim: claimable > 0 } });
         }
         let results: Map<number, StepReport>;

@@ -16,10 +16,14 @@
  *
  * The model of a rank's time to the all-reduce is `fixed + samples * perSample`: `fixed`
  * is what does not grow with its share (the previous step's optimizer update, the copy of
- * its gradients), `perSample` the forward and backward pass per sample. Every share is
- * padded to the global batch's longest record, so the samples of one step cost the same,
- * but steps of longer records cost more: the averages are kept per position (samples times
- * the step's length). Both are exponential moving averages of the workers' step reports.
+ * its gradients), `perSample` the forward and backward pass per sample. Steps of longer
+ * records cost more, so the averages are kept per position, counting every sample at the
+ * step's longest record (a share is padded to its own longest, at most that; the claims
+ * absorb the difference). Both are exponential moving averages of the workers' step reports.
+ *
+ * Which records the claims hand out: the step's order (`stepOrder`) puts its shortest
+ * quarter last, longest first, so the last pieces, padded each to its own record, are the
+ * shortest, and the ranks meet at the all-reduce within one short record of each other.
  */
 export type Balance = 'even' | 'dynamic';
 
@@ -27,7 +31,28 @@ export const BALANCES: readonly Balance[] = ['even', 'dynamic'];
 
 /** How many of a step's samples are left for the workers to claim (the rest is split up front). */
 export function claimableSamples(samples: number, ranks: number, balance: Balance): number {
-  return balance === 'dynamic' && ranks > 1 ? Math.floor(samples / 4) : 0;
+  return balance === 'dynamic' && ranks > 1 ? shortestQuarter(samples) : 0;
+}
+
+function shortestQuarter(samples: number): number {
+  return Math.floor(samples / 4);
+}
+
+/**
+ * The order of a step's records in its global batch, which is what their `firstSample`s, and
+ * so their dropout masks, follow: the ledger's order, except that the shortest quarter goes
+ * last, longest first (ties in the ledger's order). The same whatever the number of ranks,
+ * so N workers draw the masks one worker draws; with several ranks, that quarter is what is
+ * claimed (claimableSamples).
+ */
+export function stepOrder(records: readonly number[], lengths: ArrayLike<number>): number[] {
+  const tail = shortestQuarter(records.length);
+  if (tail === 0) return [...records];
+  const byLength = records.map((id, at) => ({ id, at, length: lengths[id]! })).sort((a, b) => a.length - b.length || a.at - b.at);
+  const last = byLength.slice(0, tail);
+  const shortest = new Set(last.map((r) => r.at));
+  last.sort((a, b) => b.length - a.length || a.at - b.at);
+  return [...records.filter((_, at) => !shortest.has(at)), ...last.map((r) => r.id)];
 }
 
 /**

@@ -138,14 +138,8 @@ export function batchFromRecords(
   application: Application,
   seed: number,
   epoch: number,
-  /**
-   * Pad to at least this length. A worker's share of a global batch is padded to the
-   * global batch's longest record: dropout counts its units per sample over the padded
-   * length, so every share must have the length the whole batch has.
-   */
-  padTo = 1,
 ): Batch {
-  const length = records.reduce((n, r) => Math.max(n, r.record.tokenIds.length), padTo);
+  const length = records.reduce((n, r) => Math.max(n, r.record.tokenIds.length), 1);
   const batchSize = records.length;
   const { specials, size } = manifest.vocab;
   const tokenIds = new Int32Array(batchSize * length).fill(specials.pad);

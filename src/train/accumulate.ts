@@ -12,6 +12,7 @@ export interface MicroBatchRun {
   readonly training: boolean;
   readonly dropoutSeed?: number;
   readonly firstSample?: number;
+  readonly maskLength?: number;
   readonly recompute?: boolean;
 }
 
@@ -32,7 +33,7 @@ export function accumulateGradients(
   normalizer: number,
   variables: readonly tf.Variable[],
   lossOf: MicroBatchLoss,
-  options: { dropoutSeed?: number; firstSample?: number; recompute?: boolean },
+  options: { dropoutSeed?: number; firstSample?: number; maskLength?: number; recompute?: boolean },
 ): AccumulatedGradients {
   let grads: tf.Tensor[] | undefined;
   let lossSum = 0;
@@ -45,7 +46,7 @@ export function accumulateGradients(
     const seed = options.dropoutSeed;
     const firstSample = (options.firstSample ?? 0) + start;
     const { value, grads: microGrads } = leanGradients(() => {
-      const { loss, correct: c } = lossOf(micro, normalizer, { training: seed !== undefined, dropoutSeed: seed, firstSample, recompute: options.recompute });
+      const { loss, correct: c } = lossOf(micro, normalizer, { training: seed !== undefined, dropoutSeed: seed, firstSample, maskLength: options.maskLength, recompute: options.recompute });
       hits = tf.keep(c);
       return loss;
     }, [...variables]);

@@ -14,6 +14,8 @@ export interface RunOptions {
   dropoutSeed?: number;
   /** Index of the fed batch's first sample in the whole batch: dropout masks are keyed by sample (CallKwargs.firstSample). */
   firstSample?: number;
+  /** The length dropout counts sequence positions over (CallKwargs.maskLength). */
+  maskLength?: number;
   /** Keep only block inputs in the forward pass and recompute each block in the backward pass. */
   recompute?: boolean;
 }
@@ -194,7 +196,7 @@ export class GraphExecutor {
     const { steps, readers, lastBlock } = this.plan(outputLayers, targets);
     const values = new Values(new Set([...model.inputs.map((t) => t.id), ...targets]));
     model.inputs.forEach((input, i) => values.set(input.id, feeds[i]!, readers.get(input.id) ?? 0));
-    const kwargs: CallKwargs = { training: options.training, dropoutSeed: options.dropoutSeed, firstSample: options.firstSample };
+    const kwargs: CallKwargs = { training: options.training, dropoutSeed: options.dropoutSeed, firstSample: options.firstSample, maskLength: options.maskLength };
     for (const step of steps) {
       if (step.kind === 'node') runNodes([step.node], values, readers, kwargs);
       else if (!options.recompute || step === lastBlock) runNodes(step.nodes, values, readers, kwargs);

@@ -4,7 +4,7 @@ import { LAYER } from '../model/build.js';
 import { reshape } from '../model/layers/ops.js';
 import { trainableWeights, type NamedWeight } from '../model/weights.js';
 import { GraphExecutor } from './graph-executor.js';
-import { accumulateGradients } from './accumulate.js';
+import { accumulateGradients, type MicroBatchRun } from './accumulate.js';
 import { sparseSoftmaxCrossEntropy } from './loss.js';
 import { type Batch, countTargets } from '../batch.js';
 
@@ -29,6 +29,12 @@ export interface StepOptions {
    * batch is split, among micro-batches or workers, does not change them.
    */
   firstSample?: number;
+  /**
+   * The length dropout counts each sample's positions over, at least the batch's: a worker
+   * pads each piece of a step to the piece's longest record and passes the step's longest,
+   * so every sample draws the mask it would in one batch of the whole step.
+   */
+  maskLength?: number;
   /**
    * What the loss sum is divided by before differentiating: by default this batch's target
    * count (the gradients of the mean loss). A worker passes 1 to get gradients of the sum,
@@ -107,7 +113,7 @@ export class PretrainingObjective {
   private lossOf(
     batch: Batch,
     normalizer: number,
-    run: { training: boolean; dropoutSeed?: number; firstSample?: number; recompute?: boolean },
+    run: MicroBatchRun,
   ): { loss: tf.Tensor; correct: tf.Tensor } {
     const shape: [number, number] = [batch.batchSize, batch.length];
     const tokens = tf.tensor2d(batch.tokenIds, shape, 'int32');

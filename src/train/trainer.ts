@@ -66,6 +66,11 @@ export interface StepPlacement {
   firstSample?: number;
   /** Micro-batches to split the batch into (default: the trainer's `microBatches`). */
   microBatches?: number;
+  /**
+   * The length dropout counts positions over, for the batch and every piece (StepOptions.maskLength):
+   * a worker's pieces are padded each to its own longest record, and pass the step's longest.
+   */
+  maskLength?: number;
 }
 
 /** More samples of the same step (a worker's claims): the gradients of every piece are added up before the all-reduce. */
@@ -196,6 +201,7 @@ export class Trainer {
         microBatches: Math.min(piece.microBatches ?? this.options.microBatches ?? 1, piece.batch.batchSize),
         dropoutSeed: placement.dropoutSeed,
         firstSample: piece.firstSample,
+        maskLength: placement.maskLength,
         normalizer: reducer ? 1 : undefined,
       });
       const addStart = performance.now();

@@ -270,13 +270,15 @@ export class TrainingWorker {
       if (w.digest) report.paramDigest = parameterDigest(replica.objective);
       let samples = 0;
       let tokens = 0;
-      // every piece is padded to the global batch's longest record, as one share would be
+      // each piece is padded to its own longest record (the shortest records of a step come
+      // last, so the last pieces are short); dropout counts positions over the step's longest
+      // (maskLength), so every sample draws the mask it would in one batch of the whole step
       const piece = (wire: readonly WireRecord[], firstSample: number): StepPiece => {
         const records = wire.map((r) => ({ id: r.id, record: decodeRecord(r.example, spec.manifest, spec.perTokenFeature, `record ${r.id}`) }));
         samples += records.length;
         tokens += records.reduce((sum, r) => sum + r.record.tokenIds.length, 0);
         const microBatches = spec.microBatch > 0 ? Math.max(1, Math.ceil(records.length / spec.microBatch)) : 1;
-        return { batch: batchFromRecords(spec.manifest, records, spec.application, spec.seed, w.epoch, w.length), firstSample, microBatches };
+        return { batch: batchFromRecords(spec.manifest, records, spec.application, spec.seed, w.epoch), firstSample, microBatches };
       };
       const first = piece(w.records, w.firstSample);
       const control = this.control!;
@@ -288,7 +290,7 @@ export class TrainingWorker {
           }
         : undefined;
       const [sent, received] = [this.communicator?.bytesSent ?? 0, this.communicator?.bytesReceived ?? 0];
-      const reduced = await this.trainer.reduce(first.batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample, microBatches: first.microBatches }, more);
+      const reduced = await this.trainer.reduce(first.batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample, microBatches: first.microBatches, maskLength: w.length }, more);
       this.pending.set(w.step, reduced);
       Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, samples, reduceSeconds: reduced.reduceSeconds, learningRate: replica.optimizer.currentLearningRate, forwardBackwardSeconds: reduced.computeSeconds, copySeconds: reduced.copySeconds });
       this.options.metrics?.stepReduced({

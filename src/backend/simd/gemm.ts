@@ -65,9 +65,80 @@ export function scratchBytes(): i32 {
   return (MC * KC + KC * NC + MR * NR) * 4;
 }
 
+/** At most this many rows of A take `dotRows` where it applies. */
+const FEW_ROWS = 8;
+
+// C[i,j] = dot(row i of A, column j of op(B)) where both lie contiguous along K (A untransposed,
+// B transposed): no packing. For a few rows, packing B costs more than the product: the MLM
+// head's logits of a short piece, 2 rows by the 21128 x 256 embedding, took 12.8 ms packed, nearly
+// all of it gathering B's columns at a stride of K. Here B is read once, row by row. Sums run
+// over K in two f32x4 accumulators (eight lanes, added at the end), the tail in order after.
+function dotRows(M: i32, N: i32, K: i32, A: usize, sAi: i32, B: usize, sBj: i32, C: usize, ldc: i32): void {
+  const eights = K & ~7;
+  const fours = K & ~3;
+  for (let j = 0; j < N; j++) {
+    const b = B + (<usize>(j * sBj) << 2);
+    for (let i = 0; i < M; i++) {
+      const a = A + (<usize>(i * sAi) << 2);
+      let s0 = f32x4.splat(0), s1 = f32x4.splat(0);
+      let k = 0;
+      for (; k < eights; k += 8) {
+        const o = <usize>k << 2;
+        s0 = f32x4.add(s0, f32x4.mul(v128.load(a + o), v128.load(b + o)));
+        s1 = f32x4.add(s1, f32x4.mul(v128.load(a + o, 16), v128.load(b + o, 16)));
+      }
+      for (; k < fours; k += 4) {
+        const o = <usize>k << 2;
+        s0 = f32x4.add(s0, f32x4.mul(v128.load(a + o), v128.load(b + o)));
+      }
+      const s = f32x4.add(s0, s1);
+      let sum = f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1) + f32x4.extract_lane(s, 2) + f32x4.extract_lane(s, 3);
+      for (; k < K; k++) sum += load<f32>(a + (<usize>k << 2)) * load<f32>(b + (<usize>k << 2));
+      store<f32>(C + (<usize>(i * ldc + j) << 2), sum);
+    }
+  }
+}
+
+/** `axpyRows` only while the rows of C it keeps adding into stay in the L1 cache (32 KiB). */
+const AXPY_MAX_OUTPUT = 8192;
+
+// C[i,:] = sum over k of A[i,k] times row k of B, where B's rows are contiguous (untransposed):
+// no packing, B read once; the few rows of C stay in cache while every row of B is added in.
+// Sums run over K in order, as the packed kernel's do within a block. The gradient of a short
+// piece's hidden states through the MLM head, 2 rows by the 21128 x 256 embedding, is one.
+function axpyRows(M: i32, N: i32, K: i32, A: usize, sAi: i32, B: usize, sBk: i32, C: usize, ldc: i32): void {
+  const fours = N & ~3;
+  for (let i = 0; i < M; i++) memory.fill(C + (<usize>(i * ldc) << 2), 0, <usize>N << 2);
+  for (let k = 0; k < K; k++) {
+    const b = B + (<usize>(k * sBk) << 2);
+    for (let i = 0; i < M; i++) {
+      const x = load<f32>(A + (<usize>(i * sAi + k) << 2));
+      const a = f32x4.splat(x);
+      const c = C + (<usize>(i * ldc) << 2);
+      let j = 0;
+      for (; j < fours; j += 4) {
+        const o = <usize>j << 2;
+        v128.store(c + o, f32x4.add(v128.load(c + o), f32x4.mul(a, v128.load(b + o))));
+      }
+      for (; j < N; j++) {
+        const o = <usize>j << 2;
+        store<f32>(c + o, load<f32>(c + o) + x * load<f32>(b + o));
+      }
+    }
+  }
+}
+
 // C[M,N] = op(A) op(B): element (i,k) of op(A) at A + 4*(i*sAi + k*sAk); (k,j) of op(B) at B + 4*(k*sBk + j*sBj).
 export function gemm(M: i32, N: i32, K: i32, A: usize, sAi: i32, sAk: i32, B: usize, sBk: i32, sBj: i32,
     C: usize, ldc: i32, scratch: usize): void {
+  if (M <= FEW_ROWS && sAk == 1 && sBk == 1) {
+    dotRows(M, N, K, A, sAi, B, sBj, C, ldc);
+    return;
+  }
+  if (M <= FEW_ROWS && sAk == 1 && sBj == 1 && M * N <= AXPY_MAX_OUTPUT) {
+    axpyRows(M, N, K, A, sAi, B, sBk, C, ldc);
+    return;
+  }
   const Ap = scratch;
   const Bp = Ap + <usize>(MC * KC * 4);
   const tile = Bp + <usize>(KC * NC * 4);

@@ -75,7 +75,8 @@ export class MultiHeadSelfAttention extends tfl.layers.Layer {
     const v = toHeads(denseLastAxis(x, this.w('value/kernel'), this.w('value/bias')));
     const scores = addMask(tf.matMul(scale(q, 1 / Math.sqrt(this.headSize)), k, false, true), bias);
     let probs = tf.softmax(scores, -1);
-    probs = dropoutIfTraining(probs, this.attentionDropout, callKwargs(kwargs), hashString(this.name));
+    // [batch, heads, query, key]: both position axes are counted as sequences
+    probs = dropoutIfTraining(probs, this.attentionDropout, callKwargs(kwargs), hashString(this.name), [2, 3]);
     const context = reshape(tf.transpose(tf.matMul(probs, v), [0, 2, 1, 3]), [
       batch,
       length,

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { type DropoutAttrs, FUSED_KERNEL, dropoutStream, hasFusedKernel, runFusedKernel } from '../../backend/fused-kernels.js';
+import { type DropoutAttrs, FUSED_KERNEL, dropoutRuns, dropoutStream, hasFusedKernel, streamAdvance, runFusedKernel } from '../../backend/fused-kernels.js';
 import { addTrailing, customOp, reshape } from './ops.js';
 
 export type LayerArgs = NonNullable<ConstructorParameters<typeof tfl.layers.Layer>[0]>;
@@ -22,6 +22,12 @@ export interface CallKwargs {
    * its leading axis, which is what makes the count per sample well defined.
    */
   firstSample?: number;
+  /**
+   * The sequence length dropout counts positions over, at least the batch's (a worker's
+   * pieces of a step pass the step's longest record): see `dropoutIfTraining`. Absent: the
+   * batch's own length.
+   */
+  maskLength?: number;
   /**
    * Only this call's gradients will be used, not its value: the recomputed backward pass
    * of a block, whose output value is already known. A layer that declares
@@ -122,18 +128,20 @@ export function hashString(text: string): number {
 }
 
 function dropoutMask(shape: number[], attrs: DropoutAttrs): tf.Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const mask = new Float32Array(n);
+  const mask = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  const { length, starts } = dropoutRuns(shape, attrs.countShape);
   const { state0, threshold, keep } = dropoutStream(attrs);
-  let state = state0;
-  for (let i = 0; i < n; i++) {
-    // splitmix32: cheap, well mixed, and fast enough to regenerate per call
-    state = (state + 0x9e3779b9) >>> 0;
-    let z = state;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-    z = (z ^ (z >>> 16)) >>> 0;
-    mask[i] = z >= threshold ? keep : 0;
+  for (let r = 0, i = 0; r < starts.length; r++) {
+    let state = streamAdvance(state0, starts[r]!);
+    for (const end = i + length; i < end; i++) {
+      // splitmix32: cheap, well mixed, and fast enough to regenerate per call
+      state = (state + 0x9e3779b9) >>> 0;
+      let z = state;
+      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+      z = (z ^ (z >>> 16)) >>> 0;
+      mask[i] = z >= threshold ? keep : 0;
+    }
   }
   return tf.tensor(mask, shape, 'float32');
 }
@@ -144,9 +152,9 @@ function dropoutMask(shape: number[], attrs: DropoutAttrs): tf.Tensor {
  * backward pass regenerates the mask rather than keeping it; a backend with the fused
  * kernel generates and applies it in one pass. `offset`: see DropoutAttrs.
  */
-export function seededDropout(x: tf.Tensor, rate: number, seed: number, salt: number, offset = 0): tf.Tensor {
+export function seededDropout(x: tf.Tensor, rate: number, seed: number, salt: number, offset = 0, countShape?: number[]): tf.Tensor {
   if (rate <= 0) return x;
-  const attrs: DropoutAttrs = { rate, seed, salt, offset };
+  const attrs: DropoutAttrs = countShape ? { rate, seed, salt, offset, countShape } : { rate, seed, salt, offset };
   if (hasFusedKernel(FUSED_KERNEL.seededDropout) && x.dtype === 'float32') {
     return customOp(([input]) => ({
       value: runFusedKernel(FUSED_KERNEL.seededDropout, { x: input! }, attrs),
@@ -159,11 +167,21 @@ export function seededDropout(x: tf.Tensor, rate: number, seed: number, salt: nu
   }))(x);
 }
 
-export function dropoutIfTraining(x: tf.Tensor, rate: number, kwargs: CallKwargs, salt: number): tf.Tensor {
+/**
+ * Dropout in training, with the mask of the call's seed, this layer's salt and each
+ * sample's place in the whole batch. `sequenceAxes`: the input's axes along the sequence;
+ * with `kwargs.maskLength` they count that many positions whatever the batch is padded to,
+ * so a sample draws the same mask in any batch: workers may pad their pieces of a step
+ * each to its own longest record.
+ */
+export function dropoutIfTraining(x: tf.Tensor, rate: number, kwargs: CallKwargs, salt: number, sequenceAxes: readonly number[] = []): tf.Tensor {
   if (!kwargs.training || rate <= 0) return x;
   if (kwargs.dropoutSeed === undefined) {
     throw new Error('dropout in training needs a dropoutSeed kwarg; run the model through the training executor');
   }
-  const unitsPerSample = x.rank === 0 || x.shape[0] === 0 ? 0 : x.size / x.shape[0]!;
-  return seededDropout(x, rate, kwargs.dropoutSeed, salt, (kwargs.firstSample ?? 0) * unitsPerSample);
+  const maskLength = kwargs.maskLength;
+  const countShape = maskLength !== undefined && sequenceAxes.length > 0 ? x.shape.map((d, axis) => (sequenceAxes.includes(axis) ? Math.max(d, maskLength) : d)) : undefined;
+  const counted = countShape ?? x.shape;
+  const unitsPerSample = x.rank === 0 || x.shape[0] === 0 ? 0 : counted.slice(1).reduce((a, b) => a * b, 1);
+  return seededDropout(x, rate, kwargs.dropoutSeed, salt, (kwargs.firstSample ?? 0) * unitsPerSample, countShape);
 }

@@ -9,7 +9,11 @@ export interface SeededDropoutArgs extends LayerArgs {
   rate: number;
 }
 
-/** Dropout whose mask is a function of the call's `dropoutSeed` and this layer's name. */
+/**
+ * Dropout whose mask is a function of the call's `dropoutSeed` and this layer's name. An
+ * input of rank 3 is [batch, sequence, features]: its axis 1 is counted as a sequence
+ * (see dropoutIfTraining).
+ */
 export class SeededDropout extends tfl.layers.Layer implements ValueFreeGradient {
   static className = 'SeededDropout';
   readonly gradientIgnoresInputValues = true;
@@ -24,7 +28,8 @@ export class SeededDropout extends tfl.layers.Layer implements ValueFreeGradient
   }
 
   override call(inputs: tf.Tensor | tf.Tensor[], kwargs: object): tf.Tensor {
-    return dropoutIfTraining(single(inputs), this.rate, callKwargs(kwargs), this.salt);
+    const x = single(inputs);
+    return dropoutIfTraining(x, this.rate, callKwargs(kwargs), this.salt, x.rank === 3 ? [1] : []);
   }
 
   override computeOutputShape(inputShape: Shape | Shape[]): Shape {
