@@ -4,6 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend } from '../src/backend/index.js';
 import { addSameShape, customOp } from '../src/model/layers/ops.js';
 import { leanGradients } from '../src/train/lean-gradients.js';
+import { addRowsInPlace } from '../src/backend/variable-storage.js';
 
 describe('leanGradients', () => {
   before(async () => {
@@ -36,6 +37,55 @@ describe('leanGradients', () => {
     assert.equal(grads[2], undefined, 'an input the value does not depend on has no gradient');
     tf.dispose([value, ...grads.filter((g): g is tf.Tensor => g !== undefined)]);
     assert.equal(tf.memory().numTensors, before);
+  });
+
+  for (const backend of ['cpu', 'wasm'] as const) {
+    it(`a gather from a table that has a gradient already (a tied embedding) adds its rows in place: equals tf.grads, no dense gradient of the gather (${backend})`, async () => {
+      await selectBackend(backend);
+      try {
+        const table = tf.variable(tf.tensor2d(Array.from({ length: 6 * 4 }, (_, i) => Math.sin(i)), [6, 4]));
+        // ids repeat (5 twice) and skip rows (3)
+        const ids = tf.tensor1d([5, 0, 5, 2, 1], 'int32');
+        const weights = tf.tensor2d(Array.from({ length: 5 * 4 }, (_, i) => Math.cos(i)), [5, 4]);
+        const hidden = tf.tensor2d(Array.from({ length: 3 * 4 }, (_, i) => 0.1 * i - 0.5), [3, 4]);
+        // the projection comes after the lookup in the forward pass, so it is differentiated first
+        const loss = (t: tf.Tensor): tf.Scalar => tf.tidy(() => {
+          const looked = tf.gather(t, ids);
+          const logits = tf.matMul(tf.add(hidden, tf.sum(tf.mul(looked, weights), 0)), t, false, true);
+          return tf.sum(tf.mul(logits, logits));
+        });
+        const reference = tf.grad(loss)(table);
+        const profile = await tf.profile(() => {
+          const { value, grads } = leanGradients(() => loss(table), [table]);
+          value.dispose();
+          return grads[0]!;
+        });
+        const names = profile.kernels.map((k) => k.name);
+        assert.ok(!names.includes('UnsortedSegmentSum'), `the gather's rows went into the projection's gradient (kernels: ${names.join(', ')})`);
+        const { value, grads } = leanGradients(() => loss(table), [table]);
+        const got = grads[0]!.dataSync();
+        reference.dataSync().forEach((r, i) => assert.ok(Math.abs(r - got[i]!) <= 1e-5 * (1 + Math.abs(r)), `d table[${i}]: ${got[i]} vs ${r}`));
+        // a lookup alone (no gradient before it) is differentiated as usual
+        const alone = leanGradients(() => tf.sum(tf.mul(tf.gather(table, ids), weights)), [table]);
+        const aloneReference = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(tf.gather(t, ids), weights)))(table);
+        assert.deepEqual(alone.grads[0]!.dataSync(), aloneReference.dataSync());
+        tf.dispose([table, ids, weights, hidden, reference, value, ...grads, alone.value, ...alone.grads, aloneReference, profile.result as tf.Tensor]);
+      } finally {
+        await selectBackend('cpu');
+      }
+    });
+  }
+
+  it('rows are added in place only into storage no other tensor shares', () => {
+    const target = tf.zeros([3, 2]);
+    const alias = tf.reshape(target, [2, 3]);
+    assert.equal(addRowsInPlace(target, Int32Array.of(1), Float32Array.of(1, 2)), false, 'a reshape shares the storage');
+    assert.deepEqual([...alias.dataSync()], [0, 0, 0, 0, 0, 0]);
+    alias.dispose();
+    assert.equal(addRowsInPlace(target, Int32Array.of(1, 1), Float32Array.of(1, 2, 10, 20)), true);
+    assert.deepEqual([...target.dataSync()], [0, 0, 11, 22, 0, 0]);
+    assert.throws(() => addRowsInPlace(target, Int32Array.of(3), Float32Array.of(1, 2)), /row 3 of a table of 3 rows/);
+    target.dispose();
   });
 
   it('seeds with dy and restores an outer tape', () => {

@@ -5,6 +5,10 @@ interface CpuBackendLike {
   data: { get(dataId: object): { values?: unknown } | undefined };
 }
 
+interface RefCounting {
+  refCount(dataId: object): number;
+}
+
 /*
  * No write in place: stock wasm kernels (FusedMatMul, Conv2D, and BatchMatMul without our
  * fix) cache an XNNPACK operator, with its own packed copy of the weights, per operand
@@ -47,6 +51,32 @@ export function readTensorCopy(tensor: tf.Tensor, target?: Float32Array): Float3
 /** The tensor's values, to read at once and not keep: a view of the backend's memory where it can be, else a copy. */
 export function readTensorView(tensor: tf.Tensor): Float32Array {
   return storageOf(tensor) ?? (tensor.dataSync() as Float32Array);
+}
+
+/**
+ * target[rows[r], :] += values[r, :] for a float32 [V, D] `target`, in its own storage: the
+ * gradient of a gather (an embedding lookup) added into the gradient its table already has
+ * (the tied output projection's), without a dense [V, D] gradient of the gather and a new
+ * tensor for the sum. Only where the storage is reachable and no other tensor shares it (a
+ * reshape or clone shares storage: writing would change that tensor too); false, with
+ * nothing changed, otherwise. Rows out of range are an error, as the gather's would be.
+ */
+export function addRowsInPlace(target: tf.Tensor, rows: Int32Array | Float32Array | Uint8Array, values: Float32Array): boolean {
+  if (target.rank !== 2 || target.dtype !== 'float32') return false;
+  const [count, width] = target.shape as [number, number];
+  if (values.length !== rows.length * width) throw new Error(`${values.length} values for ${rows.length} rows of ${width}`);
+  const backend = tf.backend() as unknown as Partial<RefCounting>;
+  if (typeof backend.refCount !== 'function' || backend.refCount(target.dataId) !== 1) return false;
+  for (const row of rows) if (!(row >= 0 && row < count)) throw new Error(`row ${row} of a table of ${count} rows`);
+  // the view last: nothing below allocates on the backend (a growing wasm heap detaches views)
+  const storage = storageOf(target);
+  if (!storage) return false;
+  for (let r = 0; r < rows.length; r++) {
+    const at = rows[r]! * width;
+    const from = r * width;
+    for (let j = 0; j < width; j++) storage[at + j]! += values[from + j]!;
+  }
+  return true;
 }
 
 /**

@@ -13,6 +13,7 @@
  * covered by tests comparing against tf.grads.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { addRowsInPlace, readTensorView } from '../backend/variable-storage.js';
 
 interface TapeNode {
   id: number;
@@ -64,6 +65,29 @@ function pathsFromXsToY(tape: TapeNode[], xs: tf.Tensor[], y: tf.Tensor): TapeNo
   return out;
 }
 
+/**
+ * A row gather (an embedding lookup: table [V, D], indices [n], output [n, D]) whose table
+ * has a gradient already (the tied output projection's, differentiated first): the output
+ * gradient's rows are added into it in place (addRowsInPlace) instead of tfjs's dense [V, D]
+ * gradient of the gather and a new tensor for the sum, two passes over the table's size
+ * per call. Returns whether it did; otherwise the gather is differentiated as any node.
+ */
+function accumulatedGather(node: TapeNode, dys: Array<tf.Tensor | null>, gradOf: Map<number, tf.Tensor>): boolean {
+  if (node.kernelName !== 'GatherV2' || dys.length !== 1 || !dys[0]) return false;
+  const table = node.inputs['x'];
+  // GatherV2's gradient saves [x, indices]
+  const indices = node.saved?.[1];
+  const previous = table && gradOf.get(table.id);
+  const dy = dys[0];
+  if (!table || !indices || !previous || table.rank !== 2 || indices.rank !== 1 || Object.keys(node.inputs).length !== 1) return false;
+  const [rows, width] = table.shape as [number, number];
+  const n = indices.size;
+  // [n, D] is also what a gather along axis 1 would give when V = n = D: not ours to guess
+  if (dy.rank !== 2 || dy.shape[0] !== n || dy.shape[1] !== width || (rows === n && width === n)) return false;
+  const ids = indices.dataSync() as Int32Array;
+  return addRowsInPlace(previous, ids, readTensorView(dy));
+}
+
 export interface LeanGradients {
   value: tf.Tensor;
   /** d value / d x for each x, in order; undefined where value does not depend on x. */
@@ -100,10 +124,10 @@ export function leanGradients(f: () => tf.Tensor, xs: tf.Tensor[], dy?: tf.Tenso
         const node = nodes[i]!;
         if (!node.gradient) throw new Error(`Cannot compute gradient: gradient function not found for ${node.kernelName}.`);
         const dys = node.outputs.map((o) => gradOf.get(o.id) ?? null);
-        const names = Object.keys(node.inputs);
+        const names = accumulatedGather(node, dys, gradOf) ? [] : Object.keys(node.inputs);
         // custom gradients compute eagerly inside node.gradient(): one scope for both, so
         // their intermediates go as soon as the input gradients exist
-        const dxs = e.tidy('grad', () => {
+        const dxs = names.length === 0 ? [] : e.tidy('grad', () => {
           const inputGrads = node.gradient!(dys);
           return names.map((name) => {
             const thunk = inputGrads[name];
