@@ -86,7 +86,10 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
       const claimRefusal = (claim: { generation: number; step: number }) => client!.claim({ workerId, sequence: 1, ...claim }).then(() => 'granted', (e: Error) => e.message);
       assert.match(await claimRefusal({ generation: generation - 1, step: 1 }), new RegExp(`claim for step 1 refused: it is of generation ${generation - 1}, the run is at generation ${generation}`));
       assert.match(await claimRefusal({ generation, step: 7 }), /claim for step 7 refused: step 1 is in progress/);
-      assert.deepEqual((await client.claim({ workerId, generation, step: 1, sequence: 1 })).records, [], 'one worker: nothing of step 1 is left to claim');
+      // one worker claims the shorter half of the global batch of 4 too, in one piece, then nothing is left
+      const half = await client.claim({ workerId, generation, step: 1, sequence: 1 });
+      assert.deepEqual([half.firstSample, half.records.length], [2, 2], 'one worker: the shorter half in one piece');
+      assert.deepEqual((await client.claim({ workerId, generation, step: 1, sequence: 2 })).records, [], 'one worker: then nothing of step 1 is left to claim');
       assert.match(String(await client.report({ ...report, generation: generation - 1, step: 1 })), new RegExp(`report of step 1 refused: it is of generation ${generation - 1}, the run is at generation ${generation}`));
       assert.match(String(await client.report({ ...report, generation, step: 7 })), /report of step 7 refused: step 1 is awaited/);
       assert.doesNotMatch(output.text, /^step +1\//m, 'nothing was committed from a fenced report');
@@ -98,7 +101,7 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
     }
   });
 
-  it('claims: the last quarter of a step goes in shrinking pieces to whoever asks, each record once (a claim sent again gets the same records); a step whose records were not all computed is not committed', async () => {
+  it('claims: the shorter half of a step goes in shrinking pieces to whoever asks, each record once (a claim sent again gets the same records); a step whose records were not all computed is not committed', async () => {
     const runDir = path.join(dir, 'claims');
     const child = spawn(process.execPath, [CLI, ...runArgs(runDir, 0, ['--workers', '2', '--join-timeout', '30', '--global-batch', '16', '--step-timeout', '3'])], { stdio: ['ignore', 'pipe', 'pipe'] });
     const output = collect(child);
@@ -130,8 +133,8 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
       const [fast, slow] = forged as [(typeof forged)[number], (typeof forged)[number]];
       const [fastWork, slowWork] = await Promise.all([work(fast, 1), work(slow, 1)]);
       assert.ok(fastWork.claim && slowWork.claim, 'with 2 workers and --balance dynamic, records are left to claim');
-      // the shares: [0, 6) and [6, 12) of 16; records 12-15 are claimable
-      assert.deepEqual([fastWork.firstSample, fastWork.records.length, slowWork.firstSample, slowWork.records.length], [0, 6, 6, 6]);
+      // the shares: [0, 4) and [4, 8) of 16; records 8-15 (the shorter half) are claimable
+      assert.deepEqual([fastWork.firstSample, fastWork.records.length, slowWork.firstSample, slowWork.records.length], [0, 4, 4, 4]);
       const generation = fastWork.generation;
       const pieces: { firstSample: number; ids: number[] }[] = [];
       for (let sequence = 1; ; sequence++) {
@@ -144,20 +147,20 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
           assert.deepEqual([again.firstSample, again.records.map((r) => r.id)], [reply.firstSample, pieces.at(-1)!.ids]);
         }
       }
-      assert.deepEqual(pieces.map((p) => [p.firstSample, p.ids.length]), [[12, 1], [13, 1], [14, 1], [15, 1]], 'ceil(remaining / 4) each: one record at a time');
+      assert.deepEqual(pieces.map((p) => [p.firstSample, p.ids.length]), [[8, 4], [12, 2], [14, 1], [15, 1]], 'ceil(remaining / 2) each, down to one record');
       const everyId = [...fastWork.records, ...slowWork.records].map((r) => r.id).concat(pieces.flatMap((p) => p.ids));
       assert.equal(new Set(everyId).size, 16, 'no record is handed out twice');
       assert.deepEqual((await slow.client.claim({ workerId: slow.workerId, generation, step: 1, sequence: 1 })).records, [], 'nothing is left for the slow one');
       const report = { ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0.1, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0.1, copySeconds: 0, applySeconds: 0, generation };
-      await fast.client.report({ ...report, workerId: fast.workerId, step: 1, samples: 10 });
-      await slow.client.report({ ...report, workerId: slow.workerId, step: 1, samples: 6 });
+      await fast.client.report({ ...report, workerId: fast.workerId, step: 1, samples: 12 });
+      await slow.client.report({ ...report, workerId: slow.workerId, step: 1, samples: 4 });
       await waitFor(() => /^step +1\//m.test(output.text), 30_000, () => output.text);
-      // step 2: the reports cover 12 of 16 records (nobody claimed the rest): not committed
+      // step 2: the reports cover 8 of 16 records (nobody claimed the rest): not committed
       await Promise.all([work(fast, 2), work(slow, 2)]);
-      await fast.client.report({ ...report, workerId: fast.workerId, step: 2, samples: 6 });
-      await slow.client.report({ ...report, workerId: slow.workerId, step: 2, samples: 6 });
+      await fast.client.report({ ...report, workerId: fast.workerId, step: 2, samples: 4 });
+      await slow.client.report({ ...report, workerId: slow.workerId, step: 2, samples: 4 });
       assert.equal(await exitOf(child, 30_000), 1);
-      assert.match(output.text, /step 2: the workers computed 12 of its 16 records and left 4 unclaimed; nothing was applied/);
+      assert.match(output.text, /step 2: the workers computed 8 of its 16 records and left 8 unclaimed; nothing was applied/);
       assert.doesNotMatch(output.text, /^step +2\//m, 'step 2 was not committed');
       for (const w of forged) w.stream.cancel();
     } finally {

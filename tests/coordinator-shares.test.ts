@@ -76,32 +76,36 @@ describe('splitting a step across the ranks', () => {
     assert.deepEqual(sizes(b.split(16, 10, [1, 2])), [8, 8]);
   });
 
-  it('claims: a quarter of the batch with 2 or more ranks and --balance dynamic; pieces shrink from ceil(left / 2W) to one', () => {
-    assert.equal(claimableSamples(16, 2, 'dynamic'), 4);
-    assert.equal(claimableSamples(64, 8, 'dynamic'), 16);
-    assert.equal(claimableSamples(3, 2, 'dynamic'), 0);
-    assert.equal(claimableSamples(16, 1, 'dynamic'), 0, 'one worker has nobody to wait for');
+  it('claims: the shorter half of the batch with --balance dynamic, with one worker too; pieces shrink from ceil(left / W) to one', () => {
+    assert.equal(claimableSamples(16, 2, 'dynamic'), 8);
+    assert.equal(claimableSamples(64, 8, 'dynamic'), 32);
+    assert.equal(claimableSamples(1, 2, 'dynamic'), 0);
+    assert.equal(claimableSamples(16, 1, 'dynamic'), 8, 'one worker claims the half too: it pads as N do');
     assert.equal(claimableSamples(16, 2, 'even'), 0);
-    const pieces: number[] = [];
-    for (let left = 16; left > 0; left -= pieces.at(-1)!) pieces.push(claimSize(left, 2));
-    assert.deepEqual(pieces, [4, 3, 3, 2, 1, 1, 1, 1]);
+    const pieces = (left: number, ranks: number): number[] => {
+      const out: number[] = [];
+      for (; left > 0; left -= out.at(-1)!) out.push(claimSize(left, ranks));
+      return out;
+    };
+    assert.deepEqual(pieces(8, 2), [4, 2, 1, 1]);
+    assert.deepEqual(pieces(16, 4), [4, 3, 3, 2, 1, 1, 1, 1]);
+    assert.deepEqual(pieces(8, 1), [8], 'one worker: the whole half in one piece');
     assert.equal(claimSize(0, 2), 0, 'nothing left: an empty reply');
   });
 
-  it('a step\'s order puts its shortest quarter last, longest first, the rest in the ledger\'s order; the same records, whatever the ranks', () => {
+  it('a step\'s order puts its shorter half last, longest first, the rest in the ledger\'s order; the same records, whatever the ranks', () => {
     // record id -> length
     const lengths = [50, 10, 90, 30, 10, 70, 20, 60, 40];
     const records = [8, 1, 2, 0, 4, 3, 6, 5, 7];
     const ordered = stepOrder(records, lengths);
-    // the quarter (2 of 9) shortest: ids 1 and 4 (both 10: the ledger's order breaks the tie)
-    assert.deepEqual(ordered, [8, 2, 0, 3, 6, 5, 7, 1, 4]);
+    // the shorter half (4 of 9): ids 1 and 4 (both 10: the ledger's order breaks the tie), 6 (20) and 3 (30)
+    assert.deepEqual(ordered, [8, 2, 0, 5, 7, 3, 6, 1, 4]);
     assert.deepEqual([...ordered].sort(), [...records].sort(), 'a permutation');
     const tail = ordered.slice(-claimableSamples(records.length, 2, 'dynamic')).map((id) => lengths[id]!);
     const rest = ordered.slice(0, -tail.length).map((id) => lengths[id]!);
     assert.ok(Math.max(...tail) <= Math.min(...rest), 'what is claimed is the shortest');
-    const longest = stepOrder([0, 1, 2, 3, 4, 5, 6, 7], [5, 1, 3, 2, 8, 4, 9, 7]);
-    assert.deepEqual(longest.slice(-2), [3, 1], 'longest first among the last: lengths 2 then 1');
-    assert.deepEqual(stepOrder([3, 1, 2], [1, 2, 3, 4]), [3, 1, 2], 'fewer than four records: no quarter to move');
+    assert.deepEqual(tail, [30, 20, 10, 10], 'longest first among the claimed');
+    assert.deepEqual(stepOrder([3], [1, 2, 3, 4]), [3], 'one record: no half to move');
   });
 
   it('dynamic: any measured speeds give contiguous shares that cover the batch, each within 1 of its exact value', () => {

@@ -414,7 +414,7 @@ export class Coordinator {
         const t0 = performance.now();
         const handed = ledger.next(step);
         if (!handed) throw new CoordinatorError(`the ledger has no records for step ${step}`);
-        // the records in their places in the global batch: the shortest quarter last (see stepOrder)
+        // the records in their places in the global batch: the shorter half last (see stepOrder)
         const ordered = stepOrder(handed.records, lengths);
         const n = ordered.length;
         const examples = await Promise.all(ordered.map((id) => store.read(id)));

@@ -6,10 +6,10 @@
  *
  * - 'even': rank r gets [r*B/W, (r+1)*B/W). Runs with the same workers are bit-reproducible.
  * - 'dynamic' (default): a synchronous step waits for its slowest rank, and two cores of
- *   one machine, or two nodes of a cluster, are rarely equally fast. So the first three
- *   quarters of the batch are split by each worker's measured speed, and the last quarter
- *   is handed out in shrinking pieces to whichever worker asks first (Claim), so that the
- *   ranks reach the all-reduce within about one sample of each other. Measured speeds
+ *   one machine, or two nodes of a cluster, are rarely equally fast. So the first half of
+ *   the batch is split by each worker's measured speed, and the shorter half is handed out
+ *   in shrinking pieces to whichever worker asks first (Claim), so that the ranks reach the
+ *   all-reduce within about one short record of each other. Measured speeds
  *   follow a core that stays slow; the claims absorb what changes from step to step (on
  *   the 2-vCPU machines here, a rank's time per sample moved by 25% from one step to the
  *   next, and one core ran 75% slower than the other for minutes).
@@ -21,32 +21,38 @@
  * step's longest record (a share is padded to its own longest, at most that; the claims
  * absorb the difference). Both are exponential moving averages of the workers' step reports.
  *
- * Which records the claims hand out: the step's order (`stepOrder`) puts its shortest
- * quarter last, longest first, so the last pieces, padded each to its own record, are the
- * shortest, and the ranks meet at the all-reduce within one short record of each other.
+ * Which records the claims hand out: the step's order (`stepOrder`) puts its shorter half
+ * last, longest first, so the last pieces, padded each to its own record, are the shortest,
+ * and the ranks meet at the all-reduce within one short record of each other.
  */
 export type Balance = 'even' | 'dynamic';
 
 export const BALANCES: readonly Balance[] = ['even', 'dynamic'];
 
-/** How many of a step's samples are left for the workers to claim (the rest is split up front). */
+/**
+ * How many of a step's samples are left for the workers to claim (the rest is split up
+ * front): its shorter half (see stepOrder). With one worker too: it claims that half in one
+ * piece, padded to the piece's own longest record, so one worker pads as N do.
+ */
 export function claimableSamples(samples: number, ranks: number, balance: Balance): number {
-  return balance === 'dynamic' && ranks > 1 ? shortestQuarter(samples) : 0;
+  return balance === 'dynamic' && ranks > 0 ? shorterHalf(samples) : 0;
 }
 
-function shortestQuarter(samples: number): number {
-  return Math.floor(samples / 4);
+function shorterHalf(samples: number): number {
+  return Math.floor(samples / 2);
 }
 
 /**
  * The order of a step's records in its global batch, which is what their `firstSample`s, and
- * so their dropout masks, follow: the ledger's order, except that the shortest quarter goes
- * last, longest first (ties in the ledger's order). The same whatever the number of ranks,
- * so N workers draw the masks one worker draws; with several ranks, that quarter is what is
- * claimed (claimableSamples).
+ * so their dropout masks, follow: the ledger's order, except that the shorter half goes last,
+ * longest first (ties in the ledger's order). The same whatever the number of ranks, so N
+ * workers draw the masks one worker draws; that half is what is claimed (claimableSamples),
+ * so the last pieces are the shortest records and the ranks meet at the all-reduce within
+ * one short record of each other. Half: on the 2-core machines here one core ran 25% slower
+ * than the other from one step to the next, more than a quarter of short records absorbed.
  */
 export function stepOrder(records: readonly number[], lengths: ArrayLike<number>): number[] {
-  const tail = shortestQuarter(records.length);
+  const tail = shorterHalf(records.length);
   if (tail === 0) return [...records];
   const byLength = records.map((id, at) => ({ id, at, length: lengths[id]! })).sort((a, b) => a.length - b.length || a.at - b.at);
   const last = byLength.slice(0, tail);
@@ -57,11 +63,12 @@ export function stepOrder(records: readonly number[], lengths: ArrayLike<number>
 
 /**
  * The size of the next claim out of `remaining` samples: large while much is left, down to
- * one sample at the end (guided self-scheduling), so few claims cost their round trip and
- * the last ones finish close together.
+ * one sample at the end (guided self-scheduling), so that few pieces pay a forward+backward
+ * call's fixed cost (two passes over the embedding's size and more, about as much as a short
+ * record's compute) and the last ones finish close together.
  */
 export function claimSize(remaining: number, ranks: number): number {
-  return Math.min(remaining, Math.max(1, Math.ceil(remaining / (2 * ranks))));
+  return Math.min(remaining, Math.max(1, Math.ceil(remaining / ranks)));
 }
 
 /** [from, to) of the global batch, per rank. */
