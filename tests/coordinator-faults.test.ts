@@ -86,10 +86,14 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
       const claimRefusal = (claim: { generation: number; step: number }) => client!.claim({ workerId, sequence: 1, ...claim }).then(() => 'granted', (e: Error) => e.message);
       assert.match(await claimRefusal({ generation: generation - 1, step: 1 }), new RegExp(`claim for step 1 refused: it is of generation ${generation - 1}, the run is at generation ${generation}`));
       assert.match(await claimRefusal({ generation, step: 7 }), /claim for step 7 refused: step 1 is in progress/);
-      // one worker claims the shorter half of the global batch of 4 too, in one piece, then nothing is left
-      const half = await client.claim({ workerId, generation, step: 1, sequence: 1 });
-      assert.deepEqual([half.firstSample, half.records.length], [2, 2], 'one worker: the shorter half in one piece');
-      assert.deepEqual((await client.claim({ workerId, generation, step: 1, sequence: 2 })).records, [], 'one worker: then nothing of step 1 is left to claim');
+      // one worker claims the shorter half of the global batch of 4 too, a record at a time (as two would), then nothing is left
+      const claimed = [];
+      for (let sequence = 1; sequence <= 2; sequence++) {
+        const piece = await client.claim({ workerId, generation, step: 1, sequence });
+        claimed.push([piece.firstSample, piece.records.length]);
+      }
+      assert.deepEqual(claimed, [[2, 1], [3, 1]], 'one worker: the shorter half, in the pieces two would take');
+      assert.deepEqual((await client.claim({ workerId, generation, step: 1, sequence: 3 })).records, [], 'one worker: then nothing of step 1 is left to claim');
       assert.match(String(await client.report({ ...report, generation: generation - 1, step: 1 })), new RegExp(`report of step 1 refused: it is of generation ${generation - 1}, the run is at generation ${generation}`));
       assert.match(String(await client.report({ ...report, generation, step: 7 })), /report of step 7 refused: step 1 is awaited/);
       assert.doesNotMatch(output.text, /^step +1\//m, 'nothing was committed from a fenced report');

@@ -80,7 +80,7 @@ describe('splitting a step across the ranks', () => {
     assert.equal(claimableSamples(16, 2, 'dynamic'), 8);
     assert.equal(claimableSamples(64, 8, 'dynamic'), 32);
     assert.equal(claimableSamples(1, 2, 'dynamic'), 0);
-    assert.equal(claimableSamples(16, 1, 'dynamic'), 8, 'one worker claims the half too: it pads as N do');
+    assert.equal(claimableSamples(16, 1, 'dynamic'), 8, 'one worker claims the half too: it pads as two do');
     assert.equal(claimableSamples(16, 2, 'even'), 0);
     const pieces = (left: number, ranks: number): number[] => {
       const out: number[] = [];
@@ -89,7 +89,7 @@ describe('splitting a step across the ranks', () => {
     };
     assert.deepEqual(pieces(8, 2), [4, 2, 1, 1]);
     assert.deepEqual(pieces(16, 4), [4, 3, 3, 2, 1, 1, 1, 1]);
-    assert.deepEqual(pieces(8, 1), [8], 'one worker: the whole half in one piece');
+    assert.deepEqual(pieces(8, 1), [4, 2, 1, 1], 'one worker: the pieces two would take');
     assert.equal(claimSize(0, 2), 0, 'nothing left: an empty reply');
   });
 

@@ -61,6 +61,19 @@ class LocalCluster {
     return undefined;
   }
 
+  private readonly handedPorts = new Set<number>();
+
+  /** A free port no pod of this cluster was given yet: two probes of free ports may return the same one, as the kernel's are free again at once. */
+  private async distinctFreePort(): Promise<number> {
+    for (;;) {
+      const port = await freePort();
+      if (!this.handedPorts.has(port)) {
+        this.handedPorts.add(port);
+        return port;
+      }
+    }
+  }
+
   /** The local port behind a Service's port (through its targetPort to the selected pod's container port). */
   private servicePort(service: K8sObject, port: number, podName?: string): number {
     const selected = [...this.pods.values()].filter((p) => podName === undefined || p.name === podName);
@@ -99,7 +112,7 @@ class LocalCluster {
     const c = spec.containers[0];
     const dir = path.join(this.root, name);
     const ports = new Map<number, number>();
-    for (const p of c.ports as K8sObject[]) ports.set(p.containerPort, await freePort());
+    for (const p of c.ports as K8sObject[]) ports.set(p.containerPort, await this.distinctFreePort());
     const mounts = new Map<string, string>();
     const claims = new Set(((set.spec.volumeClaimTemplates ?? []) as K8sObject[]).map((t) => t.metadata.name));
     for (const m of c.volumeMounts as K8sObject[]) {

@@ -31,8 +31,8 @@ export const BALANCES: readonly Balance[] = ['even', 'dynamic'];
 
 /**
  * How many of a step's samples are left for the workers to claim (the rest is split up
- * front): its shorter half (see stepOrder). With one worker too: it claims that half in one
- * piece, padded to the piece's own longest record, so one worker pads as N do.
+ * front): its shorter half (see stepOrder). With one worker too, in the pieces two would
+ * take (claimSize), each padded to its own longest record: one worker pads as two do.
  */
 export function claimableSamples(samples: number, ranks: number, balance: Balance): number {
   return balance === 'dynamic' && ranks > 0 ? shorterHalf(samples) : 0;
@@ -65,10 +65,12 @@ export function stepOrder(records: readonly number[], lengths: ArrayLike<number>
  * The size of the next claim out of `remaining` samples: large while much is left, down to
  * one sample at the end (guided self-scheduling), so that few pieces pay a forward+backward
  * call's fixed cost (two passes over the embedding's size and more, about as much as a short
- * record's compute) and the last ones finish close together.
+ * record's compute) and the last ones finish close together. One worker takes pieces of the
+ * size two would: it pads as they do, so their tokens/s compare like for like (its own
+ * speed is the same either way here: the padding it saves pays for the calls it adds).
  */
 export function claimSize(remaining: number, ranks: number): number {
-  return Math.min(remaining, Math.max(1, Math.ceil(remaining / ranks)));
+  return Math.min(remaining, Math.max(1, Math.ceil(remaining / Math.max(ranks, 2))));
 }
 
 /** [from, to) of the global batch, per rank. */
