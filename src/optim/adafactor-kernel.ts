@@ -1,12 +1,14 @@
 /**
- * AdaFactor's factored update of a large matrix with wasm SIMD (src/backend/simd/adafactor.ts):
- * the gradient and the values are copied into a memory of the optimizer's own, the two
- * passes run there four lanes at a time, and the update comes back in one copy. Only the
- * arithmetic lives here: the moments' decay between the passes is AdaFactor's
- * (`decayFactoredMoments`), shared with its JavaScript passes. Three
- * copies and two SIMD passes cost about a third of the JavaScript passes on the token
- * embedding. Results equal `AdaFactor.matrixUpdate`'s to float32 rounding: products are
- * float32, sums float64.
+ * AdaFactor's factored update of a large matrix with wasm SIMD (src/backend/simd/adafactor.ts),
+ * four lanes at a time. Where the gradient, the values and the proposed update lie in one
+ * memory the kernels are registered on (a worker's reduction buffer and the optimizer's
+ * workspace in it), the passes run there in place (`inPlaceMatrixPasses`); otherwise the
+ * gradient and the values are copied into a memory of the optimizer's own and the update
+ * comes back in one copy (`load`). Only the arithmetic lives here: the moments' decay between
+ * the passes is AdaFactor's (`decayFactoredMoments`), shared with its JavaScript passes. Even
+ * with the three copies, the SIMD passes cost about a third of the JavaScript ones on the
+ * token embedding. Results equal `AdaFactor.matrixUpdate`'s to float32 rounding: products
+ * are float32, sums float64.
  */
 import { simdKernelsOn } from '../backend/buffer-passes.js';
 import { kernelModule } from '../backend/wasm/simd-module.js';

@@ -1,8 +1,9 @@
 // AssemblyScript, built with gemm.ts into dist/src/backend/simd/kernels.wasm.
 //
 // The two passes of AdaFactor's factored update over a rows x cols matrix (src/optim/
-// adafactor.ts, `matrixUpdate`), four lanes at a time. The optimizer runs them on a memory
-// of its own (src/optim/adafactor-kernel.ts), not on the tfjs heap. Products and quotients
+// adafactor.ts, `matrixUpdate`), four lanes at a time. The optimizer runs them in place on a
+// worker's reduction buffer, where its gradients and workspace lie, or else on a memory of its
+// own (src/optim/adafactor-kernel.ts); never on the tfjs heap. Products and quotients
 // are float32, as the tensors are; every sum over the matrix is float64, as in the
 // JavaScript version, so only the last bits of an update differ (its tests: 1e-6).
 
