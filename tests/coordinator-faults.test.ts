@@ -82,7 +82,7 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
       const assigned = instructions.find((i) => i.kind === 'assign')!;
       assert.ok(assigned.kind === 'assign' && assigned.assign.generation >= 1);
       const generation = assigned.assign.generation;
-      const report = { workerId, ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: 0, samples: 1 };
+      const report = { workerId, ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: 0, samples: 1, positions: 0 };
       const claimRefusal = (claim: { generation: number; step: number }) => client!.claim({ workerId, sequence: 1, ...claim }).then(() => 'granted', (e: Error) => e.message);
       assert.match(await claimRefusal({ generation: generation - 1, step: 1 }), new RegExp(`claim for step 1 refused: it is of generation ${generation - 1}, the run is at generation ${generation}`));
       assert.match(await claimRefusal({ generation, step: 7 }), /claim for step 7 refused: step 1 is in progress/);
@@ -155,7 +155,7 @@ describe('coordinator under faults (real processes on 127.0.0.1)', () => {
       const everyId = [...fastWork.records, ...slowWork.records].map((r) => r.id).concat(pieces.flatMap((p) => p.ids));
       assert.equal(new Set(everyId).size, 16, 'no record is handed out twice');
       assert.deepEqual((await slow.client.claim({ workerId: slow.workerId, generation, step: 1, sequence: 1 })).records, [], 'nothing is left for the slow one');
-      const report = { ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0.1, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0.1, copySeconds: 0, applySeconds: 0, generation };
+      const report = { ok: true, error: '', loss: 1, accuracy: 0, targets: 1, gradNorm: 0, learningRate: 0, computeSeconds: 0.1, reduceSeconds: 0, tokens: 1, paramDigest: '', forwardBackwardSeconds: 0.1, copySeconds: 0, applySeconds: 0, positions: 0, generation };
       await fast.client.report({ ...report, workerId: fast.workerId, step: 1, samples: 12 });
       await slow.client.report({ ...report, workerId: slow.workerId, step: 1, samples: 4 });
       await waitFor(() => /^step +1\//m.test(output.text), 30_000, () => output.text);

@@ -23,17 +23,17 @@ describe('splitting a step across the ranks', () => {
     assert.deepEqual(sizes(even.split(2, 128, [1, 2, 3])), [0, 1, 1]);
     assert.deepEqual(sizes(even.split(0, 128, [1, 2])), [0, 0]);
     // measurements do not change an even split
-    even.observe(1, 8, 128, 1, 0);
-    even.observe(2, 8, 128, 3, 0);
+    even.observe(1, 1024, 1, 0);
+    even.observe(2, 1024, 3, 0);
     assert.deepEqual(sizes(even.split(16, 128, [1, 2])), [8, 8]);
   });
 
   it('dynamic: even until every rank has been measured, then inversely to each one\'s time per sample', () => {
     const b = new ShareBalancer('dynamic');
     assert.deepEqual(sizes(b.split(12, 10, [1, 2])), [6, 6]);
-    b.observe(1, 6, 10, 1.2, 0); // 0.02 s per position
+    b.observe(1, 60, 1.2, 0); // 0.02 s per position
     assert.deepEqual(sizes(b.split(12, 10, [1, 2])), [6, 6], 'worker 2 not measured yet');
-    b.observe(2, 6, 10, 0.6, 0); // twice as fast
+    b.observe(2, 60, 0.6, 0); // twice as fast
     assert.deepEqual(sizes(b.split(12, 10, [1, 2])), [4, 8]);
     // the ranks' order is the workers' order
     assert.deepEqual(sizes(b.split(12, 10, [2, 1])), [8, 4]);
@@ -43,26 +43,26 @@ describe('splitting a step across the ranks', () => {
 
   it('dynamic: a rank with a longer fixed time gets fewer samples, none if its fixed time alone is the longest', () => {
     const b = new ShareBalancer('dynamic');
-    b.observe(1, 8, 100, 0.8, 0); // 1 ms per position: 0.1 s per sample
-    b.observe(2, 8, 100, 0.8, 0.4); // as fast, 0.4 s of fixed work
+    b.observe(1, 800, 0.8, 0); // 1 ms per position: 0.1 s per sample
+    b.observe(2, 800, 0.8, 0.4); // as fast, 0.4 s of fixed work
     // T = (16 + 0/0.1 + 0.4/0.1) / (2/0.1) = 1.0 s: rank 0 gets 10, rank 1 gets 6
     assert.deepEqual(sizes(b.split(16, 100, [1, 2])), [10, 6]);
     const c = new ShareBalancer('dynamic');
-    c.observe(1, 4, 100, 0.4, 0);
-    c.observe(2, 4, 100, 0.4, 5);
-    c.observe(3, 4, 100, 0.4, 0);
+    c.observe(1, 400, 0.4, 0);
+    c.observe(2, 400, 0.4, 5);
+    c.observe(3, 400, 0.4, 0);
     assert.deepEqual(sizes(c.split(6, 100, [1, 2, 3])), [3, 0, 3]);
   });
 
   it('dynamic: follows a rank that slows down, and a forgotten worker is measured afresh', () => {
     const b = new ShareBalancer('dynamic');
-    b.observe(1, 8, 10, 0.8, 0);
-    b.observe(2, 8, 10, 0.8, 0);
+    b.observe(1, 80, 0.8, 0);
+    b.observe(2, 80, 0.8, 0);
     assert.deepEqual(sizes(b.split(16, 10, [1, 2])), [8, 8]);
     let previous = 8;
     for (let i = 0; i < 6; i++) {
-      b.observe(1, 8, 10, 1.6, 0); // worker 1 now takes twice as long
-      b.observe(2, 8, 10, 0.8, 0);
+      b.observe(1, 80, 1.6, 0); // worker 1 now takes twice as long
+      b.observe(2, 80, 0.8, 0);
       const first = sizes(b.split(16, 10, [1, 2]))[0]!;
       assert.ok(first <= previous, `worker 1's share shrinks step by step (${first} after ${previous})`);
       previous = first;
@@ -71,8 +71,8 @@ describe('splitting a step across the ranks', () => {
     b.forget(1);
     assert.deepEqual(sizes(b.split(16, 10, [1, 2])), [8, 8]);
     // reports that teach nothing are ignored
-    b.observe(1, 0, 10, 0, 0);
-    b.observe(1, 4, 10, Number.NaN, 0);
+    b.observe(1, 0, 0, 0);
+    b.observe(1, 40, Number.NaN, 0);
     assert.deepEqual(sizes(b.split(16, 10, [1, 2])), [8, 8]);
   });
 
@@ -115,7 +115,7 @@ describe('splitting a step across the ranks', () => {
       const ranks = 2 + Math.floor(rand() * 6);
       const ids = Array.from({ length: ranks }, (_, r) => r + 1);
       const perSample = ids.map(() => 0.05 + rand());
-      for (const [r, id] of ids.entries()) b.observe(id, 4, 1, 4 * perSample[r]!, 0);
+      for (const [r, id] of ids.entries()) b.observe(id, 4, 4 * perSample[r]!, 0);
       const samples = Math.floor(rand() * 64);
       const shares = b.split(samples, 1, ids);
       assertCovers(shares, samples);

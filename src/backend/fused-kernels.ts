@@ -51,9 +51,9 @@ export interface DropoutAttrs {
   offset: number;
   /**
    * The shape the stream's units are counted over, where it differs from the tensor's (same
-   * rank, no axis shorter): a sequence axis counts the model's longest sequence whatever the
-   * batch is padded to, so a sample draws the same mask in a batch of any length (see
-   * `dropoutRuns`). Absent: the tensor's own shape.
+   * rank, no axis shorter): a sequence axis counts the step's longest record (CallKwargs.maskLength)
+   * whatever the piece is padded to, so a sample draws the same mask in a batch of any length
+   * (see `dropoutRuns`). Absent: the tensor's own shape.
    */
   countShape?: number[];
 }

@@ -60,6 +60,9 @@ export function readTensorView(tensor: tf.Tensor): Float32Array {
  * tensor for the sum. Only where the storage is reachable and no other tensor shares it (a
  * reshape or clone shares storage: writing would change that tensor too); false, with
  * nothing changed, otherwise. Rows out of range are an error, as the gather's would be.
+ * The backend's reference count does not see an array held outside tfjs: the cpu backend
+ * keeps the array `tf.tensor(values)` was given, so `target` must be a tensor a kernel made
+ * (a gradient is), never one made from the caller's array.
  */
 export function addRowsInPlace(target: tf.Tensor, rows: Int32Array | Float32Array | Uint8Array, values: Float32Array): boolean {
   if (target.rank !== 2 || target.dtype !== 'float32') return false;

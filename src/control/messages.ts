@@ -124,6 +124,11 @@ export interface StepReport {
   applySeconds: number;
   /** Records this worker computed: its share and its claims. */
   samples: number;
+  /**
+   * Positions it computed, padding included (each piece's records times the piece's own
+   * length): the share balancer's measure of work. 0 from a worker that predates it.
+   */
+  positions: number;
 }
 export type Ack = Record<string, never>;
 

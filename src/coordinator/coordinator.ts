@@ -497,7 +497,8 @@ export class Coordinator {
         this.pool = undefined;
         for (const w of workers) {
           const r = results.get(w.id)!;
-          this.balancer.observe(w.id, r.samples, length, r.forwardBackwardSeconds, r.applySeconds + r.copySeconds);
+          // a worker that predates `positions` is counted at the step's longest record
+          this.balancer.observe(w.id, r.positions > 0 ? r.positions : r.samples * length, r.forwardBackwardSeconds, r.applySeconds + r.copySeconds);
         }
         const committed = ledger.commit(step);
         await journal.append({ type: 'commit', step: committed.step, epoch: committed.epoch, positions: committed.positions.map((r) => [r[0], r[1]] as [number, number]) });

@@ -17,9 +17,10 @@
  * The model of a rank's time to the all-reduce is `fixed + samples * perSample`: `fixed`
  * is what does not grow with its share (the previous step's optimizer update, the copy of
  * its gradients), `perSample` the forward and backward pass per sample. Steps of longer
- * records cost more, so the averages are kept per position, counting every sample at the
- * step's longest record (a share is padded to its own longest, at most that; the claims
- * absorb the difference). Both are exponential moving averages of the workers' step reports.
+ * records cost more, so the averages are kept per position the workers computed (each piece
+ * padded to its own longest record), and a share up front, the step's longer half, is
+ * counted at the step's longest record. Both are exponential moving averages of the
+ * workers' step reports.
  *
  * Which records the claims hand out: the step's order (`stepOrder`) puts its shorter half
  * last, longest first, so the last pieces, padded each to its own record, are the shortest,
@@ -93,13 +94,13 @@ export class ShareBalancer {
   constructor(readonly balance: Balance) {}
 
   /**
-   * A worker's report of a step: `samples` of `length` positions it computed in
-   * `forwardBackwardSeconds`, and `fixedSeconds` that did not depend on its share. Shares
-   * of 0 samples teach nothing.
+   * A worker's report of a step: the `positions` it computed (padding included: each
+   * piece's records times the piece's length) in `forwardBackwardSeconds`, and
+   * `fixedSeconds` that did not depend on its share. Reports of no positions teach nothing.
    */
-  observe(workerId: number, samples: number, length: number, forwardBackwardSeconds: number, fixedSeconds: number): void {
-    if (!(samples > 0 && length > 0 && forwardBackwardSeconds > 0 && fixedSeconds >= 0)) return;
-    const perPosition = forwardBackwardSeconds / (samples * length);
+  observe(workerId: number, positions: number, forwardBackwardSeconds: number, fixedSeconds: number): void {
+    if (!(positions > 0 && forwardBackwardSeconds > 0 && fixedSeconds >= 0)) return;
+    const perPosition = forwardBackwardSeconds / positions;
     const known = this.estimates.get(workerId);
     if (!known) {
       this.estimates.set(workerId, { fixed: fixedSeconds, perPosition });

@@ -23,7 +23,8 @@ interface AdaFactorExports {
 export const KERNEL_MIN_ELEMENTS = 1 << 16;
 
 const PAGE = 65536;
-const align = (bytes: number): number => (bytes + 15) & ~15;
+// not `& ~15`: that is 32-bit arithmetic, and a reduction buffer's offsets may pass 2 GiB
+const align = (bytes: number): number => Math.ceil(bytes / 16) * 16;
 
 class MatrixKernel {
   private memory: WebAssembly.Memory;

@@ -16,9 +16,11 @@ export interface ParamStep {
   /** The new value proposed so far. */
   readonly proposed: Float32Array;
   /**
-   * Free floats for the rule's temporaries (at least its `scratchElements` for this shape),
-   * in the memory `value`, `grad` and `proposed` share when the optimizer has a workspace
-   * (see Optimizer.apply); absent otherwise.
+   * Free floats for the rule's temporaries (at least its `scratchElements` for this shape)
+   * when the optimizer has a workspace (see Optimizer.apply), absent otherwise. It lies in the
+   * workspace's memory, which `value`, `grad` and `proposed` share only when the parameters
+   * copy their values into it (VariableParameters) and the gradient is the caller's (not an
+   * accumulation sum): a rule must check (AdaFactor's `inPlaceMatrixPasses` does).
    */
   readonly scratch?: Float32Array;
   /** t: the 1-based number of this optimizer step (micro-steps of accumulation do not count). */

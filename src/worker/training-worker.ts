@@ -264,11 +264,12 @@ export class TrainingWorker {
     const started = performance.now();
     const report: StepReport = {
       workerId: this.workerId, generation: w.generation, step: w.step, ok: false, error: '', loss: 0, accuracy: 0, targets: 0, gradNorm: 0, computeSeconds: 0, reduceSeconds: 0, tokens: 0, paramDigest: '', learningRate: 0,
-      forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: this.lastApplySeconds, samples: 0,
+      forwardBackwardSeconds: 0, copySeconds: 0, applySeconds: this.lastApplySeconds, samples: 0, positions: 0,
     };
     try {
       if (w.digest) report.paramDigest = parameterDigest(replica.objective);
       let samples = 0;
+      let positions = 0;
       let tokens = 0;
       // each piece is padded to its own longest record (the shortest records of a step come
       // last, so the last pieces are short); dropout counts positions over the step's longest
@@ -278,7 +279,9 @@ export class TrainingWorker {
         samples += records.length;
         tokens += records.reduce((sum, r) => sum + r.record.tokenIds.length, 0);
         const microBatches = spec.microBatch > 0 ? Math.max(1, Math.ceil(records.length / spec.microBatch)) : 1;
-        return { batch: batchFromRecords(spec.manifest, records, spec.application, spec.seed, w.epoch), firstSample, microBatches };
+        const batch = batchFromRecords(spec.manifest, records, spec.application, spec.seed, w.epoch);
+        positions += batch.batchSize * batch.length;
+        return { batch, firstSample, microBatches };
       };
       const first = piece(w.records, w.firstSample);
       const control = this.control!;
@@ -292,7 +295,7 @@ export class TrainingWorker {
       const [sent, received] = [this.communicator?.bytesSent ?? 0, this.communicator?.bytesReceived ?? 0];
       const reduced = await this.trainer.reduce(first.batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample, microBatches: first.microBatches, maskLength: w.length }, more);
       this.pending.set(w.step, reduced);
-      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, samples, reduceSeconds: reduced.reduceSeconds, learningRate: replica.optimizer.currentLearningRate, forwardBackwardSeconds: reduced.computeSeconds, copySeconds: reduced.copySeconds });
+      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, samples, positions, reduceSeconds: reduced.reduceSeconds, learningRate: replica.optimizer.currentLearningRate, forwardBackwardSeconds: reduced.computeSeconds, copySeconds: reduced.copySeconds });
       this.options.metrics?.stepReduced({
         computeSeconds: reduced.computeSeconds,
         copySeconds: reduced.copySeconds,

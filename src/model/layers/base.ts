@@ -147,7 +147,7 @@ function dropoutMask(shape: number[], attrs: DropoutAttrs): tf.Tensor {
 }
 
 /**
- * Inverted dropout whose mask depends only on (seed, salt, offset, shape). tf.dropout
+ * Inverted dropout whose mask depends only on (seed, salt, offset, shape, countShape). tf.dropout
  * draws from a hidden global generator, which a recomputed block could not replay. The
  * backward pass regenerates the mask rather than keeping it; a backend with the fused
  * kernel generates and applies it in one pass. `offset`: see DropoutAttrs.
