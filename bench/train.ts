@@ -25,6 +25,7 @@
  *   1-worker run on the faster one caps the scaling efficiency at ceiling x (1 + ratio) / 2,
  *   whatever the runtime does.
  */
+import { cpusToPin } from '../src/coordinator/cpu-pinning.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -51,6 +52,8 @@ interface Options {
   balance: 'even' | 'dynamic';
   rounds: number;
   ceilingSeconds: number;
+  /** --no-pin-workers sets it false. */
+  pinWorkers: boolean;
 }
 
 const SAMPLE = fileURLToPath(new URL('../../data/sample/', import.meta.url));
@@ -64,6 +67,7 @@ function parse(argv: string[]): Options {
     .option('--global-batch <n>', 'sequences per step', positiveInt, 16)
     .option('--steps <n>', 'steps per run; the first is not timed', positiveInt, 10)
     .option('--rounds <n>', 'rounds of runs (each worker count once per round, interleaved); figures are medians over the rounds', positiveInt, 3)
+    .option('--no-pin-workers', 'leave the local workers to the scheduler (default: pinned to a CPU each, coordinator start --pin-workers, where taskset works)')
     .option('--ceiling-seconds <n>', 'seconds of each kind of phase of the core ceiling in every round (core 0 alone, core 1 alone, both at once; no communication); 0 skips it', nonNegativeInt, 10)
     .option('--workers <list>', 'worker counts to run', '1,2')
     .option('--recompute', 'recompute each block in backprop', false)
@@ -74,9 +78,20 @@ function parse(argv: string[]): Options {
   return program.opts<Options>();
 }
 
+function canPin(): boolean {
+  try {
+    cpusToPin();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function main(): Promise<void> {
   const opts = parse(process.argv.slice(2));
   const counts = opts.workers.split(',').map(Number);
+  // pinned as the core ceiling's processes are, where taskset works (else as before)
+  const pin = opts.pinWorkers && canPin();
   const dir = await mkdtemp(path.join(tmpdir(), 'bench-train-'));
   try {
     const data = path.join(dir, 'data');
@@ -112,6 +127,7 @@ async function main(): Promise<void> {
           keep: 1,
           checksumEvery: 0,
           localWorkers: workers,
+          pinWorkers: pin,
           minWorkers: workers,
           backend: opts.backend,
           host: '127.0.0.1',
@@ -165,7 +181,7 @@ async function main(): Promise<void> {
         ceilings.map((c, i) => [i + 1, Math.round(c.aloneMs[0]), Math.round(c.aloneMs[1]), c.pairMs.map(Math.round).join(' / '), c.ceiling.toFixed(3), c.coreSpeedRatio.toFixed(3), ((c.ceiling * (1 + c.coreSpeedRatio)) / 2).toFixed(3)]),
       );
     }
-    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers} --ceiling-seconds ${opts.ceilingSeconds}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''} --balance ${opts.balance}`);
+    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers} --ceiling-seconds ${opts.ceilingSeconds}${pin ? '' : ' --no-pin-workers'}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''} --balance ${opts.balance}`);
     const widest = Math.max(...counts);
     const figure = (x: number): number => Number(x.toFixed(3));
     const medianFigure = (values: readonly number[]): number | null => (values.length > 0 ? figure(median(values)) : null);

@@ -29,6 +29,8 @@ export interface LocalWorkersOptions {
   readonly metricsHost?: string | undefined;
   /** Worker i serves its metrics at this host:port (from its announcement line). */
   readonly onMetrics?: (worker: number, address: string) => void;
+  /** Worker i runs pinned to CPU `pinCpus[i % length]` (`taskset -c`); absent: where the scheduler puts it. */
+  readonly pinCpus?: readonly number[] | undefined;
 }
 
 export class LocalWorkers {
@@ -46,7 +48,9 @@ export class LocalWorkers {
     const o = this.options;
     const tls = o.tlsFiles ? ['--tls-ca', o.tlsFiles.ca, '--tls-cert', o.tlsFiles.cert, '--tls-key', o.tlsFiles.key] : [];
     const metrics = o.metricsHost === undefined ? [] : ['--metrics-port', '0', '--metrics-host', o.metricsHost];
-    const child = spawn(process.execPath, [WORKER_CLI, 'start', '--coordinator', o.coordinator, '--backend', o.backend, '--name', `local-${i}`, '--log-format', o.logFormat ?? 'text', ...tls, ...metrics], {
+    const argv = [WORKER_CLI, 'start', '--coordinator', o.coordinator, '--backend', o.backend, '--name', `local-${i}`, '--log-format', o.logFormat ?? 'text', ...tls, ...metrics];
+    const cpu = o.pinCpus && o.pinCpus.length > 0 ? o.pinCpus[i % o.pinCpus.length] : undefined;
+    const child = spawn(cpu === undefined ? process.execPath : 'taskset', cpu === undefined ? argv : ['-c', String(cpu), process.execPath, ...argv], {
       env: { ...process.env, ...o.tokenEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
       // their own process group: Ctrl-C in a terminal reaches the coordinator alone, which

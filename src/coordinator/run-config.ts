@@ -37,6 +37,7 @@ const runFileSchema = z
     keep: count,
     checksumEvery: z.number().int().nonnegative(),
     localWorkers: z.number().int().nonnegative(),
+    pinWorkers: z.boolean(),
     workers: count,
     minWorkers: count,
     runDir: z.string().min(1),

@@ -20,6 +20,7 @@ import { readManifest } from '../data/dataset.js';
 import { Coordinator, CoordinatorError, type CoordinatorSummary } from './coordinator.js';
 import type { Balance } from './shares.js';
 import { LocalWorkers } from './local-workers.js';
+import { cpusToPin } from './cpu-pinning.js';
 import { guardObserver } from './observer.js';
 import { type Logger, type LogFn, pemSecrets } from '../log/logger.js';
 import { CoordinatorMetrics, type MetricsEndpoint, METRICS_TARGETS_FILE, scrapeAddress, startMetricsEndpoint, targetGroups } from '../metrics/metrics.js';
@@ -53,6 +54,8 @@ export interface StartSettings {
   keep: number;
   checksumEvery: number;
   localWorkers?: number;
+  /** Pin local worker i to the i-th CPU this process may run on (cpu-pinning.ts). */
+  pinWorkers?: boolean;
   workers?: number;
   minWorkers: number;
   backend: string;
@@ -147,6 +150,9 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
   const model = typeof settings.model === 'string' ? presetConfig(settings.model, manifest.vocab.size, { max_position_embeddings: Math.max(512, manifest.maxLength) }) : settings.model;
   if (model.vocab_size < manifest.vocab.size) throw new CoordinatorError(`the model's vocab_size ${model.vocab_size} is smaller than the vocabulary of the data in ${dataDir} (${manifest.vocab.size} tokens)`);
   const localWorkers = settings.localWorkers ?? Math.max(1, availableParallelism());
+  // checked before anything starts: a run asked to pin that cannot fails at once
+  const pinCpus = settings.pinWorkers && localWorkers > 0 ? cpusToPin() : undefined;
+  if (pinCpus) settings.log(`local workers pinned to CPUs ${Array.from({ length: localWorkers }, (_, i) => pinCpus[i % pinCpus.length]).join(', ')} (worker 0 first)`, { pinnedCpus: pinCpus.join(',') });
   const workers = settings.workers ?? localWorkers;
   const { token, file: tokenFile } = await joinToken(settings, runDir);
   // the header is the only way out of a JoinToken
@@ -218,6 +224,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
         onExit: (i, how) => forward(i, how, 'warn'),
         metricsHost: metrics ? (settings.metricsHost ?? '127.0.0.1') : undefined,
         onMetrics: (i, address) => metrics?.workerListens(i, address),
+        pinCpus,
       });
       local.start();
     },
