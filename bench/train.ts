@@ -25,7 +25,7 @@
  *   1-worker run on the faster one caps the scaling efficiency at ceiling x (1 + ratio) / 2,
  *   whatever the runtime does.
  */
-import { cpusToPin } from '../src/coordinator/cpu-pinning.js';
+import { canPinWorkers } from '../src/coordinator/cpu-pinning.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -78,20 +78,11 @@ function parse(argv: string[]): Options {
   return program.opts<Options>();
 }
 
-function canPin(): boolean {
-  try {
-    cpusToPin();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function main(): Promise<void> {
   const opts = parse(process.argv.slice(2));
   const counts = opts.workers.split(',').map(Number);
   // pinned as the core ceiling's processes are, where taskset works (else as before)
-  const pin = opts.pinWorkers && canPin();
+  const pin = opts.pinWorkers && canPinWorkers();
   const dir = await mkdtemp(path.join(tmpdir(), 'bench-train-'));
   try {
     const data = path.join(dir, 'data');

@@ -6,19 +6,10 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
-import { cpusToPin, parseCpuList } from '../src/coordinator/cpu-pinning.js';
+import { canPinWorkers, cpusToPin, parseCpuList } from '../src/coordinator/cpu-pinning.js';
 import { prepareRunData } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../coordinator/cli.js', import.meta.url));
-
-function pinnable(): boolean {
-  try {
-    cpusToPin();
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('pinning local workers to CPUs', () => {
   it('reads Linux CPU lists, and names a malformed one', () => {
@@ -28,7 +19,7 @@ describe('pinning local workers to CPUs', () => {
     assert.throws(() => parseCpuList('3-1'), /runs backwards/);
   });
 
-  it('coordinator start --pin-workers runs each local worker on the CPU it was given', { skip: !pinnable() && 'no taskset or /proc here', timeout: 120_000 }, async () => {
+  it('coordinator start --pin-workers runs each local worker on the CPU it was given', { skip: !canPinWorkers() && 'no taskset or /proc here', timeout: 120_000 }, async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'pinning-'));
     const { mlm } = await prepareRunData(dir);
     const cpus = cpusToPin();

@@ -21,6 +21,16 @@ export function parseCpuList(text: string): number[] {
   return cpus;
 }
 
+/** Whether `cpusToPin` works here (Linux with taskset). */
+export function canPinWorkers(): boolean {
+  try {
+    cpusToPin();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * The CPUs local workers are pinned to, in order (worker i gets the i-th, modulo): the ones
  * this process may run on (a container's cpuset, not the machine's), read from
