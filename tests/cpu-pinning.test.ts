@@ -34,7 +34,8 @@ describe('pinning local workers to CPUs', () => {
       while (workerPid === undefined) {
         assert.ok(Date.now() < deadline, `no worker line within 90 s:\n${text}`);
         assert.equal(child.exitCode, null, `the coordinator exited:\n${text}`);
-        for (const line of text.split('\n')) {
+        // complete lines only: the last one may be half written
+        for (const line of text.split('\n').slice(0, -1)) {
           const entry = /^\{/.test(line) ? (JSON.parse(line) as { name?: string; pid?: number; msg?: string }) : undefined;
           if (entry?.name === 'worker' && typeof entry.pid === 'number' && entry.pid !== child.pid) workerPid = entry.pid;
         }
