@@ -1,5 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
@@ -14,6 +15,7 @@ import {
   uninstallWasmKernelFixes,
 } from '../src/backend/wasm-kernels.js';
 import { dropoutRuns, FUSED_KERNEL, hasFusedKernel } from '../src/backend/fused-kernels.js';
+import { fmaKernelModule, kernelModule, modelKernelsFused } from '../src/backend/wasm/simd-module.js';
 import { activation } from '../src/model/layers/activations.js';
 import { seededDropout } from '../src/model/layers/base.js';
 import { LayerNorm } from '../src/model/layers/layer-norm.js';
@@ -275,6 +277,52 @@ describe('BatchMatMul', () => {
     for (let i = 0; i < 20; i++) run();
     assert.deepEqual(memorySnapshot(), before);
     assert.equal(wasmBackendHeapBytes(), heapBefore, 'wasm heap grew: something leaks');
+  });
+});
+
+describe('fused multiply-adds (kernels-fma.wasm)', () => {
+  interface GemmExports {
+    gemm(m: number, n: number, k: number, a: number, sAi: number, sAk: number, b: number, sBk: number, sBj: number, c: number, ldc: number, scratch: number): void;
+    scratchBytes(): number;
+  }
+  /** x86 Linux lists the instruction set's FMA among the CPU flags; elsewhere the test cannot tell whether it should see a difference. */
+  function cpuHasFma(): boolean | undefined {
+    if (process.platform !== 'linux' || process.arch !== 'x64') return undefined;
+    return / fma( |$)/m.test(readFileSync('/proc/cpuinfo', 'utf8'));
+  }
+
+  test('the model\'s products run from it here, and equal the plain kernel\'s within float32 rounding of their sums, fused where the CPU has FMA', () => {
+    assert.ok(modelKernelsFused(), 'kernels-fma.wasm compiles here (relaxed SIMD: Node 20 with the V8 flag simd-module.ts sets, Node 22 without)');
+    const memory = new WebAssembly.Memory({ initial: 64 });
+    const plain = new WebAssembly.Instance(kernelModule(), { env: { memory } }).exports as unknown as GemmExports;
+    const fused = new WebAssembly.Instance(fmaKernelModule()!, { env: { memory } }).exports as unknown as GemmExports;
+    const heap = new Float32Array(memory.buffer);
+    // every path of the kernel: packed blocks (K past one block), few rows (dot products, row updates)
+    const cases: Array<[string, number, number, number, boolean]> = [['packed', 70, 90, 300, false], ['few rows, B transposed', 3, 257, 300, true], ['few rows, B as is', 2, 300, 77, false]];
+    let fusedSomewhere = false;
+    for (const [what, M, N, K, bTransposed] of cases) {
+      const a = 0;
+      const b = a + M * K;
+      const c0 = b + K * N;
+      const c1 = c0 + M * N;
+      const scratch = (c1 + M * N) * 4;
+      heap.set(randomValues(M * K, M), a);
+      heap.set(randomValues(K * N, N), b);
+      const [sBk, sBj] = bTransposed ? [1, K] : [N, 1];
+      plain.gemm(M, N, K, a * 4, K, 1, b * 4, sBk, sBj, c0 * 4, N, scratch);
+      fused.gemm(M, N, K, a * 4, K, 1, b * 4, sBk, sBj, c1 * 4, N, scratch);
+      for (let i = 0; i < M; i++) {
+        for (let j = 0; j < N; j++) {
+          let absSum = 0;
+          for (let k = 0; k < K; k++) absSum += Math.abs(heap[a + i * K + k]! * heap[b + k * sBk + j * sBj]!);
+          const [x, y] = [heap[c0 + i * N + j]!, heap[c1 + i * N + j]!];
+          // each of the two sums of K products rounds at most 2K times by 2^-24 of the partial sums
+          assert.ok(Math.abs(x - y) <= 4 * K * 2 ** -24 * absSum, `${what}: C[${i},${j}] ${y} fused vs ${x} plain`);
+          if (x !== y) fusedSomewhere = true;
+        }
+      }
+    }
+    if (cpuHasFma() === true) assert.ok(fusedSomewhere, 'every product equals the plain kernel\'s bit for bit on a CPU with FMA: the multiply-adds were not fused');
   });
 });
 

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
 import type { WasmBackendLike, WasmModule } from './backend-types.js';
 
 /** Our wasm SIMD kernels (src/backend/simd/), bound to one tfjs wasm backend's heap; pointers are byte offsets into it. */
@@ -37,6 +38,7 @@ interface KernelExports {
 
 // Built next to this file's directory in dist/ by `npm run build:simd`.
 const KERNELS_WASM = new URL('../simd/kernels.wasm', import.meta.url);
+const KERNELS_FMA_WASM = new URL('../simd/kernels-fma.wasm', import.meta.url);
 
 let compiled: WebAssembly.Module | undefined;
 
@@ -58,6 +60,39 @@ export function kernelModule(): WebAssembly.Module {
   return compiled;
 }
 
+let fmaCompiled: WebAssembly.Module | null | undefined;
+
+/**
+ * The kernels built with relaxed SIMD (kernels-fma.wasm: gemm's products are fused
+ * multiply-adds, 25-40% more GFLOPS here), or null where this runtime cannot compile them
+ * or they are missing. Only the model's kernels run from it: a relaxed multiply-add rounds
+ * once or twice depending on the machine, which the model's forward and backward pass may do
+ * (each replica's gradients are summed once, then every replica applies the same update),
+ * while the optimizer's passes must give the same bits on every replica: they run from
+ * kernelModule().
+ */
+export function fmaKernelModule(): WebAssembly.Module | null {
+  if (fmaCompiled === undefined) {
+    fmaCompiled = null;
+    let bytes: Uint8Array<ArrayBuffer> | undefined;
+    try {
+      bytes = new Uint8Array(readFileSync(KERNELS_FMA_WASM));
+    } catch {
+      // an older build without it: the plain kernels serve
+    }
+    // Node 20 compiles relaxed SIMD (standard since 2023) behind this V8 flag, on by default
+    // from Node 22: the one place this program sets a V8 flag, and only where it is needed
+    if (bytes && !WebAssembly.validate(bytes)) setFlagsFromString('--experimental-wasm-relaxed-simd');
+    if (bytes && WebAssembly.validate(bytes)) fmaCompiled = new WebAssembly.Module(bytes);
+  }
+  return fmaCompiled;
+}
+
+/** Whether the model's products use fused multiply-adds (fmaKernelModule), for reports. */
+export function modelKernelsFused(): boolean {
+  return fmaKernelModule() !== null;
+}
+
 // One instance per emscripten module: it imports that module's memory.
 const instances = new WeakMap<WasmModule, SimdKernels>();
 
@@ -68,7 +103,7 @@ export function simdKernels(backend: WasmBackendLike): SimdKernels {
     if (!(memory instanceof WebAssembly.Memory)) {
       throw new Error('wasm-kernels: this tfjs-backend-wasm build does not expose its memory (asm.memory); expected the non-threaded 4.22 build');
     }
-    const exports = new WebAssembly.Instance(kernelModule(), { env: { memory } }).exports as unknown as KernelExports;
+    const exports = new WebAssembly.Instance(fmaKernelModule() ?? kernelModule(), { env: { memory } }).exports as unknown as KernelExports;
     // Lent for the module's lifetime (kernels run one at a time): malloc never hands it out again.
     const scratch = backend.wasm._malloc(exports.scratchBytes());
     if (scratch === 0) throw new Error('wasm-kernels: out of wasm memory for the kernels\' scratch');
