@@ -84,7 +84,7 @@ for (const flavour of ['cpu', 'gpu'] as const) {
       for (const need of ['proto proto', 'data/sample data/sample', 'package.json ./', '/src/dist/src dist/src', '/src/dist/coordinator dist/coordinator', '/src/dist/worker dist/worker']) {
         assert.ok(runtimeCopies.some((a) => a.endsWith(need)), `the runtime image copies ${need}`);
       }
-      for (const built of ['dist/src/backend/simd/kernels.wasm', 'dist/src/worker/heartbeat-thread.js', 'dist/src/data/prepare-worker.js']) assert.ok(existsSync(path.join(REPO, built)), built);
+      for (const built of ['dist/src/backend/simd/kernels.wasm', 'dist/src/backend/simd/kernels-fma.wasm', 'dist/src/worker/heartbeat-thread.js', 'dist/src/data/prepare-worker.js']) assert.ok(existsSync(path.join(REPO, built)), built);
       assert.equal(steps.find((s) => s.stage === runtime && s.op === 'WORKDIR')?.args, '/app');
     });
 

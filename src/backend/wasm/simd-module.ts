@@ -80,8 +80,9 @@ export function fmaKernelModule(): WebAssembly.Module | null {
     } catch {
       // an older build without it: the plain kernels serve
     }
-    // Node 20 compiles relaxed SIMD (standard since 2023) behind this V8 flag, on by default
-    // from Node 22: the one place this program sets a V8 flag, and only where it is needed
+    // Node 20 compiles relaxed SIMD (a standard wasm feature) behind this V8 flag, on by
+    // default from Node 22: the one place the program sets a V8 flag (the build script sets
+    // it too), and only where the module does not compile without it
     if (bytes && !WebAssembly.validate(bytes)) setFlagsFromString('--experimental-wasm-relaxed-simd');
     if (bytes && WebAssembly.validate(bytes)) fmaCompiled = new WebAssembly.Module(bytes);
   }
