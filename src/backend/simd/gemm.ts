@@ -70,6 +70,22 @@ const NC = 256;
   }
 }
 
+// Four vectors of four consecutive elements (r0..r3, e.g. 4 rows at columns k..k+3) stored
+// transposed: at p + i * step, element i of each. Packing a panel whose rows lie contiguous
+// along K, in 4 x 4 blocks, instead of one scalar load and store per element: the A panels of
+// every untransposed product and the B panels of every transposed one (the MLM head's
+// logits pack the whole 21128 x 256 embedding this way for each piece).
+@inline function storeTransposed4(p: usize, step: usize, r0: v128, r1: v128, r2: v128, r3: v128): void {
+  const a = i32x4.shuffle(r0, r1, 0, 4, 1, 5);
+  const b = i32x4.shuffle(r0, r1, 2, 6, 3, 7);
+  const c = i32x4.shuffle(r2, r3, 0, 4, 1, 5);
+  const d = i32x4.shuffle(r2, r3, 2, 6, 3, 7);
+  v128.store(p, i32x4.shuffle(a, c, 0, 1, 4, 5));
+  v128.store(p + step, i32x4.shuffle(a, c, 2, 3, 6, 7));
+  v128.store(p + 2 * step, i32x4.shuffle(b, d, 0, 1, 4, 5));
+  v128.store(p + 3 * step, i32x4.shuffle(b, d, 2, 3, 6, 7));
+}
+
 /** Bytes of scratch gemm needs. */
 export function scratchBytes(): i32 {
   return (MC * KC + KC * NC + MR * NR) * 4;
@@ -167,6 +183,22 @@ export function gemm(M: i32, N: i32, K: i32, A: usize, sAi: i32, sAk: i32, B: us
             v128.store(p, v128.load(src)); v128.store(p, v128.load(src, 16), 16);
             src += step; p += 32;
           }
+        } else if (sBk == 1 && cols == NR) {
+          // op(B)'s columns are B's rows, contiguous along K
+          const r0 = B + (<usize>((j0 + jp) * sBj + k0) << 2);
+          const rs = <usize>sBj << 2;
+          let k = 0;
+          for (; k + 4 <= kc; k += 4) {
+            const o = <usize>k << 2;
+            storeTransposed4(p, 32, v128.load(r0 + o), v128.load(r0 + rs + o), v128.load(r0 + 2 * rs + o), v128.load(r0 + 3 * rs + o));
+            storeTransposed4(p + 16, 32, v128.load(r0 + 4 * rs + o), v128.load(r0 + 5 * rs + o), v128.load(r0 + 6 * rs + o), v128.load(r0 + 7 * rs + o));
+            p += 128;
+          }
+          for (; k < kc; k++) {
+            const o = <usize>k << 2;
+            for (let j = 0; j < NR; j++) store<f32>(p + (<usize>j << 2), load<f32>(r0 + <usize>j * rs + o));
+            p += 32;
+          }
         } else {
           for (let k = 0; k < kc; k++) {
             const src = B + (<usize>((k0 + k) * sBk + (j0 + jp) * sBj) << 2);
@@ -189,7 +221,13 @@ export function gemm(M: i32, N: i32, K: i32, A: usize, sAi: i32, sAk: i32, B: us
           } else if (sAk == 1 && rows == MR) {
             const r0 = A + (<usize>((i0 + ip) * sAi + k0) << 2);
             const rs = <usize>sAi << 2;
-            for (let k = 0; k < kc; k++) {
+            let k = 0;
+            for (; k + 4 <= kc; k += 4) {
+              const o = <usize>k << 2;
+              storeTransposed4(p, 16, v128.load(r0 + o), v128.load(r0 + rs + o), v128.load(r0 + 2 * rs + o), v128.load(r0 + 3 * rs + o));
+              p += 64;
+            }
+            for (; k < kc; k++) {
               const o = <usize>k << 2;
               store<f32>(p, load<f32>(r0 + o)); store<f32>(p, load<f32>(r0 + rs + o), 4);
               store<f32>(p, load<f32>(r0 + 2 * rs + o), 8); store<f32>(p, load<f32>(r0 + 3 * rs + o), 12);
