@@ -69,6 +69,25 @@ describe('a peer that dies or stops mid-collective', () => {
   });
 });
 
+describe('reduce-scatter and all-gather over chosen segments', () => {
+  it('segment bounds that do not split the buffer among the ranks are refused before anything is sent, naming what to give', async (t) => {
+    const servers = await commServers(t, 2, 'bounds-run');
+    const peers = servers.map((s) => s.address);
+    const comms = servers.map((s, rank) => new Communicator(s, { generation: 1, rank, peers, chunkElements: 16, deadlineMs: 30_000 }));
+    t.after(() => comms.forEach((c) => c.close()));
+    const buffer = new Float32Array(10);
+    for (const bounds of [[0, 10], [0, 5, 9], [0, 6, 5, 10].slice(1), [1, 5, 10], [0, 7, 4]]) {
+      await assert.rejects(comms[0]!.reduceScatter(buffer, bounds), /reduceScatter: segment bounds .* do not split 10 elements among 2 ranks: give 3 non-decreasing offsets from 0 to 10/, JSON.stringify(bounds));
+    }
+    await assert.rejects(comms[0]!.allGatherSegments(buffer, [0, 11, 10]), /allGatherSegments: segment bounds/);
+    // nothing was started: both ranks still run a collective together
+    const sums = comms.map((c, rank) => Float32Array.from({ length: 10 }, (_, i) => rank + i));
+    await Promise.all(comms.map((c, rank) => c.reduceScatter(sums[rank]!, [0, 4, 10])));
+    assert.deepEqual([...sums[0]!.subarray(0, 4)], [1, 3, 5, 7]);
+    assert.deepEqual([...sums[1]!.subarray(4)], [9, 11, 13, 15, 17, 19]);
+  });
+});
+
 describe('a peer that closes mid-collective', () => {
   it('its neighbour gets CollectiveError naming it at once, not at the deadline', async (t) => {
     const servers = await commServers(t, 2, 'close-run');

@@ -112,3 +112,70 @@ for (const n of [2, 3]) {
     });
   });
 }
+
+/** Bounds of n segments over `total` elements: rank 0's empty, the others growing with the rank (uneven on purpose). */
+function unevenBounds(n: number, total: number): number[] {
+  const weights = [0, ...Array.from({ length: n - 1 }, (_, r) => r + 1)];
+  const sum = weights.reduce((a, b) => a + b, 0);
+  let acc = 0;
+  return [0, ...weights.map((w) => Math.round((total * (acc += w)) / sum))];
+}
+
+for (const n of [2, 3, 4]) {
+  describe(`reduce-scatter and all-gather over chosen segments, ${n} ranks (processes on 127.0.0.1, chunks of 16 elements)`, () => {
+    it('each rank holds the sum of its own segment (an empty one too), and the gather gives every rank each owner\'s segment, bit for bit', async (t) => {
+      const lengths = [5, 0, 97, 33, 211];
+      const total = lengths.reduce((a, b) => a + b, 0);
+      const even = [...Array(n + 1).keys()].map((r) => Math.floor((r * total) / n));
+      const steps: Extract<CommStep, { op: 'reduceScatter' | 'allGatherSegments' }>[] = [
+        { op: 'reduceScatter', seed: 31, lengths, bounds: unevenBounds(n, total) },
+        { op: 'reduceScatter', seed: 32, lengths, bounds: even },
+        { op: 'allGatherSegments', seed: 33, lengths, bounds: unevenBounds(n, total) },
+        { op: 'allGatherSegments', seed: 34, lengths, bounds: even },
+      ];
+      const results = await runSteps(t, n, steps);
+      steps.forEach((step, s) => {
+        const reports = results[s]!;
+        const flatOf = (m: Message): Float32Array => {
+          const parts = (m.data as string[]).map(fromBase64);
+          const out = new Float32Array(total);
+          let at = 0;
+          for (const p of parts) {
+            out.set(p, at);
+            at += p.length;
+          }
+          return out;
+        };
+        const inputs = [...Array(n).keys()].map((r) => {
+          const out = new Float32Array(total);
+          let at = 0;
+          lengths.forEach((len, b) => {
+            out.set(commInput(step.seed, r, b, len), at);
+            at += len;
+          });
+          return out;
+        });
+        if (step.op === 'reduceScatter') {
+          let checked = 0;
+          for (let r = 0; r < n; r++) {
+            const got = flatOf(reports[r]!);
+            for (let i = step.bounds[r]!; i < step.bounds[r + 1]!; i++, checked++) {
+              let sum = 0;
+              let abs = 0;
+              for (const x of inputs) {
+                sum += x[i]!;
+                abs += Math.abs(x[i]!);
+              }
+              assert.ok(Math.abs(got[i]! - sum) <= (n - 1) * U32 * abs, `reduceScatter: rank ${r}'s element ${i}: ${got[i]} vs ${sum}`);
+            }
+          }
+          assert.equal(checked, total, 'the segments cover the buffer');
+        } else if (step.op === 'allGatherSegments') {
+          const want = new Float32Array(total);
+          for (let r = 0; r < n; r++) want.set(inputs[r]!.subarray(step.bounds[r]!, step.bounds[r + 1]!), step.bounds[r]!);
+          for (const [r, m] of reports.entries()) assert.deepEqual(flatOf(m), want, `allGatherSegments: rank ${r} got other values`);
+        }
+      });
+    });
+  });
+}

@@ -9,7 +9,7 @@
 import { CollectiveError, RpcError, Status, type FailureReason, type PeerRef } from './errors.js';
 import { addHalf, copyHalf, encodeHalf, roundHalfInPlace } from './fp16.js';
 import { ChunkAdder, ReductionBuffer } from './simd-add.js';
-import { allReduceSchedule, chunks, FlatBuffers, type Transfer } from './flat.js';
+import { allReduceSchedule, chunks, FlatBuffers, type RingSchedule, ringSchedule, type Transfer } from './flat.js';
 import { chunkPrefix, decodeChunk, decodeChunkHead, decodeStatusReply, encodePullRequest, encodeStatusRequest, Encoding, Kind, PULL_PATH, STATUS_PATH, type ChunkHeader, type PullRequest, type StatusReply } from './proto.js';
 import type { CommServer, PullTarget } from './server.js';
 import { connect, parseAddress, startCall, unaryCall, type Call, type ClientSession, type MessageRoute, type ServerCall } from './wire.js';
@@ -173,16 +173,63 @@ export class Communicator implements PullTarget {
   allReduce(buffers: readonly Float32Array[] | Float32Array, options: AllReduceOptions = {}): Promise<void> {
     const list = buffers instanceof Float32Array ? [buffers] : buffers;
     const flat = new FlatBuffers(list);
-    const compression = options.compression ?? this.#compression;
-    const op = options.op ?? 'sum';
     const n = this.size;
     const mean = (): void => {
-      if (op === 'mean' && n > 1) for (const b of list) for (let i = 0; i < b.length; i++) b[i] = b[i]! / n;
+      if (options.op === 'mean' && n > 1) for (const b of list) for (let i = 0; i < b.length; i++) b[i] = b[i]! / n;
     };
-    const { sends, sendAfter, receives } = allReduceSchedule(flat.length, n, this.#pos, this.#chunkElements);
+    const schedule = allReduceSchedule(flat.length, n, this.#pos, this.#chunkElements);
+    return this.#run('allReduce', this.#ringPlan(Kind.ALL_REDUCE, flat, schedule, options.compression ?? this.#compression, mean));
+  }
+
+  /**
+   * The reduce-scatter half of allReduce: afterwards this rank holds the sum over all ranks
+   * of its own segment, [bounds[rank], bounds[rank + 1]) of the logical flat buffer, and
+   * partial sums elsewhere. Every rank passes the same bounds: n + 1 non-decreasing offsets
+   * from 0 to the total length (a segment may be empty). Each rank sends and receives about
+   * half of what allReduce does; with allGatherSegments after it, the pair moves the bytes
+   * of one allReduce, and the ranks may change their segments in between (a sharded
+   * optimizer update).
+   */
+  reduceScatter(buffers: readonly Float32Array[] | Float32Array, bounds: readonly number[]): Promise<void> {
+    return this.#segmentCollective('reduceScatter', buffers, bounds);
+  }
+
+  /**
+   * Copies each rank's segment, [bounds[rank], bounds[rank + 1]) of the logical flat buffer,
+   * to every rank, in place; bounds as for reduceScatter. Afterwards every rank holds the
+   * same bytes.
+   */
+  allGatherSegments(buffers: readonly Float32Array[] | Float32Array, bounds: readonly number[]): Promise<void> {
+    return this.#segmentCollective('allGatherSegments', buffers, bounds);
+  }
+
+  /**
+   * One half of the ring all-reduce over the callers' segments. The ring leaves position p
+   * holding ring segment p + 1 after the reduce-scatter: ring segment k is the segment of
+   * rank ring[k - 1], so each rank holds its own.
+   */
+  #segmentCollective(name: 'reduceScatter' | 'allGatherSegments', buffers: readonly Float32Array[] | Float32Array, bounds: readonly number[]): Promise<void> {
+    const flat = new FlatBuffers(buffers instanceof Float32Array ? [buffers] : buffers);
+    const n = this.size;
+    const valid = bounds.length === n + 1 && bounds[0] === 0 && bounds[n] === flat.length && bounds.every((b, i) => Number.isSafeInteger(b) && (i === 0 || b >= bounds[i - 1]!));
+    if (!valid) return Promise.reject(new Error(`${name}: segment bounds [${bounds.slice(0, 8).join(', ')}${bounds.length > 8 ? ', ...' : ''}] do not split ${flat.length} elements among ${n} ranks: give ${n + 1} non-decreasing offsets from 0 to ${flat.length}`));
+    const schedule = ringSchedule(n, this.#pos, this.#chunkElements, name === 'reduceScatter' ? 'reduceScatter' : 'allGather', (k) => {
+      const rank = this.#ring[(k - 1 + n) % n]!;
+      return [bounds[rank]!, bounds[rank + 1]!];
+    });
+    return this.#run(name, this.#ringPlan(name === 'reduceScatter' ? Kind.REDUCE_SCATTER : Kind.ALL_GATHER_SEGMENTS, flat, schedule, 'none'));
+  }
+
+  /**
+   * The plan of a ring collective over `flat`: receives of reduce-scatter steps (step < n - 1)
+   * are added in, those of all-gather steps copied; `finish` runs once everything arrived.
+   */
+  #ringPlan(kind: number, flat: FlatBuffers, schedule: RingSchedule, compression: Compression, finish?: () => void): Plan {
+    const n = this.size;
+    const { sends, sendAfter, receives } = schedule;
     const fp16 = compression === 'fp16';
-    const plan: Plan = {
-      kind: Kind.ALL_REDUCE,
+    return {
+      kind,
       elements: flat.length,
       encoding: fp16 ? Encoding.FLOAT16 : Encoding.FLOAT32,
       root: 0,
@@ -246,9 +293,8 @@ export class Communicator implements PullTarget {
           at += p.length;
         }
       },
-      finish: mean,
+      finish,
     };
-    return this.#run('allReduce', plan);
   }
 
   /**
@@ -662,7 +708,8 @@ function culpritTrailer(rank: number | undefined): Record<string, string> {
 }
 
 function kindName(kind: number): string {
-  return kind === Kind.ALL_REDUCE ? 'allReduce' : kind === Kind.BROADCAST ? 'broadcast' : kind === Kind.ALL_GATHER ? 'allGather' : `kind ${kind}`;
+  const names: Record<number, string> = { [Kind.ALL_REDUCE]: 'allReduce', [Kind.BROADCAST]: 'broadcast', [Kind.ALL_GATHER]: 'allGather', [Kind.REDUCE_SCATTER]: 'reduceScatter', [Kind.ALL_GATHER_SEGMENTS]: 'allGatherSegments' };
+  return names[kind] ?? `kind ${kind}`;
 }
 
 function describePlan(name: string, p: { elements: number; encoding: number; root: number }, chunkElements: number): string {

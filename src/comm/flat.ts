@@ -77,19 +77,31 @@ export interface RingSchedule {
  * is what was received at step s - 1, chunk by chunk: that is the pipeline.
  */
 export function allReduceSchedule(length: number, n: number, p: number, chunkElements: number): RingSchedule {
+  return ringSchedule(n, p, chunkElements, 'allReduce', (k) => segment(length, n, k));
+}
+
+/**
+ * The steps of `phases` of the ring all-reduce (see allReduceSchedule) over segments that
+ * `segmentAt` gives by ring index: after the reduce-scatter steps (0..n-2) position p holds
+ * the whole sum of ring segment (p + 1); the all-gather steps (n-1..2n-3) start by sending it.
+ */
+export function ringSchedule(n: number, p: number, chunkElements: number, phases: 'allReduce' | 'reduceScatter' | 'allGather', segmentAt: (k: number) => [number, number]): RingSchedule {
   const mod = (x: number): number => ((x % n) + n) % n;
   const sendSeg = (s: number): number => (s < n - 1 ? mod(p - s) : mod(p + 1 - (s - (n - 1))));
   const recvSeg = (s: number): number => (s < n - 1 ? mod(p - s - 1) : mod(p - (s - (n - 1))));
+  const first = phases === 'allGather' ? n - 1 : 0;
+  const end = phases === 'reduceScatter' ? n - 1 : 2 * (n - 1);
   const sends: Transfer[] = [];
   const sendAfter: number[] = [];
   const receives: Transfer[] = [];
   const recvBase: number[] = [];
-  for (let s = 0; s < 2 * (n - 1); s++) {
+  for (let s = first; s < end; s++) {
     recvBase.push(receives.length);
-    for (const [offset, len] of chunks(...segment(length, n, recvSeg(s)), chunkElements)) receives.push({ step: s, offset, length: len });
-    chunks(...segment(length, n, sendSeg(s)), chunkElements).forEach(([offset, len], j) => {
+    for (const [offset, len] of chunks(...segmentAt(recvSeg(s)), chunkElements)) receives.push({ step: s, offset, length: len });
+    chunks(...segmentAt(sendSeg(s)), chunkElements).forEach(([offset, len], j) => {
       sends.push({ step: s, offset, length: len });
-      sendAfter.push(s === 0 ? -1 : recvBase[s - 1]! + j);
+      // the first step sends what this rank holds; each later one what the step before received
+      sendAfter.push(s === first ? -1 : recvBase[s - first - 1]! + j);
     });
   }
   return { sends, sendAfter, receives };

@@ -7,7 +7,7 @@ export const SERVICE = 'tfjs_pretrain.comm.v1.Comm';
 export const PULL_PATH = `/${SERVICE}/Pull`;
 export const STATUS_PATH = `/${SERVICE}/Status`;
 
-export const Kind = { ALL_REDUCE: 1, BROADCAST: 2, ALL_GATHER: 3 } as const;
+export const Kind = { ALL_REDUCE: 1, BROADCAST: 2, ALL_GATHER: 3, REDUCE_SCATTER: 4, ALL_GATHER_SEGMENTS: 5 } as const;
 export type KindCode = (typeof Kind)[keyof typeof Kind];
 export const Encoding = { FLOAT32: 0, FLOAT16: 1, FLOAT64: 2 } as const;
 export type EncodingCode = (typeof Encoding)[keyof typeof Encoding];
