@@ -11,7 +11,8 @@ export interface RankConfig {
   rank: number;
   n: number;
   sizes: number[]; // bytes
-  transports: ('grpc' | 'tcp')[];
+  /** split: the gRPC data plane's reduceScatter then allGatherSegments (even segments), what a sharded optimizer update would run */
+  transports: ('grpc' | 'tcp' | 'split')[];
   warmup: number;
   iters: number[]; // timed iterations per size
   chunkElements: number;
@@ -46,6 +47,7 @@ async function main(): Promise<void> {
       expected[i] = sum;
     }
     const buf = config.plainBuffers ? new Float32Array(elements) : comm.allocate(elements);
+    const evenBounds = [...Array(n + 1).keys()].map((r) => Math.floor((r * elements) / n));
     const stats = new Map(config.transports.map((t) => [t, { times: [] as number[], cpuMicros: 0, correct: true }]));
     for (let it = 0; it < config.warmup + config.iters[k]!; it++) {
       // which goes first alternates: the first after the barrier meets the other ranks' leftover work
@@ -56,7 +58,10 @@ async function main(): Promise<void> {
         const cpu0 = process.cpuUsage();
         const t0 = process.hrtime.bigint();
         if (transport === 'grpc') await comm.allReduce(buf, { compression: config.compression });
-        else await tcp.allReduce(buf, n, rank, config.maxInFlightBytes);
+        else if (transport === 'split') {
+          await comm.reduceScatter(buf, evenBounds);
+          await comm.allGatherSegments(buf, evenBounds);
+        } else await tcp.allReduce(buf, n, rank, config.maxInFlightBytes);
         const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
         const cpu = process.cpuUsage(cpu0);
         if (it >= config.warmup) {

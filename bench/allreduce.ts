@@ -50,6 +50,7 @@ const program = new Command('bench:allreduce')
   .option('--in-flight <bytes>', 'bytes written but not yet flushed, at most, per rank', parseSize, 32 << 20)
   .option('--compression <none|fp16>', 'compression of the gRPC all-reduce', 'none')
   .option('--no-tcp', 'skip the plain-TCP ring')
+  .option('--split', 'also time reduceScatter then allGatherSegments on the gRPC data plane (even segments): the collectives of a sharded optimizer update')
   .option('--plain-buffers', 'reduce plain Float32Arrays (copied through the adder) instead of buffers from Communicator.allocate (added in place, as the trainer\'s gradients are)')
   .option('--profile <dir>', 'write a V8 CPU profile of every rank process into <dir> (node --cpu-prof)')
   .addHelpText('after', '\nExample: npm run bench:allreduce -- --ranks 2,4 --sizes 64MiB\nbusbw = algbw * 2(n-1)/n (nccl-tests); time is the median over iterations of the slowest rank;\ncpu ms is the CPU time (user + system) one rank spends per collective, mean over ranks.');
@@ -63,6 +64,7 @@ interface Options {
   inFlight: number;
   compression: string;
   tcp: boolean;
+  split?: boolean;
   plainBuffers?: boolean;
   profile?: string;
 }
@@ -76,7 +78,7 @@ interface Figure {
 
 async function runRanks(n: number, o: Options): Promise<Map<string, Figure>> {
   const iters = o.sizes.map((b) => o.iters ?? Math.max(5, Math.min(20, Math.floor((512 << 20) / b))));
-  const transports: RankConfig['transports'] = o.tcp ? ['grpc', 'tcp'] : ['grpc'];
+  const transports: RankConfig['transports'] = ['grpc', ...(o.tcp ? (['tcp'] as const) : []), ...(o.split ? (['split'] as const) : [])];
   const token = randomBytes(24).toString('hex');
   const config = (rank: number): RankConfig => ({ rank, n, sizes: o.sizes, transports, warmup: o.warmup, iters, chunkElements: o.chunk / 4, compression: o.compression as RankConfig['compression'], maxInFlightBytes: o.inFlight, plainBuffers: o.plainBuffers === true });
   const nodeArgs = o.profile ? ['--cpu-prof', `--cpu-prof-dir=${o.profile}`] : [];
@@ -103,7 +105,7 @@ async function runRanks(n: number, o: Options): Promise<Map<string, Figure>> {
 async function main(): Promise<void> {
   const o = program.parse().opts<Options>();
   if (o.compression !== 'none' && o.compression !== 'fp16') throw new InvalidArgumentError(`--compression ${o.compression} is not none or fp16`);
-  const figures = { busbw: {} as Record<string, Record<string, number>>, tcpBusbw: {} as Record<string, Record<string, number>>, correct: true };
+  const figures = { busbw: {} as Record<string, Record<string, number>>, tcpBusbw: {} as Record<string, Record<string, number>>, splitBusbw: {} as Record<string, Record<string, number>>, correct: true };
   for (const n of o.ranks) {
     const r = await runRanks(n, o);
     const rows: (string | number)[][] = [];
@@ -111,21 +113,26 @@ async function main(): Promise<void> {
     const factor = (2 * (n - 1)) / n;
     figures.busbw[n] = {};
     if (o.tcp) figures.tcpBusbw[n] = {};
+    if (o.split) figures.splitBusbw[n] = {};
     for (const bytes of o.sizes) {
       const g = r.get(`grpc:${bytes}`)!;
       const t = r.get(`tcp:${bytes}`);
+      const sp = r.get(`split:${bytes}`);
       figures.busbw[n]![bytes] = round(gb(bytes, g.time) * factor);
       if (t) figures.tcpBusbw[n]![bytes] = round(gb(bytes, t.time) * factor);
-      figures.correct &&= g.correct && (t?.correct ?? true);
+      if (sp) figures.splitBusbw[n]![bytes] = round(gb(bytes, sp.time) * factor);
+      figures.correct &&= g.correct && (t?.correct ?? true) && (sp?.correct ?? true);
       const row: (string | number)[] = [formatSize(bytes), bytes / 4, (g.time * 1e6).toFixed(0), gb(bytes, g.time).toFixed(3), (gb(bytes, g.time) * factor).toFixed(3), (g.cpu * 1e3).toFixed(1), g.correct ? 'ok' : 'WRONG'];
       if (t) row.push((t.time * 1e6).toFixed(0), gb(bytes, t.time).toFixed(3), (gb(bytes, t.time) * factor).toFixed(3), (t.cpu * 1e3).toFixed(1), t.correct ? 'ok' : 'WRONG', `${((100 * t.time) / g.time).toFixed(0)}%`);
+      if (sp) row.push((sp.time * 1e6).toFixed(0), (gb(bytes, sp.time) * factor).toFixed(3), sp.correct ? 'ok' : 'WRONG', `${((100 * sp.time) / g.time).toFixed(0)}%`);
       rows.push(row);
     }
     const header = ['size', 'count', 'grpc us', 'algbw GB/s', 'busbw GB/s', 'cpu ms', 'check'];
     if (o.tcp) header.push('tcp us', 'algbw GB/s', 'busbw GB/s', 'cpu ms', 'check', 'grpc/tcp');
+    if (o.split) header.push('rs+ag us', 'busbw GB/s', 'check', 'rs+ag/grpc');
     table(`all-reduce, float32 sum, ${n} ranks on 127.0.0.1, chunk ${formatSize(o.chunk)}${o.compression === 'fp16' ? ', fp16 compression' : ''}, ${o.plainBuffers ? 'plain Float32Arrays' : 'buffers from Communicator.allocate'}`, header, rows);
   }
-  const args = [`--ranks ${o.ranks.join(',')}`, `--sizes ${o.sizes.map(formatSize).join(',')}`, `--warmup ${o.warmup}`, ...(o.iters ? [`--iters ${o.iters}`] : []), `--chunk ${formatSize(o.chunk)}`, `--in-flight ${formatSize(o.inFlight)}`, ...(o.compression !== 'none' ? [`--compression ${o.compression}`] : []), ...(o.tcp ? [] : ['--no-tcp']), ...(o.plainBuffers ? ['--plain-buffers'] : [])];
+  const args = [`--ranks ${o.ranks.join(',')}`, `--sizes ${o.sizes.map(formatSize).join(',')}`, `--warmup ${o.warmup}`, ...(o.iters ? [`--iters ${o.iters}`] : []), `--chunk ${formatSize(o.chunk)}`, `--in-flight ${formatSize(o.inFlight)}`, ...(o.compression !== 'none' ? [`--compression ${o.compression}`] : []), ...(o.tcp ? [] : ['--no-tcp']), ...(o.split ? ['--split'] : []), ...(o.plainBuffers ? ['--plain-buffers'] : [])];
   console.log(`\nreproduce: npm run bench:allreduce -- ${args.join(' ')}`);
   console.log(JSON.stringify(figures));
   if (!figures.correct) process.exitCode = 1;
