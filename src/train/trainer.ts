@@ -192,9 +192,12 @@ export class Trainer {
     // the first piece's gradients are copied out of tfjs, the later pieces' added to them
     // (SIMD adds in the reducer's memory: no new tensor of the model's size per piece)
     let piecesIn = 0;
-    const computePiece = (piece: StepPiece): void => {
+    // A piece's forward and backward pass, then the ask for the next piece (`more`: a round
+    // trip to the coordinator) goes out while this piece's gradients are copied out, so the
+    // copy hides the round trip. Resolves with that ask, if there is one.
+    const computePiece = async (piece: StepPiece): Promise<Promise<StepPiece | undefined> | undefined> => {
       // a piece without targets adds nothing (a replica's share may be empty: it still takes part in the sum)
-      if (reducer && (piece.batch.batchSize === 0 || countTargets(piece.batch) === 0)) return;
+      if (reducer && (piece.batch.batchSize === 0 || countTargets(piece.batch) === 0)) return more?.();
       const computeStart = performance.now();
       const result = objective.compute(piece.batch, {
         recompute: this.options.recompute,
@@ -204,22 +207,29 @@ export class Trainer {
         maskLength: placement.maskLength,
         normalizer: reducer ? 1 : undefined,
       });
-      const addStart = performance.now();
-      computeSeconds += (addStart - computeStart) / 1000;
+      computeSeconds += (performance.now() - computeStart) / 1000;
+      let next: Promise<StepPiece | undefined> | undefined;
       try {
+        next = more?.();
+        // awaited once the copy is done; a refusal meanwhile is not an unhandled rejection
+        next?.catch(() => {});
+        // one turn of the event loop: the ask reaches the socket before the copy holds the thread
+        if (next) await new Promise<void>((resolve) => setImmediate(resolve));
+        const addStart = performance.now();
         // a piece that fails half-way leaves the host buffers half-added: the step fails as a whole
         result.grads.forEach((g, i) => (piecesIn === 0 ? readTensorCopy(g, grads[i]!) : addInto(grads[i]!, readTensorView(g), host.staging)));
+        copySeconds += (performance.now() - addStart) / 1000;
       } finally {
         tf.dispose(result.grads);
       }
       piecesIn++;
-      copySeconds += (performance.now() - addStart) / 1000;
       lossSum += result.lossSum;
       targets += result.targets;
       correct += result.correct;
+      return next;
     };
-    computePiece({ batch, firstSample: placement.firstSample ?? 0, microBatches: placement.microBatches });
-    if (more) for (let piece = await more(); piece; piece = await more()) computePiece(piece);
+    let next = await computePiece({ batch, firstSample: placement.firstSample ?? 0, microBatches: placement.microBatches });
+    for (let piece = await next; piece; piece = await next) next = await computePiece(piece);
     if (piecesIn === 0) for (const g of grads) g.fill(0);
     let reduceSeconds = 0;
     // one factor for the division by the global target count and the clipping, applied in
