@@ -169,6 +169,9 @@ describe('the log of a real run', () => {
       const own = records.filter((rec) => rec.localWorker === i && rec.name === 'worker');
       const joined = own.findIndex((rec) => /^worker \d+: joined run run-json/.test(rec.msg as string));
       assert.ok(joined >= 0, r.stdout);
+      // which backend it computes on; the fused multiply-adds are wasm's alone
+      assert.equal(own[joined]!.backend, 'cpu', JSON.stringify(own[joined]));
+      assert.ok(!('fusedMultiplyAdd' in own[joined]!), JSON.stringify(own[joined]));
       for (const rec of own.slice(joined)) {
         assert.equal(rec.runId, 'run-json', JSON.stringify(rec));
         assert.equal(typeof rec.workerId, 'number', JSON.stringify(rec));

@@ -5,6 +5,7 @@ import '@tensorflow/tfjs-backend-wasm';
 import '@tensorflow/tfjs-layers';
 import { installCpuKernelFixes } from './cpu-kernels.js';
 import { installWasmKernelFixes } from './wasm-kernels.js';
+import { modelKernelsFused } from './wasm/simd-module.js';
 
 export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
 export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'wasm', 'cpu'];
@@ -63,7 +64,7 @@ export async function selectBackend(choice: BackendChoice = 'auto'): Promise<Sel
         installWasmKernelFixes();
         return {
           name: 'wasm',
-          description: `wasm (XNNPACK, SIMD ${tf.env().getBool('WASM_HAS_SIMD_SUPPORT') ? 'on' : 'off'}, one thread; run one worker per core)`,
+          description: `wasm (SIMD ${tf.env().getBool('WASM_HAS_SIMD_SUPPORT') ? 'on' : 'off'}, products ${modelKernelsFused() ? 'with fused multiply-adds' : 'without fused multiply-adds (this Node compiles no relaxed SIMD)'}, one thread; run one worker per core)`,
         };
       }
     } catch (err) {

@@ -11,6 +11,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Worker } from 'node:worker_threads';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { type BackendChoice, selectBackend } from '../backend/index.js';
+import { modelKernelsFused } from '../backend/wasm/simd-module.js';
 import { Communicator } from '../comm/communicator.js';
 import type { JoinToken, TlsMaterial } from '../comm/auth.js';
 import { CommServer } from '../comm/server.js';
@@ -114,9 +115,11 @@ export class TrainingWorker {
           this.heartbeat.unref();
         }
         this.heartbeat?.postMessage({ workerId: this.workerId, generation: this.generation, step: this.step });
-        o.log(`worker ${this.workerId}: joined run ${runId} at ${o.coordinator} (pid ${process.pid}, backend ${backend.name}, data plane ${this.server.address}${this.replica ? `, holding step ${this.step}` : ''})`, {
+        const fused = backend.name === 'wasm' && modelKernelsFused();
+        o.log(`worker ${this.workerId}: joined run ${runId} at ${o.coordinator} (pid ${process.pid}, backend ${backend.name}${fused ? ' with fused multiply-adds' : ''}, data plane ${this.server.address}${this.replica ? `, holding step ${this.step}` : ''})`, {
           coordinator: o.coordinator,
           backend: backend.name,
+          fusedMultiplyAdd: backend.name === 'wasm' ? fused : undefined,
           dataPlane: this.server.address,
           heldStep: this.replica ? this.step : undefined,
         });
