@@ -86,6 +86,26 @@ const NC = 256;
   v128.store(p + 3 * step, i32x4.shuffle(b, d, 2, 3, 6, 7));
 }
 
+// A panel [k][width] of `width` rows (4 or 8) that lie contiguous along K, at r0, r0 + rs, ...:
+// 4 x 4 transposes while 4 more values of K are left, one element at a time after.
+@inline function packAlongK(p: usize, r0: usize, rs: usize, width: i32, kc: i32): void {
+  const perK = <usize>width << 2;
+  let k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    const o = <usize>k << 2;
+    for (let g = 0; g < width; g += 4) {
+      const r = r0 + <usize>g * rs + o;
+      storeTransposed4(p + (<usize>g << 2), perK, v128.load(r), v128.load(r + rs), v128.load(r + 2 * rs), v128.load(r + 3 * rs));
+    }
+    p += perK << 2;
+  }
+  for (; k < kc; k++) {
+    const o = <usize>k << 2;
+    for (let j = 0; j < width; j++) store<f32>(p + (<usize>j << 2), load<f32>(r0 + <usize>j * rs + o));
+    p += perK;
+  }
+}
+
 /** Bytes of scratch gemm needs. */
 export function scratchBytes(): i32 {
   return (MC * KC + KC * NC + MR * NR) * 4;
@@ -185,20 +205,7 @@ export function gemm(M: i32, N: i32, K: i32, A: usize, sAi: i32, sAk: i32, B: us
           }
         } else if (sBk == 1 && cols == NR) {
           // op(B)'s columns are B's rows, contiguous along K
-          const r0 = B + (<usize>((j0 + jp) * sBj + k0) << 2);
-          const rs = <usize>sBj << 2;
-          let k = 0;
-          for (; k + 4 <= kc; k += 4) {
-            const o = <usize>k << 2;
-            storeTransposed4(p, 32, v128.load(r0 + o), v128.load(r0 + rs + o), v128.load(r0 + 2 * rs + o), v128.load(r0 + 3 * rs + o));
-            storeTransposed4(p + 16, 32, v128.load(r0 + 4 * rs + o), v128.load(r0 + 5 * rs + o), v128.load(r0 + 6 * rs + o), v128.load(r0 + 7 * rs + o));
-            p += 128;
-          }
-          for (; k < kc; k++) {
-            const o = <usize>k << 2;
-            for (let j = 0; j < NR; j++) store<f32>(p + (<usize>j << 2), load<f32>(r0 + <usize>j * rs + o));
-            p += 32;
-          }
+          packAlongK(p, B + (<usize>((j0 + jp) * sBj + k0) << 2), <usize>sBj << 2, NR, kc);
         } else {
           for (let k = 0; k < kc; k++) {
             const src = B + (<usize>((k0 + k) * sBk + (j0 + jp) * sBj) << 2);
@@ -219,20 +226,7 @@ export function gemm(M: i32, N: i32, K: i32, A: usize, sAi: i32, sAk: i32, B: us
             const step = <usize>sAk << 2;
             for (let k = 0; k < kc; k++) { v128.store(p, v128.load(src)); src += step; p += 16; }
           } else if (sAk == 1 && rows == MR) {
-            const r0 = A + (<usize>((i0 + ip) * sAi + k0) << 2);
-            const rs = <usize>sAi << 2;
-            let k = 0;
-            for (; k + 4 <= kc; k += 4) {
-              const o = <usize>k << 2;
-              storeTransposed4(p, 16, v128.load(r0 + o), v128.load(r0 + rs + o), v128.load(r0 + 2 * rs + o), v128.load(r0 + 3 * rs + o));
-              p += 64;
-            }
-            for (; k < kc; k++) {
-              const o = <usize>k << 2;
-              store<f32>(p, load<f32>(r0 + o)); store<f32>(p, load<f32>(r0 + rs + o), 4);
-              store<f32>(p, load<f32>(r0 + 2 * rs + o), 8); store<f32>(p, load<f32>(r0 + 3 * rs + o), 12);
-              p += 16;
-            }
+            packAlongK(p, A + (<usize>((i0 + ip) * sAi + k0) << 2), <usize>sAi << 2, MR, kc);
           } else {
             for (let k = 0; k < kc; k++) {
               for (let r = 0; r < MR; r++) {
