@@ -45,8 +45,9 @@ export function cpusToPin(): number[] {
   }
   const line = /^Cpus_allowed_list:\s*(.+)$/m.exec(status);
   if (!line) throw new Error('--pin-workers: /proc/self/status has no Cpus_allowed_list: leave it off here');
-  if (spawnSync('taskset', ['-c', String(parseCpuList(line[1]!)[0]), 'true']).status !== 0) {
+  const cpus = parseCpuList(line[1]!);
+  if (spawnSync('taskset', ['-c', String(cpus[0]), 'true']).status !== 0) {
     throw new Error('--pin-workers needs `taskset` (util-linux; `apt-get install util-linux`): install it or leave the option off');
   }
-  return parseCpuList(line[1]!);
+  return cpus;
 }
