@@ -4,9 +4,7 @@ cores (run by hand in the same session as `npm run bench:train`; never by CI or 
     apt-get install -y python3-torch libopenblas0-pthread   # Debian
     /usr/bin/python3 bench/peers/torch_bert_train.py --threads 2
 
-L<layers>-H<hidden> as our presets (heads = hidden / 64, intermediate = 4 hidden), token,
-segment and position embeddings, post-norm encoder blocks with GELU and dropout 0.1, the MLM
-head (dense, GELU, LayerNorm, the tied token embedding, a bias) at 15% of the positions, and
+The model is torch_bert_model.py's (our presets' shape), trained with
 plain SGD (cheaper than our AdaFactor, so the comparison favours PyTorch). Tokens/s counts
 every position of the batch, as bench:train counts the records' tokens. Prints one line per
 measured step and a last JSON line {"torchTokensPerSec": x, ...}.
@@ -16,11 +14,10 @@ import json
 import os
 import time
 
+from bert_shape import add_shape_arguments
+
 parser = argparse.ArgumentParser()
-parser.add_argument('--layers', type=int, default=4)
-parser.add_argument('--hidden', type=int, default=256)
-parser.add_argument('--vocab', type=int, default=21128)
-parser.add_argument('--seq', type=int, default=128)
+add_shape_arguments(parser)
 parser.add_argument('--batch', type=int, default=16)
 parser.add_argument('--steps', type=int, default=5)
 parser.add_argument('--threads', type=int, default=os.cpu_count())
@@ -30,46 +27,14 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', str(args.threads))
 os.environ.setdefault('OMP_NUM_THREADS', str(args.threads))
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
+from torch_bert_model import BertMlm, random_batch, sgd_step  # noqa: E402
 
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
 V, H, L, S, B = args.vocab, args.hidden, args.layers, args.seq, args.batch
 
 
-class BertMlm(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.token = nn.Embedding(V, H)
-        self.segment = nn.Embedding(2, H)
-        self.position = nn.Embedding(512, H)
-        self.norm = nn.LayerNorm(H, eps=1e-12)
-        self.drop = nn.Dropout(0.1)
-        block = nn.TransformerEncoderLayer(H, H // 64, 4 * H, 0.1, activation='gelu', batch_first=True, layer_norm_eps=1e-12)
-        self.encoder = nn.TransformerEncoder(block, L)
-        self.head = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H, eps=1e-12))
-        self.bias = nn.Parameter(torch.zeros(V))
-
-    def forward(self, ids, segments, targets_at):
-        x = self.token(ids) + self.segment(segments) + self.position.weight[: ids.shape[1]]
-        x = self.encoder(self.drop(self.norm(x)))
-        h = self.head(x.reshape(-1, H)[targets_at])
-        return h @ self.token.weight.t() + self.bias
-
-
-model = BertMlm()
-optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-ids = torch.randint(5, V, (B, S))
-segments = torch.zeros(B, S, dtype=torch.long)
-targets_at = torch.randperm(B * S)[: B * S * 15 // 100]
-labels = torch.randint(5, V, (targets_at.numel(),))
-
-
-def step():
-    optimizer.zero_grad()
-    loss = nn.functional.cross_entropy(model(ids, segments, targets_at), labels)
-    loss.backward()
-    optimizer.step()
+step = sgd_step(BertMlm(V, H, L), random_batch(V, B, S, torch.Generator().manual_seed(0)))
 
 
 step()  # warm-up

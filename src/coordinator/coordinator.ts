@@ -122,7 +122,10 @@ export interface CoordinatorSummary {
    * fsync, clipping).
    */
   readonly breakdown: StepBreakdown;
-  /** The coordinator's own CPU seconds per wall second over the run. */
+  /**
+   * The coordinator process's CPU seconds (all its threads, user and system) per wall second
+   * over the steps tokensPerSecond counts: what it takes from the workers' cores while they train.
+   */
   readonly coordinatorCpuShare: number;
   /** How many times the replicas' parameter digests were compared (all equal, or the run stops). */
   readonly replicaChecks: number;
@@ -362,8 +365,8 @@ export class Coordinator {
       let replicaChecks = 0;
       let reduceSeconds = 0;
       const phases: Phases = { forwardBackward: 0, copy: 0, reduce: 0, wait: 0, apply: 0, busy: 0, fbAllRanks: 0, samples: 0, steps: 0 };
-      const cpuAtStart = process.cpuUsage();
-      const wallAtStart = performance.now();
+      // CPU microseconds of this process over the measured steps' wall time (as tokens/s: not the first step, no checkpoint)
+      let coordinatorCpuMicros = 0;
       let window = { loss: 0, steps: 0, seconds: 0, tokens: 0 };
       let lastCheckpointStep = this.step;
       let stoppedEarly = false;
@@ -412,6 +415,7 @@ export class Coordinator {
           }
         }
         const t0 = performance.now();
+        const cpuAtStep = process.cpuUsage();
         const handed = ledger.next(step);
         if (!handed) throw new CoordinatorError(`the ledger has no records for step ${step}`);
         // the records in their places in the global batch: the shorter half last (see stepOrder)
@@ -514,6 +518,8 @@ export class Coordinator {
         if (step > firstStep || o.steps === firstStep) {
           tokens += stepTokens;
           seconds += elapsed;
+          const cpu = process.cpuUsage(cpuAtStep);
+          coordinatorCpuMicros += cpu.user + cpu.system;
           const all = [...results.values()];
           const critical = all.reduce((a, b) => (b.forwardBackwardSeconds > a.forwardBackwardSeconds ? b : a));
           const longestReduce = Math.max(...all.map((r) => r.reduceSeconds));
@@ -549,7 +555,6 @@ export class Coordinator {
         }
       }
       for (const w of workers) this.send(w, { kind: 'stop', stop: { reason: stoppedEarly ? 'the coordinator was asked to stop' : 'the run is complete' } });
-      const cpu = process.cpuUsage(cpuAtStart);
       return {
         runDir: o.runDir,
         firstStep,
@@ -559,7 +564,7 @@ export class Coordinator {
         allreduceShare: seconds > 0 ? reduceSeconds / seconds : 0,
         breakdown: breakdownOf(seconds, phases),
         replicaChecks,
-        coordinatorCpuShare: (cpu.user + cpu.system) / 1e6 / ((performance.now() - wallAtStart) / 1000),
+        coordinatorCpuShare: seconds > 0 ? coordinatorCpuMicros / 1e6 / seconds : 0,
         checkpoints,
         stoppedEarly,
       };
