@@ -49,6 +49,7 @@ interface Options {
   recompute: boolean;
   backend: string;
   allreduceCompression: 'none' | 'fp16';
+  shardOptimizer: boolean;
   balance: 'even' | 'dynamic';
   rounds: number;
   ceilingSeconds: number;
@@ -73,6 +74,7 @@ function parse(argv: string[]): Options {
     .option('--recompute', 'recompute each block in backprop', false)
     .option('--backend <name>', 'backend of the workers', 'wasm')
     .option('--allreduce-compression <kind>', 'none or fp16 (gradients as float16 in the all-reduce)', 'none')
+    .option('--shard-optimizer', 'each worker updates its segment of the parameters (coordinator start --shard-optimizer)', false)
     .addOption(new Option('--balance <how>', 'how a step is split across the workers (coordinator start --balance)').choices(['dynamic', 'even']).default('dynamic'));
   program.parse(argv, { from: 'user' });
   return program.opts<Options>();
@@ -110,6 +112,7 @@ async function main(): Promise<void> {
           globalBatch: opts.globalBatch,
           microBatch: 0,
           allreduceCompression: opts.allreduceCompression,
+          shardOptimizer: opts.shardOptimizer,
           balance: opts.balance,
           seed: 1,
           clipNorm: 1,
@@ -138,7 +141,7 @@ async function main(): Promise<void> {
     const phases = ['stepSeconds', 'forwardBackwardSeconds', 'copySeconds', 'reduceSeconds', 'waitSeconds', 'applySeconds', 'otherSeconds'] as const;
     const breakdown = (w: number) => Object.fromEntries(phases.map((k) => [k, medianOf(w, (r) => r.breakdown[k])])) as Record<(typeof phases)[number], number>;
     table(
-      `MLM training through the runtime: ${opts.preset}, vocab ${opts.vocab}, seq ${opts.seq}, global batch ${opts.globalBatch}, AdaFactor${opts.recompute ? ', recompute' : ''}${opts.allreduceCompression === 'fp16' ? ', fp16 all-reduce' : ''}, ${opts.backend} workers, balance ${opts.balance}; medians of ${opts.rounds} round(s)`,
+      `MLM training through the runtime: ${opts.preset}, vocab ${opts.vocab}, seq ${opts.seq}, global batch ${opts.globalBatch}, AdaFactor${opts.recompute ? ', recompute' : ''}${opts.allreduceCompression === 'fp16' ? ', fp16 all-reduce' : ''}${opts.shardOptimizer ? ', sharded update' : ''}, ${opts.backend} workers, balance ${opts.balance}; medians of ${opts.rounds} round(s)`,
       ['workers', 'tokens/s', 'each round', 'all-reduce share', 'coordinator CPU'],
       counts.map((w) => [w, Math.round(medianOf(w, (r) => r.tokensPerSecond)), runs.get(w)!.map((r) => Math.round(r.tokensPerSecond)).join(' / '), `${(100 * medianOf(w, (r) => r.allreduceShare)).toFixed(1)}%`, `${(100 * medianOf(w, (r) => r.coordinatorCpuShare)).toFixed(1)}%`]),
     );
@@ -172,7 +175,7 @@ async function main(): Promise<void> {
         ceilings.map((c, i) => [i + 1, Math.round(c.aloneMs[0]), Math.round(c.aloneMs[1]), c.pairMs.map(Math.round).join(' / '), c.ceiling.toFixed(3), c.coreSpeedRatio.toFixed(3), ((c.ceiling * (1 + c.coreSpeedRatio)) / 2).toFixed(3)]),
       );
     }
-    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers} --ceiling-seconds ${opts.ceilingSeconds}${pin ? '' : ' --no-pin-workers'}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''} --balance ${opts.balance}`);
+    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers} --ceiling-seconds ${opts.ceilingSeconds}${pin ? '' : ' --no-pin-workers'}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''}${opts.shardOptimizer ? ' --shard-optimizer' : ''} --balance ${opts.balance}`);
     const widest = Math.max(...counts);
     const figure = (x: number): number => Number(x.toFixed(3));
     const medianFigure = (values: readonly number[]): number | null => (values.length > 0 ? figure(median(values)) : null);

@@ -54,6 +54,7 @@ interface StartOptions {
   globalBatch: number;
   microBatch: number;
   allreduceCompression: 'none' | 'fp16';
+  shardOptimizer: boolean;
   balance: Balance;
   localWorkers?: number;
   pinWorkers?: boolean;
@@ -163,6 +164,7 @@ async function start(opts: StartOptions, command: Command): Promise<void> {
       globalBatch: opts.globalBatch,
       microBatch: opts.microBatch,
       allreduceCompression: opts.allreduceCompression,
+      shardOptimizer: opts.shardOptimizer,
       balance: opts.balance,
       seed: opts.seed,
       clipNorm: opts.clipNorm,
@@ -248,6 +250,8 @@ function buildProgram(): Command {
     .option('--global-batch <n>', 'sequences per step, split across the workers', positiveInt, DEFAULTS.globalBatch)
     .option('--micro-batch <n>', 'sequences per micro-batch on a worker (gradients accumulated over its share; 0: the whole share at once)', nonNegativeInt, 0)
     .addOption(new Option('--allreduce-compression <kind>', 'fp16: gradients travel as float16, half the bytes, sums kept in float32 (the loss and counts stay exact); the update then differs from one worker\'s by the rounding (README)').choices(['none', 'fp16']).default('none'))
+    .option('--shard-optimizer', 'each worker updates its segment of the parameters and the new values are gathered (ZeRO stage 1) instead of every worker updating all of them; for AdaFactor without a first moment (wrappers: learning-rate schedules only). Pays where the update is a large share of a step, with many workers; two workers on one machine gain nothing (README)', false)
+    .option('--no-shard-optimizer', 'every worker runs the whole optimizer update (the default)')
     .addOption(new Option('--balance <how>', 'how a step\'s batch is split across the workers: dynamic (by measured speeds, and the last quarter claimed in pieces by whoever is done first, so a slower core or node does not hold every step back) or even (fixed equal shares: runs with the same workers are bit-reproducible); what is learned is the same either way, within float rounding').choices([...BALANCES]).default('dynamic'))
     .option('--local-workers <n>', 'worker processes to start on this machine (default: one per core; 0: only workers started elsewhere)', nonNegativeInt)
     .option('--pin-workers', 'pin local worker i to the i-th CPU this process may run on (Linux, needs taskset): unpinned, two workers on two vCPUs computed up to 29% slower per sample than one')

@@ -27,6 +27,11 @@ export interface RunSpec {
   readonly collectiveDeadlineMs: number;
   /** How gradients travel in the all-reduce: 'fp16' halves the bytes (see Trainer). */
   readonly allreduceCompression: 'none' | 'fp16';
+  /**
+   * Whether the workers shard the optimizer's update (Trainer's shardUpdate: each updates its
+   * segment of the parameters and the new values are gathered) where the optimizer allows it.
+   */
+  readonly shardOptimizer: boolean;
 }
 
 const specSchema = z.object({
@@ -43,6 +48,7 @@ const specSchema = z.object({
   collectiveDeadlineMs: z.number().int().positive(),
   // absent from a coordinator that predates it
   allreduceCompression: z.enum(['none', 'fp16']).default('none'),
+  shardOptimizer: z.boolean().default(false),
 });
 
 export class RunSpecError extends Error {

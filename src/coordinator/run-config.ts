@@ -29,6 +29,7 @@ const runFileSchema = z
     globalBatch: count,
     microBatch: z.number().int().nonnegative(),
     allreduceCompression: z.enum(['none', 'fp16']),
+    shardOptimizer: z.boolean(),
     balance: z.enum(['even', 'dynamic']),
     seed: z.number().int().nonnegative(),
     clipNorm: z.number().nonnegative(),

@@ -15,7 +15,7 @@ import { writeFileAtomically } from '../checkpoint/atomic-write.js';
 import { MANIFEST_FILE, prepare } from '../data/prepare.js';
 import type { Application } from '../model/build.js';
 import { type BertConfig, presetConfig } from '../model/config.js';
-import { type OptimizerConfig } from '../optim/config.js';
+import { createOptimizer, type OptimizerConfig } from '../optim/config.js';
 import { readManifest } from '../data/dataset.js';
 import { Coordinator, CoordinatorError, type CoordinatorSummary } from './coordinator.js';
 import type { Balance } from './shares.js';
@@ -45,6 +45,8 @@ export interface StartSettings {
   microBatch: number;
   /** See RunSpec. Default 'none'. */
   allreduceCompression?: 'none' | 'fp16';
+  /** See RunSpec. Default false. */
+  shardOptimizer?: boolean;
   /** How a step's batch is split across the ranks (see shares.ts). Default 'dynamic'. */
   balance?: Balance;
   seed: number;
@@ -154,6 +156,9 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
   const pinCpus = settings.pinWorkers && localWorkers > 0 ? cpusToPin() : undefined;
   if (pinCpus) settings.log(`local workers pinned to CPUs ${Array.from({ length: localWorkers }, (_, i) => pinCpus[i % pinCpus.length]).join(', ')} (worker 0 first)`, { pinnedCpus: pinCpus.join(',') });
   const workers = settings.workers ?? localWorkers;
+  if (settings.shardOptimizer && !createOptimizer(settings.optimizer).shardableRule()) {
+    settings.log(`warning: --shard-optimizer: the optimizer (${settings.optimizer.type}) cannot be sharded (that needs AdaFactor without a first moment, and wrappers that only schedule the learning rate); every worker runs the whole update`, { shardOptimizer: false }, 'warn');
+  }
   const { token, file: tokenFile } = await joinToken(settings, runDir);
   // the header is the only way out of a JoinToken
   const tokenValue = token.header().slice('Bearer '.length);
@@ -184,6 +189,7 @@ export async function startRun(settings: StartSettings, stop?: AbortSignal): Pro
       microBatch: settings.microBatch,
       collectiveDeadlineMs: settings.stepTimeoutMs,
       allreduceCompression: settings.allreduceCompression ?? 'none',
+      shardOptimizer: settings.shardOptimizer ?? false,
     },
     globalBatch: settings.globalBatch,
     steps: settings.steps,

@@ -156,3 +156,56 @@ export function adafactorMatrixKernel(): MatrixKernel | null {
   }
   return kernel;
 }
+
+/**
+ * The three passes one at a time on arrays in one registered memory (see inPlaceMatrixPasses),
+ * for a sharded update (src/optim/sharded-adafactor.ts), which runs each between collectives:
+ * the sums of squares, then u, then the step. `scratch` (scratchElementsFor(rows, cols)
+ * floats, in the same memory) holds the statistics while a pass runs; what a pass returns is
+ * copied out of it. Undefined where the arrays do not share a registered memory: the
+ * caller's loops run.
+ */
+export interface InPlacePasses {
+  /** Sums of g^2 + eps1 over each column (cols) and each row (rows) of a rows x cols `g`, in float64. */
+  squares(g: Float32Array, rows: number, cols: number, eps1: number): { colSums: Float64Array; rowSums: Float64Array };
+  /** u = g / sqrt(colStat[c] * rowStat[r] * inverseMean + eps1) (`u` may be `g`); the sums of u^2 and of value^2. */
+  update(g: Float32Array, value: Float32Array, u: Float32Array, colStat: Float32Array, rowStat: Float32Array, inverseMean: number, eps1: number): { squares: number; valueSquares: number };
+  /** u = value - step * u. */
+  step(value: Float32Array, u: Float32Array, step: number): void;
+}
+
+export function inPlacePasses(arrays: readonly Float32Array[], scratch: Float32Array): InPlacePasses | undefined {
+  const exports = simdKernelsOn([...arrays, scratch]) as unknown as AdaFactorExports | undefined;
+  if (!exports || typeof exports.adafactorSquares !== 'function') return undefined;
+  const buffer = scratch.buffer;
+  const statsAt = align(scratch.byteOffset);
+  const room = scratch.byteOffset + scratch.byteLength - statsAt;
+  const fits = (rows: number, cols: number): void => {
+    if (statsBytes(rows, cols) > room) throw new Error(`the optimizer's scratch holds ${room} bytes, a ${rows} x ${cols} matrix needs ${statsBytes(rows, cols)}`);
+  };
+  return {
+    squares(g, rows, cols, eps1) {
+      fits(rows, cols);
+      const colSumsAt = statsAt;
+      const rowSumsAt = colSumsAt + align(8 * cols);
+      exports.adafactorSquares(g.byteOffset, rows, cols, colSumsAt, rowSumsAt, eps1);
+      return { colSums: new Float64Array(buffer, colSumsAt, cols).slice(), rowSums: new Float64Array(buffer, rowSumsAt, rows).slice() };
+    },
+    update(g, value, u, colStat, rowStat, inverseMean, eps1) {
+      const rows = rowStat.length;
+      const cols = colStat.length;
+      fits(rows, cols);
+      const loAt = statsAt;
+      const hiAt = loAt + align(4 * cols);
+      const sumsAt = hiAt + align(4 * rows);
+      new Float32Array(buffer, loAt, cols).set(colStat);
+      new Float32Array(buffer, hiAt, rows).set(rowStat);
+      exports.adafactorUpdate(g.byteOffset, value.byteOffset, u.byteOffset, loAt, hiAt, inverseMean, eps1, rows, cols, sumsAt);
+      const sums = new Float64Array(buffer, sumsAt, 2);
+      return { squares: sums[0]!, valueSquares: sums[1]! };
+    },
+    step(value, u, step) {
+      exports.adafactorStep(value.byteOffset, u.byteOffset, u.length, step);
+    },
+  };
+}

@@ -104,6 +104,11 @@ export class AdaFactor implements BaseRule {
     return b.outer === 1 && b.mid === 1 && b.inner === 1 && b.x * b.y >= KERNEL_MIN_ELEMENTS ? scratchElementsFor(b.x, b.y) : 0;
   }
 
+  /** Whether `name`'s update is multiplied by the parameter's RMS (the parameter scale). */
+  scalesByParameter(name: string): boolean {
+    return this.options.multiplyByParameterScale && !this.noScale.matches(name);
+  }
+
   learningRate(step: number): number {
     const { learningRate, multiplyByParameterScale } = this.options;
     if (learningRate !== null) return learningRate;
@@ -156,7 +161,7 @@ export class AdaFactor implements BaseRule {
     // clipping, the first moment and the parameter scale fold into one pass
     const clip = o.clippingThreshold === null ? 1 : Math.max(1, Math.sqrt(squares / u.length) / o.clippingThreshold);
     let lr = p.lr;
-    if (o.multiplyByParameterScale && !this.noScale.matches(p.name)) {
+    if (this.scalesByParameter(p.name)) {
       const scale = valueSquares === undefined ? rms(value) : value.length === 0 ? 0 : Math.sqrt(valueSquares / value.length);
       lr *= Math.max(scale, o.epsilon2);
     }
@@ -250,30 +255,46 @@ export class AdaFactor implements BaseRule {
   private matrixUpdate(p: ParamStep, lo: Float32Array, hi: Float32Array, X: number, Y: number, a1First: boolean, b2: number): { squares: number; valueSquares: number } {
     const { grad: g, proposed: u, value } = p;
     const eps1 = this.options.epsilon1;
-    const colSums = new Float64Array(Y);
-    const rowSums = new Float64Array(X);
-    for (let x = 0, k = 0; x < X; x++) {
-      let rowSum = 0;
-      for (let y = 0; y < Y; y++, k++) {
-        const g2 = g[k]! * g[k]! + eps1;
-        colSums[y]! += g2;
-        rowSum += g2;
-      }
-      rowSums[x] = rowSum;
-    }
+    const { colSums, rowSums } = matrixSquareSums(g, X, Y, eps1);
     const inverseMean = decayFactoredMoments(lo, hi, colSums, rowSums, b2, a1First);
-    let squares = 0;
-    let valueSquares = 0;
-    for (let x = 0, k = 0; x < X; x++) {
-      const hx = hi[x]! * inverseMean;
-      for (let y = 0; y < Y; y++, k++) {
-        const uk = (u[k] = g[k]! / Math.sqrt(lo[y]! * hx + eps1));
-        squares += uk * uk;
-        valueSquares += value[k]! * value[k]!;
-      }
-    }
-    return { squares, valueSquares };
+    return matrixUpdatePass(g, value, u, lo, hi, inverseMean, eps1);
   }
+}
+
+/**
+ * u = g / sqrt(lo[y] hi[x] inverseMean + eps1) for a matrix of hi.length rows and lo.length
+ * columns (`u` may be `g`); the sums of u^2 (the clipping) and of value^2 (the parameter
+ * scale), in index order. The JavaScript form of the SIMD update pass.
+ */
+export function matrixUpdatePass(g: Float32Array, value: Float32Array, u: Float32Array, lo: Float32Array, hi: Float32Array, inverseMean: number, eps1: number): { squares: number; valueSquares: number } {
+  let squares = 0;
+  let valueSquares = 0;
+  const cols = lo.length;
+  for (let x = 0, k = 0; x < hi.length; x++) {
+    const hx = hi[x]! * inverseMean;
+    for (let y = 0; y < cols; y++, k++) {
+      const uk = (u[k] = g[k]! / Math.sqrt(lo[y]! * hx + eps1));
+      squares += uk * uk;
+      valueSquares += value[k]! * value[k]!;
+    }
+  }
+  return { squares, valueSquares };
+}
+
+/** Sums of g^2 + eps1 over each column and each row of a rows x cols `g`, in float64 (the JavaScript form of the SIMD squares pass). */
+export function matrixSquareSums(g: Float32Array, rows: number, cols: number, eps1: number): { colSums: Float64Array; rowSums: Float64Array } {
+  const colSums = new Float64Array(cols);
+  const rowSums = new Float64Array(rows);
+  for (let x = 0, k = 0; x < rows; x++) {
+    let rowSum = 0;
+    for (let y = 0; y < cols; y++, k++) {
+      const g2 = g[k]! * g[k]! + eps1;
+      colSums[y]! += g2;
+      rowSum += g2;
+    }
+    rowSums[x] = rowSum;
+  }
+  return { colSums, rowSums };
 }
 
 /**

@@ -2,6 +2,7 @@ import { type ParameterAccess, sizeOf } from './parameters.js';
 import type { BaseRule, ParamStep, UpdateWrapper } from './rule.js';
 import { type NamedArray, type Slot, type SlotSpec, slotBytes, SlotStore } from './slots.js';
 import { ExponentialMovingAverage, GradientAccumulation, type StepWrapper } from './step-wrappers.js';
+import { AdaFactor } from './adafactor.js';
 
 export const OPTIMIZER_STATE_FORMAT = 'tfjs-pretrain-optimizer/1';
 
@@ -223,6 +224,38 @@ export class Optimizer {
     this.iterations = t;
     this.microSteps = 0;
     return { applied: true, iterations: t, lr };
+  }
+
+  /**
+   * The base rule when a step may be computed outside `apply`, sharded across replicas
+   * (src/optim/sharded-adafactor.ts): AdaFactor without a first moment, accumulation or EMA,
+   * and wrappers that only schedule the learning rate (currentLearningRate holds them), whose
+   * state is small (a row and a column statistic per matrix), so that every replica keeps all
+   * of it. Undefined otherwise: `apply` runs on every replica.
+   */
+  shardableRule(): AdaFactor | undefined {
+    const base = this.base;
+    const scheduleOnly = this.wrappers.every((w) => !w.update && !w.slots);
+    return base instanceof AdaFactor && base.options.beta1 === 0 && scheduleOnly && this.stepWrappers.length === 0 && !this.trainedBackup ? base : undefined;
+  }
+
+  /**
+   * For a step computed outside `apply`: the parameters are checked as `apply` checks them,
+   * and parameter `index`'s slots of the base rule are returned by name (created if new).
+   */
+  baseSlots(params: ParameterAccess): (index: number, slot: string) => Float32Array {
+    this.checkParameters(params);
+    return (index, slot) => {
+      const found = this.slotsOf(params, index).get(`${this.prefixes[0]}/${slot}`);
+      if (!found) throw new OptimizerError(`${this.prefixes[0]} has no slot ${slot} for ${params.names[index]}`);
+      return found.data;
+    };
+  }
+
+  /** A step computed outside `apply` was written (values and slots): the step counter advances as `apply`'s does. */
+  recordExternalStep(): void {
+    this.iterations++;
+    this.microSteps = 0;
   }
 
   /** Swaps the bias-corrected EMA weights in (for evaluation or export); `restoreTrained` swaps back. */

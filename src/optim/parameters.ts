@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { readTensorCopy, tensorCreationCopies } from '../backend/variable-storage.js';
+import { readTensorCopy, readTensorView, tensorCreationCopies } from '../backend/variable-storage.js';
 import type { NamedWeight } from '../model/weights.js';
 
 /**
@@ -19,6 +19,8 @@ export interface ParameterAccess {
    * its own array.
    */
   read(index: number, into?: Float32Array): Float32Array;
+  /** Values [from, to) of the flattened parameter, copied into `into` (to - from long): a sharded update reads its rows only. */
+  readRange(index: number, from: number, to: number, into: Float32Array): void;
   /** Stores new values; `values` is the caller's from then on (implementations copy it if they keep it). */
   write(index: number, values: Float32Array): void;
 }
@@ -49,6 +51,10 @@ export class HostParameters implements ParameterAccess {
     return this.params[index]!.values;
   }
 
+  readRange(index: number, from: number, to: number, into: Float32Array): void {
+    into.set(this.params[index]!.values.subarray(from, to));
+  }
+
   write(index: number, values: Float32Array): void {
     const target = this.params[index]!.values;
     if (values !== target) target.set(values);
@@ -74,6 +80,10 @@ export class VariableParameters implements ParameterAccess {
     if (into) return readTensorCopy(variable, into);
     if (this.buffer.length < variable.size) this.buffer = new Float32Array(variable.size);
     return readTensorCopy(variable, this.buffer.subarray(0, variable.size));
+  }
+
+  readRange(index: number, from: number, to: number, into: Float32Array): void {
+    into.set(readTensorView(this.weights[index]!.variable).subarray(from, to));
   }
 
   write(index: number, values: Float32Array): void {

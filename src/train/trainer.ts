@@ -20,6 +20,7 @@ import { readTensorCopy, readTensorView } from '../backend/variable-storage.js';
 import { addInto, scaleBy, sumOfSquares } from '../backend/buffer-passes.js';
 import type { Optimizer, OptimizerWorkspace } from '../optim/optimizer.js';
 import type { ParameterAccess } from '../optim/parameters.js';
+import { ShardedAdaFactor } from '../optim/sharded-adafactor.js';
 import type { NamedWeight } from '../model/weights.js';
 import { type StepOptions, type StepResult, TrainingError } from './step.js';
 
@@ -37,6 +38,11 @@ export interface GradientReducer {
   allReduce(buffers: Float32Array[], options: { op: 'sum'; compression?: 'none' | 'fp16' }): Promise<void>;
   /** Zeroed memory this reducer sums fastest (Communicator.allocate: added into in place); optional. */
   allocate?(elements: number): Float32Array;
+  /** The halves of the all-reduce over segments (a Communicator's), with this replica's rank among `size`: what a sharded update needs. */
+  readonly rank?: number;
+  readonly size?: number;
+  reduceScatter?(buffers: Float32Array[], bounds: readonly number[]): Promise<void>;
+  allGatherSegments?(buffers: Float32Array[], bounds: readonly number[]): Promise<void>;
 }
 
 export interface TrainerOptions {
@@ -55,6 +61,13 @@ export interface TrainerOptions {
    * counts stay exact. Default 'none': one exact collective for everything.
    */
   compression?: 'none' | 'fp16';
+  /**
+   * Shard the optimizer's update across the replicas (ZeRO stage 1, src/optim/sharded-adafactor.ts)
+   * where it can be: AdaFactor without a first moment or wrappers, a reducer with
+   * reduceScatter and allGatherSegments, two replicas or more, no compression. Otherwise, or
+   * when false (the default), every replica runs the whole update.
+   */
+  shardUpdate?: boolean;
 }
 
 export interface StepPlacement {
@@ -94,6 +107,10 @@ export interface ReducedStep {
   /** Seconds of forward and backward (the objective), and of adding up the pieces' gradients and copying them out of tfjs into host buffers. */
   readonly computeSeconds: number;
   readonly copySeconds: number;
+  /** Seconds of this replica's share of a sharded update, computed before the step is reported (0 unsharded: `apply` does it all). */
+  readonly updateSeconds: number;
+  /** Whether the update was sharded (`apply` then only writes what the replicas computed together). */
+  readonly sharded: boolean;
   /**
    * Applies the (reduced, clipped) gradients with the optimizer. A worker calls it only
    * when the coordinator commits the step; a step never applied is simply dropped.
@@ -146,7 +163,33 @@ interface HostBuffers {
 /** Floats of the staging slice: 1 MiB, which stays in the cache between its copy and its add. */
 const STAGING_ELEMENTS = 1 << 18;
 
+/**
+ * The checks of a step's sums before anything is applied, and the one factor of the division
+ * by `divisor` (the global target count where the gradients are sums, 1 for a mean) and the clipping.
+ */
+function checkedFactor(lossSum: number, targets: number, gradientNorm: number, divisor: number, clipNorm: number, step: number | undefined): { loss: number; gradNorm: number; factor: number } {
+  const where = step === undefined ? '' : ` at step ${step}`;
+  if (targets === 0) {
+    throw new TrainingError(`${step === undefined ? 'a step' : `step ${step}`} has no target positions in the whole batch: check that the data has masked or target tokens`);
+  }
+  const loss = lossSum / targets;
+  if (!Number.isFinite(loss)) {
+    throw new TrainingError(`the loss became ${loss}${where} (the weights were not updated): lower the learning rate${clipNorm > 0 ? '' : ' or clip the gradients (--clip-norm)'}`);
+  }
+  let factor = 1 / divisor;
+  // finite exactly when every gradient is (the optimizer need not look again)
+  const gradNorm = gradientNorm * factor;
+  if (!Number.isFinite(gradNorm)) {
+    throw new TrainingError(`a gradient became ${gradNorm}${where} with a finite loss (the weights were not updated): lower the learning rate${clipNorm > 0 ? '' : ' or clip the gradients (--clip-norm)'}`);
+  }
+  if (clipNorm > 0 && gradNorm > clipNorm) factor *= clipNorm / gradNorm;
+  return { loss, gradNorm, factor };
+}
+
 export class Trainer {
+  /** The sharded update's plan for this reducer's replicas (undefined: not sharded), made at the first step. */
+  #shard: ShardedAdaFactor | undefined | null = null;
+
   /** Host gradients and the step statistics as views of one buffer from the reducer, reused every step. */
   #host: HostBuffers | undefined;
   /** Marks the last reduced step as overwritten (its gradients live in #host). */
@@ -162,6 +205,9 @@ export class Trainer {
       const sizes = objective.weights.map((w) => w.variable.size);
       const total = sizes.reduce((a, b) => a + b, 0);
       const room = optimizer.workspaceElements(objective.weights.map((w) => w.shape));
+      // a sharded update keeps its whole segment's values at once
+      const segment = this.#shardPlan()?.segmentElements ?? 0;
+      room.value = Math.max(room.value, segment);
       const flat = reducer.allocate(total + 3 + STAGING_ELEMENTS + room.value + room.proposed + room.scratch);
       let at = 0;
       const next = (n: number): Float32Array => flat.subarray(at, (at += n));
@@ -231,10 +277,50 @@ export class Trainer {
     let next = await computePiece({ batch, firstSample: placement.firstSample ?? 0, microBatches: placement.microBatches });
     for (let piece = await next; piece; piece = await next) next = await computePiece(piece);
     if (piecesIn === 0) for (const g of grads) g.fill(0);
+    let applied = false;
+    let superseded = false;
+    const shard = this.#shardPlan();
+    if (shard) {
+      const slot = optimizer.baseSlots(params);
+      const lr = optimizer.currentLearningRate;
+      let checked = { loss: 0, gradNorm: 0, factor: 1 };
+      const step = await shard.run(
+        {
+          grads,
+          lossSum,
+          targets,
+          correct,
+          params,
+          slot,
+          step: optimizer.completedSteps + 1,
+          lr,
+          workspace: host.workspace,
+          factor: (totals) => (checked = checkedFactor(totals.lossSum, totals.targets, Math.sqrt(totals.gradientSquares), totals.targets, clipNorm, placement.step)).factor,
+        },
+        reducer as Required<GradientReducer>,
+      );
+      if (this.#host) this.#supersede = () => (superseded = true);
+      return {
+        loss: checked.loss,
+        accuracy: step.totals.correct / step.totals.targets,
+        targets: step.totals.targets,
+        gradNorm: checked.gradNorm,
+        reduceSeconds: step.collectiveSeconds,
+        computeSeconds,
+        copySeconds,
+        updateSeconds: step.updateSeconds,
+        sharded: true,
+        apply: () => {
+          if (applied) throw new Error('this step was applied already');
+          if (superseded) throw new Error("this step's values were overwritten by a later reduce (they share the reducer's memory): apply or drop a step before reducing the next");
+          applied = true;
+          step.commit();
+          optimizer.recordExternalStep();
+          return { applied: true, lr };
+        },
+      };
+    }
     let reduceSeconds = 0;
-    // one factor for the division by the global target count and the clipping, applied in
-    // one pass after the norm: each pass reads and writes every gradient
-    let factor = 1;
     if (reducer) {
       const stats = host.stats;
       stats.set([lossSum, targets, correct]);
@@ -247,25 +333,12 @@ export class Trainer {
       }
       reduceSeconds = (performance.now() - started) / 1000;
       [lossSum, targets, correct] = [stats[0]!, stats[1]!, stats[2]!];
-      factor = 1 / targets;
     }
-    const where = placement.step === undefined ? '' : ` at step ${placement.step}`;
-    if (targets === 0) {
-      throw new TrainingError(`${placement.step === undefined ? 'a step' : `step ${placement.step}`} has no target positions in the whole batch: check that the data has masked or target tokens`);
-    }
-    const loss = lossSum / targets;
-    if (!Number.isFinite(loss)) {
-      throw new TrainingError(`the loss became ${loss}${where} (the weights were not updated): lower the learning rate${clipNorm > 0 ? '' : ' or clip the gradients (--clip-norm)'}`);
-    }
-    // finite exactly when every gradient is (the optimizer need not look again)
-    const gradNorm = hostGlobalNorm(grads) * factor;
-    if (!Number.isFinite(gradNorm)) {
-      throw new TrainingError(`a gradient became ${gradNorm}${where} with a finite loss (the weights were not updated): lower the learning rate${clipNorm > 0 ? '' : ' or clip the gradients (--clip-norm)'}`);
-    }
-    if (clipNorm > 0 && gradNorm > clipNorm) factor *= clipNorm / gradNorm;
+    // one factor for the division by the global target count and the clipping, applied in
+    // one pass after the norm: each pass reads and writes every gradient
+    // a single process differentiates the mean: nothing to divide
+    const { loss, gradNorm, factor } = checkedFactor(lossSum, targets, hostGlobalNorm(grads), reducer ? targets : 1, clipNorm, placement.step);
     scaleInPlace(grads, factor);
-    let applied = false;
-    let superseded = false;
     if (this.#host) this.#supersede = () => (superseded = true);
     return {
       loss,
@@ -275,6 +348,8 @@ export class Trainer {
       reduceSeconds,
       computeSeconds,
       copySeconds,
+      updateSeconds: 0,
+      sharded: false,
       apply: () => {
         if (applied) throw new Error('this step was applied already');
         if (superseded) throw new Error('this step\'s gradients were overwritten by a later reduce (they share the reducer\'s memory): apply or drop a step before reducing the next');
@@ -284,6 +359,21 @@ export class Trainer {
         return { applied: report.applied, lr: report.applied ? report.lr : optimizer.currentLearningRate };
       },
     };
+  }
+
+  /** Whether this trainer's steps shard the optimizer's update across the replicas (see TrainerOptions.shardUpdate). */
+  get shardsUpdate(): boolean {
+    return this.#shardPlan() !== undefined;
+  }
+
+  /** The sharded update's plan, where the options, the optimizer and the reducer allow one (see TrainerOptions.shardUpdate). */
+  #shardPlan(): ShardedAdaFactor | undefined {
+    if (this.#shard !== null) return this.#shard;
+    const { reducer, optimizer, objective, shardUpdate, compression } = this.options;
+    const rule = optimizer.shardableRule();
+    const able = shardUpdate && rule && reducer?.reduceScatter && reducer.allGatherSegments && reducer.size !== undefined && reducer.size >= 2 && (compression ?? 'none') === 'none';
+    this.#shard = able ? ShardedAdaFactor.plan(rule, objective.weights.map((w) => w.name), objective.weights.map((w) => w.shape), reducer.size!) : undefined;
+    return this.#shard;
   }
 
   /** reduce, then apply at once: the single-process step. */

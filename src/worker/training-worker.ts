@@ -234,11 +234,12 @@ export class TrainingWorker {
     this.rank = a.rank;
     this.communicator = new Communicator(this.server!, { generation: a.generation, rank: a.rank, peers: a.peers, deadlineMs: spec.collectiveDeadlineMs });
     const { objective, optimizer, params } = this.replica;
-    this.trainer = new Trainer({ objective, optimizer, params, clipNorm: spec.clipNorm, recompute: spec.recompute, reducer: this.communicator, compression: spec.allreduceCompression });
+    this.trainer = new Trainer({ objective, optimizer, params, clipNorm: spec.clipNorm, recompute: spec.recompute, reducer: this.communicator, compression: spec.allreduceCompression, shardUpdate: spec.shardOptimizer });
     if (a.restoreStep > 0 || a.stateFollows) this.restoring = { step: a.restoreStep, assembler: new StateAssembler(`the coordinator (step ${a.restoreStep})`) };
     this.options.metrics?.assigned(a.rank, a.peers.length, a.generation);
-    this.options.log(`worker ${this.workerId}: generation ${a.generation}, rank ${a.rank} of ${a.peers.length}${a.restoreStep > 0 ? `, restoring step ${a.restoreStep}` : a.stateFollows ? ', receiving the initial weights' : ''}`, {
+    this.options.log(`worker ${this.workerId}: generation ${a.generation}, rank ${a.rank} of ${a.peers.length}${this.trainer.shardsUpdate ? ', optimizer update sharded' : ''}${a.restoreStep > 0 ? `, restoring step ${a.restoreStep}` : a.stateFollows ? ', receiving the initial weights' : ''}`, {
       worldSize: a.peers.length,
+      shardedUpdate: this.trainer.shardsUpdate,
       restoreStep: a.restoreStep > 0 ? a.restoreStep : undefined,
     });
   }
@@ -298,7 +299,7 @@ export class TrainingWorker {
       const [sent, received] = [this.communicator?.bytesSent ?? 0, this.communicator?.bytesReceived ?? 0];
       const reduced = await this.trainer.reduce(first.batch, { step: w.step, dropoutSeed: stepDropoutSeed(spec.seed, w.step), firstSample: w.firstSample, microBatches: first.microBatches, maskLength: w.length }, more);
       this.pending.set(w.step, reduced);
-      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, samples, positions, reduceSeconds: reduced.reduceSeconds, learningRate: replica.optimizer.currentLearningRate, forwardBackwardSeconds: reduced.computeSeconds, copySeconds: reduced.copySeconds });
+      Object.assign(report, { ok: true, loss: reduced.loss, accuracy: reduced.accuracy, targets: reduced.targets, gradNorm: reduced.gradNorm, tokens, samples, positions, reduceSeconds: reduced.reduceSeconds, applySeconds: this.lastApplySeconds + reduced.updateSeconds, learningRate: replica.optimizer.currentLearningRate, forwardBackwardSeconds: reduced.computeSeconds, copySeconds: reduced.copySeconds });
       this.options.metrics?.stepReduced({
         computeSeconds: reduced.computeSeconds,
         copySeconds: reduced.copySeconds,
