@@ -29,6 +29,7 @@ interface Options {
   coordinatorKills: number;
   seed: number;
   backend: string;
+  shardOptimizer: boolean;
   log?: string;
 }
 
@@ -41,6 +42,7 @@ function parse(argv: string[]): Options {
     .option('--coordinator-kills <n>', 'coordinator SIGKILLs at random steps', nonNegativeInt, 2)
     .option('--seed <n>', 'seed of the fault schedule', nonNegativeInt, 1)
     .option('--backend <name>', 'backend of the workers', 'cpu')
+    .option('--shard-optimizer', 'AdaFactor (matrices of 16 and more factored) with its update sharded across the workers (coordinator start --shard-optimizer), instead of Adam', false)
     .option('--log <file>', 'write the coordinators\' whole output to this file');
   program.parse(argv, { from: 'user' });
   return program.opts<Options>();
@@ -70,7 +72,8 @@ async function main(): Promise<void> {
     const port = await freePort();
     const common = [
       '--data', data, '--preset', 'L1-H32', '--backend', o.backend, '--steps', String(o.steps), '--global-batch', '6', '--workers', String(o.workers), '--min-workers', '1',
-      '--listen', `127.0.0.1:${port}`, '--checkpoint-every', '10', '--checksum-every', '1', '--heartbeat-timeout', '5', '--log-every', '1', '--optimizer', '{"type":"adam","learningRate":0.01}',
+      '--listen', `127.0.0.1:${port}`, '--checkpoint-every', '10', '--checksum-every', '1', '--heartbeat-timeout', '5', '--log-every', '1',
+      ...(o.shardOptimizer ? ['--optimizer', '{"type":"adafactor","learningRate":0.01,"minDimSizeToFactor":16}', '--shard-optimizer'] : ['--optimizer', '{"type":"adam","learningRate":0.01}']),
       // the human lines, which this harness reads (stdout is a pipe: auto would be JSON)
       '--log-format', 'text',
     ];
@@ -200,7 +203,7 @@ async function main(): Promise<void> {
     const finalWorkers = Number([...output.matchAll(/workers (\d+)/g)].at(-1)?.[1] ?? 0);
     console.log(`membership changes: ${[...output.matchAll(/going on with \d+/g)].length}; workers at the end: ${finalWorkers}`);
     console.log(`\naudit: ${report.epochs.map((e) => `${e.exactlyOnce} records exactly once, ${e.missing} missing, ${e.repeated} repeated`).join('; ')}`);
-    console.log(`reproduce: npm run chaos -- --steps ${o.steps} --workers ${o.workers} --worker-kills ${o.workerKills} --coordinator-kills ${o.coordinatorKills} --seed ${o.seed} --backend ${o.backend}`);
+    console.log(`reproduce: npm run chaos -- --steps ${o.steps} --workers ${o.workers} --worker-kills ${o.workerKills} --coordinator-kills ${o.coordinatorKills} --seed ${o.seed} --backend ${o.backend}${o.shardOptimizer ? ' --shard-optimizer' : ''}`);
     console.log(JSON.stringify({ ...counts, samplesLost, samplesRepeated, replicasIdentical, stepsCompleted }));
   } finally {
     if (o.log) writeFileSync(o.log, output);
