@@ -70,6 +70,8 @@ const SPECS = [
   { name: 'segment', shape: [2, 16] }, // too narrow to factor
   { name: 'dense/bias', shape: [300] },
 ];
+/** Per step: gradients of 1e18 (a diverging run) have squares past float32's range, which the clipping must still see. */
+const GRADIENT_SCALES = [1, 30, 1e18];
 const RULE = { learningRate: 0.01, excludeFromParameterScale: ['bias'] };
 const sizeOf = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
@@ -123,7 +125,7 @@ describe('AdaFactor sharded across replicas (ZeRO stage 1)', () => {
       for (let step = 1; step <= 3; step++) {
         const targets = [7, 5, 3, 9].slice(0, ranks);
         // per replica gradient sums; the reference gets their sum, divided and clipped as the trainer does
-        const perReplica = replicas.map(() => SPECS.map((s) => Float32Array.from({ length: sizeOf(s.shape) }, () => (rand() - 0.5) * (step === 2 ? 30 : 1))));
+        const perReplica = replicas.map(() => SPECS.map((s) => Float32Array.from({ length: sizeOf(s.shape) }, () => (rand() - 0.5) * GRADIENT_SCALES[step - 1]!)));
         const total = targets.reduce((a, b) => a + b, 0);
         const summed = SPECS.map((_, i) => {
           const out = new Float32Array(perReplica[0]![i]!.length);

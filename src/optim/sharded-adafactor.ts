@@ -78,6 +78,13 @@ export interface ShardedStep {
   commit(): void;
 }
 
+/**
+ * The squares of gradient sums (not yet divided by the targets) travel as float32, shifted
+ * down by this power of two (exact): a diverging run's gradient norm reaches the clipping
+ * instead of overflowing, while what underflows (sums below 6e-36) is far below eps1's share.
+ */
+const SQUARES_SHIFT = 2 ** -32;
+
 /** How one tensor is split and updated. */
 interface TensorPlan {
   readonly index: number;
@@ -170,7 +177,7 @@ export class ShardedAdaFactor {
         if (part) {
           const rows = (part.end - part.start) / cols;
           const sums = (t.size >= KERNEL_MIN_ELEMENTS && kernelsFor([part.g])?.squares(part.g, rows, cols, 0)) || matrixSquareSums(part.g, rows, cols, 0);
-          totalsA.set(sums.colSums, at);
+          for (let y = 0; y < cols; y++) totalsA[at + y] = sums.colSums[y]! * SQUARES_SHIFT;
           rowSums.set(t.index, sums.rowSums);
           for (const s of sums.rowSums) squares += s;
         }
@@ -179,10 +186,11 @@ export class ShardedAdaFactor {
         for (const x of part.g) squares += x * x;
       }
     }
-    totalsA.set([input.lossSum, input.targets, input.correct, squares]);
+    totalsA.set([input.lossSum, input.targets, input.correct, squares * SQUARES_SHIFT]);
     stop();
     await timed(comm.allReduce([totalsA], { op: 'sum' }));
-    const totals: ShardTotals = { lossSum: totalsA[0]!, targets: totalsA[1]!, correct: totalsA[2]!, gradientSquares: totalsA[3]! };
+    const columnSquares = Float64Array.from(totalsA, (x) => x / SQUARES_SHIFT);
+    const totals: ShardTotals = { lossSum: totalsA[0]!, targets: totalsA[1]!, correct: totalsA[2]!, gradientSquares: columnSquares[3]! };
     const factor = input.factor(totals);
 
     // 2. the scaled segment, the moments, u and its sums
@@ -209,7 +217,7 @@ export class ShardedAdaFactor {
         const [loOld, hiOld] = a1First ? [vr, vc] : [vc, vr];
         // every replica: the column statistic from the summed column sums
         const lo = new Float32Array(cols);
-        for (let y = 0; y < cols; y++) lo[y] = b2 * loOld[y]! + ((1 - b2) * (f2 * totalsA[at + y]! + rows * eps1)) / rows;
+        for (let y = 0; y < cols; y++) lo[y] = b2 * loOld[y]! + ((1 - b2) * (f2 * columnSquares[at + y]! + rows * eps1)) / rows;
         const hi = new Float32Array(hiOld);
         let inverseMean: number;
         if (a1First) {
@@ -222,7 +230,7 @@ export class ShardedAdaFactor {
           let oldSum = 0;
           for (const x of hiOld) oldSum += x;
           let allSquares = 0;
-          for (let y = 0; y < cols; y++) allSquares += totalsA[at + y]!;
+          for (let y = 0; y < cols; y++) allSquares += columnSquares[at + y]!;
           inverseMean = rows / (b2 * oldSum + ((1 - b2) * (f2 * allSquares + rows * cols * eps1)) / cols);
         }
         at += cols;

@@ -63,8 +63,8 @@ export interface TrainerOptions {
   compression?: 'none' | 'fp16';
   /**
    * Shard the optimizer's update across the replicas (ZeRO stage 1, src/optim/sharded-adafactor.ts)
-   * where it can be: AdaFactor without a first moment or wrappers, a reducer with
-   * reduceScatter and allGatherSegments, two replicas or more, no compression. Otherwise, or
+   * where it can be: AdaFactor without a first moment (Optimizer.shardableRule), a reducer
+   * with reduceScatter and allGatherSegments, two replicas or more, no compression. Otherwise, or
    * when false (the default), every replica runs the whole update.
    */
   shardUpdate?: boolean;
@@ -109,8 +109,6 @@ export interface ReducedStep {
   readonly copySeconds: number;
   /** Seconds of this replica's share of a sharded update, computed before the step is reported (0 unsharded: `apply` does it all). */
   readonly updateSeconds: number;
-  /** Whether the update was sharded (`apply` then only writes what the replicas computed together). */
-  readonly sharded: boolean;
   /**
    * Applies the (reduced, clipped) gradients with the optimizer. A worker calls it only
    * when the coordinator commits the step; a step never applied is simply dropped.
@@ -309,7 +307,6 @@ export class Trainer {
         computeSeconds,
         copySeconds,
         updateSeconds: step.updateSeconds,
-        sharded: true,
         apply: () => {
           if (applied) throw new Error('this step was applied already');
           if (superseded) throw new Error("this step's values were overwritten by a later reduce (they share the reducer's memory): apply or drop a step before reducing the next");
@@ -349,7 +346,6 @@ export class Trainer {
       computeSeconds,
       copySeconds,
       updateSeconds: 0,
-      sharded: false,
       apply: () => {
         if (applied) throw new Error('this step was applied already');
         if (superseded) throw new Error('this step\'s gradients were overwritten by a later reduce (they share the reducer\'s memory): apply or drop a step before reducing the next');
