@@ -38,6 +38,7 @@ import { prepare } from '../src/data/prepare.js';
 import { presetConfig } from '../src/model/config.js';
 import { median, table } from './common.js';
 import { type CoreCeiling, measureCoreCeiling } from './core-ceiling.js';
+import { type PeerRound, runPeerRound } from './ddp-peer.js';
 
 interface Options {
   preset: string;
@@ -55,6 +56,7 @@ interface Options {
   ceilingSeconds: number;
   /** --no-pin-workers sets it false. */
   pinWorkers: boolean;
+  peer?: string;
 }
 
 const SAMPLE = fileURLToPath(new URL('../../data/sample/', import.meta.url));
@@ -75,7 +77,8 @@ function parse(argv: string[]): Options {
     .option('--backend <name>', 'backend of the workers', 'wasm')
     .option('--allreduce-compression <kind>', 'none or fp16 (gradients as float16 in the all-reduce)', 'none')
     .option('--shard-optimizer', 'each worker updates its segment of the parameters (coordinator start --shard-optimizer)', false)
-    .addOption(new Option('--balance <how>', 'how a step is split across the workers (coordinator start --balance)').choices(['dynamic', 'even']).default('dynamic'));
+    .addOption(new Option('--balance <how>', 'how a step is split across the workers (coordinator start --balance)').choices(['dynamic', 'even']).default('dynamic'))
+    .option('--peer <python>', 'after each round, PyTorch DDP (gloo) on the same model and global batch with 1 and 2 processes (bench/peers/torch_ddp_train.py), run by this Python, e.g. /usr/bin/python3 with python3-torch');
   program.parse(argv, { from: 'user' });
   return program.opts<Options>();
 }
@@ -93,6 +96,8 @@ async function main(): Promise<void> {
     type Result = { tokensPerSecond: number; allreduceShare: number; coordinatorCpuShare: number; breakdown: StepBreakdown };
     const runs = new Map<number, Result[]>(counts.map((w) => [w, []]));
     const ceilings: CoreCeiling[] = [];
+    const peerRounds: PeerRound[] = [];
+    let peerProblem: string | undefined;
     for (let round = 0; round < opts.rounds; round++) {
       if (opts.ceilingSeconds > 0) {
         // a worker's share of the step: the forward+backward each of 2 workers runs
@@ -135,6 +140,16 @@ async function main(): Promise<void> {
         runs.get(workers)!.push({ tokensPerSecond: result.tokensPerSecond, allreduceShare: result.allreduceShare, coordinatorCpuShare: result.coordinatorCpuShare, breakdown: result.breakdown });
         console.error(`round ${round + 1}/${opts.rounds}, ${workers} worker(s): ${Math.round(result.tokensPerSecond)} tokens/s`);
       }
+      if (opts.peer && peerProblem === undefined) {
+        try {
+          const peer = await runPeerRound({ python: opts.peer, preset: opts.preset, vocab: opts.vocab, seq: opts.seq, globalBatch: opts.globalBatch, steps: opts.steps });
+          peerRounds.push(peer);
+          console.error(`round ${round + 1}/${opts.rounds}, PyTorch DDP: ${Object.entries(peer.tokensPerSec).map(([n, t]) => `${n} process(es) ${t} tokens/s`).join(', ')}`);
+        } catch (e) {
+          peerProblem = (e as Error).message;
+          console.error(`the peer is left out: ${peerProblem}`);
+        }
+      }
     }
     const medianOf = (w: number, pick: (r: Result) => number): number => median(runs.get(w)!.map(pick));
     const ms = (x: number) => Math.round(1000 * x);
@@ -175,7 +190,18 @@ async function main(): Promise<void> {
         ceilings.map((c, i) => [i + 1, Math.round(c.aloneMs[0]), Math.round(c.aloneMs[1]), c.pairMs.map(Math.round).join(' / '), c.ceiling.toFixed(3), c.coreSpeedRatio.toFixed(3), ((c.ceiling * (1 + c.coreSpeedRatio)) / 2).toFixed(3)]),
       );
     }
-    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers} --ceiling-seconds ${opts.ceilingSeconds}${pin ? '' : ' --no-pin-workers'}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''}${opts.shardOptimizer ? ' --shard-optimizer' : ''} --balance ${opts.balance}`);
+    if (peerRounds.length > 0) {
+      const peerCounts = Object.keys(peerRounds[0]!.tokensPerSec);
+      table(
+        'PyTorch DistributedDataParallel (gloo, one thread a process, pinned) on the same model and global batch, SGD, after each round above; tokens/s of every position (its sequences are all full length, ours average the records\' length)',
+        ['processes', 'tokens/s (median)', 'each round'],
+        peerCounts.map((n) => [n, Math.round(median(peerRounds.map((p) => p.tokensPerSec[n]!))), peerRounds.map((p) => p.tokensPerSec[n]).join(' / ')]),
+      );
+    }
+    const peerEfficiencyPerRound = peerRounds.filter((p) => p.tokensPerSec['1'] && p.tokensPerSec['2']).map((p) => p.tokensPerSec['2']! / (2 * p.tokensPerSec['1']!));
+    summary('PyTorch DDP scaling efficiency, 2 processes against twice 1', peerEfficiencyPerRound);
+    if (peerProblem) console.log(`(the peer was left out: ${peerProblem})`);
+    console.log(`\nreproduce: npm run bench:train -- --preset ${opts.preset} --vocab ${opts.vocab} --seq ${opts.seq} --global-batch ${opts.globalBatch} --steps ${opts.steps} --rounds ${opts.rounds} --workers ${opts.workers} --ceiling-seconds ${opts.ceilingSeconds}${pin ? '' : ' --no-pin-workers'}${opts.recompute ? ' --recompute' : ''} --backend ${opts.backend}${opts.allreduceCompression === 'fp16' ? ' --allreduce-compression fp16' : ''}${opts.shardOptimizer ? ' --shard-optimizer' : ''} --balance ${opts.balance}${opts.peer ? ` --peer ${opts.peer}` : ''}`);
     const widest = Math.max(...counts);
     const figure = (x: number): number => Number(x.toFixed(3));
     const medianFigure = (values: readonly number[]): number | null => (values.length > 0 ? figure(median(values)) : null);
@@ -194,6 +220,9 @@ async function main(): Promise<void> {
         computeSpeedRatioPerRound: computePerRound.map(figure),
         coreCeilingPerRound: ceilings.map((c) => figure(c.ceiling)),
         coreSpeedRatioPerRound: ceilings.map((c) => figure(c.coreSpeedRatio)),
+        ...(peerRounds.length > 0
+          ? { peer: { ddpTokensPerSec: Object.fromEntries(Object.keys(peerRounds[0]!.tokensPerSec).map((n) => [n, Math.round(median(peerRounds.map((p) => p.tokensPerSec[n]!)))])), ddpScalingEfficiency: medianFigure(peerEfficiencyPerRound), ddpScalingEfficiencyPerRound: peerEfficiencyPerRound.map(figure) } }
+          : {}),
         stepMs: Object.fromEntries(counts.map((w) => [String(w), Object.fromEntries(Object.entries(breakdown(w)).map(([k, v]) => [k.replace(/Seconds$/, ''), ms(v)]))])),
       }),
     );

@@ -105,9 +105,11 @@ const TRAIN_BENCH = fileURLToPath(new URL('../bench/train.js', import.meta.url))
 
 describe('bench:train', () => {
   it('runs 1 and 2 workers through the runtime, in rounds, and ends with the named figures (tiny sizes)', async () => {
-    const stdout = await runBench(TRAIN_BENCH, ['--preset', 'L1-H32', '--vocab', '3275', '--seq', '32', '--global-batch', '4', '--steps', '2', '--rounds', '2', '--backend', 'cpu', '--ceiling-seconds', '1'], 240_000);
+    const stdout = await runBench(TRAIN_BENCH, ['--preset', 'L1-H32', '--vocab', '3275', '--seq', '32', '--global-batch', '4', '--steps', '2', '--rounds', '2', '--backend', 'cpu', '--ceiling-seconds', '1', '--peer', '/no/such/python'], 240_000);
     const lines = stdout.trimEnd().split('\n');
     assert.match(stdout, /MLM training through the runtime: L1-H32/);
+    // a peer that cannot run is named and left out; the benchmark goes on
+    assert.match(stdout, /\(the peer was left out: cannot run \/no\/such\/python/);
     assert.match(lines.at(-2)!, /^reproduce: npm run bench:train -- --preset L1-H32/);
     const figures = JSON.parse(lines.at(-1)!) as {
       preset: string; tokensPerSec: Record<string, number>; scalingEfficiency: number; allreduceShare: number; scalingEfficiencyPerRound: number[];
@@ -115,6 +117,7 @@ describe('bench:train', () => {
       coreCeilingPerRound: number[]; coreSpeedRatioPerRound: number[];
     };
     assert.equal(figures.preset, 'L1-H32');
+    assert.ok(!('peer' in figures), 'no peer figures without a peer');
     assert.equal(figures.scalingEfficiencyPerRound.length, 2, 'one ratio per round');
     for (const w of ['1', '2']) assert.ok(Number.isFinite(figures.tokensPerSec[w]) && figures.tokensPerSec[w]! > 0, JSON.stringify(figures));
     assert.ok(Number.isFinite(figures.scalingEfficiency) && figures.scalingEfficiency > 0, JSON.stringify(figures));
