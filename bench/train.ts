@@ -93,7 +93,7 @@ async function main(): Promise<void> {
     const data = path.join(dir, 'data');
     await prepare({ corpus: [path.join(SAMPLE, 'corpus.txt')], vocab: path.join(SAMPLE, 'vocab.txt'), out: data, task: 'mlm', maxLength: opts.seq, seed: 1, recordsPerShard: 5000, documents: 'blank-line', lowerCase: true, force: false });
     const model = presetConfig(opts.preset, opts.vocab, { max_position_embeddings: Math.max(512, opts.seq) });
-    type Result = { tokensPerSecond: number; allreduceShare: number; coordinatorCpuShare: number; breakdown: StepBreakdown };
+    type Result = { tokensPerSecond: number; positionsPerSecond: number; allreduceShare: number; coordinatorCpuShare: number; breakdown: StepBreakdown };
     const runs = new Map<number, Result[]>(counts.map((w) => [w, []]));
     const ceilings: CoreCeiling[] = [];
     const peerRounds: PeerRound[] = [];
@@ -137,7 +137,7 @@ async function main(): Promise<void> {
           logEvery: opts.steps,
           log: () => {},
         });
-        runs.get(workers)!.push({ tokensPerSecond: result.tokensPerSecond, allreduceShare: result.allreduceShare, coordinatorCpuShare: result.coordinatorCpuShare, breakdown: result.breakdown });
+        runs.get(workers)!.push({ tokensPerSecond: result.tokensPerSecond, positionsPerSecond: result.positionsPerSecond, allreduceShare: result.allreduceShare, coordinatorCpuShare: result.coordinatorCpuShare, breakdown: result.breakdown });
         console.error(`round ${round + 1}/${opts.rounds}, ${workers} worker(s): ${Math.round(result.tokensPerSecond)} tokens/s`);
       }
       if (opts.peer && peerProblem === undefined) {
@@ -157,8 +157,8 @@ async function main(): Promise<void> {
     const breakdown = (w: number) => Object.fromEntries(phases.map((k) => [k, medianOf(w, (r) => r.breakdown[k])])) as Record<(typeof phases)[number], number>;
     table(
       `MLM training through the runtime: ${opts.preset}, vocab ${opts.vocab}, seq ${opts.seq}, global batch ${opts.globalBatch}, AdaFactor${opts.recompute ? ', recompute' : ''}${opts.allreduceCompression === 'fp16' ? ', fp16 all-reduce' : ''}${opts.shardOptimizer ? ', sharded update' : ''}, ${opts.backend} workers, balance ${opts.balance}; medians of ${opts.rounds} round(s)`,
-      ['workers', 'tokens/s', 'each round', 'all-reduce share', 'coordinator CPU'],
-      counts.map((w) => [w, Math.round(medianOf(w, (r) => r.tokensPerSecond)), runs.get(w)!.map((r) => Math.round(r.tokensPerSecond)).join(' / '), `${(100 * medianOf(w, (r) => r.allreduceShare)).toFixed(1)}%`, `${(100 * medianOf(w, (r) => r.coordinatorCpuShare)).toFixed(1)}%`]),
+      ['workers', 'tokens/s', 'each round', 'positions/s', 'all-reduce share', 'coordinator CPU'],
+      counts.map((w) => [w, Math.round(medianOf(w, (r) => r.tokensPerSecond)), runs.get(w)!.map((r) => Math.round(r.tokensPerSecond)).join(' / '), Math.round(medianOf(w, (r) => r.positionsPerSecond)), `${(100 * medianOf(w, (r) => r.allreduceShare)).toFixed(1)}%`, `${(100 * medianOf(w, (r) => r.coordinatorCpuShare)).toFixed(1)}%`]),
     );
     table(
       'where a step goes, ms per step (medians over the rounds), along the rank with the longest forward+backward (all-reduce: its own, which waits for nobody; the others waited up to `wait` longer in theirs; apply: the optimizer update; other: data, messages, the journal, clipping; busy share: the share of all the workers\' time spent in forward+backward)',
@@ -193,7 +193,7 @@ async function main(): Promise<void> {
     if (peerRounds.length > 0) {
       const peerCounts = Object.keys(peerRounds[0]!.tokensPerSec);
       table(
-        'PyTorch DistributedDataParallel (gloo, one thread a process, pinned) on the same model and global batch, SGD, after each round above; tokens/s of every position (its sequences are all full length, ours average the records\' length)',
+        'PyTorch DistributedDataParallel (gloo, one thread a process, pinned) on the same model and global batch, SGD, after each round above; tokens/s of every position (its sequences are all full length: compare with our positions/s, padding included, since our records average less)',
         ['processes', 'tokens/s (median)', 'each round'],
         peerCounts.map((n) => [n, Math.round(median(peerRounds.map((p) => p.tokensPerSec[n]!))), peerRounds.map((p) => p.tokensPerSec[n]).join(' / ')]),
       );
@@ -209,6 +209,7 @@ async function main(): Promise<void> {
       JSON.stringify({
         preset: opts.preset,
         tokensPerSec: Object.fromEntries(counts.map((w) => [String(w), Math.round(medianOf(w, (r) => r.tokensPerSecond))])),
+        positionsPerSec: Object.fromEntries(counts.map((w) => [String(w), Math.round(medianOf(w, (r) => r.positionsPerSecond))])),
         scalingEfficiency: medianFigure(efficiencyPerRound),
         allreduceShare: figure(medianOf(widest, (r) => r.allreduceShare)),
         coordinatorCpuShare: figure(medianOf(widest, (r) => r.coordinatorCpuShare)),

@@ -112,7 +112,7 @@ describe('bench:train', () => {
     assert.match(stdout, /\(the peer was left out: cannot run \/no\/such\/python/);
     assert.match(lines.at(-2)!, /^reproduce: npm run bench:train -- --preset L1-H32/);
     const figures = JSON.parse(lines.at(-1)!) as {
-      preset: string; tokensPerSec: Record<string, number>; scalingEfficiency: number; allreduceShare: number; scalingEfficiencyPerRound: number[];
+      preset: string; tokensPerSec: Record<string, number>; positionsPerSec: Record<string, number>; scalingEfficiency: number; allreduceShare: number; scalingEfficiencyPerRound: number[];
       busyShare: Record<string, number>; runtimeEfficiency: number; runtimeEfficiencyPerRound: number[]; computeSpeedRatioPerRound: number[];
       coreCeilingPerRound: number[]; coreSpeedRatioPerRound: number[];
     };
@@ -120,6 +120,8 @@ describe('bench:train', () => {
     assert.ok(!('peer' in figures), 'no peer figures without a peer');
     assert.equal(figures.scalingEfficiencyPerRound.length, 2, 'one ratio per round');
     for (const w of ['1', '2']) assert.ok(Number.isFinite(figures.tokensPerSec[w]) && figures.tokensPerSec[w]! > 0, JSON.stringify(figures));
+    // padding included, positions are at least the records' tokens
+    for (const w of ['1', '2']) assert.ok(figures.positionsPerSec[w]! >= figures.tokensPerSec[w]!, JSON.stringify(figures));
     assert.ok(Number.isFinite(figures.scalingEfficiency) && figures.scalingEfficiency > 0, JSON.stringify(figures));
     assert.ok(figures.allreduceShare > 0 && figures.allreduceShare < 1, JSON.stringify(figures));
     for (const w of ['1', '2']) assert.ok(figures.busyShare[w]! > 0 && figures.busyShare[w]! <= 1, JSON.stringify(figures));

@@ -111,6 +111,8 @@ export interface CoordinatorSummary {
   /** Loss of the global batch at each step run here. */
   readonly losses: number[];
   readonly tokensPerSecond: number;
+  /** Positions computed a second, padding included (each piece padded to its longest record): what a peer on full-length sequences counts. */
+  readonly positionsPerSecond: number;
   /** Over the steps but the first: the slowest rank's all-reduce seconds as a share of the step's wall time. */
   readonly allreduceShare: number;
   /**
@@ -361,6 +363,7 @@ export class Coordinator {
       const losses: number[] = [];
       const checkpoints: string[] = [];
       let tokens = 0;
+      let positions = 0;
       let seconds = 0;
       let replicaChecks = 0;
       let reduceSeconds = 0;
@@ -517,6 +520,7 @@ export class Coordinator {
         o.observer?.onStep({ step, loss: report.loss, learningRate: report.learningRate, gradNorm: report.gradNorm, tokens: stepTokens, samples: n, seconds: elapsed, perWorker: ranksOfStep(workers, results), worldSize: workers.length, generation: this.generation, epoch: ledger.epoch, consumedInEpoch: ledger.consumedInEpoch, epochSize: ledger.epochSize });
         if (step > firstStep || o.steps === firstStep) {
           tokens += stepTokens;
+          positions += [...results.values()].reduce((sum, r) => sum + r.positions, 0);
           seconds += elapsed;
           const cpu = process.cpuUsage(cpuAtStep);
           coordinatorCpuMicros += cpu.user + cpu.system;
@@ -561,6 +565,7 @@ export class Coordinator {
         lastStep: this.step,
         losses,
         tokensPerSecond: seconds > 0 ? tokens / seconds : 0,
+        positionsPerSecond: seconds > 0 ? positions / seconds : 0,
         allreduceShare: seconds > 0 ? reduceSeconds / seconds : 0,
         breakdown: breakdownOf(seconds, phases),
         replicaChecks,
