@@ -198,10 +198,11 @@ export class ShardedAdaFactor {
     const f2 = factor * factor;
     const staged = new Map<number, { lo?: Float32Array; hi?: Float32Array; v?: Float32Array }>();
     const sumsB = new Float32Array(2 * this.tensors.length);
-    const statsB: { index: number; offset: number }[] = [];
+    // where each tensor's new row statistic (factored) or second moment (unfactored) goes in totalsB, after the sums
+    const statOffsets: number[] = [];
     let statsLength = 0;
     for (const t of this.tensors) {
-      statsB.push({ index: t.index, offset: statsLength });
+      statOffsets.push(statsLength);
       statsLength += t.matrix ? t.matrix.rows : t.size;
     }
     const totalsB = new Float32Array(sumsB.length + statsLength);
@@ -209,7 +210,7 @@ export class ShardedAdaFactor {
     at = 4;
     for (const t of this.tensors) {
       const part = own[t.index];
-      const statAt = sumsB.length + statsB[t.index]!.offset;
+      const statAt = sumsB.length + statOffsets[t.index]!;
       if (part && factor !== 1) scaleBy(part.g, factor);
       if (t.matrix) {
         const { rows, cols, a1First } = t.matrix;
@@ -278,7 +279,7 @@ export class ShardedAdaFactor {
     // 3. the step over the segment, then everyone's segments
     stop = clock();
     for (const t of this.tensors) {
-      const stats = totalsB.subarray(sumsB.length + statsB[t.index]!.offset);
+      const stats = totalsB.subarray(sumsB.length + statOffsets[t.index]!);
       const state = staged.get(t.index)!;
       if (t.matrix) state.hi!.set(stats.subarray(0, t.matrix.rows));
       else state.v!.set(stats.subarray(0, t.size));
