@@ -151,12 +151,7 @@ export class AdaFactor implements BaseRule {
       }
     } else {
       const v = p.slot('v');
-      for (let i = 0; i < g.length; i++) {
-        const gi = g[i]!;
-        const vi = (v[i] = b2 * v[i]! + (1 - b2) * (gi * gi + eps1));
-        const ui = (u[i] = gi / Math.sqrt(Math.fround(vi) + eps1));
-        squares += ui * ui;
-      }
+      squares = unfactoredPass(g, v, v, u, b2, eps1);
     }
     // clipping, the first moment and the parameter scale fold into one pass
     const clip = o.clippingThreshold === null ? 1 : Math.max(1, Math.sqrt(squares / u.length) / o.clippingThreshold);
@@ -279,6 +274,21 @@ export function matrixUpdatePass(g: Float32Array, value: Float32Array, u: Float3
     }
   }
   return { squares, valueSquares };
+}
+
+/**
+ * The unfactored second moment and update: v = b2 vOld + (1 - b2)(g^2 + eps1) into `v` (which
+ * may be `vOld`), u = g / sqrt(v + eps1) into `u` (which may be `g`); returns the sum of u^2.
+ */
+export function unfactoredPass(g: Float32Array, vOld: Float32Array, v: Float32Array, u: Float32Array, b2: number, eps1: number): number {
+  let squares = 0;
+  for (let i = 0; i < g.length; i++) {
+    const gi = g[i]!;
+    const vi = (v[i] = b2 * vOld[i]! + (1 - b2) * (gi * gi + eps1));
+    const ui = (u[i] = gi / Math.sqrt(Math.fround(vi) + eps1));
+    squares += ui * ui;
+  }
+  return squares;
 }
 
 /** Sums of g^2 + eps1 over each column and each row of a rows x cols `g`, in float64 (the JavaScript form of the SIMD squares pass). */

@@ -25,8 +25,8 @@
  * update within float32 rounding, not bit for bit. The gradient's squares are summed before
  * the factor is known and scaled by its square (the factor is one number for all).
  */
-import { scaleBy } from '../backend/buffer-passes.js';
-import { type AdaFactor, factoredAxes, matrixSquareSums, matrixUpdatePass } from './adafactor.js';
+import { scaleBy, sumOfSquares } from '../backend/buffer-passes.js';
+import { type AdaFactor, factoredAxes, matrixSquareSums, matrixUpdatePass, unfactoredPass } from './adafactor.js';
 import { inPlacePasses, KERNEL_MIN_ELEMENTS } from './adafactor-kernel.js';
 import type { ParameterAccess } from './parameters.js';
 
@@ -255,21 +255,11 @@ export class ShardedAdaFactor {
         staged.set(t.index, { v });
         if (!part) continue;
         const value = readOwn(input, t, part.start, part.end, from);
-        let uSquares = 0;
-        let valueSquares = 0;
-        const g = part.g;
-        for (let j = 0; j < g.length; j++) {
-          const k = part.start + j;
-          const gj = g[j]!;
-          const vk = (v[k] = b2 * vOld[k]! + (1 - b2) * (gj * gj + eps1));
-          const uj = (g[j] = gj / Math.sqrt(Math.fround(vk) + eps1));
-          uSquares += uj * uj;
-          valueSquares += value[j]! * value[j]!;
-        }
-        totalsB.set(v.subarray(part.start, part.end), statAt + part.start);
-        sumsB[2 * t.index] = uSquares;
-        sumsB[2 * t.index + 1] = valueSquares;
-        proposed.set(t.index, { u: g, value });
+        const ownV = v.subarray(part.start, part.end);
+        sumsB[2 * t.index] = unfactoredPass(part.g, vOld.subarray(part.start, part.end), ownV, part.g, b2, eps1);
+        sumsB[2 * t.index + 1] = sumOfSquares(value);
+        totalsB.set(ownV, statAt + part.start);
+        proposed.set(t.index, { u: part.g, value });
       }
     }
     totalsB.set(sumsB);
