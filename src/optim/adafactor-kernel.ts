@@ -50,9 +50,8 @@ class MatrixKernel {
   /**
    * The first pass of `AdaFactor.matrixUpdate` for a rows x cols matrix `g` (`value` the
    * same shape): both are copied in, and the sums of g^2 + eps1 over each column and each
-   * row come back (views of the kernel's memory, valid until the next `load`). Undefined,
-   * with nothing changed, when the matrix does not fit the kernel's memory: the caller runs
-   * the JavaScript passes instead.
+   * row come back. Undefined, with nothing changed, when the matrix does not fit the
+   * kernel's memory: the caller runs the JavaScript passes instead.
    */
   load(g: Float32Array, value: Float32Array, rows: number, cols: number, eps1: number): LoadedMatrix | undefined {
     const n = rows * cols;
@@ -80,33 +79,26 @@ export function scratchElementsFor(rows: number, cols: number): number {
 }
 
 /**
- * The two passes on `exports`' memory, with the matrix at byte offsets `at.g`, `at.value`
- * and `at.u` and the statistics laid out from `at.stats`. When `out` is given, `finish`
- * copies u there; otherwise u is already where the caller reads it.
+ * The passes on `exports`' memory, with the matrix at byte offsets `at.g`, `at.value` and
+ * `at.u` and the statistics from `at.stats`. `finish` copies u into the array given to
+ * `update`, unless u is there already (in place).
  */
 function passes(exports: AdaFactorExports, buffer: ArrayBufferLike, at: { g: number; value: number; u: number; stats: number }, rows: number, cols: number, eps1: number): LoadedMatrix {
   const n = rows * cols;
-  const loAt = at.stats;
-  const hiAt = loAt + align(4 * cols);
-  const colSumsAt = hiAt + align(4 * rows);
-  const rowSumsAt = colSumsAt + align(8 * cols);
-  const sumsAt = rowSumsAt + align(8 * rows);
-  exports.adafactorSquares(at.g, rows, cols, colSumsAt, rowSumsAt, eps1);
+  const kernels = kernelCalls(exports, buffer, at.stats, statsBytes(rows, cols));
+  const [g, value, uThere] = [at.g, at.value, at.u].map((offset) => new Float32Array(buffer, offset, n)) as [Float32Array, Float32Array, Float32Array];
+  const { colSums, rowSums } = kernels.squares(g, rows, cols, eps1);
   return {
-    colSums: new Float64Array(buffer, colSumsAt, cols),
-    rowSums: new Float64Array(buffer, rowSumsAt, rows),
+    colSums,
+    rowSums,
     update: (lo, hi, inverseMean, u) => {
-      new Float32Array(buffer, loAt, cols).set(lo);
-      new Float32Array(buffer, hiAt, rows).set(hi);
-      exports.adafactorUpdate(at.g, at.value, at.u, loAt, hiAt, inverseMean, eps1, rows, cols, sumsAt);
-      const sums = new Float64Array(buffer, sumsAt, 2);
+      const sums = kernels.update(g, value, uThere, lo, hi, inverseMean, eps1);
       return {
-        squares: sums[0]!,
-        valueSquares: sums[1]!,
+        ...sums,
         finish: (step) => {
-          if (step !== undefined) exports.adafactorStep(at.value, at.u, n, step);
+          if (step !== undefined) kernels.step(value, uThere, step);
           // in place, u is the caller's array already
-          if (u.buffer !== buffer || u.byteOffset !== at.u) u.set(new Float32Array(buffer, at.u, n));
+          if (u.buffer !== buffer || u.byteOffset !== at.u) u.set(uThere);
         },
       };
     },
@@ -177,9 +169,16 @@ export interface InPlacePasses {
 export function inPlacePasses(arrays: readonly Float32Array[], scratch: Float32Array): InPlacePasses | undefined {
   const exports = simdKernelsOn([...arrays, scratch]) as unknown as AdaFactorExports | undefined;
   if (!exports || typeof exports.adafactorSquares !== 'function') return undefined;
-  const buffer = scratch.buffer;
   const statsAt = align(scratch.byteOffset);
-  const room = scratch.byteOffset + scratch.byteLength - statsAt;
+  return kernelCalls(exports, scratch.buffer, statsAt, scratch.byteOffset + scratch.byteLength - statsAt);
+}
+
+/**
+ * The kernels' three passes on `exports`' memory (`buffer`), the arrays passed by their byte
+ * offsets, with `room` bytes from `statsAt` (16-byte aligned) for the statistics of the pass
+ * that runs: what a pass returns is copied out of them.
+ */
+function kernelCalls(exports: AdaFactorExports, buffer: ArrayBufferLike, statsAt: number, room: number): InPlacePasses {
   const fits = (rows: number, cols: number): void => {
     if (statsBytes(rows, cols) > room) throw new Error(`the optimizer's scratch holds ${room} bytes, a ${rows} x ${cols} matrix needs ${statsBytes(rows, cols)}`);
   };
