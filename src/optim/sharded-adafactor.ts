@@ -92,11 +92,21 @@ interface TensorPlan {
   readonly size: number;
   /** Factored: a rows x cols matrix whose segments are whole rows; `lo` per column, `hi` per row. */
   readonly matrix?: { rows: number; cols: number; a1First: boolean };
+  /** A matrix's column sums in all-reduce A: from TOTALS_A + columnsAt. */
+  readonly columnsAt: number;
+  /** Its new row statistic (a matrix) or second moment (unfactored) in all-reduce B, after the per-tensor sums: from 2 x tensors + statAt. */
+  readonly statAt: number;
 }
+
+/** All-reduce A: loss sum, targets, hits and the squares' total, then the column sums. */
+const TOTALS_A = 4;
 
 export class ShardedAdaFactor {
   readonly bounds: readonly number[];
   private readonly tensors: readonly TensorPlan[];
+  /** Floats of all-reduce A and B. */
+  private readonly lengthA: number;
+  private readonly lengthB: number;
 
   private constructor(
     readonly rule: AdaFactor,
@@ -106,6 +116,9 @@ export class ShardedAdaFactor {
   ) {
     this.tensors = tensors;
     this.bounds = rowAlignedBounds(tensors, ranks);
+    const last = tensors.at(-1);
+    this.lengthA = TOTALS_A + tensors.reduce((n, t) => n + (t.matrix?.cols ?? 0), 0);
+    this.lengthB = 2 * tensors.length + (last ? last.statAt + (last.matrix?.rows ?? last.size) : 0);
   }
 
   /** The most elements a replica's segment holds: the room its values need in the workspace. */
@@ -121,14 +134,19 @@ export class ShardedAdaFactor {
    */
   static plan(rule: AdaFactor, names: readonly string[], shapes: readonly (readonly number[])[], ranks: number): ShardedAdaFactor | undefined {
     let offset = 0;
+    let columnsAt = 0;
+    let statAt = 0;
     const tensors: TensorPlan[] = [];
     for (let index = 0; index < shapes.length; index++) {
       const shape = shapes[index]!;
       const size = shape.reduce((a, b) => a * b, 1);
       const axes = factoredAxes(shape, rule.options.minDimSizeToFactor);
       if (axes && shape.length !== 2) return undefined;
-      tensors.push({ index, offset, size, matrix: axes ? { rows: shape[0]!, cols: shape[1]!, a1First: axes.a1 === 0 } : undefined });
+      const matrix = axes ? { rows: shape[0]!, cols: shape[1]!, a1First: axes.a1 === 0 } : undefined;
+      tensors.push({ index, offset, size, matrix, columnsAt, statAt });
       offset += size;
+      columnsAt += matrix?.cols ?? 0;
+      statAt += matrix?.rows ?? size;
     }
     return new ShardedAdaFactor(rule, names, tensors, ranks);
   }
@@ -165,11 +183,9 @@ export class ShardedAdaFactor {
 
     // 1. the squares of the raw sums (eps1 comes in once they are scaled)
     let stop = clock();
-    const factored = this.tensors.filter((t) => t.matrix);
     const rowSums = new Map<number, Float64Array>();
-    const totalsA = new Float32Array(4 + factored.reduce((n, t) => n + t.matrix!.cols, 0));
+    const totalsA = new Float32Array(this.lengthA);
     let squares = 0;
-    let at = 4;
     for (const t of this.tensors) {
       const part = own[t.index];
       if (t.matrix) {
@@ -177,11 +193,10 @@ export class ShardedAdaFactor {
         if (part) {
           const rows = (part.end - part.start) / cols;
           const sums = (t.size >= KERNEL_MIN_ELEMENTS && kernelsFor([part.g])?.squares(part.g, rows, cols, 0)) || matrixSquareSums(part.g, rows, cols, 0);
-          for (let y = 0; y < cols; y++) totalsA[at + y] = sums.colSums[y]! * SQUARES_SHIFT;
+          for (let y = 0; y < cols; y++) totalsA[TOTALS_A + t.columnsAt + y] = sums.colSums[y]! * SQUARES_SHIFT;
           rowSums.set(t.index, sums.rowSums);
           for (const s of sums.rowSums) squares += s;
         }
-        at += cols;
       } else if (part) {
         for (const x of part.g) squares += x * x;
       }
@@ -197,20 +212,14 @@ export class ShardedAdaFactor {
     stop = clock();
     const f2 = factor * factor;
     const staged = new Map<number, { lo?: Float32Array; hi?: Float32Array; v?: Float32Array }>();
-    const sumsB = new Float32Array(2 * this.tensors.length);
-    // where each tensor's new row statistic (factored) or second moment (unfactored) goes in totalsB, after the sums
-    const statOffsets: number[] = [];
-    let statsLength = 0;
-    for (const t of this.tensors) {
-      statOffsets.push(statsLength);
-      statsLength += t.matrix ? t.matrix.rows : t.size;
-    }
-    const totalsB = new Float32Array(sumsB.length + statsLength);
+    // all-reduce B: per tensor the sums of u^2 and of value^2, then the statistics (TensorPlan.statAt)
+    const totalsB = new Float32Array(this.lengthB);
+    const sumsLength = 2 * this.tensors.length;
     const proposed = new Map<number, { u: Float32Array; value: Float32Array }>();
-    at = 4;
     for (const t of this.tensors) {
       const part = own[t.index];
-      const statAt = sumsB.length + statOffsets[t.index]!;
+      const statAt = sumsLength + t.statAt;
+      const columnsAt = TOTALS_A + t.columnsAt;
       if (part && factor !== 1) scaleBy(part.g, factor);
       if (t.matrix) {
         const { rows, cols, a1First } = t.matrix;
@@ -218,7 +227,7 @@ export class ShardedAdaFactor {
         const [loOld, hiOld] = a1First ? [vr, vc] : [vc, vr];
         // every replica: the column statistic from the summed column sums
         const lo = new Float32Array(cols);
-        for (let y = 0; y < cols; y++) lo[y] = b2 * loOld[y]! + ((1 - b2) * (f2 * columnSquares[at + y]! + rows * eps1)) / rows;
+        for (let y = 0; y < cols; y++) lo[y] = b2 * loOld[y]! + ((1 - b2) * (f2 * columnSquares[columnsAt + y]! + rows * eps1)) / rows;
         const hi = new Float32Array(hiOld);
         let inverseMean: number;
         if (a1First) {
@@ -231,10 +240,9 @@ export class ShardedAdaFactor {
           let oldSum = 0;
           for (const x of hiOld) oldSum += x;
           let allSquares = 0;
-          for (let y = 0; y < cols; y++) allSquares += columnSquares[at + y]!;
+          for (let y = 0; y < cols; y++) allSquares += columnSquares[columnsAt + y]!;
           inverseMean = rows / (b2 * oldSum + ((1 - b2) * (f2 * allSquares + rows * cols * eps1)) / cols);
         }
-        at += cols;
         staged.set(t.index, { lo, hi });
         if (!part) continue;
         const first = part.start / cols;
@@ -246,8 +254,8 @@ export class ShardedAdaFactor {
         const value = readOwn(input, t, part.start, part.end, from);
         const kernels = t.size >= KERNEL_MIN_ELEMENTS ? kernelsFor([part.g, value]) : undefined;
         const result = kernels ? kernels.update(part.g, value, part.g, lo, ownHi, inverseMean, eps1) : matrixUpdatePass(part.g, value, part.g, lo, ownHi, inverseMean, eps1);
-        sumsB[2 * t.index] = result.squares;
-        sumsB[2 * t.index + 1] = result.valueSquares;
+        totalsB[2 * t.index] = result.squares;
+        totalsB[2 * t.index + 1] = result.valueSquares;
         proposed.set(t.index, { u: part.g, value });
       } else {
         const vOld = input.slot(t.index, 'v');
@@ -256,20 +264,19 @@ export class ShardedAdaFactor {
         if (!part) continue;
         const value = readOwn(input, t, part.start, part.end, from);
         const ownV = v.subarray(part.start, part.end);
-        sumsB[2 * t.index] = unfactoredPass(part.g, vOld.subarray(part.start, part.end), ownV, part.g, b2, eps1);
-        sumsB[2 * t.index + 1] = sumOfSquares(value);
+        totalsB[2 * t.index] = unfactoredPass(part.g, vOld.subarray(part.start, part.end), ownV, part.g, b2, eps1);
+        totalsB[2 * t.index + 1] = sumOfSquares(value);
         totalsB.set(ownV, statAt + part.start);
         proposed.set(t.index, { u: part.g, value });
       }
     }
-    totalsB.set(sumsB);
     stop();
     await timed(comm.allReduce([totalsB], { op: 'sum' }));
 
     // 3. the step over the segment, then everyone's segments
     stop = clock();
     for (const t of this.tensors) {
-      const stats = totalsB.subarray(sumsB.length + statOffsets[t.index]!);
+      const stats = totalsB.subarray(sumsLength + t.statAt);
       const state = staged.get(t.index)!;
       if (t.matrix) state.hi!.set(stats.subarray(0, t.matrix.rows));
       else state.v!.set(stats.subarray(0, t.size));
