@@ -275,8 +275,6 @@ export class Trainer {
     let next = await computePiece({ batch, firstSample: placement.firstSample ?? 0, microBatches: placement.microBatches });
     for (let piece = await next; piece; piece = await next) next = await computePiece(piece);
     if (piecesIn === 0) for (const g of grads) g.fill(0);
-    let applied = false;
-    let superseded = false;
     const shard = this.#shardPlan();
     if (shard) {
       const slot = optimizer.baseSlots(params);
@@ -297,7 +295,6 @@ export class Trainer {
         },
         reducer as Required<GradientReducer>,
       );
-      if (this.#host) this.#supersede = () => (superseded = true);
       return {
         loss: checked.loss,
         accuracy: step.totals.correct / step.totals.targets,
@@ -307,14 +304,11 @@ export class Trainer {
         computeSeconds,
         copySeconds,
         updateSeconds: step.updateSeconds,
-        apply: () => {
-          if (applied) throw new Error('this step was applied already');
-          if (superseded) throw new Error("this step's values were overwritten by a later reduce (they share the reducer's memory): apply or drop a step before reducing the next");
-          applied = true;
+        apply: this.#applyOnce(() => {
           step.commit();
           optimizer.recordExternalStep();
           return { applied: true, lr };
-        },
+        }),
       };
     }
     let reduceSeconds = 0;
@@ -336,7 +330,6 @@ export class Trainer {
     // a single process differentiates the mean: nothing to divide
     const { loss, gradNorm, factor } = checkedFactor(lossSum, targets, hostGlobalNorm(grads), reducer ? targets : 1, clipNorm, placement.step);
     scaleInPlace(grads, factor);
-    if (this.#host) this.#supersede = () => (superseded = true);
     return {
       loss,
       accuracy: correct / targets,
@@ -346,14 +339,27 @@ export class Trainer {
       computeSeconds,
       copySeconds,
       updateSeconds: 0,
-      apply: () => {
-        if (applied) throw new Error('this step was applied already');
-        if (superseded) throw new Error('this step\'s gradients were overwritten by a later reduce (they share the reducer\'s memory): apply or drop a step before reducing the next');
-        applied = true;
+      apply: this.#applyOnce(() => {
         const report = optimizer.apply(params, grads, { gradientsFinite: true, workspace: host.workspace });
         // an accumulation micro-step applies nothing: the rate the coming update uses
         return { applied: report.applied, lr: report.applied ? report.lr : optimizer.currentLearningRate };
-      },
+      }),
+    };
+  }
+
+  /**
+   * A reduced step's `apply`: it runs once, and never after a later reduce has overwritten the
+   * shared host buffers its gradients (or, sharded, its new values) lie in.
+   */
+  #applyOnce(run: () => { applied: boolean; lr: number }): () => { applied: boolean; lr: number } {
+    let applied = false;
+    let superseded = false;
+    if (this.#host) this.#supersede = () => (superseded = true);
+    return () => {
+      if (applied) throw new Error('this step was applied already');
+      if (superseded) throw new Error("this step's gradients were overwritten by a later reduce (they share the reducer's memory): apply or drop a step before reducing the next");
+      applied = true;
+      return run();
     };
   }
 
