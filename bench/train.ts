@@ -190,12 +190,13 @@ async function main(): Promise<void> {
         ceilings.map((c, i) => [i + 1, Math.round(c.aloneMs[0]), Math.round(c.aloneMs[1]), c.pairMs.map(Math.round).join(' / '), c.ceiling.toFixed(3), c.coreSpeedRatio.toFixed(3), ((c.ceiling * (1 + c.coreSpeedRatio)) / 2).toFixed(3)]),
       );
     }
+    // the peer's medians by process count ('1', '2')
+    const peerMedians = Object.fromEntries(Object.keys(peerRounds[0]?.tokensPerSec ?? {}).map((n) => [n, Math.round(median(peerRounds.map((p) => p.tokensPerSec[n]!)))]));
     if (peerRounds.length > 0) {
-      const peerCounts = Object.keys(peerRounds[0]!.tokensPerSec);
       table(
         'PyTorch DistributedDataParallel (gloo, one thread a process, pinned) on the same model and global batch, SGD, after each round above; tokens/s of every position (its sequences are all full length: compare with our positions/s, padding included, since our records average less)',
         ['processes', 'tokens/s (median)', 'each round'],
-        peerCounts.map((n) => [n, Math.round(median(peerRounds.map((p) => p.tokensPerSec[n]!))), peerRounds.map((p) => p.tokensPerSec[n]).join(' / ')]),
+        Object.entries(peerMedians).map(([n, tokens]) => [n, tokens, peerRounds.map((p) => p.tokensPerSec[n]).join(' / ')]),
       );
     }
     const peerEfficiencyPerRound = peerRounds.filter((p) => p.tokensPerSec['1'] && p.tokensPerSec['2']).map((p) => p.tokensPerSec['2']! / (2 * p.tokensPerSec['1']!));
@@ -222,7 +223,7 @@ async function main(): Promise<void> {
         coreCeilingPerRound: ceilings.map((c) => figure(c.ceiling)),
         coreSpeedRatioPerRound: ceilings.map((c) => figure(c.coreSpeedRatio)),
         ...(peerRounds.length > 0
-          ? { peer: { ddpTokensPerSec: Object.fromEntries(Object.keys(peerRounds[0]!.tokensPerSec).map((n) => [n, Math.round(median(peerRounds.map((p) => p.tokensPerSec[n]!)))])), ddpScalingEfficiency: medianFigure(peerEfficiencyPerRound), ddpScalingEfficiencyPerRound: peerEfficiencyPerRound.map(figure) } }
+          ? { peer: { ddpTokensPerSec: peerMedians, ddpScalingEfficiency: medianFigure(peerEfficiencyPerRound), ddpScalingEfficiencyPerRound: peerEfficiencyPerRound.map(figure) } }
           : {}),
         stepMs: Object.fromEntries(counts.map((w) => [String(w), Object.fromEntries(Object.entries(breakdown(w)).map(([k, v]) => [k.replace(/Seconds$/, ''), ms(v)]))])),
       }),

@@ -515,16 +515,16 @@ export class Coordinator {
         const elapsed = (performance.now() - t0) / 1000;
         losses.push(report.loss);
         // real tokens (no padding), counted by the workers that decoded them
-        const stepTokens = [...results.values()].reduce((sum, r) => sum + r.tokens, 0);
+        const all = [...results.values()];
+        const stepTokens = all.reduce((sum, r) => sum + r.tokens, 0);
         o.metrics?.stepCommitted({ seconds: elapsed, samples: n, tokens: stepTokens, loss: report.loss, learningRate: report.learningRate, gradNorm: report.gradNorm, step, epoch: ledger.epoch, consumedInEpoch: ledger.consumedInEpoch, epochSize: ledger.epochSize });
         o.observer?.onStep({ step, loss: report.loss, learningRate: report.learningRate, gradNorm: report.gradNorm, tokens: stepTokens, samples: n, seconds: elapsed, perWorker: ranksOfStep(workers, results), worldSize: workers.length, generation: this.generation, epoch: ledger.epoch, consumedInEpoch: ledger.consumedInEpoch, epochSize: ledger.epochSize });
         if (step > firstStep || o.steps === firstStep) {
           tokens += stepTokens;
-          positions += [...results.values()].reduce((sum, r) => sum + r.positions, 0);
+          positions += all.reduce((sum, r) => sum + r.positions, 0);
           seconds += elapsed;
           const cpu = process.cpuUsage(cpuAtStep);
           coordinatorCpuMicros += cpu.user + cpu.system;
-          const all = [...results.values()];
           const critical = all.reduce((a, b) => (b.forwardBackwardSeconds > a.forwardBackwardSeconds ? b : a));
           const longestReduce = Math.max(...all.map((r) => r.reduceSeconds));
           reduceSeconds += longestReduce;
